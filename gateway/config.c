@@ -1,0 +1,338 @@
+/*
+ * config.c — options from the file, the environment and the flags.
+ *
+ * One table names every option with its parser; the three sources go
+ * through the same parser, so a value means the same wherever it is given.
+ * Order: defaults, file (`-c FILE`), environment (`ALMANAC_<NAME>`), flags
+ * (`--name value` or `--name=value`): the last one set wins.
+ */
+#include "gateway.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*config_parse_fn)(struct config *cfg, const char *value, char *why, size_t why_len);
+
+static int config__string(char **slot, const char *value)
+{
+    char *copy = strdup(value);
+    if (copy == NULL)
+        return -1;
+    free(*slot);
+    *slot = copy;
+    return 0;
+}
+
+static int config__listen_ok(const char *value)
+{
+    if (strcmp(value, "off") == 0)
+        return 1;
+    const char *colon = strrchr(value, ':');
+    if (colon == NULL || colon == value || colon[1] == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    return *end == '\0' && errno == 0 && port >= 0 && port <= 65535;
+}
+
+static int config__http_listen(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (!config__listen_ok(value)) {
+        snprintf(why, why_len, "'%s' is not HOST:PORT or off", value);
+        return -1;
+    }
+    return config__string(&cfg->http_listen, value);
+}
+
+static int config__data_dir(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (value[0] == '\0') {
+        snprintf(why, why_len, "the data_dir is empty");
+        return -1;
+    }
+    return config__string(&cfg->data_dir, value);
+}
+
+static int config__durability(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (strcmp(value, "commit") == 0)
+        cfg->durability = STORE_DURABLE_COMMIT;
+    else if (strcmp(value, "fsync") == 0)
+        cfg->durability = STORE_DURABLE_FSYNC;
+    else {
+        snprintf(why, why_len, "'%s' is not commit or fsync", value);
+        return -1;
+    }
+    return 0;
+}
+
+static int config__log_level(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    int level = log_level_parse(value);
+    if (level < 0) {
+        snprintf(why, why_len, "'%s' is not error, warn, info or debug", value);
+        return -1;
+    }
+    cfg->log_level = (enum log_level)level;
+    return 0;
+}
+
+int config_parse_size(const char *text, size_t *out)
+{
+    static const struct {
+        const char *suffix;
+        unsigned long long mult;
+    } units[] = {
+        {"", 1},          {"B", 1},          {"KiB", 1ull << 10}, {"MiB", 1ull << 20},
+        {"GiB", 1ull << 30}, {"KB", 1000},   {"MB", 1000000},     {"GB", 1000000000},
+    };
+    char *end;
+    if (!isdigit((unsigned char)text[0]))
+        return -1;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (errno != 0)
+        return -1;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(end, units[i].suffix) != 0)
+            continue;
+        if (n > SIZE_MAX / units[i].mult)
+            return -1;
+        *out = (size_t)(n * units[i].mult);
+        return 0;
+    }
+    return -1;
+}
+
+static int config__size_in(const char *value, size_t lo, size_t hi, size_t *out, char *why,
+                           size_t why_len)
+{
+    size_t n;
+    if (config_parse_size(value, &n) != 0) {
+        snprintf(why, why_len, "'%s' is not a size (a number, optionally with KiB, MiB or GiB)",
+                 value);
+        return -1;
+    }
+    if (n < lo || n > hi) {
+        snprintf(why, why_len, "%s is outside %zu..%zu bytes", value, lo, hi);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+static int config__max_key_bytes(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__size_in(value, 1, 65535, &cfg->limits.max_key_bytes, why, why_len);
+}
+
+static int config__max_value_bytes(struct config *cfg, const char *value, char *why,
+                                   size_t why_len)
+{
+    return config__size_in(value, 1, (size_t)1 << 30, &cfg->limits.max_value_bytes, why,
+                           why_len);
+}
+
+static int config__max_body_bytes(struct config *cfg, const char *value, char *why,
+                                  size_t why_len)
+{
+    return config__size_in(value, 1024, (size_t)1 << 31, &cfg->max_body_bytes, why, why_len);
+}
+
+static int config__http_threads(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(value, &end, 10);
+    if (value[0] == '\0' || *end != '\0' || errno != 0 || n < 0 || n > 256) {
+        snprintf(why, why_len, "'%s' is not a thread count from 0 (one per core) to 256", value);
+        return -1;
+    }
+    cfg->http_threads = (unsigned)n;
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    config_parse_fn parse;
+} config__options[] = {
+    {"http_listen", config__http_listen},
+    {"data_dir", config__data_dir},
+    {"durability", config__durability},
+    {"log_level", config__log_level},
+    {"max_key_bytes", config__max_key_bytes},
+    {"max_value_bytes", config__max_value_bytes},
+    {"max_body_bytes", config__max_body_bytes},
+    {"http_threads", config__http_threads},
+};
+#define CONFIG_NOPTIONS (sizeof config__options / sizeof config__options[0])
+
+/* The index of option `name` (`len` bytes, '-' read as '_'), or -1. */
+static int config__find(const char *name, size_t len)
+{
+    for (size_t i = 0; i < CONFIG_NOPTIONS; i++) {
+        const char *o = config__options[i].name;
+        if (strlen(o) != len)
+            continue;
+        size_t k = 0;
+        while (k < len && (name[k] == o[k] || (name[k] == '-' && o[k] == '_')))
+            k++;
+        if (k == len)
+            return (int)i;
+    }
+    return -1;
+}
+
+static int config__set(struct config *cfg, int opt, const char *value, const char *where,
+                       char *why, size_t why_len)
+{
+    char detail[512];
+    if (config__options[opt].parse(cfg, value, detail, sizeof detail) == 0)
+        return 0;
+    snprintf(why, why_len, "%s: %s: %s", where, config__options[opt].name, detail);
+    return -1;
+}
+
+static char *config__trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *end = s + strlen(s);
+    while (end > s && isspace((unsigned char)end[-1]))
+        *--end = '\0';
+    return s;
+}
+
+static int config__file(struct config *cfg, const char *path, char *why, size_t why_len)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096], where[4200];
+    int lineno = 0, rc = 0;
+
+    if (f == NULL) {
+        snprintf(why, why_len, "cannot read the configuration file %s: %s", path,
+                 strerror(errno));
+        return -1;
+    }
+    while (rc == 0 && fgets(line, sizeof line, f) != NULL) {
+        lineno++;
+        snprintf(where, sizeof where, "%s:%d", path, lineno);
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            snprintf(why, why_len, "%s: the line is longer than %zu bytes", where,
+                     sizeof line - 2);
+            rc = -1;
+            break;
+        }
+        char *s = config__trim(line);
+        if (*s == '\0' || *s == '#')
+            continue;
+        size_t nlen = strcspn(s, " \t");
+        int opt = config__find(s, nlen);
+        if (opt < 0) {
+            snprintf(why, why_len, "%s: unknown option '%.*s'", where, (int)nlen, s);
+            rc = -1;
+        } else if (s[nlen] == '\0') {
+            snprintf(why, why_len, "%s: option '%.*s' has no value", where, (int)nlen, s);
+            rc = -1;
+        } else
+            rc = config__set(cfg, opt, config__trim(s + nlen), where, why, why_len);
+    }
+    fclose(f);
+    return rc;
+}
+
+static int config__env(struct config *cfg, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < CONFIG_NOPTIONS; i++) {
+        char var[64];
+        size_t k = 0;
+        k += (size_t)snprintf(var, sizeof var, "ALMANAC_");
+        for (const char *p = config__options[i].name; *p && k < sizeof var - 1; p++)
+            var[k++] = (char)toupper((unsigned char)*p);
+        var[k] = '\0';
+        const char *value = getenv(var);
+        if (value != NULL && config__set(cfg, (int)i, value, var, why, why_len) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void config__defaults(struct config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->http_listen = strdup("127.0.0.1:8480");
+    cfg->data_dir = strdup("./data");
+    cfg->durability = STORE_DURABLE_COMMIT;
+    cfg->log_level = LOG_INFO;
+    cfg->limits.max_key_bytes = 1024;
+    cfg->limits.max_value_bytes = 1 << 20;
+    cfg->max_body_bytes = 16 << 20;
+}
+
+int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why_len)
+{
+    const char *file = NULL;
+    int i;
+
+    config__defaults(cfg);
+    if (cfg->http_listen == NULL || cfg->data_dir == NULL) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    /* The file comes first whatever its place among the flags. */
+    for (i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
+            if (i + 1 == argc) {
+                snprintf(why, why_len, "%s needs a file", argv[i]);
+                return -1;
+            }
+            file = argv[++i];
+        }
+    }
+    if (file != NULL && config__file(cfg, file, why, why_len) != 0)
+        return -1;
+    if (config__env(cfg, why, why_len) != 0)
+        return -1;
+    for (i = 0; i < argc; i++) {
+        const char *arg = argv[i], *value;
+        char where[128];
+        if (strcmp(arg, "-c") == 0 || strcmp(arg, "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (strncmp(arg, "--", 2) != 0) {
+            snprintf(why, why_len, "unexpected argument '%s'", arg);
+            return -1;
+        }
+        const char *name = arg + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        int opt = config__find(name, nlen);
+        if (opt < 0) {
+            snprintf(why, why_len, "unknown option '--%.*s'", (int)nlen, name);
+            return -1;
+        }
+        if (eq != NULL)
+            value = eq + 1;
+        else if (i + 1 < argc)
+            value = argv[++i];
+        else {
+            snprintf(why, why_len, "option '--%.*s' needs a value", (int)nlen, name);
+            return -1;
+        }
+        snprintf(where, sizeof where, "--%.*s", (int)(nlen < 64 ? nlen : 64), name);
+        if (config__set(cfg, opt, value, where, why, why_len) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+void config_free(struct config *cfg)
+{
+    free(cfg->http_listen);
+    free(cfg->data_dir);
+    cfg->http_listen = cfg->data_dir = NULL;
+}

@@ -1,0 +1,343 @@
+/*
+ * envelope.c — entries as the JSON envelope of API.md, and entries from the
+ * JSON that clients send (batch ops, and later session `set` and import).
+ *
+ * Envelopes are written as text, not built as jansson trees: a stored JSON
+ * value is copied as it is (minus insignificant white space), so 0.1 stays
+ * 0.1 and a 30-digit integer keeps every digit. That relies on the store's
+ * rule that an entry of a JSON type holds valid JSON (store_entry_new).
+ */
+#include "gateway.h"
+
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static bool buf__reserve(struct buf *b, size_t more)
+{
+    if (b->oom)
+        return false;
+    if (b->len + more + 1 <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (p == NULL) {
+        b->oom = true;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+void buf_add(struct buf *b, const void *data, size_t len)
+{
+    if (!buf__reserve(b, len))
+        return;
+    memcpy(b->p + b->len, data, len);
+    b->len += len;
+    b->p[b->len] = '\0';
+}
+
+void buf_adds(struct buf *b, const char *s)
+{
+    buf_add(b, s, strlen(s));
+}
+
+void buf_addf(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || !buf__reserve(b, (size_t)n))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void buf_add_jstr(struct buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+    buf_add(b, "\"", 1);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        buf_add(b, s + run, i - run);
+        run = i + 1;
+        if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            buf_add(b, esc, 2);
+        } else if (c == '\n')
+            buf_add(b, "\\n", 2);
+        else if (c == '\t')
+            buf_add(b, "\\t", 2);
+        else if (c == '\r')
+            buf_add(b, "\\r", 2);
+        else {
+            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            buf_add(b, esc, 6);
+        }
+    }
+    buf_add(b, s + run, len - run);
+    buf_add(b, "\"", 1);
+}
+
+void buf_free(struct buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+/* Appends valid JSON without the white space outside its strings. */
+static void envelope__minify(struct buf *b, const char *s, size_t len)
+{
+    size_t run = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"')
+            in_string = true;
+        else if (c == ' ' || c == '\n' || c == '\r' || c == '\t') {
+            buf_add(b, s + run, i - run);
+            run = i + 1;
+        }
+    }
+    buf_add(b, s + run, len - run);
+}
+
+static bool envelope__is_text(const char *type)
+{
+    return strncasecmp(type, "text/", 5) == 0 || strcasestr(type, "charset=utf-8") != NULL;
+}
+
+static void envelope__add_base64(struct buf *b, const void *data, size_t len)
+{
+    size_t out = 4 * ((len + 2) / 3);
+    buf_add(b, "\"", 1);
+    if (buf__reserve(b, out)) {
+        EVP_EncodeBlock((unsigned char *)b->p + b->len, data, (int)len);
+        b->len += out;
+    }
+    buf_add(b, "\"", 1);
+}
+
+void envelope_add(struct buf *b, const char *key, size_t klen, const struct store_entry *e)
+{
+    size_t vlen;
+    const char *value = store_entry_value(e, &vlen);
+    const char *type = store_entry_type(e), *labels = store_entry_labels(e);
+
+    buf_adds(b, "{\"key\":");
+    buf_add_jstr(b, key, klen);
+    buf_addf(b, ",\"rev\":%lld,\"ts\":%lld,\"type\":", (long long)store_entry_rev(e),
+             (long long)store_entry_ts(e));
+    buf_add_jstr(b, type, strlen(type));
+    if (store_type_is_json(type)) {
+        buf_adds(b, ",\"value\":");
+        envelope__minify(b, value, vlen);
+    } else if (envelope__is_text(type) && store_utf8_valid(value, vlen)) {
+        buf_adds(b, ",\"text\":");
+        buf_add_jstr(b, value, vlen);
+    } else {
+        buf_adds(b, ",\"base64\":");
+        envelope__add_base64(b, value, vlen);
+    }
+    buf_adds(b, ",\"labels\":");
+    buf_adds(b, labels ? labels : "{}");
+    buf_addf(b, ",\"origin\":\"%s\"}", store_origin_name(store_entry_origin(e)));
+}
+
+void envelope_add_deleted(struct buf *b, const char *key, size_t klen, int64_t rev, int64_t ts)
+{
+    buf_adds(b, "{\"key\":");
+    buf_add_jstr(b, key, klen);
+    buf_addf(b, ",\"rev\":%lld,\"ts\":%lld,\"deleted\":true}", (long long)rev, (long long)ts);
+}
+
+bool envelope_type_ok(const char *type)
+{
+    size_t len = strlen(type);
+    if (len == 0 || len > 255)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (type[i] < 0x20 || type[i] > 0x7e)
+            return false;
+    return true;
+}
+
+int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len)
+{
+    const char *name;
+    json_t *value;
+
+    *out = NULL;
+    if (!json_is_object(labels)) {
+        snprintf(why, why_len, "labels must be an object of strings");
+        return STORE_EBODY;
+    }
+    if (json_object_size(labels) == 0)
+        return STORE_OK;
+    if (json_object_size(labels) > 64) {
+        snprintf(why, why_len, "at most 64 labels are allowed");
+        return STORE_EBODY;
+    }
+    json_object_foreach((json_t *)labels, name, value)
+    {
+        size_t nlen = strlen(name);
+        if (nlen == 0 || nlen > 255) {
+            snprintf(why, why_len, "a label name must be 1 to 255 bytes");
+            return STORE_EBODY;
+        }
+        if (!json_is_string(value) || json_string_length(value) > 4096) {
+            snprintf(why, why_len, "label '%s' must be a string of at most 4096 bytes", name);
+            return STORE_EBODY;
+        }
+    }
+    *out = json_dumps(labels, JSON_COMPACT | JSON_SORT_KEYS);
+    if (*out == NULL) {
+        snprintf(why, why_len, "out of memory");
+        return STORE_EINTERNAL;
+    }
+    return STORE_OK;
+}
+
+/* JSON text for `v`, with the fewest digits that give its reals back
+ * exactly (jansson alone writes 0.1 as 0.10000000000000001). */
+static char *envelope__dump(const json_t *v)
+{
+    for (unsigned precision = 15; precision <= 17; precision++) {
+        char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(precision));
+        if (s == NULL || precision == 17)
+            return s;
+        json_t *back = json_loads(s, JSON_DECODE_ANY, NULL);
+        bool same = back != NULL && json_equal(back, (json_t *)v);
+        json_decref(back);
+        if (same)
+            return s;
+        free(s);
+    }
+    return NULL;
+}
+
+/* Decodes standard base64 (padding optional) into a new buffer. */
+static int envelope__unbase64(const char *in, size_t len, unsigned char **out, size_t *out_len)
+{
+    size_t padded = (len + 3) / 4 * 4;
+    if (len % 4 == 1)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        char c = in[i];
+        bool pad = c == '=' && i >= len - 2 && (i == len - 1 || in[len - 1] == '=');
+        if (!(c >= 'A' && c <= 'Z') && !(c >= 'a' && c <= 'z') && !(c >= '0' && c <= '9') &&
+            c != '+' && c != '/' && !pad)
+            return -1;
+    }
+    char *copy = malloc(padded + 1);
+    *out = malloc(padded / 4 * 3 + 1);
+    if (copy == NULL || *out == NULL) {
+        free(copy);
+        free(*out);
+        return -1;
+    }
+    memcpy(copy, in, len);
+    memset(copy + len, '=', padded - len);
+    int n = EVP_DecodeBlock(*out, (const unsigned char *)copy, (int)padded);
+    size_t pad = 0;
+    while (pad < 2 && padded > pad && copy[padded - 1 - pad] == '=')
+        pad++;
+    free(copy);
+    if (n < 0) {
+        free(*out);
+        return -1;
+    }
+    *out_len = (size_t)n - pad;
+    return 0;
+}
+
+int envelope_entry(const json_t *obj, size_t max_value, enum store_origin origin,
+                   struct store_entry **out, char *why, size_t why_len)
+{
+    json_t *value = json_object_get(obj, "value"), *text = json_object_get(obj, "text"),
+           *b64 = json_object_get(obj, "base64"), *jtype = json_object_get(obj, "content_type");
+    char *bytes = NULL, *labels = NULL;
+    unsigned char *decoded = NULL;
+    const char *data, *type = NULL;
+    size_t len = 0;
+    int err = STORE_EBODY;
+
+    *out = NULL;
+    if ((value != NULL) + (text != NULL) + (b64 != NULL) != 1) {
+        snprintf(why, why_len, "give exactly one of value, text or base64");
+        return STORE_EBODY;
+    }
+    if (jtype == NULL)
+        jtype = json_object_get(obj, "type");
+    if (jtype != NULL) {
+        if (!json_is_string(jtype) || !envelope_type_ok(json_string_value(jtype))) {
+            snprintf(why, why_len, "content_type must be 1 to 255 printable ASCII characters");
+            return STORE_EBODY;
+        }
+        type = json_string_value(jtype);
+    }
+    if (value != NULL) {
+        if ((bytes = envelope__dump(value)) == NULL) {
+            snprintf(why, why_len, "out of memory");
+            return STORE_EINTERNAL;
+        }
+        data = bytes;
+        len = strlen(bytes);
+        if (type == NULL)
+            type = "application/json";
+    } else if (text != NULL) {
+        if (!json_is_string(text)) {
+            snprintf(why, why_len, "text must be a string");
+            return STORE_EBODY;
+        }
+        data = json_string_value(text);
+        len = json_string_length(text);
+        if (type == NULL)
+            type = "text/plain; charset=utf-8";
+    } else {
+        if (!json_is_string(b64) || envelope__unbase64(json_string_value(b64),
+                                                       json_string_length(b64), &decoded,
+                                                       &len) != 0) {
+            snprintf(why, why_len, "base64 must be a string of standard base64");
+            return STORE_EBODY;
+        }
+        data = (const char *)decoded;
+    }
+    if (len > max_value) {
+        snprintf(why, why_len, "the value is %zu bytes, more than max_value_bytes (%zu)", len,
+                 max_value);
+        err = STORE_ETOOLARGE;
+        goto out;
+    }
+    json_t *jlabels = json_object_get(obj, "labels");
+    if (jlabels != NULL && (err = envelope_labels(jlabels, &labels, why, why_len)) != STORE_OK)
+        goto out;
+    err = store_entry_new(data, len, type, labels, origin, out);
+    if (err == STORE_EBODY)
+        snprintf(why, why_len, "the value is not valid JSON, as its type %s requires", type);
+    else if (err != STORE_OK)
+        snprintf(why, why_len, "out of memory");
+out:
+    free(bytes);
+    free(decoded);
+    free(labels);
+    return err;
+}

@@ -1,0 +1,82 @@
+/*
+ * gateway.h — the public interface of gateway/: configuration, the JSON
+ * envelope of entries, and the HTTP server. main.c ties them together.
+ */
+#ifndef ALMANAC_GATEWAY_H
+#define ALMANAC_GATEWAY_H
+
+#include "log.h"
+#include "store.h"
+
+#include <jansson.h>
+
+/* ---- config.c ---- */
+
+struct config {
+    char *http_listen; /* "host:port" or "off" */
+    char *data_dir;
+    enum store_durability durability;
+    enum log_level log_level;
+    struct store_limits limits;
+    size_t max_body_bytes; /* batch and import bodies */
+    unsigned http_threads; /* 0: one per core */
+};
+
+/* Fills `cfg` from the defaults, then the file of `-c FILE` (if any), the
+ * environment (ALMANAC_<NAME>) and the flags `--name value` of `argv`, in
+ * that order, so a flag wins. Returns 0, or -1 with a sentence in `why` that
+ * names the file and line, the variable or the flag. */
+int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why_len);
+void config_free(struct config *cfg);
+/* Parses "1024", "64KiB", "1MiB", "1GiB", "10MB"; -1 when malformed. */
+int config_parse_size(const char *text, size_t *out);
+
+/* ---- envelope.c: entries as JSON text ---- */
+
+/* A growable text buffer. After a failed allocation `oom` is set and further
+ * appends do nothing, so a caller checks once at the end. */
+struct buf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+void buf_add(struct buf *b, const void *data, size_t len);
+void buf_adds(struct buf *b, const char *s);
+void buf_addf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends `len` bytes of UTF-8 as a quoted JSON string. */
+void buf_add_jstr(struct buf *b, const char *s, size_t len);
+void buf_free(struct buf *b);
+
+/* Appends the envelope of API.md for `key` and `e`. A JSON value is copied
+ * as stored (minified), so its numbers keep every digit. */
+void envelope_add(struct buf *b, const char *key, size_t klen, const struct store_entry *e);
+/* Appends the deletion form. */
+void envelope_add_deleted(struct buf *b, const char *key, size_t klen, int64_t rev, int64_t ts);
+/* An entry from a JSON object carrying exactly one of `value`, `text`,
+ * `base64`, and optionally `content_type` (or `type`) and `labels`.
+ * Returns STORE_OK with a new entry in `*out`, or STORE_EBODY or
+ * STORE_ETOOLARGE with a sentence in `why`. */
+int envelope_entry(const json_t *obj, size_t max_value, enum store_origin origin,
+                   struct store_entry **out, char *why, size_t why_len);
+/* Checks a labels object (string values, names 1..255 bytes) and writes it
+ * as compact JSON with sorted names into `*out` (malloc'd; NULL when empty).
+ * STORE_OK or STORE_EBODY with a sentence in `why`. */
+int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len);
+/* Checks a content type: 1..255 bytes of visible ASCII and spaces. */
+bool envelope_type_ok(const char *type);
+
+/* ---- http.c ---- */
+
+struct http;
+/* Starts serving `store` on cfg->http_listen. Returns 0, or -1 with a
+ * sentence in `why`. */
+int http_start(struct store *store, const struct config *cfg, struct http **out, char *why,
+               size_t why_len);
+/* The port actually bound (for "host:0"). */
+unsigned short http_port(const struct http *h);
+/* Stops accepting connections; requests under way go on. */
+void http_quiesce(struct http *h);
+/* Waits (a bounded time) for requests under way to be answered, then stops. */
+void http_stop(struct http *h);
+
+#endif

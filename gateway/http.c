@@ -1,0 +1,1109 @@
+/*
+ * http.c — the HTTP API of API.md on libmicrohttpd.
+ *
+ * MHD runs a pool of threads, each with its own epoll loop. A request's
+ * handler is called once with the headers, once per piece of body, and once
+ * more at the end; reads are answered in that last call. A write is handed
+ * to the store and its connection suspended; the committer's `done` resumes
+ * it, and MHD calls the handler again to send the answer. So a writer waits
+ * for its commit without holding a thread, and one commit serves every write
+ * that arrived while the previous one ran.
+ * Invariants:
+ *   1. a connection is suspended before store_submit can call `done`, which
+ *      resumes it (MHD forbids resuming a connection that is not suspended);
+ *   2. `state` moves FRESH -> [WAITING ->] DONE; only DONE answers a write;
+ *   3. nothing is changed in the store for a request that gets a 4xx.
+ */
+#include "gateway.h"
+#include "version.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HTTP_PREFIX       "/api/v1/"
+#define HTTP_LIST_DEFAULT 1000
+#define HTTP_LIST_MAX     10000
+#define HTTP_MAX_STATUS   600
+
+enum route {
+    ROUTE_NONE = 0,
+    ROUTE_KEYS,
+    ROUTE_PUBLISH,
+    ROUTE_LS,
+    ROUTE_BATCH,
+    ROUTE_INFO,
+    ROUTE_HEALTH,
+    ROUTE_READY,
+    ROUTE_METRICS,
+};
+
+enum method { M_GET = 1, M_HEAD = 2, M_PUT = 4, M_POST = 8, M_DELETE = 16, M_OTHER = 32 };
+
+enum req_state { REQ_FRESH = 0, REQ_WAITING, REQ_DONE };
+
+struct http {
+    struct store *store;
+    const struct config *cfg;
+    struct MHD_Daemon *daemon;
+    unsigned short port;
+    int64_t started_us;
+    _Atomic int64_t active; /* requests between their first call and completion */
+    _Atomic uint64_t status_count[HTTP_MAX_STATUS];
+};
+
+struct req {
+    struct http *h;
+    struct MHD_Connection *conn;
+    enum route route;
+    enum method method;
+    char *path; /* the decoded {key} part, or NULL */
+    size_t plen;
+    char *body;
+    size_t blen, bcap, body_max;
+    bool too_large;
+    _Atomic int state;
+    /* a write under way */
+    struct store_txn txn;
+    struct store_op one;
+    struct store_op *ops; /* batch ops, or &one */
+    json_t *batch;        /* owns the keys the batch ops point into */
+};
+
+static int64_t http__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ---- answers ---- */
+
+static enum MHD_Result http__queue(struct req *r, unsigned status, struct MHD_Response *resp)
+{
+    if (resp == NULL)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Server", "almanac/" ALMANAC_VERSION);
+    if (status < HTTP_MAX_STATUS)
+        atomic_fetch_add_explicit(&r->h->status_count[status], 1, memory_order_relaxed);
+    enum MHD_Result rc = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+/* Answers with the text of `b` (taken over) as `type`. */
+static enum MHD_Result http__text(struct req *r, unsigned status, struct buf *b, const char *type)
+{
+    if (b->oom) {
+        buf_free(b);
+        return MHD_NO;
+    }
+    buf_add(b, "", 0); /* never NULL, even when empty */
+    struct MHD_Response *resp =
+        b->oom ? NULL : MHD_create_response_from_buffer_with_free_callback(b->len, b->p, free);
+    if (resp == NULL) {
+        buf_free(b);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    return http__queue(r, status, resp);
+}
+
+static enum MHD_Result http__json(struct req *r, unsigned status, struct buf *b)
+{
+    buf_add(b, "\n", 1);
+    return http__text(r, status, b, "application/json");
+}
+
+static enum MHD_Result http__error(struct req *r, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static enum MHD_Result http__error(struct req *r, int err, const char *fmt, ...)
+{
+    char msg[1024];
+    struct buf b = {0};
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    buf_adds(&b, "{\"error\":\"");
+    buf_adds(&b, store_err_name(err));
+    buf_adds(&b, "\",\"message\":");
+    buf_add_jstr(&b, msg, strlen(msg));
+    buf_adds(&b, "}");
+    return http__json(r, store_err_status(err), &b);
+}
+
+static enum MHD_Result http__not_allowed(struct req *r, const char *allow)
+{
+    struct buf b = {0};
+    buf_adds(&b, "{\"error\":\"method_not_allowed\",\"message\":\"this path allows ");
+    buf_adds(&b, allow);
+    buf_adds(&b, "\"}\n");
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer_with_free_callback(b.len, b.p, free);
+    if (resp == NULL) {
+        buf_free(&b);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    return http__queue(r, 405, resp);
+}
+
+/* ---- requests: routing and the pieces of a request ---- */
+
+static enum method http__method(const char *m)
+{
+    static const struct {
+        const char *name;
+        enum method m;
+    } methods[] = {{"GET", M_GET},   {"HEAD", M_HEAD},     {"PUT", M_PUT},
+                   {"POST", M_POST}, {"DELETE", M_DELETE}};
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (strcmp(m, methods[i].name) == 0)
+            return methods[i].m;
+    return M_OTHER;
+}
+
+static const struct {
+    enum route route;
+    const char *path; /* exact, or a prefix when it ends in '/' */
+    unsigned methods;
+    const char *allow;
+} http__routes[] = {
+    {ROUTE_KEYS, HTTP_PREFIX "keys/", M_GET | M_HEAD | M_PUT | M_DELETE, "GET, HEAD, PUT, DELETE"},
+    {ROUTE_PUBLISH, HTTP_PREFIX "publish/", M_POST, "POST"},
+    {ROUTE_LS, HTTP_PREFIX "ls/", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_LS, HTTP_PREFIX "ls", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_BATCH, HTTP_PREFIX "batch", M_POST, "POST"},
+    {ROUTE_INFO, HTTP_PREFIX "info", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_HEALTH, "/health", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_READY, "/ready", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_METRICS, "/metrics", M_GET | M_HEAD, "GET, HEAD"},
+};
+
+/* Finds the route of `url`; sets r->path for the routes that carry a key.
+ * Returns the index in http__routes, or -1. */
+static int http__route(struct req *r, const char *url)
+{
+    for (size_t i = 0; i < sizeof http__routes / sizeof http__routes[0]; i++) {
+        const char *p = http__routes[i].path;
+        size_t len = strlen(p);
+        if (p[len - 1] == '/' ? strncmp(url, p, len) != 0 : strcmp(url, p) != 0)
+            continue;
+        r->route = http__routes[i].route;
+        if (p[len - 1] == '/') {
+            r->plen = strlen(url + len);
+            if ((r->path = strdup(url + len)) == NULL)
+                return -1;
+        }
+        return (int)i;
+    }
+    return -1;
+}
+
+static const char *http__arg(struct req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static const char *http__header(struct req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+/* Parses `"123"` (an ETag of ours) into *rev; -1 when it is not one. */
+static int http__etag_rev(const char *s, int64_t *rev)
+{
+    char *end;
+    if (strncmp(s, "W/", 2) == 0)
+        s += 2;
+    if (s[0] != '"' || !isdigit((unsigned char)s[1]))
+        return -1;
+    long long n = strtoll(s + 1, &end, 10);
+    if (end[0] != '"' || end[1] != '\0' || n <= 0)
+        return -1;
+    *rev = n;
+    return 0;
+}
+
+/* The precondition headers of a write: If-Match "<rev>" or *, If-None-Match *.
+ * Returns 0, or -1 after answering 400. */
+static int http__precondition(struct req *r, int64_t *if_rev, enum MHD_Result *answer)
+{
+    const char *match = http__header(r, MHD_HTTP_HEADER_IF_MATCH);
+    const char *none = http__header(r, MHD_HTTP_HEADER_IF_NONE_MATCH);
+
+    *if_rev = STORE_ANY_REV;
+    if (match != NULL && none != NULL) {
+        *answer = http__error(r, STORE_EBADREQ, "give If-Match or If-None-Match, not both");
+        return -1;
+    }
+    if (match != NULL) {
+        if (strcmp(match, "*") == 0)
+            *if_rev = STORE_EXISTS_REV;
+        else if (http__etag_rev(match, if_rev) != 0) {
+            *answer = http__error(r, STORE_EBADREQ,
+                                  "If-Match must be * or a rev in quotes, as ETag gives it");
+            return -1;
+        }
+    } else if (none != NULL) {
+        if (strcmp(none, "*") != 0 || r->method == M_DELETE) {
+            *answer = http__error(r, STORE_EBADREQ, "a write takes only If-None-Match: *");
+            return -1;
+        }
+        *if_rev = 0;
+    }
+    return 0;
+}
+
+struct http__labels {
+    json_t *obj;
+    const char *bad; /* a header whose value is not UTF-8 */
+};
+
+static enum MHD_Result http__label_header(void *cls, enum MHD_ValueKind kind, const char *name,
+                                          const char *value)
+{
+    static const char prefix[] = "X-Almanac-Label-";
+    struct http__labels *l = cls;
+    (void)kind;
+    if (strncasecmp(name, prefix, sizeof prefix - 1) != 0)
+        return MHD_YES;
+    char lname[256];
+    size_t n = strlen(name + sizeof prefix - 1);
+    if (n == 0 || n >= sizeof lname || !store_utf8_valid(value, strlen(value))) {
+        l->bad = name;
+        return MHD_NO;
+    }
+    for (size_t i = 0; i <= n; i++)
+        lname[i] = (char)tolower((unsigned char)name[sizeof prefix - 1 + i]);
+    json_object_set_new(l->obj, lname, json_string(value));
+    return MHD_YES;
+}
+
+/* The entry a PUT or publish carries: the body, its Content-Type (or a
+ * sniffed one) and its X-Almanac-Label-* headers. Returns 0, or -1 after
+ * answering. */
+static int http__body_entry(struct req *r, struct store_entry **out, enum MHD_Result *answer)
+{
+    const char *type = http__header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    struct http__labels l = {.obj = json_object()};
+    char *labels = NULL, why[256];
+    int err;
+
+    /* curl -d sends a form type for any data: it says nothing of the value. */
+    if (type != NULL && strncasecmp(type, "application/x-www-form-urlencoded", 33) == 0)
+        type = NULL;
+    if (type != NULL && !envelope_type_ok(type)) {
+        *answer = http__error(r, STORE_EBADREQ,
+                              "Content-Type must be 1 to 255 printable ASCII characters");
+        goto fail;
+    }
+    if (l.obj == NULL)
+        goto oom;
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, http__label_header, &l);
+    if (l.bad != NULL) {
+        *answer = http__error(r, STORE_EBADREQ,
+                              "header %s: a label needs a name of 1 to 255 bytes and a UTF-8 "
+                              "value",
+                              l.bad);
+        goto fail;
+    }
+    if ((err = envelope_labels(l.obj, &labels, why, sizeof why)) != STORE_OK) {
+        *answer = http__error(r, STORE_EBADREQ, "%s", why);
+        goto fail;
+    }
+    err = store_entry_new(r->body ? r->body : "", r->blen, type, labels, STORE_ORIGIN_HTTP, out);
+    if (err == STORE_EBODY) {
+        *answer = http__error(r, STORE_EBODY, "the body is not valid JSON, as Content-Type %s says",
+                              type);
+        goto fail;
+    }
+    if (err != STORE_OK)
+        goto oom;
+    json_decref(l.obj);
+    free(labels);
+    return 0;
+oom:
+    *answer = http__error(r, STORE_EINTERNAL, "out of memory");
+fail:
+    json_decref(l.obj);
+    free(labels);
+    return -1;
+}
+
+/* ---- writes: submit, suspend, answer after the commit ---- */
+
+static void http__done(void *arg, struct store_txn *t)
+{
+    struct req *r = arg;
+    (void)t;
+    atomic_store(&r->state, REQ_DONE);
+    MHD_resume_connection(r->conn);
+}
+
+static enum MHD_Result http__submit(struct req *r, struct store_op *ops, size_t n)
+{
+    r->ops = ops;
+    r->txn.ops = ops;
+    r->txn.n = n;
+    atomic_store(&r->state, REQ_WAITING);
+    MHD_suspend_connection(r->conn); /* invariant 1 */
+    if (store_submit(r->h->store, &r->txn, http__done, r) != STORE_OK) {
+        atomic_store(&r->state, REQ_DONE);
+        MHD_resume_connection(r->conn);
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result http__answer_failure(struct req *r)
+{
+    const struct store_op *op = &r->ops[r->txn.fail];
+    int err = r->txn.err;
+    const char *what = r->route == ROUTE_BATCH ? "ops[" : "";
+    char where[64] = "";
+
+    if (r->route == ROUTE_BATCH)
+        snprintf(where, sizeof where, "%s%zu]: ", what, r->txn.fail);
+    switch (err) {
+    case STORE_EREV:
+        if (op->if_rev == 0)
+            return http__error(r, err, "%skey %.*s exists already", where, (int)op->klen, op->key);
+        if (op->if_rev == STORE_EXISTS_REV)
+            return http__error(r, err, "%skey %.*s does not exist", where, (int)op->klen,
+                               op->key);
+        return http__error(r, err, "%skey %.*s is no longer at rev %lld", where, (int)op->klen,
+                           op->key, (long long)op->if_rev);
+    case STORE_ENOTFOUND:
+        return http__error(r, err, "%skey %.*s does not exist", where, (int)op->klen, op->key);
+    case STORE_EREADONLY:
+        return http__error(r, err, "%skeys starting with '$' belong to the server", where);
+    case STORE_EUNAVAIL:
+        return http__error(r, err, "the server is shutting down");
+    case STORE_EFULL:
+        return http__error(r, err, "the disk is full: nothing was changed");
+    default:
+        return http__error(r, err, "the change could not be committed: nothing was changed");
+    }
+}
+
+static void http__add_op_result(struct buf *b, const struct store_op *op)
+{
+    switch (op->kind) {
+    case STORE_OP_SET:
+        buf_addf(b, "{\"key\":");
+        buf_add_jstr(b, op->key, op->klen);
+        buf_addf(b, ",\"rev\":%lld,\"ts\":%lld,\"created\":%s}", (long long)op->rev,
+                 (long long)op->ts, op->created ? "true" : "false");
+        break;
+    case STORE_OP_DELETE:
+        buf_addf(b, "{\"deleted\":%zu", op->deleted);
+        if (!op->pattern && op->deleted)
+            buf_addf(b, ",\"rev\":%lld", (long long)op->rev);
+        buf_adds(b, "}");
+        break;
+    case STORE_OP_GET:
+        if (op->got)
+            envelope_add(b, op->key, op->klen, op->got);
+        else
+            buf_adds(b, "{\"error\":\"not_found\"}");
+        break;
+    }
+}
+
+static enum MHD_Result http__answer_write(struct req *r)
+{
+    struct buf b = {0};
+    const struct store_op *op = &r->ops[0];
+    unsigned status = 200;
+
+    if (r->txn.err != STORE_OK)
+        return http__answer_failure(r);
+    if (r->route == ROUTE_BATCH) {
+        buf_adds(&b, "{\"results\":[");
+        for (size_t i = 0; i < r->txn.n; i++) {
+            if (i)
+                buf_adds(&b, ",");
+            http__add_op_result(&b, &r->ops[i]);
+        }
+        buf_adds(&b, "]}");
+        return http__json(r, 200, &b);
+    }
+    if (op->kind == STORE_OP_SET) {
+        status = op->created ? 201 : 200;
+        buf_adds(&b, "{\"key\":");
+        buf_add_jstr(&b, op->key, op->klen);
+        buf_addf(&b, ",\"rev\":%lld,\"ts\":%lld}", (long long)op->rev, (long long)op->ts);
+    } else
+        http__add_op_result(&b, op);
+    return http__json(r, status, &b);
+}
+
+/* ---- the routes ---- */
+
+static int http__check_key(struct req *r, enum MHD_Result *answer)
+{
+    char why[256];
+    if (store_key_check(r->path, r->plen, store_limits(r->h->store)->max_key_bytes, why,
+                        sizeof why) == STORE_OK)
+        return 0;
+    *answer = http__error(r, STORE_EKEY, "%s", why);
+    return -1;
+}
+
+/* Checks r->path as a pattern; `*wild` tells whether it is one. */
+static int http__check_pattern(struct req *r, bool *wild, enum MHD_Result *answer)
+{
+    char why[256];
+    int err = store_pattern_check(r->path, r->plen, store_limits(r->h->store)->max_key_bytes,
+                                  wild, why, sizeof why);
+    if (err == STORE_OK)
+        return 0;
+    /* Without '+' or '#' it was meant as a key: say so. */
+    bool meant_key = memchr(r->path, '+', r->plen) == NULL && memchr(r->path, '#', r->plen) == NULL;
+    if (meant_key)
+        store_key_check(r->path, r->plen, SIZE_MAX, why, sizeof why);
+    *answer = http__error(r, meant_key ? STORE_EKEY : STORE_EPATTERN, "%s", why);
+    return -1;
+}
+
+static void http__unref_entry(void *cls)
+{
+    store_entry_unref(cls);
+}
+
+static enum MHD_Result http__get_key(struct req *r)
+{
+    struct store_entry *e;
+    char num[32];
+
+    if (store_get(r->h->store, r->path, r->plen, &e) != STORE_OK)
+        return http__error(r, STORE_ENOTFOUND, "key %s does not exist", r->path);
+    const char *env = http__arg(r, "envelope");
+    bool envelope = env != NULL && strcmp(env, "0") != 0 && strcmp(env, "false") != 0;
+    int64_t rev = store_entry_rev(e);
+    char etag[32];
+    snprintf(etag, sizeof etag, "\"%lld\"", (long long)rev);
+
+    const char *inm = http__header(r, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    bool not_modified = inm != NULL && (strcmp(inm, "*") == 0 || strstr(inm, etag) != NULL);
+    struct MHD_Response *resp;
+    if (not_modified) {
+        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        store_entry_unref(e);
+        e = NULL;
+    } else if (envelope) {
+        struct buf b = {0};
+        envelope_add(&b, r->path, r->plen, e);
+        buf_add(&b, "\n", 1);
+        resp = b.oom ? NULL : MHD_create_response_from_buffer_with_free_callback(b.len, b.p, free);
+        if (resp == NULL)
+            buf_free(&b);
+        else
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    } else {
+        size_t len;
+        const void *value = store_entry_value(e, &len);
+        resp = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)value,
+                                                                      http__unref_entry, e);
+        if (resp != NULL) {
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, store_entry_type(e));
+            const char *labels = store_entry_labels(e);
+            json_t *obj = labels ? json_loads(labels, 0, NULL) : NULL;
+            const char *name;
+            json_t *v;
+            json_object_foreach(obj, name, v)
+            {
+                char header[300];
+                snprintf(header, sizeof header, "X-Almanac-Label-%s", name);
+                MHD_add_response_header(resp, header, json_string_value(v));
+            }
+            json_decref(obj);
+            snprintf(num, sizeof num, "%lld", (long long)store_entry_ts(e));
+            MHD_add_response_header(resp, "X-Almanac-Ts", num);
+            MHD_add_response_header(resp, "X-Almanac-Origin",
+                                    store_origin_name(store_entry_origin(e)));
+            e = NULL; /* the response holds it now */
+        }
+    }
+    store_entry_unref(e);
+    if (resp == NULL)
+        return MHD_NO;
+    snprintf(num, sizeof num, "%lld", (long long)rev);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+    MHD_add_response_header(resp, "X-Almanac-Rev", num);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    return http__queue(r, not_modified ? 304 : 200, resp);
+}
+
+struct http__list {
+    struct buf *b;
+    size_t n;
+    struct buf last; /* a copy of the last key listed: the next cursor */
+};
+
+static void http__list_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct http__list *l = arg;
+    if (l->n++)
+        buf_add(l->b, ",", 1);
+    envelope_add(l->b, key, klen, e);
+    l->last.len = 0;
+    buf_add(&l->last, key, klen);
+}
+
+static int http__limit(struct req *r, size_t *limit, enum MHD_Result *answer)
+{
+    const char *s = http__arg(r, "limit");
+    char *end;
+    *limit = HTTP_LIST_DEFAULT;
+    if (s == NULL)
+        return 0;
+    long n = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || n < 1 || n > HTTP_LIST_MAX) {
+        *answer = http__error(r, STORE_EBADREQ, "limit must be a number from 1 to %d",
+                              HTTP_LIST_MAX);
+        return -1;
+    }
+    *limit = (size_t)n;
+    return 0;
+}
+
+static enum MHD_Result http__get_pattern(struct req *r)
+{
+    struct buf b = {0};
+    enum MHD_Result answer;
+    size_t limit;
+    bool more;
+    const char *after = http__arg(r, "after");
+
+    if (http__limit(r, &limit, &answer) != 0)
+        return answer;
+    buf_adds(&b, "{\"entries\":[");
+    struct http__list l = {.b = &b};
+    store_pget(r->h->store, r->path, r->plen, after, after ? strlen(after) : 0, limit,
+               http__list_visit, &l, &more);
+    buf_adds(&b, "],\"next\":");
+    if (more && l.n > 0)
+        buf_add_jstr(&b, l.last.p, l.last.len);
+    else
+        buf_adds(&b, "null");
+    b.oom |= l.last.oom;
+    buf_free(&l.last);
+    buf_adds(&b, "}");
+    return http__json(r, 200, &b);
+}
+
+static enum MHD_Result http__keys(struct req *r)
+{
+    enum MHD_Result answer;
+    bool wild;
+
+    if (r->method == M_GET || r->method == M_HEAD) {
+        if (http__check_pattern(r, &wild, &answer) != 0)
+            return answer;
+        return wild ? http__get_pattern(r) : http__get_key(r);
+    }
+    if (r->method == M_PUT) {
+        struct store_entry *e;
+        int64_t if_rev;
+        if (r->too_large)
+            return http__error(r, STORE_ETOOLARGE,
+                               "the value is more than max_value_bytes (%zu bytes)",
+                               r->body_max);
+        if (http__check_key(r, &answer) != 0 || http__precondition(r, &if_rev, &answer) != 0 ||
+            http__body_entry(r, &e, &answer) != 0)
+            return answer;
+        r->one = (struct store_op){.kind = STORE_OP_SET,
+                                   .key = r->path,
+                                   .klen = r->plen,
+                                   .entry = e,
+                                   .if_rev = if_rev};
+        return http__submit(r, &r->one, 1);
+    }
+    /* DELETE */
+    int64_t if_rev;
+    if (http__check_pattern(r, &wild, &answer) != 0 ||
+        http__precondition(r, &if_rev, &answer) != 0)
+        return answer;
+    if (wild && if_rev != STORE_ANY_REV)
+        return http__error(r, STORE_EBADREQ, "If-Match applies to a key, not a pattern");
+    r->one = (struct store_op){.kind = STORE_OP_DELETE,
+                               .key = r->path,
+                               .klen = r->plen,
+                               .pattern = wild,
+                               .must_exist = !wild,
+                               .if_rev = if_rev};
+    return http__submit(r, &r->one, 1);
+}
+
+static enum MHD_Result http__publish(struct req *r)
+{
+    enum MHD_Result answer;
+    struct store_entry *e;
+
+    if (r->too_large)
+        return http__error(r, STORE_ETOOLARGE, "the value is more than max_value_bytes (%zu bytes)",
+                           r->body_max);
+    if (http__check_key(r, &answer) != 0 || http__body_entry(r, &e, &answer) != 0)
+        return answer;
+    int err = store_publish(r->h->store, r->path, r->plen, e);
+    if (err == STORE_EREADONLY)
+        return http__error(r, err, "keys starting with '$' belong to the server");
+    if (err != STORE_OK)
+        return http__error(r, err, "the server is shutting down");
+    struct buf b = {0};
+    buf_adds(&b, "{\"key\":");
+    buf_add_jstr(&b, r->path, r->plen);
+    buf_adds(&b, ",\"published\":true}");
+    return http__json(r, 202, &b);
+}
+
+struct http__ls {
+    struct buf *b;
+    size_t n;
+};
+
+static void http__ls_child(void *arg, const char *name, size_t nlen, bool value, bool children)
+{
+    struct http__ls *l = arg;
+    buf_adds(l->b, l->n++ ? ",{\"name\":" : "{\"name\":");
+    buf_add_jstr(l->b, name, nlen);
+    buf_addf(l->b, ",\"value\":%s,\"children\":%s}", value ? "true" : "false",
+             children ? "true" : "false");
+}
+
+static enum MHD_Result http__ls(struct req *r)
+{
+    enum MHD_Result answer;
+    bool root = r->path == NULL || r->plen == 0;
+    if (!root && http__check_key(r, &answer) != 0)
+        return answer;
+    struct buf b = {0};
+    struct http__ls l = {.b = &b};
+    buf_adds(&b, "{\"children\":[");
+    int err = store_ls(r->h->store, root, r->path, r->plen, http__ls_child, &l);
+    if (err != STORE_OK) {
+        buf_free(&b);
+        return http__error(r, err, "key %s does not exist", r->path);
+    }
+    buf_adds(&b, "]}");
+    return http__json(r, 200, &b);
+}
+
+/* Builds one batch op from its JSON; returns 0 or -1 after answering. */
+static int http__batch_op(struct req *r, size_t i, json_t *jop, struct store_op *op,
+                          enum MHD_Result *answer)
+{
+    const struct store_limits *lim = store_limits(r->h->store);
+    const char *kind = json_string_value(json_object_get(jop, "op"));
+    json_t *jkey = json_object_get(jop, "key"), *jrev = json_object_get(jop, "if_rev");
+    char why[256];
+    bool wild = false;
+
+    memset(op, 0, sizeof *op);
+    op->if_rev = STORE_ANY_REV;
+    if (!json_is_object(jop) || kind == NULL) {
+        *answer = http__error(r, STORE_EBODY, "ops[%zu]: an op is an object with \"op\" set to "
+                                              "set, delete or get", i);
+        return -1;
+    }
+    if (!json_is_string(jkey)) {
+        *answer = http__error(r, STORE_EBODY, "ops[%zu]: \"key\" must be a string", i);
+        return -1;
+    }
+    op->key = json_string_value(jkey);
+    op->klen = json_string_length(jkey);
+    if (jrev != NULL) {
+        if (!json_is_integer(jrev) || json_integer_value(jrev) < 0) {
+            *answer = http__error(r, STORE_EBODY, "ops[%zu]: if_rev must be a rev, or 0", i);
+            return -1;
+        }
+        op->if_rev = json_integer_value(jrev);
+    }
+    int err;
+    if (strcmp(kind, "delete") == 0) {
+        op->kind = STORE_OP_DELETE;
+        err = store_pattern_check(op->key, op->klen, lim->max_key_bytes, &wild, why, sizeof why);
+        op->pattern = wild;
+        if (err == STORE_OK && wild && jrev != NULL) {
+            *answer = http__error(r, STORE_EBODY, "ops[%zu]: if_rev applies to a key, not a "
+                                                  "pattern", i);
+            return -1;
+        }
+    } else if (strcmp(kind, "set") == 0 || strcmp(kind, "get") == 0) {
+        op->kind = kind[0] == 's' ? STORE_OP_SET : STORE_OP_GET;
+        err = store_key_check(op->key, op->klen, lim->max_key_bytes, why, sizeof why);
+    } else {
+        *answer = http__error(r, STORE_EBODY, "ops[%zu]: unknown op '%s': use set, delete or get",
+                              i, kind);
+        return -1;
+    }
+    if (err != STORE_OK) {
+        *answer = http__error(r, err, "ops[%zu]: %s", i, why);
+        return -1;
+    }
+    if (op->kind == STORE_OP_SET) {
+        err = envelope_entry(jop, lim->max_value_bytes, STORE_ORIGIN_HTTP, &op->entry, why,
+                             sizeof why);
+        if (err != STORE_OK) {
+            *answer = http__error(r, err, "ops[%zu]: %s", i, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static enum MHD_Result http__batch(struct req *r)
+{
+    json_error_t jerr;
+    enum MHD_Result answer;
+
+    if (r->too_large)
+        return http__error(r, STORE_ETOOLARGE, "the body is more than max_body_bytes (%zu bytes)",
+                           r->body_max);
+    r->batch = json_loadb(r->body ? r->body : "", r->blen, 0, &jerr);
+    if (r->batch == NULL)
+        return http__error(r, STORE_EBODY, "the body is not valid JSON: %s (line %d, column %d)",
+                           jerr.text, jerr.line, jerr.column);
+    json_t *ops = json_object_get(r->batch, "ops");
+    size_t n = json_array_size(ops);
+    if (!json_is_array(ops) || n == 0)
+        return http__error(r, STORE_EBODY, "the body must be {\"ops\":[...]} with at least one op");
+    struct store_op *v = calloc(n, sizeof *v);
+    if (v == NULL)
+        return http__error(r, STORE_EINTERNAL, "out of memory");
+    r->ops = v;
+    for (size_t i = 0; i < n; i++) {
+        if (http__batch_op(r, i, json_array_get(ops, i), &v[i], &answer) != 0) {
+            for (size_t k = 0; k <= i; k++)
+                store_entry_unref(v[k].entry);
+            return answer;
+        }
+    }
+    return http__submit(r, v, n);
+}
+
+static enum MHD_Result http__info(struct req *r)
+{
+    struct store_stats st;
+    struct buf b = {0};
+    store_stats(r->h->store, &st);
+    buf_addf(&b,
+             "{\"version\":\"%s\",\"uptime_s\":%lld,\"keys\":%llu,\"rev\":%lld,"
+             "\"schema_version\":%d,\"protocols\":[\"1.0\"],\"sessions\":0,"
+             "\"bridge\":{\"state\":\"off\"},\"storage\":{\"path\":",
+             ALMANAC_VERSION, (long long)((http__now_us() - r->h->started_us) / 1000000),
+             (unsigned long long)st.keys, (long long)st.rev, st.schema_version);
+    buf_add_jstr(&b, st.db_path, strlen(st.db_path));
+    buf_addf(&b,
+             ",\"durability\":\"%s\",\"db_bytes\":%lld,\"wal_bytes\":%lld,"
+             "\"committed_rev\":%lld,\"commits\":%llu,\"writable\":%s}}",
+             st.durability == STORE_DURABLE_FSYNC ? "fsync" : "commit", (long long)st.db_bytes,
+             (long long)st.wal_bytes, (long long)st.committed_rev,
+             (unsigned long long)st.commits, st.writable ? "true" : "false");
+    return http__json(r, 200, &b);
+}
+
+static void http__metric(struct buf *b, const char *name, const char *type, const char *help,
+                         unsigned long long value)
+{
+    buf_addf(b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name, value);
+}
+
+static enum MHD_Result http__metrics(struct req *r)
+{
+    struct store_stats st;
+    struct buf b = {0};
+    store_stats(r->h->store, &st);
+    http__metric(&b, "almanac_keys", "gauge", "Keys in the store.", st.keys);
+    http__metric(&b, "almanac_rev", "gauge", "The last rev assigned.", (unsigned long long)st.rev);
+    http__metric(&b, "almanac_committed_rev", "gauge", "The last rev committed to storage.",
+                 (unsigned long long)st.committed_rev);
+    http__metric(&b, "almanac_commits_total", "counter", "SQLite transactions committed.",
+                 st.commits);
+    http__metric(&b, "almanac_changes_total", "counter", "Changes committed.", st.changes);
+    http__metric(&b, "almanac_commit_failures_total", "counter",
+                 "Commits that failed and were undone.", st.commit_failures);
+    http__metric(&b, "almanac_publishes_total", "counter", "Transient messages published.",
+                 st.publishes);
+    http__metric(&b, "almanac_storage_writable", "gauge", "1 while the last commit succeeded.",
+                 st.writable);
+    http__metric(&b, "almanac_uptime_seconds", "gauge", "Seconds since the start.",
+                 (unsigned long long)((http__now_us() - r->h->started_us) / 1000000));
+    buf_adds(&b, "# HELP almanac_storage_bytes Size of the database files.\n"
+                 "# TYPE almanac_storage_bytes gauge\n");
+    buf_addf(&b, "almanac_storage_bytes{file=\"db\"} %lld\n", (long long)st.db_bytes);
+    buf_addf(&b, "almanac_storage_bytes{file=\"wal\"} %lld\n", (long long)st.wal_bytes);
+    buf_adds(&b, "# HELP almanac_http_responses_total HTTP responses by status.\n"
+                 "# TYPE almanac_http_responses_total counter\n");
+    for (unsigned s = 100; s < HTTP_MAX_STATUS; s++) {
+        uint64_t n = atomic_load_explicit(&r->h->status_count[s], memory_order_relaxed);
+        if (n)
+            buf_addf(&b, "almanac_http_responses_total{code=\"%u\"} %llu\n", s,
+                     (unsigned long long)n);
+    }
+    return http__text(r, 200, &b, "text/plain; version=0.0.4");
+}
+
+static enum MHD_Result http__dispatch(struct req *r)
+{
+    struct buf b = {0};
+    switch (r->route) {
+    case ROUTE_KEYS:
+        return http__keys(r);
+    case ROUTE_PUBLISH:
+        return http__publish(r);
+    case ROUTE_LS:
+        return http__ls(r);
+    case ROUTE_BATCH:
+        return http__batch(r);
+    case ROUTE_INFO:
+        return http__info(r);
+    case ROUTE_HEALTH:
+        buf_adds(&b, "{\"status\":\"ok\"}");
+        return http__json(r, 200, &b);
+    case ROUTE_READY: {
+        struct store_stats st;
+        store_stats(r->h->store, &st);
+        if (st.draining)
+            return http__error(r, STORE_EUNAVAIL, "the server is shutting down");
+        if (!st.writable)
+            return http__error(r, STORE_EUNAVAIL, "the last commit to storage failed");
+        buf_adds(&b, "{\"status\":\"ready\"}");
+        return http__json(r, 200, &b);
+    }
+    case ROUTE_METRICS:
+        return http__metrics(r);
+    case ROUTE_NONE:
+        break;
+    }
+    return http__error(r, STORE_ENOTFOUND, "no such route");
+}
+
+/* ---- the MHD callbacks ---- */
+
+static void http__body_append(struct req *r, const char *data, size_t len)
+{
+    if (r->too_large || len > r->body_max - r->blen) {
+        r->too_large = true;
+        return;
+    }
+    if (r->blen + len > r->bcap) {
+        size_t cap = r->bcap ? r->bcap : 4096;
+        while (cap < r->blen + len)
+            cap *= 2;
+        char *p = realloc(r->body, cap);
+        if (p == NULL) {
+            r->too_large = true;
+            return;
+        }
+        r->body = p;
+        r->bcap = cap;
+    }
+    memcpy(r->body + r->blen, data, len);
+    r->blen += len;
+}
+
+/* The first call of a request: route, method and declared size. */
+static enum MHD_Result http__begin(struct req *r, const char *url)
+{
+    int i = http__route(r, url);
+    if (i < 0)
+        return r->route == ROUTE_NONE ? http__error(r, STORE_ENOTFOUND, "no such route: %s", url)
+                                      : MHD_NO;
+    if (r->method == M_OTHER || !(http__routes[i].methods & r->method))
+        return http__not_allowed(r, http__routes[i].allow);
+    const struct store_limits *lim = store_limits(r->h->store);
+    r->body_max = r->route == ROUTE_BATCH ? r->h->cfg->max_body_bytes : lim->max_value_bytes;
+    const char *cl = http__header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > r->body_max)
+        return http__error(r, STORE_ETOOLARGE, "the body is %s bytes, more than the limit of %zu",
+                           cl, r->body_max);
+    return MHD_YES;
+}
+
+static enum MHD_Result http__handle(void *cls, struct MHD_Connection *conn, const char *url,
+                                    const char *method, const char *version,
+                                    const char *upload_data, size_t *upload_size, void **con_cls)
+{
+    struct http *h = cls;
+    struct req *r = *con_cls;
+    (void)version;
+
+    if (r == NULL) {
+        if ((r = calloc(1, sizeof *r)) == NULL)
+            return MHD_NO;
+        r->h = h;
+        r->conn = conn;
+        r->method = http__method(method);
+        *con_cls = r;
+        atomic_fetch_add(&h->active, 1);
+        return http__begin(r, url);
+    }
+    if (*upload_size > 0) {
+        http__body_append(r, upload_data, *upload_size);
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    switch (atomic_load(&r->state)) {
+    case REQ_DONE:
+        return http__answer_write(r);
+    case REQ_WAITING:
+        return MHD_YES; /* resumed early: the answer is not ready */
+    default:
+        return http__dispatch(r);
+    }
+}
+
+static void http__completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                            enum MHD_RequestTerminationCode code)
+{
+    struct http *h = cls;
+    struct req *r = *con_cls;
+    (void)conn;
+    (void)code;
+    if (r == NULL)
+        return;
+    if (r->ops != NULL) {
+        store_txn_clear(&r->txn);
+        if (r->ops != &r->one)
+            free(r->ops);
+    }
+    json_decref(r->batch);
+    free(r->path);
+    free(r->body);
+    free(r);
+    *con_cls = NULL;
+    atomic_fetch_sub(&h->active, 1);
+}
+
+/* Decodes %XX in place. A NUL byte cannot live in a C string, so %00 turns
+ * into "\xC0\x80", which the key checks refuse by name. */
+static size_t http__unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    char *out = s;
+    (void)cls;
+    (void)c;
+    for (const char *in = s; *in; in++) {
+        if (in[0] == '%' && isxdigit((unsigned char)in[1]) && isxdigit((unsigned char)in[2])) {
+            char hex[3] = {in[1], in[2], 0};
+            char byte = (char)strtol(hex, NULL, 16);
+            in += 2;
+            if (byte == 0 && out + 1 < in) {
+                *out++ = '\xC0';
+                *out++ = '\x80';
+                continue;
+            }
+            *out++ = byte;
+        } else
+            *out++ = *in;
+    }
+    *out = '\0';
+    return (size_t)(out - s);
+}
+
+static void http__mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    (void)cls;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    log_debug("http: %s", msg);
+}
+
+int http_start(struct store *store, const struct config *cfg, struct http **out, char *why,
+               size_t why_len)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE}, *ai = NULL;
+    char host[256];
+    const char *colon = strrchr(cfg->http_listen, ':');
+    size_t hlen = (size_t)(colon - cfg->http_listen);
+    struct http *h = calloc(1, sizeof *h);
+
+    *out = NULL;
+    if (h == NULL) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    if (hlen >= sizeof host)
+        hlen = sizeof host - 1;
+    memcpy(host, cfg->http_listen, hlen);
+    host[hlen] = '\0';
+    if (host[0] == '[' && hlen > 2 && host[hlen - 1] == ']') {
+        memmove(host, host + 1, hlen - 2);
+        host[hlen - 2] = '\0';
+    }
+    int gai = getaddrinfo(host, colon + 1, &hints, &ai);
+    if (gai != 0) {
+        snprintf(why, why_len, "http_listen %s: %s", cfg->http_listen, gai_strerror(gai));
+        free(h);
+        return -1;
+    }
+    h->store = store;
+    h->cfg = cfg;
+    h->started_us = http__now_us();
+    unsigned threads = cfg->http_threads;
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (unsigned)n : 1;
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TURBO |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    h->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, http__handle, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
+        MHD_OPTION_UNESCAPE_CALLBACK, http__unescape, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)120, MHD_OPTION_EXTERNAL_LOGGER, http__mhd_log, NULL, MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (h->daemon == NULL) {
+        snprintf(why, why_len, "cannot listen on %s (in use, or not an address of this host)",
+                 cfg->http_listen);
+        free(h);
+        return -1;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : 0;
+    log_info("http: listening on http://%s:%u/ with %u threads", host[0] ? host : "*", h->port,
+             threads);
+    *out = h;
+    return 0;
+}
+
+unsigned short http_port(const struct http *h)
+{
+    return h->port;
+}
+
+void http_quiesce(struct http *h)
+{
+    MHD_socket fd = MHD_quiesce_daemon(h->daemon);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+}
+
+void http_stop(struct http *h)
+{
+    if (h == NULL)
+        return;
+    /* Writers were answered by store_drain; give their answers time to go. */
+    for (int i = 0; i < 300 && atomic_load(&h->active) > 0; i++)
+        usleep(10000);
+    MHD_stop_daemon(h->daemon);
+    free(h);
+}

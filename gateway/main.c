@@ -1,0 +1,93 @@
+/*
+ * main.c — the `almanac` command: `serve` runs the server.
+ *
+ * Start: configuration, store (open, migrate, load), HTTP. SIGTERM and SIGINT
+ * are blocked in every thread and taken here with sigwait. Stop, in order:
+ * stop accepting, drain the commit queue (every writer is answered), let the
+ * answers go out, stop HTTP, close the database.
+ */
+#include "gateway.h"
+#include "version.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: almanac serve [-c FILE] [--OPTION VALUE ...]\n"
+                 "       almanac version\n"
+                 "\n"
+                 "Options are those of conf/almanac.conf; each can also be set as\n"
+                 "ALMANAC_<OPTION> in the environment. A flag wins over the environment,\n"
+                 "the environment over the file.\n");
+}
+
+static int serve(int argc, char **argv)
+{
+    struct config cfg;
+    struct store *store = NULL;
+    struct http *http = NULL;
+    char why[1024];
+    sigset_t stop;
+    int sig, rc = 1;
+
+    if (config_load(&cfg, argc, argv, why, sizeof why) != 0) {
+        fprintf(stderr, "almanac: %s\n", why);
+        config_free(&cfg);
+        return 2;
+    }
+    log_set_level(cfg.log_level);
+    /* Blocked before any thread starts, so every thread inherits it. */
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct store_config scfg = {
+        .data_dir = cfg.data_dir, .durability = cfg.durability, .limits = cfg.limits};
+    if (store_open(&scfg, &store, why, sizeof why) != STORE_OK) {
+        log_error("almanac: %s", why);
+        goto out;
+    }
+    if (strcmp(cfg.http_listen, "off") != 0 && http_start(store, &cfg, &http, why, sizeof why) != 0) {
+        log_error("almanac: %s", why);
+        goto out;
+    }
+    log_info("almanac %s ready", ALMANAC_VERSION);
+    sigwait(&stop, &sig);
+    log_info("almanac: %s: stopping", strsignal(sig));
+    rc = 0;
+out:
+    if (http)
+        http_quiesce(http);
+    if (store)
+        store_drain(store);
+    http_stop(http);
+    store_close(store);
+    config_free(&cfg);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "serve") == 0)
+        return serve(argc - 2, argv + 2);
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("almanac %s\n", ALMANAC_VERSION);
+        return 0;
+    }
+    if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "almanac: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

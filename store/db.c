@@ -1,0 +1,332 @@
+/*
+ * db.c — SQLite persistence: opening, migrations, loading, and writing the
+ * committer's transactions.
+ *
+ * `data_dir/almanac.db` in WAL mode. One connection, owned by the thread that
+ * opened it until the committer starts, then by the committer alone.
+ * Invariants:
+ *   1. `schema_version` has one row per applied migration; migrations run in
+ *      order, each in its own transaction; a database whose highest version
+ *      is above DB_SCHEMA_VERSION is refused, never touched;
+ *   2. meta('rev') is the highest rev ever committed, deletions included, so
+ *      revs never repeat across restarts;
+ *   3. db__write writes a whole list of commits in one transaction or
+ *      nothing.
+ * A lock file (flock) keeps a second almanac off the same data_dir.
+ */
+#include "store_int.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+struct db {
+    sqlite3 *conn;
+    sqlite3_stmt *put, *del, *rev;
+    int schema_version;
+    int lock_fd;
+    char *path;
+};
+
+/* Migration N brings the schema from version N-1 to N. Each keeps its SQL
+ * forever: a database of any older version is brought up step by step. */
+static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
+    [1] = "CREATE TABLE entries ("
+          "  key TEXT PRIMARY KEY, rev INTEGER NOT NULL, ts INTEGER NOT NULL,"
+          "  type TEXT NOT NULL, labels TEXT, origin INTEGER NOT NULL, value BLOB NOT NULL"
+          ") WITHOUT ROWID;"
+          "CREATE TABLE history ("
+          "  rev INTEGER PRIMARY KEY, key TEXT NOT NULL, ts INTEGER NOT NULL,"
+          "  type TEXT, labels TEXT, origin INTEGER NOT NULL, value BLOB,"
+          "  deleted INTEGER NOT NULL DEFAULT 0);"
+          "CREATE INDEX history_key_rev ON history(key, rev);"
+          "CREATE INDEX history_ts ON history(ts);"
+          "CREATE TABLE outbox ("
+          "  topic TEXT PRIMARY KEY, rev INTEGER NOT NULL, type TEXT, labels TEXT,"
+          "  value BLOB, deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+          "CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+          "INSERT INTO meta(name, value) VALUES ('rev', 0);",
+};
+
+static int64_t db__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int db__exec(struct db *db, const char *sql, char *why, size_t why_len)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db->conn, sql, NULL, NULL, &msg) == SQLITE_OK)
+        return 0;
+    snprintf(why, why_len, "%s: %s", db->path, msg ? msg : sqlite3_errmsg(db->conn));
+    sqlite3_free(msg);
+    return -1;
+}
+
+/* The highest applied migration, 0 for a new database, -1 on error. */
+static int db__current_version(struct db *db, char *why, size_t why_len)
+{
+    sqlite3_stmt *st = NULL;
+    int version = -1;
+    const char *sql = "SELECT count(*) FROM sqlite_master WHERE name = 'schema_version'";
+
+    if (sqlite3_prepare_v2(db->conn, sql, -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        goto fail;
+    if (sqlite3_column_int(st, 0) == 0) {
+        version = 0;
+        goto out;
+    }
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(db->conn, "SELECT coalesce(max(version), 0) FROM schema_version", -1,
+                           &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        goto fail;
+    version = sqlite3_column_int(st, 0);
+    goto out;
+fail:
+    snprintf(why, why_len, "%s: cannot read the schema version: %s", db->path,
+             sqlite3_errmsg(db->conn));
+out:
+    sqlite3_finalize(st);
+    return version;
+}
+
+static int db__migrate(struct db *db, char *why, size_t why_len)
+{
+    int version = db__current_version(db, why, why_len);
+    if (version < 0)
+        return STORE_EINTERNAL;
+    if (version > DB_SCHEMA_VERSION) {
+        snprintf(why, why_len,
+                 "%s has schema version %d, newer than this almanac, which knows versions up to "
+                 "%d: run a newer almanac",
+                 db->path, version, DB_SCHEMA_VERSION);
+        return STORE_EINTERNAL;
+    }
+    if (version == 0 && db__exec(db,
+                                 "CREATE TABLE IF NOT EXISTS schema_version ("
+                                 " version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+                                 why, why_len) != 0)
+        return STORE_EINTERNAL;
+    for (int v = version + 1; v <= DB_SCHEMA_VERSION; v++) {
+        char record[128];
+        snprintf(record, sizeof record, "INSERT INTO schema_version VALUES (%d, %lld)", v,
+                 (long long)db__now_us());
+        if (db__exec(db, "BEGIN IMMEDIATE", why, why_len) != 0)
+            return STORE_EINTERNAL;
+        if (db__exec(db, db__migrations[v], why, why_len) != 0 ||
+            db__exec(db, record, why, why_len) != 0 || db__exec(db, "COMMIT", why, why_len) != 0) {
+            char ignore[8];
+            db__exec(db, "ROLLBACK", ignore, sizeof ignore);
+            return STORE_EINTERNAL;
+        }
+        log_info("store: applied schema migration %d to %s", v, db->path);
+    }
+    db->schema_version = DB_SCHEMA_VERSION;
+    return STORE_OK;
+}
+
+static int db__lock(struct db *db, const char *dir, char *why, size_t why_len)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/almanac.lock", dir);
+    db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (db->lock_fd < 0) {
+        snprintf(why, why_len, "cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(db->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        snprintf(why, why_len, "%s is in use by another almanac (%s is locked)", dir, path);
+        return -1;
+    }
+    return 0;
+}
+
+int db__open(const char *dir, enum store_durability durability, struct db **out, char *why,
+             size_t why_len)
+{
+    struct db *db = calloc(1, sizeof *db);
+    int err = STORE_EINTERNAL;
+    size_t plen = strlen(dir) + sizeof "/almanac.db";
+
+    *out = NULL;
+    if (db == NULL || (db->path = malloc(plen)) == NULL) {
+        snprintf(why, why_len, "out of memory");
+        free(db);
+        return STORE_EINTERNAL;
+    }
+    db->lock_fd = -1;
+    snprintf(db->path, plen, "%s/almanac.db", dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        snprintf(why, why_len, "cannot create data_dir %s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    if (db__lock(db, dir, why, why_len) != 0)
+        goto fail;
+    if (sqlite3_open_v2(db->path, &db->conn,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(why, why_len, "cannot open %s: %s", db->path,
+                 db->conn ? sqlite3_errmsg(db->conn) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_timeout(db->conn, 5000);
+    if (db__exec(db, "PRAGMA journal_mode=WAL", why, why_len) != 0 ||
+        db__exec(db,
+                 durability == STORE_DURABLE_FSYNC ? "PRAGMA synchronous=FULL"
+                                                   : "PRAGMA synchronous=NORMAL",
+                 why, why_len) != 0)
+        goto fail;
+    if ((err = db__migrate(db, why, why_len)) != STORE_OK)
+        goto fail;
+    err = STORE_EINTERNAL;
+    if (sqlite3_prepare_v3(db->conn,
+                           "INSERT OR REPLACE INTO entries(key, rev, ts, type, labels, origin, "
+                           "value) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &db->put, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(db->conn, "DELETE FROM entries WHERE key = ?", -1,
+                           SQLITE_PREPARE_PERSISTENT, &db->del, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(db->conn, "UPDATE meta SET value = ? WHERE name = 'rev'", -1,
+                           SQLITE_PREPARE_PERSISTENT, &db->rev, NULL) != SQLITE_OK) {
+        snprintf(why, why_len, "%s: %s", db->path, sqlite3_errmsg(db->conn));
+        goto fail;
+    }
+    *out = db;
+    return STORE_OK;
+fail:
+    db__close(db);
+    return err;
+}
+
+void db__close(struct db *db)
+{
+    if (db == NULL)
+        return;
+    sqlite3_finalize(db->put);
+    sqlite3_finalize(db->del);
+    sqlite3_finalize(db->rev);
+    if (db->conn != NULL && sqlite3_close(db->conn) != SQLITE_OK)
+        log_warn("store: closing %s: %s", db->path, sqlite3_errmsg(db->conn));
+    if (db->lock_fd >= 0)
+        close(db->lock_fd);
+    free(db->path);
+    free(db);
+}
+
+int db__schema_version(const struct db *db)
+{
+    return db->schema_version;
+}
+
+const char *db__path(const struct db *db)
+{
+    return db->path;
+}
+
+int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, size_t why_len)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, err = STORE_EINTERNAL;
+
+    *rev = 0;
+    if (sqlite3_prepare_v2(db->conn, "SELECT coalesce(max(value), 0) FROM meta WHERE name = 'rev'",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        goto fail;
+    *rev = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(db->conn,
+                           "SELECT key, rev, ts, type, labels, origin, value FROM entries", -1,
+                           &st, NULL) != SQLITE_OK)
+        goto fail;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *key = (const char *)sqlite3_column_text(st, 0);
+        size_t klen = (size_t)sqlite3_column_bytes(st, 0);
+        int64_t erev = sqlite3_column_int64(st, 1);
+        const void *value = sqlite3_column_blob(st, 6);
+        size_t vlen = (size_t)sqlite3_column_bytes(st, 6);
+        struct store_entry *e = entry__load(
+            value, vlen, (const char *)sqlite3_column_text(st, 3),
+            (const char *)sqlite3_column_text(st, 4),
+            (enum store_origin)sqlite3_column_int(st, 5), erev, sqlite3_column_int64(st, 2));
+        if (e == NULL || fn(arg, key, klen, e) != STORE_OK) {
+            snprintf(why, why_len, "out of memory while loading %s", db->path);
+            sqlite3_finalize(st);
+            return STORE_EINTERNAL;
+        }
+        if (erev > *rev)
+            *rev = erev;
+    }
+    if (rc != SQLITE_DONE)
+        goto fail;
+    err = STORE_OK;
+    goto out;
+fail:
+    snprintf(why, why_len, "cannot load %s: %s", db->path, sqlite3_errmsg(db->conn));
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+static int db__step(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int db__write_change(struct db *db, const struct change *c)
+{
+    if (c->entry == NULL) {
+        sqlite3_bind_text(db->del, 1, c->key, (int)c->klen, SQLITE_STATIC);
+        return db__step(db->del);
+    }
+    size_t vlen;
+    const void *value = store_entry_value(c->entry, &vlen);
+    sqlite3_stmt *st = db->put;
+    sqlite3_bind_text(st, 1, c->key, (int)c->klen, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->rev);
+    sqlite3_bind_int64(st, 3, c->ts);
+    sqlite3_bind_text(st, 4, store_entry_type(c->entry), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, store_entry_labels(c->entry), -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 6, (int)store_entry_origin(c->entry));
+    sqlite3_bind_blob(st, 7, vlen ? value : "", (int)vlen, SQLITE_STATIC);
+    return db__step(st);
+}
+
+int db__write(struct db *db, const struct commit *list)
+{
+    int rc = sqlite3_exec(db->conn, "BEGIN", NULL, NULL, NULL);
+    int64_t last = 0;
+
+    for (const struct commit *c = list; c != NULL && rc == SQLITE_OK; c = c->next) {
+        for (size_t i = 0; i < c->n && rc == SQLITE_OK; i++)
+            rc = db__write_change(db, &c->changes[i]);
+        if (c->n > 0)
+            last = c->last_rev;
+    }
+    if (rc == SQLITE_OK && last > 0) {
+        sqlite3_bind_int64(db->rev, 1, last);
+        rc = db__step(db->rev);
+    }
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db->conn, "COMMIT", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        return STORE_OK;
+    log_error("store: commit to %s failed: %s", db->path, sqlite3_errmsg(db->conn));
+    int full = rc == SQLITE_FULL || sqlite3_extended_errcode(db->conn) == SQLITE_FULL;
+    if (!sqlite3_get_autocommit(db->conn))
+        sqlite3_exec(db->conn, "ROLLBACK", NULL, NULL, NULL);
+    return full ? STORE_EFULL : STORE_EINTERNAL;
+}

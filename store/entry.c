@@ -1,0 +1,184 @@
+/*
+ * entry.c — values with their type, labels, rev, ts and origin.
+ *
+ * An entry is one allocation: a fixed header, then the value bytes, then a
+ * custom content type and the labels JSON (each NUL-terminated, each only
+ * when present). The three common types are a one-byte id instead.
+ * Invariants:
+ *   1. after entry__stamp and before it is shared, an entry never changes;
+ *   2. `refs` counts every holder (tree, change records, readers), and the
+ *      last unref frees it.
+ */
+#include "store_int.h"
+
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum { TYPE_CUSTOM = 0, TYPE_JSON, TYPE_TEXT, TYPE_BYTES, TYPE_COUNT };
+
+static const char *const entry__types[TYPE_COUNT] = {
+    [TYPE_CUSTOM] = NULL,
+    [TYPE_JSON] = "application/json",
+    [TYPE_TEXT] = "text/plain; charset=utf-8",
+    [TYPE_BYTES] = "application/octet-stream",
+};
+
+static const char *const entry__origins[STORE_ORIGIN_COUNT] = {
+    "http", "ws", "tcp", "unix", "mqtt", "sys",
+};
+
+struct store_entry {
+    _Atomic uint32_t refs;
+    uint32_t vlen;
+    int64_t rev;
+    int64_t ts;
+    uint32_t labels_len; /* without its NUL; 0: no labels */
+    uint16_t type_len;   /* without its NUL; 0: a builtin type */
+    uint8_t type_id;
+    uint8_t origin;
+    char data[]; /* value, [type NUL], [labels NUL] */
+};
+
+const char *store_origin_name(enum store_origin o)
+{
+    return (unsigned)o < STORE_ORIGIN_COUNT ? entry__origins[o] : "sys";
+}
+
+bool store_json_valid(const void *value, size_t len)
+{
+    json_error_t jerr;
+    /* As reals, integers of any length are valid JSON, as RFC 8259 says. */
+    json_t *j = json_loadb(value, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &jerr);
+    bool ok = j != NULL;
+    json_decref(j);
+    return ok;
+}
+
+const char *store_sniff_type(const void *value, size_t len)
+{
+    if (store_json_valid(value, len))
+        return entry__types[TYPE_JSON];
+    if (store__utf8_check(value, len) == len)
+        return entry__types[TYPE_TEXT];
+    return entry__types[TYPE_BYTES];
+}
+
+bool store_type_is_json(const char *type)
+{
+    size_t len = strcspn(type, ";");
+    while (len > 0 && type[len - 1] == ' ')
+        len--;
+    if (len == 16 && strncasecmp(type, "application/json", 16) == 0)
+        return true;
+    return len > 17 && strncasecmp(type, "application/", 12) == 0 &&
+           strncasecmp(type + len - 5, "+json", 5) == 0;
+}
+
+static struct store_entry *entry__alloc(const void *value, size_t len, const char *type,
+                                        const char *labels, enum store_origin origin)
+{
+    uint8_t type_id = TYPE_CUSTOM;
+    size_t tlen = strlen(type), llen = labels ? strlen(labels) : 0;
+
+    for (int i = 1; i < TYPE_COUNT; i++)
+        if (strcmp(type, entry__types[i]) == 0)
+            type_id = (uint8_t)i;
+    if (type_id != TYPE_CUSTOM)
+        tlen = 0;
+    if (len > UINT32_MAX || tlen > UINT16_MAX || llen > UINT32_MAX)
+        return NULL;
+    size_t size = sizeof(struct store_entry) + len + (tlen ? tlen + 1 : 0) + (llen ? llen + 1 : 0);
+    struct store_entry *e = malloc(size);
+    if (e == NULL)
+        return NULL;
+    atomic_init(&e->refs, 1);
+    e->vlen = (uint32_t)len;
+    e->rev = 0;
+    e->ts = 0;
+    e->type_id = type_id;
+    e->type_len = (uint16_t)tlen;
+    e->labels_len = (uint32_t)llen;
+    e->origin = (uint8_t)origin;
+    if (len)
+        memcpy(e->data, value, len);
+    if (tlen)
+        memcpy(e->data + len, type, tlen + 1);
+    if (llen)
+        memcpy(e->data + len + (tlen ? tlen + 1 : 0), labels, llen + 1);
+    return e;
+}
+
+int store_entry_new(const void *value, size_t len, const char *type, const char *labels_json,
+                    enum store_origin origin, struct store_entry **out)
+{
+    *out = NULL;
+    if (type == NULL || type[0] == '\0')
+        type = store_sniff_type(value, len);
+    else if (store_type_is_json(type) && !store_json_valid(value, len))
+        return STORE_EBODY;
+    if (labels_json != NULL && strcmp(labels_json, "{}") == 0)
+        labels_json = NULL;
+    *out = entry__alloc(value, len, type, labels_json, origin);
+    return *out ? STORE_OK : STORE_EINTERNAL;
+}
+
+struct store_entry *entry__load(const void *value, size_t len, const char *type,
+                                const char *labels_json, enum store_origin origin, int64_t rev,
+                                int64_t ts)
+{
+    struct store_entry *e = entry__alloc(value, len, type, labels_json, origin);
+    if (e != NULL)
+        entry__stamp(e, rev, ts);
+    return e;
+}
+
+void entry__stamp(struct store_entry *e, int64_t rev, int64_t ts)
+{
+    e->rev = rev;
+    e->ts = ts;
+}
+
+void store_entry_ref(struct store_entry *e)
+{
+    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+}
+
+void store_entry_unref(struct store_entry *e)
+{
+    if (e != NULL && atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
+        free(e);
+}
+
+const void *store_entry_value(const struct store_entry *e, size_t *len)
+{
+    *len = e->vlen;
+    return e->data;
+}
+
+const char *store_entry_type(const struct store_entry *e)
+{
+    return e->type_len ? e->data + e->vlen : entry__types[e->type_id];
+}
+
+const char *store_entry_labels(const struct store_entry *e)
+{
+    return e->labels_len ? e->data + e->vlen + (e->type_len ? e->type_len + 1u : 0) : NULL;
+}
+
+int64_t store_entry_rev(const struct store_entry *e)
+{
+    return e->rev;
+}
+
+int64_t store_entry_ts(const struct store_entry *e)
+{
+    return e->ts;
+}
+
+enum store_origin store_entry_origin(const struct store_entry *e)
+{
+    return (enum store_origin)e->origin;
+}

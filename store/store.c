@@ -1,0 +1,643 @@
+/*
+ * store.c — the store: the tree under a read-write lock, revisions, and the
+ * commit pipeline (group commit on one committer thread).
+ *
+ * The write path (ARCHITECTURE.md):
+ *   store_submit (any thread, tree write-locked): check every op, assign
+ *     revs, change the tree, append a `struct commit` to the queue;
+ *   committer: takes the whole queue, writes it in one SQLite transaction,
+ *     then marks it settled and calls each `done`.
+ * Invariants:
+ *   1. `rev` (the last assigned) only grows, and only under the write lock;
+ *      commits sit in the queue in rev order because they are queued under it;
+ *   2. settled <= rev; every change up to `settled` is committed or undone;
+ *   3. a reader answers only from state whose changes are settled: it waits
+ *      for `settled` to reach the `rev` it saw (store__await), so no client
+ *      sees a change that a crash could take back;
+ *   4. when a commit fails, every queued change after it is undone too, in
+ *      reverse order, under the write lock: the tree returns to the last
+ *      committed state and every writer of those changes gets the error.
+ */
+#include "store_int.h"
+#include "log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+struct store {
+    struct store_config cfg;
+    char *data_dir;
+    struct db *db;
+    struct tree *tree;
+    pthread_rwlock_t lock; /* the tree and `rev` */
+    int64_t rev;
+
+    pthread_mutex_t qlock; /* the queue, `stop`, `busy` */
+    pthread_cond_t qcond;
+    struct commit *head, *tail;
+    bool stop, busy;
+    pthread_t committer;
+    bool started;
+
+    pthread_mutex_t slock; /* waits on `settled` */
+    pthread_cond_t scond;
+    _Atomic int64_t settled;
+    _Atomic int64_t committed;
+    _Atomic bool draining;
+    _Atomic bool writable;
+
+    _Atomic uint64_t commits, changes, commit_failures, publishes;
+};
+
+static int64_t store__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void store__settle(struct store *s, int64_t rev)
+{
+    pthread_mutex_lock(&s->slock);
+    if (rev > atomic_load(&s->settled))
+        atomic_store(&s->settled, rev);
+    pthread_cond_broadcast(&s->scond);
+    pthread_mutex_unlock(&s->slock);
+}
+
+/* Waits until every change up to `rev` is settled (invariant 3). */
+static void store__await(struct store *s, int64_t rev)
+{
+    if (atomic_load(&s->settled) >= rev)
+        return;
+    pthread_mutex_lock(&s->slock);
+    while (atomic_load(&s->settled) < rev)
+        pthread_cond_wait(&s->scond, &s->slock);
+    pthread_mutex_unlock(&s->slock);
+}
+
+static void commit__free(struct commit *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        free(c->changes[i].key);
+        store_entry_unref(c->changes[i].entry);
+        store_entry_unref(c->changes[i].old);
+    }
+    free(c->changes);
+    free(c);
+}
+
+/* Puts back what the changes of `c` replaced, last change first. */
+static void commit__undo(struct store *s, struct commit *c)
+{
+    for (size_t i = c->n; i-- > 0;) {
+        struct change *ch = &c->changes[i];
+        struct store_entry *cur = NULL;
+        if (ch->old != NULL) {
+            store_entry_ref(ch->old);
+            if (tree__set(s->tree, ch->key, ch->klen, ch->old, &cur) != STORE_OK) {
+                store_entry_unref(ch->old);
+                log_error("store: out of memory undoing the change of %.*s", (int)ch->klen,
+                          ch->key);
+            }
+        } else
+            cur = tree__del(s->tree, ch->key, ch->klen);
+        store_entry_unref(cur);
+    }
+}
+
+static void store__finish(struct commit *list, int err)
+{
+    while (list != NULL) {
+        struct commit *next = list->next;
+        struct store_txn *t = list->txn;
+        if (err != STORE_OK) {
+            t->err = err;
+            t->fail = 0;
+            for (size_t i = 0; i < t->n; i++) {
+                t->ops[i].err = err;
+                store_entry_unref(t->ops[i].got);
+                t->ops[i].got = NULL;
+            }
+        }
+        list->done(list->arg, t);
+        commit__free(list);
+        list = next;
+    }
+}
+
+static void *store__committer(void *arg)
+{
+    struct store *s = arg;
+
+    for (;;) {
+        pthread_mutex_lock(&s->qlock);
+        while (s->head == NULL && !s->stop)
+            pthread_cond_wait(&s->qcond, &s->qlock);
+        if (s->head == NULL) {
+            pthread_mutex_unlock(&s->qlock);
+            break;
+        }
+        struct commit *list = s->head, *last = s->tail;
+        s->head = s->tail = NULL;
+        s->busy = true;
+        pthread_mutex_unlock(&s->qlock);
+
+        size_t n = 0;
+        for (struct commit *c = list; c != NULL; c = c->next)
+            n += c->n;
+        int err = n > 0 ? db__write(s->db, list) : STORE_OK;
+        if (err == STORE_OK) {
+            if (n > 0) {
+                atomic_store(&s->committed, last->last_rev);
+                atomic_fetch_add(&s->commits, 1);
+                atomic_fetch_add(&s->changes, n);
+                atomic_store(&s->writable, true);
+            }
+            store__settle(s, last->last_rev);
+        } else {
+            /* Invariant 4: undo this list and everything queued after it. */
+            atomic_fetch_add(&s->commit_failures, 1);
+            atomic_store(&s->writable, false);
+            pthread_rwlock_wrlock(&s->lock);
+            pthread_mutex_lock(&s->qlock);
+            last->next = s->head;
+            s->head = s->tail = NULL;
+            pthread_mutex_unlock(&s->qlock);
+            struct commit *rev_list = NULL;
+            /* Undo newest first: reverse the list, undo, reverse back. */
+            for (struct commit *c = list, *next; c != NULL; c = next) {
+                next = c->next;
+                c->next = rev_list;
+                rev_list = c;
+            }
+            list = NULL;
+            for (struct commit *c = rev_list, *next; c != NULL; c = next) {
+                next = c->next;
+                commit__undo(s, c);
+                c->next = list;
+                list = c;
+            }
+            int64_t rev = s->rev;
+            pthread_rwlock_unlock(&s->lock);
+            store__settle(s, rev);
+        }
+        store__finish(list, err);
+        pthread_mutex_lock(&s->qlock);
+        s->busy = false;
+        pthread_cond_broadcast(&s->qcond);
+        pthread_mutex_unlock(&s->qlock);
+    }
+    return NULL;
+}
+
+static int store__load_one(void *arg, const char *key, size_t klen, struct store_entry *e)
+{
+    struct store *s = arg;
+    struct store_entry *old;
+    int err = tree__set(s->tree, key, klen, e, &old);
+    if (err != STORE_OK)
+        store_entry_unref(e);
+    store_entry_unref(old);
+    return err;
+}
+
+int store_open(const struct store_config *cfg, struct store **out, char *why, size_t why_len)
+{
+    struct store *s = calloc(1, sizeof *s);
+    int err = STORE_EINTERNAL;
+    int64_t rev = 0;
+
+    *out = NULL;
+    if (s == NULL || (s->data_dir = strdup(cfg->data_dir)) == NULL ||
+        (s->tree = tree__new()) == NULL) {
+        snprintf(why, why_len, "out of memory");
+        goto fail;
+    }
+    s->cfg = *cfg;
+    s->cfg.data_dir = s->data_dir;
+    pthread_rwlock_init(&s->lock, NULL);
+    pthread_mutex_init(&s->qlock, NULL);
+    pthread_cond_init(&s->qcond, NULL);
+    pthread_mutex_init(&s->slock, NULL);
+    pthread_cond_init(&s->scond, NULL);
+    if ((err = db__open(cfg->data_dir, cfg->durability, &s->db, why, why_len)) != STORE_OK)
+        goto fail;
+    if ((err = db__load(s->db, store__load_one, s, &rev, why, why_len)) != STORE_OK)
+        goto fail;
+    s->rev = rev;
+    atomic_store(&s->settled, rev);
+    atomic_store(&s->committed, rev);
+    atomic_store(&s->writable, true);
+    if (pthread_create(&s->committer, NULL, store__committer, s) != 0) {
+        snprintf(why, why_len, "cannot start the committer thread");
+        err = STORE_EINTERNAL;
+        goto fail;
+    }
+    s->started = true;
+    log_info("store: %s loaded, %llu keys, rev %lld, schema %d", db__path(s->db),
+             (unsigned long long)tree__count(s->tree), (long long)rev,
+             db__schema_version(s->db));
+    *out = s;
+    return STORE_OK;
+fail:
+    store_close(s);
+    return err;
+}
+
+void store_drain(struct store *s)
+{
+    atomic_store(&s->draining, true);
+    /* A submit that took the lock before `draining` was set is queued once
+     * the lock is ours; the queue then only shrinks. */
+    pthread_rwlock_wrlock(&s->lock);
+    pthread_rwlock_unlock(&s->lock);
+    pthread_mutex_lock(&s->qlock);
+    while ((s->head != NULL || s->busy) && s->started)
+        pthread_cond_wait(&s->qcond, &s->qlock);
+    pthread_mutex_unlock(&s->qlock);
+}
+
+void store_close(struct store *s)
+{
+    if (s == NULL)
+        return;
+    if (s->started) {
+        store_drain(s);
+        pthread_mutex_lock(&s->qlock);
+        s->stop = true;
+        pthread_cond_broadcast(&s->qcond);
+        pthread_mutex_unlock(&s->qlock);
+        pthread_join(s->committer, NULL);
+        log_info("store: closed at rev %lld", (long long)atomic_load(&s->committed));
+    }
+    db__close(s->db);
+    tree__free(s->tree);
+    if (s->data_dir != NULL) {
+        pthread_rwlock_destroy(&s->lock);
+        pthread_mutex_destroy(&s->qlock);
+        pthread_cond_destroy(&s->qcond);
+        pthread_mutex_destroy(&s->slock);
+        pthread_cond_destroy(&s->scond);
+    }
+    free(s->data_dir);
+    free(s);
+}
+
+const struct store_limits *store_limits(const struct store *s)
+{
+    return &s->cfg.limits;
+}
+
+int store_get(struct store *s, const char *key, size_t klen, struct store_entry **out)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    struct store_entry *e = tree__get(s->tree, key, klen);
+    if (e != NULL)
+        store_entry_ref(e);
+    int64_t seen = s->rev;
+    pthread_rwlock_unlock(&s->lock);
+    store__await(s, seen);
+    *out = e;
+    return e ? STORE_OK : STORE_ENOTFOUND;
+}
+
+int store_pget(struct store *s, const char *pat, size_t plen, const char *after, size_t alen,
+               size_t limit, store_visit_fn visit, void *arg, bool *more)
+{
+    /* Wait first, so the answer holds nothing unsettled but what arrives
+     * during the walk; then wait for that too before the caller answers. */
+    pthread_rwlock_rdlock(&s->lock);
+    int64_t seen = s->rev;
+    pthread_rwlock_unlock(&s->lock);
+    store__await(s, seen);
+    pthread_rwlock_rdlock(&s->lock);
+    tree__walk(s->tree, pat, plen, after, alen, limit, visit, arg, more);
+    seen = s->rev;
+    pthread_rwlock_unlock(&s->lock);
+    store__await(s, seen);
+    return STORE_OK;
+}
+
+int store_ls(struct store *s, bool root, const char *key, size_t klen, store_child_fn child,
+             void *arg)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    int64_t seen = s->rev;
+    pthread_rwlock_unlock(&s->lock);
+    store__await(s, seen);
+    pthread_rwlock_rdlock(&s->lock);
+    int err = tree__ls(s->tree, root, key, klen, child, arg);
+    seen = s->rev;
+    pthread_rwlock_unlock(&s->lock);
+    store__await(s, seen);
+    return err;
+}
+
+/* ---- transactions ---- */
+
+static struct change *commit__add(struct commit *c, const char *key, size_t klen)
+{
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 4;
+        struct change *v = realloc(c->changes, cap * sizeof *v);
+        if (v == NULL)
+            return NULL;
+        c->changes = v;
+        c->cap = cap;
+    }
+    struct change *ch = &c->changes[c->n];
+    memset(ch, 0, sizeof *ch);
+    if ((ch->key = malloc(klen + 1)) == NULL)
+        return NULL;
+    memcpy(ch->key, key, klen);
+    ch->key[klen] = '\0';
+    ch->klen = klen;
+    c->n++;
+    return ch;
+}
+
+static int store__check_rev(const struct store_entry *cur, int64_t if_rev)
+{
+    if (if_rev == STORE_ANY_REV)
+        return STORE_OK;
+    if (if_rev == 0)
+        return cur == NULL ? STORE_OK : STORE_EREV;
+    return cur != NULL && store_entry_rev(cur) == if_rev ? STORE_OK : STORE_EREV;
+}
+
+static int store__apply_set(struct store *s, struct commit *c, struct store_op *op, int64_t ts)
+{
+    struct store_entry *cur = tree__get(s->tree, op->key, op->klen);
+    int err = store__check_rev(cur, op->if_rev);
+    if (err != STORE_OK)
+        return err;
+    if (store_key_reserved(op->key, op->klen) && store_entry_origin(op->entry) != STORE_ORIGIN_SYS)
+        return STORE_EREADONLY;
+    struct change *ch = commit__add(c, op->key, op->klen);
+    if (ch == NULL)
+        return STORE_EINTERNAL;
+    ch->rev = ++s->rev;
+    ch->ts = ts;
+    entry__stamp(op->entry, ch->rev, ts);
+    store_entry_ref(op->entry);
+    if (tree__set(s->tree, op->key, op->klen, op->entry, &ch->old) != STORE_OK) {
+        store_entry_unref(op->entry);
+        s->rev--;
+        free(ch->key);
+        c->n--;
+        return STORE_EINTERNAL;
+    }
+    ch->entry = op->entry; /* the op's reference moves to the change */
+    op->entry = NULL;
+    op->rev = ch->rev;
+    op->ts = ts;
+    op->created = ch->old == NULL;
+    return STORE_OK;
+}
+
+static int store__delete_one(struct store *s, struct commit *c, const char *key, size_t klen,
+                             int64_t ts, int64_t *rev)
+{
+    struct change *ch = commit__add(c, key, klen);
+    if (ch == NULL)
+        return STORE_EINTERNAL;
+    ch->rev = *rev = ++s->rev;
+    ch->ts = ts;
+    ch->old = tree__del(s->tree, key, klen);
+    return STORE_OK;
+}
+
+struct collect {
+    char **keys;
+    size_t *lens;
+    size_t n, cap;
+    bool oom;
+};
+
+static void store__collect(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct collect *k = arg;
+    (void)e;
+    if (k->oom)
+        return;
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? k->cap * 2 : 16;
+        char **keys = realloc(k->keys, cap * sizeof *keys);
+        if (keys != NULL)
+            k->keys = keys;
+        size_t *lens = realloc(k->lens, cap * sizeof *lens);
+        if (lens != NULL)
+            k->lens = lens;
+        if (keys == NULL || lens == NULL) {
+            k->oom = true;
+            return;
+        }
+        k->cap = cap;
+    }
+    if ((k->keys[k->n] = malloc(klen)) == NULL) {
+        k->oom = true;
+        return;
+    }
+    memcpy(k->keys[k->n], key, klen);
+    k->lens[k->n++] = klen;
+}
+
+static int store__apply_delete(struct store *s, struct commit *c, struct store_op *op, int64_t ts)
+{
+    if (store_key_reserved(op->key, op->klen))
+        return STORE_EREADONLY; /* whether or not anything matches */
+    if (!op->pattern) {
+        struct store_entry *cur = tree__get(s->tree, op->key, op->klen);
+        int err = store__check_rev(cur, op->if_rev);
+        if (err != STORE_OK)
+            return err;
+        if (cur == NULL)
+            return op->must_exist ? STORE_ENOTFOUND : STORE_OK;
+        op->deleted = 1;
+        return store__delete_one(s, c, op->key, op->klen, ts, &op->rev);
+    }
+    /* A wildcard never matches a $-key when it comes first: the walk skips
+     * them, so no $-key is deleted here. */
+    struct collect k = {0};
+    bool more;
+    int err = STORE_OK;
+    tree__walk(s->tree, op->key, op->klen, NULL, 0, SIZE_MAX, store__collect, &k, &more);
+    if (k.oom)
+        err = STORE_EINTERNAL;
+    for (size_t i = 0; i < k.n && err == STORE_OK; i++) {
+        err = store__delete_one(s, c, k.keys[i], k.lens[i], ts, &op->rev);
+        op->deleted += err == STORE_OK;
+    }
+    for (size_t i = 0; i < k.n; i++)
+        free(k.keys[i]);
+    free(k.keys);
+    free(k.lens);
+    return err;
+}
+
+int store_submit(struct store *s, struct store_txn *t, store_done_fn done, void *arg)
+{
+    struct commit *c = calloc(1, sizeof *c);
+    int err = STORE_OK;
+    size_t i;
+
+    t->err = STORE_OK;
+    t->fail = 0;
+    for (i = 0; i < t->n; i++) {
+        t->ops[i].err = STORE_OK;
+        t->ops[i].got = NULL;
+        t->ops[i].deleted = 0;
+        t->ops[i].created = false;
+    }
+    if (c == NULL) {
+        err = STORE_EINTERNAL;
+        goto out;
+    }
+    c->txn = t;
+    c->done = done;
+    c->arg = arg;
+    pthread_rwlock_wrlock(&s->lock);
+    if (atomic_load(&s->draining)) {
+        pthread_rwlock_unlock(&s->lock);
+        err = STORE_EUNAVAIL;
+        goto out;
+    }
+    int64_t ts = store__now_us(), rev0 = s->rev;
+    for (i = 0; i < t->n && err == STORE_OK; i++) {
+        struct store_op *op = &t->ops[i];
+        switch (op->kind) {
+        case STORE_OP_SET:
+            err = store__apply_set(s, c, op, ts);
+            break;
+        case STORE_OP_DELETE:
+            err = store__apply_delete(s, c, op, ts);
+            break;
+        case STORE_OP_GET:
+            op->got = tree__get(s->tree, op->key, op->klen);
+            if (op->got != NULL)
+                store_entry_ref(op->got);
+            break;
+        }
+        if (err != STORE_OK)
+            op->err = err;
+    }
+    if (err != STORE_OK) {
+        /* All or nothing: nobody saw these revs, so they are given back. */
+        commit__undo(s, c);
+        s->rev = rev0;
+        pthread_rwlock_unlock(&s->lock);
+        t->fail = i - 1;
+        goto out;
+    }
+    c->last_rev = s->rev;
+    pthread_mutex_lock(&s->qlock);
+    if (s->tail)
+        s->tail->next = c;
+    else
+        s->head = c;
+    s->tail = c;
+    pthread_cond_signal(&s->qcond);
+    pthread_mutex_unlock(&s->qlock);
+    pthread_rwlock_unlock(&s->lock);
+    return STORE_OK;
+out:
+    for (i = 0; i < t->n; i++) {
+        store_entry_unref(t->ops[i].got);
+        t->ops[i].got = NULL;
+        store_entry_unref(t->ops[i].entry);
+        t->ops[i].entry = NULL;
+    }
+    if (c != NULL)
+        commit__free(c);
+    t->err = err;
+    return err;
+}
+
+struct store__waiter {
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    bool done;
+};
+
+static void store__wake(void *arg, struct store_txn *t)
+{
+    struct store__waiter *w = arg;
+    (void)t;
+    pthread_mutex_lock(&w->m);
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->m);
+}
+
+int store_apply(struct store *s, struct store_txn *t)
+{
+    struct store__waiter w = {.done = false};
+    pthread_mutex_init(&w.m, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    if (store_submit(s, t, store__wake, &w) == STORE_OK) {
+        pthread_mutex_lock(&w.m);
+        while (!w.done)
+            pthread_cond_wait(&w.cv, &w.m);
+        pthread_mutex_unlock(&w.m);
+    }
+    pthread_mutex_destroy(&w.m);
+    pthread_cond_destroy(&w.cv);
+    return t->err;
+}
+
+void store_txn_clear(struct store_txn *t)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        store_entry_unref(t->ops[i].got);
+        t->ops[i].got = NULL;
+    }
+}
+
+int store_publish(struct store *s, const char *key, size_t klen, struct store_entry *e)
+{
+    int err = STORE_OK;
+    if (atomic_load(&s->draining))
+        err = STORE_EUNAVAIL;
+    else if (store_key_reserved(key, klen) && store_entry_origin(e) != STORE_ORIGIN_SYS)
+        err = STORE_EREADONLY;
+    else
+        atomic_fetch_add(&s->publishes, 1);
+    store_entry_unref(e);
+    return err;
+}
+
+static int64_t store__file_size(const char *path, const char *suffix)
+{
+    char p[4200];
+    struct stat st;
+    snprintf(p, sizeof p, "%s%s", path, suffix);
+    return stat(p, &st) == 0 ? (int64_t)st.st_size : 0;
+}
+
+void store_stats(struct store *s, struct store_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_rwlock_rdlock(&s->lock);
+    out->keys = tree__count(s->tree);
+    out->rev = s->rev;
+    pthread_rwlock_unlock(&s->lock);
+    out->committed_rev = atomic_load(&s->committed);
+    out->commits = atomic_load(&s->commits);
+    out->changes = atomic_load(&s->changes);
+    out->commit_failures = atomic_load(&s->commit_failures);
+    out->publishes = atomic_load(&s->publishes);
+    out->schema_version = db__schema_version(s->db);
+    out->writable = atomic_load(&s->writable);
+    out->draining = atomic_load(&s->draining);
+    out->db_path = db__path(s->db);
+    out->db_bytes = store__file_size(out->db_path, "");
+    out->wal_bytes = store__file_size(out->db_path, "-wal");
+    out->durability = s->cfg.durability;
+}

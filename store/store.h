@@ -1,0 +1,225 @@
+/*
+ * store.h — the public interface of almanac's store: keys and patterns, the
+ * in-memory key tree, revisions, and the commit pipeline to SQLite.
+ *
+ * Every transport (HTTP, sessions, the MQTT bridge) is a client of this API
+ * and nothing else of store/.
+ *
+ * Ownership, as in jansson: a function that returns `struct store_entry *`
+ * says whether the reference is new (the caller unrefs it) or borrowed.
+ * Entries are immutable once they are in the tree and are reference-counted,
+ * so any thread may hold one after the tree's lock is released.
+ */
+#ifndef ALMANAC_STORE_H
+#define ALMANAC_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* One error enum for every module and transport; 0 is success. The names and
+ * HTTP statuses are the table of API.md ("Errors"). */
+enum store_err {
+    STORE_OK = 0,
+    STORE_EKEY,       /* invalid_key, 400 */
+    STORE_EPATTERN,   /* invalid_pattern, 400 */
+    STORE_EBODY,      /* invalid_body, 400 */
+    STORE_EBADREQ,    /* bad_request, 400 */
+    STORE_EUNAUTH,    /* unauthorized, 401 */
+    STORE_EFORBIDDEN, /* forbidden, 403 */
+    STORE_EREADONLY,  /* read_only, 403 */
+    STORE_ENOTFOUND,  /* not_found, 404 */
+    STORE_EMETHOD,    /* method_not_allowed, 405 */
+    STORE_EGONE,      /* history_gone, 410 */
+    STORE_EREV,       /* rev_mismatch, 412 */
+    STORE_ETOOLARGE,  /* too_large, 413 */
+    STORE_ERATE,      /* rate_limited, 429 */
+    STORE_EINTERNAL,  /* internal, 500 */
+    STORE_EUNAVAIL,   /* unavailable, 503 */
+    STORE_EFULL,      /* storage_full, 507 */
+    STORE_EPROTO,     /* protocol_unsupported */
+    STORE_ESLOW,      /* too_slow */
+    STORE_ERR_COUNT
+};
+
+/* The wire name of an error ("invalid_key"); never NULL. */
+const char *store_err_name(int err);
+/* The HTTP status of an error (400 for invalid_key). */
+unsigned store_err_status(int err);
+
+/* ---- keys and patterns (key.c) ------------------------------------------ */
+
+/* Checks `key` (not NUL-terminated, `len` bytes) against the key rules of
+ * API.md. Returns STORE_OK, or STORE_EKEY with a sentence in `why`. */
+int store_key_check(const char *key, size_t len, size_t max_len, char *why, size_t why_len);
+/* Checks a pattern (MQTT topic filter). `*wild` tells whether it holds a
+ * wildcard; a pattern without one is a key. Returns STORE_OK or
+ * STORE_EPATTERN with a sentence in `why`. */
+int store_pattern_check(const char *pat, size_t len, size_t max_len, bool *wild, char *why,
+                        size_t why_len);
+/* Whether a valid key matches a valid pattern (MQTT's rules, `$` included). */
+bool store_pattern_match(const char *pat, size_t plen, const char *key, size_t klen);
+/* Whether a key is reserved for the server (first segment starts with `$`). */
+bool store_key_reserved(const char *key, size_t len);
+/* Compares two keys in the store's order: segment by segment, each segment
+ * by its bytes, so a key sorts right before its children. <0, 0, >0. */
+int store_key_cmp(const char *a, size_t alen, const char *b, size_t blen);
+
+/* ---- entries (entry.c) --------------------------------------------------- */
+
+enum store_origin {
+    STORE_ORIGIN_HTTP = 0,
+    STORE_ORIGIN_WS,
+    STORE_ORIGIN_TCP,
+    STORE_ORIGIN_UNIX,
+    STORE_ORIGIN_MQTT,
+    STORE_ORIGIN_SYS,
+    STORE_ORIGIN_COUNT
+};
+const char *store_origin_name(enum store_origin o);
+
+struct store_entry; /* a value with its type, labels, rev, ts and origin */
+
+/* A new entry holding a copy of `value`. `type` NULL or "" sniffs the type
+ * (JSON, else UTF-8 text, else bytes); `labels_json` is NULL or a compact
+ * JSON object of strings. A JSON type (store_type_is_json) must hold valid
+ * JSON. Returns STORE_OK with a new reference in `*out`, STORE_EBODY when
+ * the value is not of its type, STORE_EINTERNAL when out of memory. */
+int store_entry_new(const void *value, size_t len, const char *type, const char *labels_json,
+                    enum store_origin origin, struct store_entry **out);
+void store_entry_ref(struct store_entry *e);
+void store_entry_unref(struct store_entry *e);
+const void *store_entry_value(const struct store_entry *e, size_t *len);
+const char *store_entry_type(const struct store_entry *e);
+/* The labels as a compact JSON object, or NULL when there are none. */
+const char *store_entry_labels(const struct store_entry *e);
+int64_t store_entry_rev(const struct store_entry *e);
+int64_t store_entry_ts(const struct store_entry *e);
+enum store_origin store_entry_origin(const struct store_entry *e);
+/* The sniffed content type of `len` bytes (a static string). */
+const char *store_sniff_type(const void *value, size_t len);
+/* Whether `type` is JSON: application/json or application/...+json, with or
+ * without parameters. */
+bool store_type_is_json(const char *type);
+/* Whether `len` bytes are valid UTF-8 (RFC 3629). */
+bool store_utf8_valid(const void *buf, size_t len);
+/* Whether `len` bytes are one JSON value (RFC 8259). */
+bool store_json_valid(const void *value, size_t len);
+
+/* ---- the store (store.c) ------------------------------------------------- */
+
+enum store_durability { STORE_DURABLE_COMMIT = 0, STORE_DURABLE_FSYNC };
+
+struct store_limits {
+    size_t max_key_bytes;   /* default 1024 */
+    size_t max_value_bytes; /* default 1 MiB */
+};
+
+struct store_config {
+    const char *data_dir; /* almanac.db lives here; created if missing */
+    enum store_durability durability;
+    struct store_limits limits;
+};
+
+struct store;
+
+/* Opens (creating and migrating) the database and loads every entry.
+ * On failure returns an error and a sentence in `why`. */
+int store_open(const struct store_config *cfg, struct store **out, char *why, size_t why_len);
+/* Refuses new writes (STORE_EUNAVAIL), commits what is queued and answers
+ * its writers. Called before the transports stop; store_close follows. */
+void store_drain(struct store *s);
+/* Drains, stops the committer and closes the database. */
+void store_close(struct store *s);
+
+const struct store_limits *store_limits(const struct store *s);
+
+/* The current entry of `key` (checked by the caller). Waits until every change
+ * the answer may reflect is committed. Returns STORE_OK with a new reference in
+ * `*out`, or STORE_ENOTFOUND. */
+int store_get(struct store *s, const char *key, size_t klen, struct store_entry **out);
+
+/* Called for each entry of a pattern get, in key order, with a borrowed key
+ * and entry (valid during the call only). */
+typedef void (*store_visit_fn)(void *arg, const char *key, size_t klen,
+                               const struct store_entry *e);
+/* Visits at most `limit` entries matching `pat` whose key sorts after `after`
+ * (NULL: from the start). `*more` tells whether further entries follow. The
+ * visit runs under the tree's read lock: it must not call the store. */
+int store_pget(struct store *s, const char *pat, size_t plen, const char *after, size_t alen,
+               size_t limit, store_visit_fn visit, void *arg, bool *more);
+
+/* Called for each child of a node in name order: its name, whether it holds
+ * a value and whether it has children. */
+typedef void (*store_child_fn)(void *arg, const char *name, size_t nlen, bool value,
+                               bool children);
+/* Lists the children of `key` (NULL or klen 0 with `root` for the root).
+ * STORE_ENOTFOUND when no key starts with `key/` and `key` holds nothing. */
+int store_ls(struct store *s, bool root, const char *key, size_t klen, store_child_fn child,
+             void *arg);
+
+enum store_op_kind { STORE_OP_SET, STORE_OP_DELETE, STORE_OP_GET };
+
+#define STORE_ANY_REV    (-1)
+#define STORE_EXISTS_REV (-2) /* if_rev: the key must exist, any rev */
+
+/* One operation of a transaction. The caller fills the request part; the
+ * store fills the result part before calling `done`. */
+struct store_op {
+    enum store_op_kind kind;
+    const char *key; /* borrowed; lives until `done` has run */
+    size_t klen;
+    bool pattern;              /* DELETE: `key` is a pattern with wildcards */
+    bool must_exist;           /* DELETE: a missing key is STORE_ENOTFOUND */
+    struct store_entry *entry; /* SET: the store takes this reference, always */
+    int64_t if_rev;            /* STORE_ANY_REV, STORE_EXISTS_REV, 0 (absent) or a rev */
+
+    int err;                 /* STORE_OK or why this op failed the transaction */
+    int64_t rev, ts;         /* SET, DELETE of a key: the change's rev and ts */
+    bool created;            /* SET: the key did not exist before */
+    size_t deleted;          /* DELETE: how many keys */
+    struct store_entry *got; /* GET: a new reference, or NULL when absent */
+};
+
+struct store_txn {
+    struct store_op *ops;
+    size_t n;
+    int err;     /* STORE_OK, or the first failure; then nothing was applied */
+    size_t fail; /* the index of the op that failed */
+};
+
+/* Called once a submitted transaction is committed (t->err == STORE_OK) or
+ * has failed; on the committer's thread or, for an error found before
+ * queueing, not at all (see store_submit). Must not block. */
+typedef void (*store_done_fn)(void *arg, struct store_txn *t);
+
+/* Applies every op of `t` all-or-nothing and queues the changes for commit.
+ * Returns STORE_OK when `done` will be called after the commit, or an error
+ * (also in t->err) when nothing was applied and `done` will not be called. */
+int store_submit(struct store *s, struct store_txn *t, store_done_fn done, void *arg);
+/* store_submit, then waits for the commit. Returns t->err. */
+int store_apply(struct store *s, struct store_txn *t);
+/* Releases the `got` references of a finished transaction. */
+void store_txn_clear(struct store_txn *t);
+
+/* A transient message: no rev, nothing stored; handed to live listeners. */
+int store_publish(struct store *s, const char *key, size_t klen, struct store_entry *e);
+
+struct store_stats {
+    uint64_t keys;
+    int64_t rev;           /* the last rev assigned */
+    int64_t committed_rev; /* the last rev committed */
+    uint64_t commits;      /* SQLite transactions committed */
+    uint64_t changes;      /* changes committed */
+    uint64_t commit_failures;
+    uint64_t publishes;
+    int schema_version;
+    bool writable; /* the last commit (if any) succeeded */
+    bool draining;
+    int64_t db_bytes, wal_bytes;
+    const char *db_path;
+    enum store_durability durability;
+};
+void store_stats(struct store *s, struct store_stats *out);
+
+#endif

@@ -1,0 +1,80 @@
+/*
+ * store_int.h — what the files of store/ share with each other and with the
+ * store's unit tests, and nobody else: the tree, the database and the
+ * change records that travel from the tree to the committer.
+ */
+#ifndef ALMANAC_STORE_INT_H
+#define ALMANAC_STORE_INT_H
+
+#include "store.h"
+
+#include <sqlite3.h>
+
+size_t store__utf8_check(const void *buf, size_t len);
+
+/* Sets the rev and ts of an entry that no other thread holds yet. */
+void entry__stamp(struct store_entry *e, int64_t rev, int64_t ts);
+/* The entry with a stored (not sniffed) type, as the loader needs it. */
+struct store_entry *entry__load(const void *value, size_t len, const char *type,
+                                const char *labels_json, enum store_origin origin, int64_t rev,
+                                int64_t ts);
+
+/* ---- tree.c: the key tree; the caller does the locking ---- */
+
+struct tree;
+struct tree *tree__new(void);
+void tree__free(struct tree *t);
+uint64_t tree__count(const struct tree *t);
+/* Borrowed entry of `key`, or NULL. */
+struct store_entry *tree__get(const struct tree *t, const char *key, size_t klen);
+/* Stores `e` (the tree takes the reference) at `key`; `*old` gets the
+ * previous reference or NULL. STORE_OK or STORE_EINTERNAL (out of memory). */
+int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *e,
+              struct store_entry **old);
+/* Removes `key`; returns its reference (the caller owns it) or NULL. */
+struct store_entry *tree__del(struct tree *t, const char *key, size_t klen);
+/* Visits matching entries in key order after the cursor; see store_pget. */
+void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *after,
+                size_t alen, size_t limit, store_visit_fn visit, void *arg, bool *more);
+int tree__ls(const struct tree *t, bool root, const char *key, size_t klen, store_child_fn child,
+             void *arg);
+
+/* ---- the change records of one transaction, as the committer writes them ---- */
+
+struct change {
+    char *key; /* owned copy */
+    size_t klen;
+    struct store_entry *entry; /* new reference; NULL for a deletion */
+    struct store_entry *old;   /* new reference to what it replaced, for undo */
+    int64_t rev, ts;
+};
+
+struct commit {
+    struct commit *next;
+    struct store_txn *txn;
+    store_done_fn done;
+    void *arg;
+    struct change *changes;
+    size_t n, cap;
+    int64_t last_rev; /* the highest rev of `changes`, or the store's rev then */
+};
+
+/* ---- db.c: SQLite persistence ---- */
+
+#define DB_SCHEMA_VERSION 1
+
+struct db;
+int db__open(const char *dir, enum store_durability durability, struct db **out, char *why,
+             size_t why_len);
+void db__close(struct db *db);
+int db__schema_version(const struct db *db);
+const char *db__path(const struct db *db);
+typedef int (*db_load_fn)(void *arg, const char *key, size_t klen, struct store_entry *e);
+/* Calls `fn` for every stored entry (the callee takes the reference) and
+ * sets `*rev` to the highest rev ever committed. */
+int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, size_t why_len);
+/* Writes every change of the list of commits in one transaction.
+ * STORE_OK, STORE_EFULL or STORE_EINTERNAL; on failure nothing is written. */
+int db__write(struct db *db, const struct commit *list);
+
+#endif

@@ -1,0 +1,71 @@
+"""The daemon's start with configuration: the documented conf/almanac.conf
+starts as it is; bad files, variables and flags stop the start with a
+message naming the place, and leave no server behind."""
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+from harness import Daemon, curl  # noqa: E402
+
+
+def serve(args, env=None, timeout=10):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([harness.BINARY, "serve"] + args, capture_output=True, text=True,
+                          env=e, timeout=timeout)
+
+
+class Config(unittest.TestCase):
+    def test_shipped_config_starts(self):
+        conf = str(harness.ROOT / "conf" / "almanac.conf")
+        d = Daemon(["-c", conf]).start()
+        try:
+            info = curl(d, "GET", "/api/v1/info").json()
+            # The flags given by the harness win over the file's data_dir.
+            self.assertTrue(info["storage"]["path"].startswith(d.data_dir))
+        finally:
+            self.assertEqual(d.stop(), 0)
+            d.cleanup()
+
+    def test_bad_configuration_stops_the_start(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
+            f.write("# a comment\nlog_level info\nno_such_option 1\n")
+            path = f.name
+        try:
+            cases = [
+                (["-c", path], None, f"{path}:3: unknown option 'no_such_option'"),
+                (["--max_key_bytes", "huge"], None, "--max_key_bytes: max_key_bytes: 'huge'"),
+                (["--frobnicate", "1"], None, "unknown option '--frobnicate'"),
+                ([], {"ALMANAC_DURABILITY": "maybe"},
+                 "ALMANAC_DURABILITY: durability: 'maybe' is not commit or fsync"),
+                (["--http_listen", "127.0.0.1:99999"], None, "is not HOST:PORT or off"),
+            ]
+            for args, env, words in cases:
+                with self.subTest(args=args, env=env):
+                    r = serve(args + ["--data_dir", tempfile.mkdtemp()], env)
+                    self.assertEqual(r.returncode, 2, r.stderr)
+                    self.assertIn(words, r.stderr)
+        finally:
+            os.unlink(path)
+
+    def test_busy_port_and_data_dir(self):
+        d = Daemon().start()
+        try:
+            r = serve(["--http_listen", f"127.0.0.1:{d.port}", "--data_dir", tempfile.mkdtemp()])
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("cannot listen", r.stderr)
+            r = serve(["--http_listen", "127.0.0.1:0", "--data_dir", d.data_dir])
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("in use by another almanac", r.stderr)
+            self.assertEqual(curl(d, "GET", "/health").status, 200)
+        finally:
+            d.stop()
+            d.cleanup()
+
+
+if __name__ == "__main__":
+    harness.main()

@@ -1,0 +1,475 @@
+/*
+ * test_store.c — the store against a real SQLite database in a temporary
+ * folder: writes, compare-and-set, batches, deletes, pattern walks and
+ * paging, ls, reloads, migrations and the data_dir lock.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "store.h"
+
+struct fixture {
+    char dir[64];
+    struct store *s;
+};
+
+static struct store *open_store(const char *dir)
+{
+    struct store_config cfg = {.data_dir = dir,
+                               .limits = {.max_key_bytes = 1024, .max_value_bytes = 1 << 20}};
+    struct store *s = NULL;
+    char why[512];
+    if (store_open(&cfg, &s, why, sizeof why) != STORE_OK)
+        fail_msg("store_open: %s", why);
+    return s;
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/almanac-test-XXXXXX");
+    if (mkdtemp(f->dir) == NULL)
+        return -1;
+    f->s = open_store(f->dir);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    char cmd[128];
+    store_close(f->s);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+    if (system(cmd) != 0)
+        return -1;
+    free(f);
+    return 0;
+}
+
+static struct store_entry *entry(const char *value, const char *type)
+{
+    struct store_entry *e;
+    assert_int_equal(store_entry_new(value, strlen(value), type, NULL, STORE_ORIGIN_HTTP, &e),
+                     STORE_OK);
+    return e;
+}
+
+/* Sets `key`; returns the store's error, and the rev in *rev. */
+static int set(struct store *s, const char *key, const char *value, int64_t if_rev,
+               int64_t *rev)
+{
+    struct store_op op = {.kind = STORE_OP_SET,
+                          .key = key,
+                          .klen = strlen(key),
+                          .entry = entry(value, NULL),
+                          .if_rev = if_rev};
+    struct store_txn t = {.ops = &op, .n = 1};
+    int err = store_apply(s, &t);
+    if (rev)
+        *rev = op.rev;
+    return err;
+}
+
+static int del(struct store *s, const char *key, bool pattern, size_t *deleted)
+{
+    struct store_op op = {.kind = STORE_OP_DELETE,
+                          .key = key,
+                          .klen = strlen(key),
+                          .pattern = pattern,
+                          .must_exist = !pattern,
+                          .if_rev = STORE_ANY_REV};
+    struct store_txn t = {.ops = &op, .n = 1};
+    int err = store_apply(s, &t);
+    if (deleted)
+        *deleted = op.deleted;
+    return err;
+}
+
+/* The value of `key` as a string, or NULL when absent (caller frees). */
+static char *get(struct store *s, const char *key)
+{
+    struct store_entry *e;
+    if (store_get(s, key, strlen(key), &e) != STORE_OK)
+        return NULL;
+    size_t len;
+    const char *v = store_entry_value(e, &len);
+    char *copy = strndup(v, len);
+    store_entry_unref(e);
+    return copy;
+}
+
+static void test_set_get(void **state)
+{
+    struct fixture *f = *state;
+    int64_t r1, r2;
+    struct store_entry *e;
+
+    assert_int_equal(set(f->s, "home/kitchen/temp", "21.5", STORE_ANY_REV, &r1), STORE_OK);
+    assert_int_equal(set(f->s, "home/kitchen/temp", "22", STORE_ANY_REV, &r2), STORE_OK);
+    assert_true(r2 == r1 + 1);
+    assert_int_equal(store_get(f->s, "home/kitchen/temp", 17, &e), STORE_OK);
+    assert_string_equal(store_entry_type(e), "application/json");
+    assert_true(store_entry_rev(e) == r2);
+    assert_true(store_entry_ts(e) > 1700000000000000);
+    store_entry_unref(e);
+    assert_int_equal(store_get(f->s, "home/kitchen", 12, &e), STORE_ENOTFOUND);
+    assert_int_equal(store_get(f->s, "home", 4, &e), STORE_ENOTFOUND);
+}
+
+static void test_sniff_and_types(void **state)
+{
+    struct store_entry *e;
+    (void)state;
+    assert_string_equal(store_sniff_type("{\"a\":1}", 7), "application/json");
+    assert_string_equal(store_sniff_type("hello", 5), "text/plain; charset=utf-8");
+    assert_string_equal(store_sniff_type("", 0), "text/plain; charset=utf-8");
+    assert_string_equal(store_sniff_type("\xff\x00\x01", 3), "application/octet-stream");
+    assert_true(store_type_is_json("application/json; charset=utf-8"));
+    assert_true(store_type_is_json("application/vnd.x+json"));
+    assert_false(store_type_is_json("text/json5"));
+    assert_int_equal(store_entry_new("{bad", 4, "application/json", NULL, STORE_ORIGIN_HTTP, &e),
+                     STORE_EBODY);
+    assert_null(e);
+    assert_int_equal(store_entry_new("<a/>", 4, "application/xml", "{\"k\":\"v\"}",
+                                     STORE_ORIGIN_MQTT, &e),
+                     STORE_OK);
+    assert_string_equal(store_entry_type(e), "application/xml");
+    assert_string_equal(store_entry_labels(e), "{\"k\":\"v\"}");
+    assert_string_equal(store_origin_name(store_entry_origin(e)), "mqtt");
+    store_entry_unref(e);
+}
+
+static void test_compare_and_set(void **state)
+{
+    struct fixture *f = *state;
+    int64_t rev, rev2;
+
+    assert_int_equal(set(f->s, "k", "1", 0, &rev), STORE_OK);     /* create only */
+    assert_int_equal(set(f->s, "k", "2", 0, NULL), STORE_EREV);   /* exists now */
+    assert_int_equal(set(f->s, "k", "3", rev + 5, NULL), STORE_EREV);
+    assert_int_equal(set(f->s, "k", "4", rev, &rev2), STORE_OK);
+    assert_int_equal(set(f->s, "k", "5", rev, NULL), STORE_EREV); /* stale */
+    assert_int_equal(set(f->s, "nope", "6", STORE_EXISTS_REV, NULL), STORE_EREV);
+    char *v = get(f->s, "k");
+    assert_string_equal(v, "4");
+    free(v);
+    assert_null(get(f->s, "nope"));
+}
+
+static void test_batch_all_or_nothing(void **state)
+{
+    struct fixture *f = *state;
+    struct store_stats before, after;
+    int64_t rev;
+
+    assert_int_equal(set(f->s, "b", "old", STORE_ANY_REV, &rev), STORE_OK);
+    store_stats(f->s, &before);
+    struct store_op ops[3] = {
+        {.kind = STORE_OP_SET, .key = "a", .klen = 1, .entry = entry("1", NULL),
+         .if_rev = STORE_ANY_REV},
+        {.kind = STORE_OP_DELETE, .key = "b", .klen = 1, .if_rev = STORE_ANY_REV},
+        {.kind = STORE_OP_SET, .key = "b", .klen = 1, .entry = entry("x", NULL),
+         .if_rev = rev}, /* b was just deleted above: fails */
+    };
+    struct store_txn t = {.ops = ops, .n = 3};
+    assert_int_equal(store_apply(f->s, &t), STORE_EREV);
+    assert_int_equal(t.fail, 2);
+    store_stats(f->s, &after);
+    assert_true(after.rev == before.rev);
+    assert_null(get(f->s, "a"));
+    char *v = get(f->s, "b");
+    assert_string_equal(v, "old");
+    free(v);
+
+    /* The same batch in a working order, with a get seeing its own write. */
+    struct store_op ok[3] = {
+        {.kind = STORE_OP_SET, .key = "a", .klen = 1, .entry = entry("1", NULL),
+         .if_rev = STORE_ANY_REV},
+        {.kind = STORE_OP_GET, .key = "a", .klen = 1},
+        {.kind = STORE_OP_DELETE, .key = "b", .klen = 1, .if_rev = rev},
+    };
+    struct store_txn t2 = {.ops = ok, .n = 3};
+    assert_int_equal(store_apply(f->s, &t2), STORE_OK);
+    assert_non_null(ok[1].got);
+    assert_true(store_entry_rev(ok[1].got) == ok[0].rev);
+    assert_true(ok[2].rev == ok[0].rev + 1);
+    assert_int_equal(ok[2].deleted, 1);
+    store_txn_clear(&t2);
+    assert_null(get(f->s, "b"));
+}
+
+static void test_delete(void **state)
+{
+    struct fixture *f = *state;
+    size_t n;
+    const char *keys[] = {"d/1", "d/2", "d/2/x", "d", "e/1"};
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(set(f->s, keys[i], "v", STORE_ANY_REV, NULL), STORE_OK);
+    assert_int_equal(del(f->s, "d/9", false, &n), STORE_ENOTFOUND);
+    assert_int_equal(del(f->s, "d/1", false, &n), STORE_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(del(f->s, "d/#", true, &n), STORE_OK);
+    assert_int_equal(n, 3); /* d, d/2, d/2/x */
+    assert_int_equal(del(f->s, "d/#", true, &n), STORE_OK);
+    assert_int_equal(n, 0);
+    char *v = get(f->s, "e/1");
+    assert_non_null(v);
+    free(v);
+    struct store_stats st;
+    store_stats(f->s, &st);
+    assert_int_equal(st.keys, 1);
+}
+
+static void test_reserved(void **state)
+{
+    struct fixture *f = *state;
+    struct store_entry *e = entry("1.0", NULL);
+    assert_int_equal(set(f->s, "$SYS/version", "1", STORE_ANY_REV, NULL), STORE_EREADONLY);
+    struct store_op op = {.kind = STORE_OP_SET, .key = "$SYS/x", .klen = 6, .if_rev = -1};
+    assert_int_equal(store_entry_new("1", 1, NULL, NULL, STORE_ORIGIN_SYS, &op.entry), STORE_OK);
+    struct store_txn t = {.ops = &op, .n = 1};
+    assert_int_equal(store_apply(f->s, &t), STORE_OK);
+    assert_int_equal(store_publish(f->s, "$SYS/y", 6, e), STORE_EREADONLY);
+    assert_int_equal(set(f->s, "plain", "1", STORE_ANY_REV, NULL), STORE_OK);
+    size_t n;
+    assert_int_equal(del(f->s, "#", true, &n), STORE_OK); /* '#' skips $-keys */
+    assert_int_equal(n, 1);
+    assert_int_equal(del(f->s, "$SYS/#", true, &n), STORE_EREADONLY);
+    char *v = get(f->s, "$SYS/x");
+    assert_string_equal(v, "1");
+    free(v);
+}
+
+struct collected {
+    char keys[512][32];
+    size_t n;
+};
+
+static void collect(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct collected *c = arg;
+    (void)e;
+    assert_true(klen < 32 && c->n < 512);
+    memcpy(c->keys[c->n], key, klen);
+    c->keys[c->n++][klen] = '\0';
+}
+
+static int cmp_keys(const void *a, const void *b)
+{
+    return store_key_cmp(a, strlen(a), b, strlen(b));
+}
+
+static void test_pattern_paging(void **state)
+{
+    struct fixture *f = *state;
+    static char expect[512][32];
+    size_t n = 0;
+
+    /* 300 keys in a shuffled order, some nested under others. */
+    for (unsigned i = 0; i < 300; i++) {
+        unsigned k = (i * 7919u) % 300u;
+        snprintf(expect[n], 32, k % 3 ? "s/%u/t" : "s/%u", k / 3);
+        if (k % 3 == 2)
+            snprintf(expect[n], 32, "s/%u!", k / 3);
+        assert_int_equal(set(f->s, expect[n], "1", STORE_ANY_REV, NULL), STORE_OK);
+        n++;
+    }
+    assert_int_equal(set(f->s, "$SYS/z", "1", -1, NULL), STORE_EREADONLY);
+    qsort(expect, n, 32, cmp_keys);
+
+    /* Pages of 7 with the cursor give every key once, in order. */
+    struct collected all = {0};
+    char after[32] = "";
+    bool more = true;
+    while (more) {
+        struct collected page = {0};
+        store_pget(f->s, "#", 1, after[0] ? after : NULL, strlen(after), 7, collect, &page,
+                   &more);
+        assert_true(page.n <= 7);
+        assert_true(page.n == 7 || !more);
+        for (size_t i = 0; i < page.n; i++)
+            memcpy(all.keys[all.n++], page.keys[i], 32);
+        if (page.n)
+            strcpy(after, page.keys[page.n - 1]);
+    }
+    assert_int_equal(all.n, n);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(all.keys[i], expect[i]);
+
+    /* '+' patterns, and '#' matching the parent. */
+    struct collected c = {0};
+    store_pget(f->s, "s/+/t", 5, NULL, 0, 1000, collect, &c, &more);
+    assert_int_equal(c.n, 100);
+    assert_false(more);
+    struct collected d = {0};
+    store_pget(f->s, "s/7/#", 5, NULL, 0, 1000, collect, &d, &more);
+    assert_int_equal(d.n, 2);
+    assert_string_equal(d.keys[0], "s/7");
+    assert_string_equal(d.keys[1], "s/7/t");
+    struct collected e = {0};
+    store_pget(f->s, "s/7", 3, NULL, 0, 1000, collect, &e, &more);
+    assert_int_equal(e.n, 1);
+}
+
+struct children {
+    char names[16][16];
+    bool value[16], kids[16];
+    size_t n;
+};
+
+static void on_child(void *arg, const char *name, size_t nlen, bool value, bool kids)
+{
+    struct children *c = arg;
+    memcpy(c->names[c->n], name, nlen);
+    c->names[c->n][nlen] = '\0';
+    c->value[c->n] = value;
+    c->kids[c->n++] = kids;
+}
+
+static void test_ls(void **state)
+{
+    struct fixture *f = *state;
+    struct children c = {0};
+    assert_int_equal(set(f->s, "h/k/t", "1", -1, NULL), STORE_OK);
+    assert_int_equal(set(f->s, "h/b", "1", -1, NULL), STORE_OK);
+    assert_int_equal(set(f->s, "h/k", "1", -1, NULL), STORE_OK);
+    assert_int_equal(store_ls(f->s, false, "h", 1, on_child, &c), STORE_OK);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.names[0], "b");
+    assert_true(c.value[0] && !c.kids[0]);
+    assert_string_equal(c.names[1], "k");
+    assert_true(c.value[1] && c.kids[1]);
+    assert_int_equal(store_ls(f->s, false, "x", 1, on_child, &c), STORE_ENOTFOUND);
+    struct children r = {0};
+    assert_int_equal(store_ls(f->s, true, NULL, 0, on_child, &r), STORE_OK);
+    assert_int_equal(r.n, 1);
+    /* Deleting the last key under a node prunes it. */
+    size_t n;
+    assert_int_equal(del(f->s, "h/#", true, &n), STORE_OK);
+    struct children empty = {0};
+    assert_int_equal(store_ls(f->s, true, NULL, 0, on_child, &empty), STORE_OK);
+    assert_int_equal(empty.n, 0);
+}
+
+static void test_reload(void **state)
+{
+    struct fixture *f = *state;
+    int64_t rev;
+    struct store_entry *e;
+
+    assert_int_equal(set(f->s, "keep", "\"v\"", -1, NULL), STORE_OK);
+    assert_int_equal(set(f->s, "gone", "1", -1, &rev), STORE_OK);
+    assert_int_equal(del(f->s, "gone", false, NULL), STORE_OK); /* rev + 1 */
+    store_close(f->s);
+    f->s = open_store(f->dir);
+    assert_int_equal(store_get(f->s, "keep", 4, &e), STORE_OK);
+    assert_string_equal(store_entry_type(e), "application/json");
+    store_entry_unref(e);
+    assert_null(get(f->s, "gone"));
+    /* The deletion's rev is not handed out again. */
+    int64_t next;
+    assert_int_equal(set(f->s, "new", "1", -1, &next), STORE_OK);
+    assert_true(next == rev + 2);
+}
+
+static void test_newer_schema_refused(void **state)
+{
+    struct fixture *f = *state;
+    char path[128], why[512];
+    sqlite3 *db;
+
+    store_close(f->s);
+    f->s = NULL;
+    snprintf(path, sizeof path, "%s/almanac.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO schema_version VALUES (99, 0)", NULL, NULL,
+                                  NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    struct store_config cfg = {.data_dir = f->dir,
+                               .limits = {.max_key_bytes = 1024, .max_value_bytes = 1024}};
+    assert_int_not_equal(store_open(&cfg, &f->s, why, sizeof why), STORE_OK);
+    assert_null(f->s);
+    assert_non_null(strstr(why, "version 99"));
+    assert_non_null(strstr(why, "up to 1"));
+}
+
+static void test_lock(void **state)
+{
+    struct fixture *f = *state;
+    struct store *second = NULL;
+    char why[512];
+    struct store_config cfg = {.data_dir = f->dir,
+                               .limits = {.max_key_bytes = 1024, .max_value_bytes = 1024}};
+    assert_int_not_equal(store_open(&cfg, &second, why, sizeof why), STORE_OK);
+    assert_non_null(strstr(why, "in use"));
+}
+
+struct writer {
+    struct store *s;
+    int id;
+};
+
+static void *write_many(void *arg)
+{
+    struct writer *w = arg;
+    for (int i = 0; i < 200; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "w/%d/%d", w->id, i);
+        if (set(w->s, key, "1", -1, NULL) != STORE_OK)
+            return (void *)1;
+    }
+    return NULL;
+}
+
+static void test_concurrent_writers(void **state)
+{
+    struct fixture *f = *state;
+    pthread_t th[8];
+    struct writer w[8];
+    for (int i = 0; i < 8; i++) {
+        w[i] = (struct writer){f->s, i};
+        pthread_create(&th[i], NULL, write_many, &w[i]);
+    }
+    for (int i = 0; i < 8; i++) {
+        void *rc;
+        pthread_join(th[i], &rc);
+        assert_null(rc);
+    }
+    struct store_stats st;
+    store_stats(f->s, &st);
+    assert_int_equal(st.keys, 1600);
+    assert_true(st.committed_rev == 1600 && st.rev == 1600);
+    /* Group commit: fewer transactions than changes. */
+    assert_true(st.commits <= st.changes);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_set_get, setup, teardown),
+        cmocka_unit_test(test_sniff_and_types),
+        cmocka_unit_test_setup_teardown(test_compare_and_set, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_all_or_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserved, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pattern_paging, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
