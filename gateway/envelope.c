@@ -213,6 +213,12 @@ int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len)
         snprintf(why, why_len, "out of memory");
         return STORE_EINTERNAL;
     }
+    if (strlen(*out) > STORE_LABELS_MAX) {
+        free(*out);
+        *out = NULL;
+        snprintf(why, why_len, "the labels take more than %d bytes as JSON", STORE_LABELS_MAX);
+        return STORE_EBODY;
+    }
     return STORE_OK;
 }
 

@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -31,15 +32,15 @@ static const char *const entry__origins[STORE_ORIGIN_COUNT] = {
 };
 
 struct store_entry {
-    _Atomic uint32_t refs;
-    uint32_t vlen;
     int64_t rev;
     int64_t ts;
-    uint32_t labels_len; /* without its NUL; 0: no labels */
-    uint16_t type_len;   /* without its NUL; 0: a builtin type */
+    _Atomic uint32_t refs;
+    uint32_t vlen;
+    uint16_t labels_len; /* without its NUL; 0: no labels */
+    uint8_t type_len;    /* without its NUL; 0: a builtin type */
     uint8_t type_id;
     uint8_t origin;
-    char data[]; /* value, [type NUL], [labels NUL] */
+    char data[]; /* value, [type NUL], [labels NUL]; allocated from offsetof */
 };
 
 const char *store_origin_name(enum store_origin o)
@@ -88,9 +89,10 @@ static struct store_entry *entry__alloc(const void *value, size_t len, const cha
             type_id = (uint8_t)i;
     if (type_id != TYPE_CUSTOM)
         tlen = 0;
-    if (len > UINT32_MAX || tlen > UINT16_MAX || llen > UINT32_MAX)
+    if (len > UINT32_MAX || tlen > UINT8_MAX || llen > UINT16_MAX)
         return NULL;
-    size_t size = sizeof(struct store_entry) + len + (tlen ? tlen + 1 : 0) + (llen ? llen + 1 : 0);
+    size_t size = offsetof(struct store_entry, data) + len + (tlen ? tlen + 1 : 0) +
+                  (llen ? llen + 1 : 0);
     struct store_entry *e = malloc(size);
     if (e == NULL)
         return NULL;
@@ -99,8 +101,8 @@ static struct store_entry *entry__alloc(const void *value, size_t len, const cha
     e->rev = 0;
     e->ts = 0;
     e->type_id = type_id;
-    e->type_len = (uint16_t)tlen;
-    e->labels_len = (uint32_t)llen;
+    e->type_len = (uint8_t)tlen;
+    e->labels_len = (uint16_t)llen;
     e->origin = (uint8_t)origin;
     if (len)
         memcpy(e->data, value, len);

@@ -229,8 +229,10 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
     pthread_cond_init(&s->scond, NULL);
     if ((err = db__open(cfg->data_dir, cfg->durability, &s->db, why, why_len)) != STORE_OK)
         goto fail;
+    int64_t t0 = store__now_us();
     if ((err = db__load(s->db, store__load_one, s, &rev, why, why_len)) != STORE_OK)
         goto fail;
+    int64_t load_ms = (store__now_us() - t0) / 1000;
     s->rev = rev;
     atomic_store(&s->settled, rev);
     atomic_store(&s->committed, rev);
@@ -241,8 +243,8 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
         goto fail;
     }
     s->started = true;
-    log_info("store: %s loaded, %llu keys, rev %lld, schema %d", db__path(s->db),
-             (unsigned long long)tree__count(s->tree), (long long)rev,
+    log_info("store: %s loaded in %lld ms: %llu keys, rev %lld, schema %d", db__path(s->db),
+             (long long)load_ms, (unsigned long long)tree__count(s->tree), (long long)rev,
              db__schema_version(s->db));
     *out = s;
     return STORE_OK;

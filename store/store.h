@@ -80,9 +80,12 @@ const char *store_origin_name(enum store_origin o);
 
 struct store_entry; /* a value with its type, labels, rev, ts and origin */
 
+#define STORE_LABELS_MAX 16384 /* bytes of labels JSON in one entry */
+
 /* A new entry holding a copy of `value`. `type` NULL or "" sniffs the type
- * (JSON, else UTF-8 text, else bytes); `labels_json` is NULL or a compact
- * JSON object of strings. A JSON type (store_type_is_json) must hold valid
+ * (JSON, else UTF-8 text, else bytes); a type is at most 255 bytes.
+ * `labels_json` is NULL or a compact JSON object of strings, at most
+ * STORE_LABELS_MAX bytes. A JSON type (store_type_is_json) must hold valid
  * JSON. Returns STORE_OK with a new reference in `*out`, STORE_EBODY when
  * the value is not of its type, STORE_EINTERNAL when out of memory. */
 int store_entry_new(const void *value, size_t len, const char *type, const char *labels_json,

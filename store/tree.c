@@ -1,25 +1,40 @@
 /*
- * tree.c — the in-memory key tree, one node per segment (as mosquitto's
- * retain tree), children in a hash table.
+ * tree.c — the in-memory key tree: one level per segment, as mosquitto's
+ * retain tree, with children in a hash table; path-compressed, so a run of
+ * segments with nothing else on the way is one node ("17/temp").
  *
- * A node's children are a plain chain while there are few of them and a
- * table of 2^kbits buckets, each a chain, once there are more than
- * TREE_CHAIN_MAX; each node links to its next sibling, so a child costs no
- * allocation beyond itself. The root stands for "no segment yet": every key
- * has at least one segment, so the root never holds an entry.
+ * A node's name is one or more segments joined by '/'. Its children are
+ * hashed by their first segment: a plain chain while there are few of them,
+ * a table of 2^kbits bucket chains once there are more than TREE_CHAIN_MAX;
+ * each node links to its next sibling, so a child costs no allocation beyond
+ * itself. The root has an empty name and never holds an entry (every key has
+ * a segment).
+ *
+ * A *position* is a node and a segment boundary in its name: (n, end) stands
+ * for the key made of the names on the way down and n->name[0..end). Inside
+ * a name a position has exactly one child, the next segment, and no entry;
+ * at the end of the name it has n's entry and n's children. Pattern walks
+ * and ls move by positions, one segment at a time, so compression is
+ * invisible to them.
+ *
  * Invariants:
- *   1. every node but the root holds an entry or has children (tree__del
- *      prunes the nodes it empties);
- *   2. nkids is the number of children reachable from `kids`;
+ *   1. every node but the root holds an entry or has children;
+ *   2. no two children of a node share a first segment;
  *   3. `count` is the number of nodes holding an entry.
+ * A node with no entry and one child may be merged with it (tree__del does,
+ * when memory allows); nothing depends on that being done.
  * The caller holds the store's lock: read for lookups, write for changes.
  */
 #include "store_int.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define TREE_CHAIN_MAX 8
+#define TREE_LOAD      2 /* children per bucket before the table grows */
+#define SLAB_PAGE      (64 * 1024)
+#define SLAB_MAX       512 /* nodes above this many bytes come from malloc */
 
 struct node {
     struct node *next; /* the next sibling in the parent's chain or bucket */
@@ -31,13 +46,32 @@ struct node {
     uint32_t nkids;
     uint16_t nlen;
     uint8_t kbits;
+    uint8_t cls; /* size / 8 for a slab node, 0 for a malloc'd one */
     char name[];
+};
+
+/* Nodes come from pages carved in multiples of 8 bytes, each size with its
+ * free list: only the tree's writer (under the write lock) allocates and
+ * frees them, and a node costs its size, not malloc's header and rounding. */
+struct slab_page {
+    struct slab_page *next;
+    char mem[];
 };
 
 struct tree {
     struct node root;
     uint64_t count;
+    struct slab_page *pages;
+    char *bump; /* the free end of the newest page */
+    size_t left;
+    struct node *free[SLAB_MAX / 8 + 1];
 };
+
+static size_t seg_end(const char *s, size_t len, size_t from)
+{
+    const char *slash = memchr(s + from, '/', len - from);
+    return slash ? (size_t)(slash - s) : len;
+}
 
 static uint32_t node__hash(const char *s, size_t len)
 {
@@ -47,30 +81,49 @@ static uint32_t node__hash(const char *s, size_t len)
     return h;
 }
 
-static struct node **node__slot(struct node *n, const char *name, size_t len)
+static size_t node__first_len(const struct node *n)
+{
+    return seg_end(n->name, n->nlen, 0);
+}
+
+static struct node **node__slot(struct node *n, const char *seg, size_t len)
 {
     if (n->kbits == 0)
         return &n->kids.chain;
-    return &n->kids.buckets[node__hash(name, len) & ((1u << n->kbits) - 1)];
+    return &n->kids.buckets[node__hash(seg, len) & ((1u << n->kbits) - 1)];
 }
 
-static struct node *node__child(const struct node *n, const char *name, size_t len)
+/* Whether `seg` (one segment) is the first segment of c's name. */
+static bool node__starts_with(const struct node *c, const char *seg, size_t len)
 {
-    struct node *c = *node__slot((struct node *)n, name, len);
+    return c->nlen >= len && memcmp(c->name, seg, len) == 0 &&
+           (c->nlen == len || c->name[len] == '/');
+}
+
+/* The child whose first segment is `seg`, or NULL. */
+static struct node *node__child(const struct node *n, const char *seg, size_t len)
+{
+    struct node *c = *node__slot((struct node *)n, seg, len);
     for (; c != NULL; c = c->next)
-        if (c->nlen == len && memcmp(c->name, name, len) == 0)
+        if (node__starts_with(c, seg, len))
             return c;
     return NULL;
+}
+
+static void node__link(struct node *n, struct node *c)
+{
+    struct node **slot = node__slot(n, c->name, node__first_len(c));
+    c->next = *slot;
+    *slot = c;
 }
 
 /* Rehashes into 2^bits buckets. Returns 0, or -1 when out of memory. */
 static int node__rehash(struct node *n, uint8_t bits)
 {
     struct node **table = calloc((size_t)1 << bits, sizeof *table);
+    struct node *all = NULL;
     if (table == NULL)
         return -1;
-    struct node *all = NULL;
-    /* Unlink every child into one list, then hash them into the new table. */
     size_t nb = n->kbits ? (size_t)1 << n->kbits : 1;
     for (size_t b = 0; b < nb; b++) {
         struct node *c = n->kbits ? n->kids.buckets[b] : n->kids.chain;
@@ -87,38 +140,88 @@ static int node__rehash(struct node *n, uint8_t bits)
     n->kbits = bits;
     while (all != NULL) {
         struct node *next = all->next;
-        struct node **slot = node__slot(n, all->name, all->nlen);
-        all->next = *slot;
-        *slot = all;
+        node__link(n, all);
         all = next;
     }
     return 0;
 }
 
-static struct node *node__add(struct node *n, const char *name, size_t len)
+static struct node *node__alloc(struct tree *t, size_t len)
 {
-    if (n->nkids >= TREE_CHAIN_MAX && n->nkids >= ((uint32_t)1 << n->kbits) &&
-        node__rehash(n, n->kbits ? (uint8_t)(n->kbits + 1) : 4) != 0)
-        return NULL;
-    struct node *c = malloc(sizeof *c + len);
+    size_t size = (offsetof(struct node, name) + len + 7) & ~(size_t)7;
+    struct node *n;
+    if (size > SLAB_MAX) {
+        if ((n = malloc(size)) != NULL)
+            n->cls = 0;
+        return n;
+    }
+    size_t cls = size / 8;
+    if ((n = t->free[cls]) != NULL) {
+        t->free[cls] = n->next;
+        return n;
+    }
+    if (t->left < size) {
+        struct slab_page *page = malloc(SLAB_PAGE);
+        if (page == NULL)
+            return NULL;
+        page->next = t->pages;
+        t->pages = page;
+        t->bump = page->mem;
+        t->left = SLAB_PAGE - offsetof(struct slab_page, mem);
+    }
+    n = (struct node *)(void *)t->bump;
+    t->bump += size;
+    t->left -= size;
+    n->cls = (uint8_t)cls;
+    return n;
+}
+
+static void node__release(struct tree *t, struct node *n)
+{
+    if (n->cls == 0) {
+        free(n);
+        return;
+    }
+    n->next = t->free[n->cls];
+    t->free[n->cls] = n;
+}
+
+static struct node *node__new(struct tree *t, const char *name, size_t len)
+{
+    struct node *c = node__alloc(t, len);
     if (c == NULL)
         return NULL;
-    memset(c, 0, sizeof *c);
+    uint8_t cls = c->cls;
+    memset(c, 0, offsetof(struct node, name));
+    c->cls = cls;
     c->nlen = (uint16_t)len;
     memcpy(c->name, name, len);
-    struct node **slot = node__slot(n, name, len);
-    c->next = *slot;
-    *slot = c;
-    n->nkids++;
     return c;
 }
 
-static void node__unlink(struct node *n, struct node *child)
+/* Adds `c` under `n`, growing n's table first when it is full. */
+static int node__add(struct node *n, struct node *c)
 {
-    struct node **p = node__slot(n, child->name, child->nlen);
-    while (*p != child)
+    if (n->nkids >= TREE_CHAIN_MAX && n->nkids >= TREE_LOAD * ((uint32_t)1 << n->kbits) &&
+        node__rehash(n, n->kbits ? (uint8_t)(n->kbits + 1) : 3) != 0)
+        return -1;
+    node__link(n, c);
+    n->nkids++;
+    return 0;
+}
+
+/* The pointer that links `c` in its parent's chain or bucket. */
+static struct node **node__link_of(struct node *n, struct node *c)
+{
+    struct node **p = node__slot(n, c->name, node__first_len(c));
+    while (*p != c)
         p = &(*p)->next;
-    *p = child->next;
+    return p;
+}
+
+static void node__unlink(struct node *n, struct node *c)
+{
+    *node__link_of(n, c) = c->next;
     if (--n->nkids == 0 && n->kbits) {
         free(n->kids.buckets);
         n->kids.chain = NULL;
@@ -126,6 +229,17 @@ static void node__unlink(struct node *n, struct node *child)
     }
 }
 
+/* The only child of a node with one child. */
+static struct node *node__only_kid(const struct node *n)
+{
+    if (n->kbits == 0)
+        return n->kids.chain;
+    for (size_t b = 0;; b++)
+        if (n->kids.buckets[b] != NULL)
+            return n->kids.buckets[b];
+}
+
+/* Releases what the nodes below `n` hold; their pages go with the tree. */
 static void node__free_kids(struct node *n)
 {
     size_t nb = n->kbits ? (size_t)1 << n->kbits : 1;
@@ -135,7 +249,8 @@ static void node__free_kids(struct node *n)
             struct node *next = c->next;
             node__free_kids(c);
             store_entry_unref(c->entry);
-            free(c);
+            if (c->cls == 0)
+                free(c);
             c = next;
         }
     }
@@ -146,12 +261,12 @@ static void node__free_kids(struct node *n)
 static int node__name_cmp(const void *a, const void *b)
 {
     const struct node *x = *(struct node *const *)a, *y = *(struct node *const *)b;
-    int c = memcmp(x->name, y->name, x->nlen < y->nlen ? x->nlen : y->nlen);
-    return c ? c : (x->nlen > y->nlen) - (x->nlen < y->nlen);
+    /* First segments differ (invariant 2): segment order sorts by them. */
+    return store_key_cmp(x->name, x->nlen, y->name, y->nlen);
 }
 
-/* The children sorted by name, in a new array (NULL when there are none or
- * out of memory; `*n` is the count). */
+/* The children sorted by first segment, in a new array (NULL when there are
+ * none or out of memory; `*count` is the count). */
 static struct node **node__sorted(const struct node *n, size_t *count)
 {
     *count = 0;
@@ -160,8 +275,7 @@ static struct node **node__sorted(const struct node *n, size_t *count)
     struct node **v = malloc(n->nkids * sizeof *v);
     if (v == NULL)
         return NULL;
-    size_t i = 0;
-    size_t nb = n->kbits ? (size_t)1 << n->kbits : 1;
+    size_t i = 0, nb = n->kbits ? (size_t)1 << n->kbits : 1;
     for (size_t b = 0; b < nb; b++)
         for (struct node *c = n->kbits ? n->kids.buckets[b] : n->kids.chain; c; c = c->next)
             v[i++] = c;
@@ -180,6 +294,11 @@ void tree__free(struct tree *t)
     if (t == NULL)
         return;
     node__free_kids(&t->root);
+    while (t->pages != NULL) {
+        struct slab_page *next = t->pages->next;
+        free(t->pages);
+        t->pages = next;
+    }
     free(t);
 }
 
@@ -188,109 +307,222 @@ uint64_t tree__count(const struct tree *t)
     return t->count;
 }
 
-static size_t tree__seg_end(const char *s, size_t len, size_t from)
+/* ---- positions ---- */
+
+struct pos {
+    const struct node *n;
+    size_t end; /* a segment boundary of n->name: an index of '/' or nlen */
+};
+
+static bool pos__at_node(struct pos p)
 {
-    const char *slash = memchr(s + from, '/', len - from);
-    return slash ? (size_t)(slash - s) : len;
+    return p.end == p.n->nlen;
 }
 
-static const struct node *tree__find(const struct tree *t, const char *key, size_t klen)
+static const struct store_entry *pos__entry(struct pos p)
 {
-    const struct node *n = &t->root;
+    return pos__at_node(p) ? p.n->entry : NULL;
+}
+
+static bool pos__has_kids(struct pos p)
+{
+    return !pos__at_node(p) || p.n->nkids > 0;
+}
+
+/* The child of `p` whose segment is `seg`; false when there is none. */
+static bool pos__child(struct pos p, const char *seg, size_t len, struct pos *out)
+{
+    if (!pos__at_node(p)) {
+        size_t from = p.end + 1, e = seg_end(p.n->name, p.n->nlen, from);
+        if (e - from != len || memcmp(p.n->name + from, seg, len) != 0)
+            return false;
+        *out = (struct pos){p.n, e};
+        return true;
+    }
+    const struct node *c = node__child(p.n, seg, len);
+    if (c == NULL)
+        return false;
+    *out = (struct pos){c, len};
+    return true;
+}
+
+/* The position of `key`; false when no key starts with it. */
+static bool tree__pos(const struct tree *t, const char *key, size_t klen, struct pos *out)
+{
+    struct pos p = {&t->root, 0};
     for (size_t i = 0;;) {
-        size_t e = tree__seg_end(key, klen, i);
-        n = node__child(n, key + i, e - i);
-        if (n == NULL || e == klen)
-            return n;
+        size_t e = seg_end(key, klen, i);
+        if (!pos__child(p, key + i, e - i, &p))
+            return false;
+        if (e == klen) {
+            *out = p;
+            return true;
+        }
         i = e + 1;
     }
 }
 
-struct store_entry *tree__get(const struct tree *t, const char *key, size_t klen)
+/* Calls fn(arg, child, segment, seglen) for each child of `p` in segment
+ * order. Returns -1 when out of memory. */
+typedef void (*pos_kid_fn)(void *arg, struct pos kid, const char *seg, size_t len);
+static int pos__kids(struct pos p, pos_kid_fn fn, void *arg)
 {
-    const struct node *n = tree__find(t, key, klen);
-    return n ? n->entry : NULL;
+    if (!pos__at_node(p)) {
+        size_t from = p.end + 1, e = seg_end(p.n->name, p.n->nlen, from);
+        fn(arg, (struct pos){p.n, e}, p.n->name + from, e - from);
+        return 0;
+    }
+    size_t count;
+    struct node **kids = node__sorted(p.n, &count);
+    if (kids == NULL && p.n->nkids > 0)
+        return -1;
+    for (size_t i = 0; i < count; i++) {
+        size_t e = node__first_len(kids[i]);
+        fn(arg, (struct pos){kids[i], e}, kids[i]->name, e);
+    }
+    free(kids);
+    return 0;
 }
 
-static struct store_entry *tree__remove(struct tree *t, const char *key, size_t klen,
-                                        bool take_entry);
+struct store_entry *tree__get(const struct tree *t, const char *key, size_t klen)
+{
+    struct pos p;
+    return tree__pos(t, key, klen, &p) ? (struct store_entry *)pos__entry(p) : NULL;
+}
+
+/* ---- changes ---- */
+
+/* The length of the longest run of whole segments that `a` and `b` both
+ * start with (0 when even the first differs). */
+static size_t common_segments(const char *a, size_t alen, const char *b, size_t blen)
+{
+    size_t n = alen < blen ? alen : blen, i = 0, common = 0;
+    while (i < n && a[i] == b[i]) {
+        if (a[i] == '/')
+            common = i;
+        i++;
+    }
+    if (i == n && (alen == blen || (alen > n ? a[n] : b[n]) == '/'))
+        common = n;
+    return common;
+}
+
+/* Splits `c` after `at` bytes of its name: c keeps the head (in place, so
+ * its parent's link stays valid) and one new child takes the tail with c's
+ * entry and children. Returns 0, or -1 when out of memory. */
+static int node__split(struct tree *t, struct node *c, size_t at)
+{
+    struct node *tail = node__new(t, c->name + at + 1, c->nlen - at - 1);
+    if (tail == NULL)
+        return -1;
+    tail->kids = c->kids;
+    tail->nkids = c->nkids;
+    tail->kbits = c->kbits;
+    tail->entry = c->entry;
+    c->nlen = (uint16_t)at;
+    c->entry = NULL;
+    c->kids.chain = tail;
+    c->nkids = 1;
+    c->kbits = 0;
+    return 0;
+}
 
 int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *e,
               struct store_entry **old)
 {
     struct node *n = &t->root;
+    const char *rem = key;
+    size_t rlen = klen;
+
     *old = NULL;
-    for (size_t i = 0;;) {
-        size_t end = tree__seg_end(key, klen, i);
-        struct node *c = node__child(n, key + i, end - i);
-        if (c == NULL && (c = node__add(n, key + i, end - i)) == NULL) {
-            /* Nodes added on the way hold nothing: remove them again. */
-            if (i > 0)
-                tree__remove(t, key, i - 1, false);
+    for (;;) {
+        struct node *c = node__child(n, rem, seg_end(rem, rlen, 0));
+        if (c == NULL) {
+            if ((c = node__new(t, rem, rlen)) == NULL)
+                return STORE_EINTERNAL;
+            if (node__add(n, c) != 0) {
+                node__release(t, c);
+                return STORE_EINTERNAL;
+            }
+            c->entry = e;
+            t->count++;
+            return STORE_OK;
+        }
+        /* c starts with rem's first segment; keep what they share. */
+        size_t common = common_segments(c->name, c->nlen, rem, rlen);
+        if (common < c->nlen && node__split(t, c, common) != 0)
             return STORE_EINTERNAL;
+        if (common == rlen) {
+            *old = c->entry;
+            c->entry = e;
+            if (*old == NULL)
+                t->count++;
+            return STORE_OK;
         }
         n = c;
-        if (end == klen)
-            break;
-        i = end + 1;
+        rem += common + 1;
+        rlen -= common + 1;
     }
-    *old = n->entry;
-    n->entry = e;
-    if (*old == NULL)
-        t->count++;
-    return STORE_OK;
+}
+
+/* Merges `n` (no entry, one child) with its child into one node that takes
+ * n's place under `parent`. Nothing happens when out of memory. */
+static void node__merge(struct tree *t, struct node *parent, struct node *n)
+{
+    struct node *kid = node__only_kid(n);
+    size_t len = (size_t)n->nlen + 1 + kid->nlen;
+    if (len > UINT16_MAX)
+        return;
+    struct node *m = node__alloc(t, len);
+    if (m == NULL)
+        return;
+    memcpy(m->name, n->name, n->nlen);
+    m->name[n->nlen] = '/';
+    memcpy(m->name + n->nlen + 1, kid->name, kid->nlen);
+    m->nlen = (uint16_t)len;
+    m->kids = kid->kids;
+    m->nkids = kid->nkids;
+    m->kbits = kid->kbits;
+    m->entry = kid->entry;
+    struct node **link = node__link_of(parent, n); /* same first segment: same bucket */
+    m->next = n->next;
+    *link = m;
+    node__release(t, kid);
+    node__release(t, n);
 }
 
 struct store_entry *tree__del(struct tree *t, const char *key, size_t klen)
 {
-    return tree__remove(t, key, klen, true);
-}
+    struct node *n = &t->root, *parent = NULL, *grand = NULL;
+    const char *rem = key;
+    size_t rlen = klen;
 
-/* Takes the entry of `key` away (when `take_entry`) and prunes the nodes on
- * its path left holding nothing, from the leaf up (invariant 1). Returns the
- * entry's reference, or NULL. */
-static struct store_entry *tree__remove(struct tree *t, const char *key, size_t klen,
-                                        bool take_entry)
-{
-    struct node *stack[64], **path = stack;
-    size_t depth = 0, cap = 64;
-    struct node *n = &t->root;
-    struct store_entry *old = NULL;
-
-    for (size_t i = 0;;) {
-        if (depth == cap) {
-            struct node **bigger = malloc(cap * 2 * sizeof *bigger);
-            if (bigger == NULL)
-                goto out; /* cannot prune: leave the key in place */
-            memcpy(bigger, path, depth * sizeof *bigger);
-            if (path != stack)
-                free(path);
-            path = bigger;
-            cap *= 2;
-        }
-        path[depth++] = n;
-        size_t end = tree__seg_end(key, klen, i);
-        n = node__child(n, key + i, end - i);
-        if (n == NULL)
-            goto out;
-        if (end == klen)
+    for (;;) {
+        struct node *c = node__child(n, rem, seg_end(rem, rlen, 0));
+        if (c == NULL || c->nlen > rlen || memcmp(c->name, rem, c->nlen) != 0 ||
+            (c->nlen < rlen && rem[c->nlen] != '/'))
+            return NULL;
+        grand = parent;
+        parent = n;
+        n = c;
+        if (c->nlen == rlen)
             break;
-        i = end + 1;
+        rem += c->nlen + 1;
+        rlen -= c->nlen + 1;
     }
-    if (take_entry && n->entry != NULL) {
-        old = n->entry;
-        n->entry = NULL;
-        t->count--;
-    }
-    while (depth > 0 && n->entry == NULL && n->nkids == 0) {
-        struct node *parent = path[--depth];
+    struct store_entry *old = n->entry;
+    if (old == NULL)
+        return NULL;
+    n->entry = NULL;
+    t->count--;
+    if (n->nkids == 0) {
+        /* Invariant 1: n goes, and its parent may be left with one child. */
         node__unlink(parent, n);
-        free(n);
-        n = parent;
-    }
-out:
-    if (path != stack)
-        free(path);
+        node__release(t, n);
+        if (grand != NULL && parent->entry == NULL && parent->nkids == 1)
+            node__merge(t, grand, parent);
+    } else if (n->nkids == 1)
+        node__merge(t, parent, n);
     return old;
 }
 
@@ -305,13 +537,13 @@ struct walk {
     bool more, stop;
     store_visit_fn visit;
     void *arg;
-    char *buf; /* the key of the node being visited */
+    char *buf; /* the key of the position being visited */
     size_t len, cap;
 };
 
-static int walk__push(struct walk *w, const struct node *n, bool root)
+static int walk__push(struct walk *w, const char *seg, size_t len, bool root)
 {
-    size_t need = w->len + (root ? 0 : 1) + n->nlen;
+    size_t need = w->len + 1 + len;
     if (need > w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 256;
         while (cap < need)
@@ -324,8 +556,8 @@ static int walk__push(struct walk *w, const struct node *n, bool root)
     }
     if (!root)
         w->buf[w->len++] = '/';
-    memcpy(w->buf + w->len, n->name, n->nlen);
-    w->len += n->nlen;
+    memcpy(w->buf + w->len, seg, len);
+    w->len += len;
     return 0;
 }
 
@@ -341,9 +573,10 @@ static bool walk__reaches_cursor(const struct walk *w)
     return store_key_cmp(w->buf, w->len, w->after, w->alen) > 0;
 }
 
-static void walk__emit(struct walk *w, const struct node *n)
+static void walk__emit(struct walk *w, struct pos p)
 {
-    if (n->entry == NULL || w->stop)
+    const struct store_entry *e = pos__entry(p);
+    if (e == NULL || w->stop)
         return;
     if (w->after && store_key_cmp(w->buf, w->len, w->after, w->alen) <= 0)
         return;
@@ -353,63 +586,69 @@ static void walk__emit(struct walk *w, const struct node *n)
         return;
     }
     w->count++;
-    w->visit(w->arg, w->buf, w->len, n->entry);
+    w->visit(w->arg, w->buf, w->len, e);
 }
 
-static void walk__at(struct walk *w, const struct node *n, size_t pi, bool root);
+static void walk__at(struct walk *w, struct pos p, size_t pi, bool root);
 
-/* Visits the children of `n` in name order; `pi` as for walk__at. With
- * SIZE_MAX the whole subtree is visited ('#'). */
-static void walk__kids(struct walk *w, const struct node *n, size_t pi, bool root)
+struct walk__kids_ctx {
+    struct walk *w;
+    size_t pi; /* as for walk__at; SIZE_MAX: the whole subtree ('#') */
+    bool root;
+    size_t saved;
+};
+
+static void walk__kid(void *arg, struct pos kid, const char *seg, size_t len);
+
+static void walk__kids(struct walk *w, struct pos p, size_t pi, bool root)
 {
-    size_t count, saved = w->len;
-    struct node **kids = node__sorted(n, &count);
-    if (kids == NULL && n->nkids > 0) {
+    struct walk__kids_ctx k = {w, pi, root, w->len};
+    if (!w->stop && pos__kids(p, walk__kid, &k) != 0)
+        w->stop = true;
+}
+
+static void walk__kid(void *arg, struct pos kid, const char *seg, size_t len)
+{
+    struct walk__kids_ctx *k = arg;
+    struct walk *w = k->w;
+    if (w->stop || (k->root && len > 0 && seg[0] == '$'))
+        return; /* a wildcard never matches a $-key (key.c, rule 5) */
+    if (walk__push(w, seg, len, k->root) != 0) {
         w->stop = true;
         return;
     }
-    for (size_t i = 0; i < count && !w->stop; i++) {
-        const struct node *c = kids[i];
-        if (root && c->nlen > 0 && c->name[0] == '$')
-            continue; /* a wildcard never matches a $-key (rule 5) */
-        if (walk__push(w, c, root) != 0) {
-            w->stop = true;
-            break;
-        }
-        if (walk__reaches_cursor(w)) {
-            if (pi == SIZE_MAX) {
-                walk__emit(w, c);
-                walk__kids(w, c, SIZE_MAX, false);
-            } else
-                walk__at(w, c, pi, false);
-        }
-        w->len = saved;
+    if (walk__reaches_cursor(w)) {
+        if (k->pi == SIZE_MAX) {
+            walk__emit(w, kid);
+            walk__kids(w, kid, SIZE_MAX, false);
+        } else
+            walk__at(w, kid, k->pi, false);
     }
-    free(kids);
+    w->len = k->saved;
 }
 
-/* `n` matched the pattern up to the segment at `pi` (> plen: all of it). */
-static void walk__at(struct walk *w, const struct node *n, size_t pi, bool root)
+/* `p` matched the pattern up to the segment at `pi` (> plen: all of it). */
+static void walk__at(struct walk *w, struct pos p, size_t pi, bool root)
 {
     if (w->stop)
         return;
     if (pi > w->plen) {
-        walk__emit(w, n);
+        walk__emit(w, p);
         return;
     }
-    size_t pe = tree__seg_end(w->pat, w->plen, pi);
+    size_t pe = seg_end(w->pat, w->plen, pi);
     if (pe - pi == 1 && w->pat[pi] == '#') {
         if (!root)
-            walk__emit(w, n); /* "a/#" matches "a" */
-        walk__kids(w, n, SIZE_MAX, root);
+            walk__emit(w, p); /* "a/#" matches "a" */
+        walk__kids(w, p, SIZE_MAX, root);
     } else if (pe - pi == 1 && w->pat[pi] == '+') {
-        walk__kids(w, n, pe + 1, root);
+        walk__kids(w, p, pe + 1, root);
     } else {
-        const struct node *c = node__child(n, w->pat + pi, pe - pi);
+        struct pos c;
         size_t saved = w->len;
-        if (c == NULL)
+        if (!pos__child(p, w->pat + pi, pe - pi, &c))
             return;
-        if (walk__push(w, c, root) != 0) {
+        if (walk__push(w, w->pat + pi, pe - pi, root) != 0) {
             w->stop = true;
             return;
         }
@@ -431,23 +670,28 @@ void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *
         .visit = visit,
         .arg = arg,
     };
-    walk__at(&w, &t->root, 0, true);
+    walk__at(&w, (struct pos){&t->root, 0}, 0, true);
     free(w.buf);
     *more = w.more;
+}
+
+struct ls_ctx {
+    store_child_fn child;
+    void *arg;
+};
+
+static void ls__kid(void *arg, struct pos kid, const char *seg, size_t len)
+{
+    struct ls_ctx *l = arg;
+    l->child(l->arg, seg, len, pos__entry(kid) != NULL, pos__has_kids(kid));
 }
 
 int tree__ls(const struct tree *t, bool root, const char *key, size_t klen, store_child_fn child,
              void *arg)
 {
-    const struct node *n = root ? &t->root : tree__find(t, key, klen);
-    if (n == NULL)
+    struct pos p = {&t->root, 0};
+    struct ls_ctx l = {child, arg};
+    if (!root && !tree__pos(t, key, klen, &p))
         return STORE_ENOTFOUND;
-    size_t count;
-    struct node **kids = node__sorted(n, &count);
-    if (kids == NULL && n->nkids > 0)
-        return STORE_EINTERNAL;
-    for (size_t i = 0; i < count; i++)
-        child(arg, kids[i]->name, kids[i]->nlen, kids[i]->entry != NULL, kids[i]->nkids > 0);
-    free(kids);
-    return STORE_OK;
+    return pos__kids(p, ls__kid, &l) == 0 ? STORE_OK : STORE_EINTERNAL;
 }

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""almanac's benchmarks, each against a peer run in the same invocation, so
+the figures are ratios that a shared, noisy machine does not distort much.
+
+  get     GET of one small key with wrk (50 connections), against nginx
+          serving a file with the same bytes.
+  put     acknowledged PUTs from 50 concurrent writers (wrk), against Redis
+          SET from 50 clients (appendfsync everysec) and against raw SQLite
+          committing each write on its own (WAL, synchronous=NORMAL).
+  memory  1,000,000 keys like site/0042/sensor/17/temp with small JSON values:
+          RSS growth per key against Redis's used_memory for the same keys,
+          and the time from start to /ready with those keys on disk.
+
+Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory]
+Peers: wrk, nginx, redis-server, redis-cli (tests/bench/run installs them).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+DURATION = 10  # seconds per wrk run
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.005)
+    raise RuntimeError(f"{url} did not answer")
+
+
+class Almanac:
+    def __init__(self, binary, data_dir, *args):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--http_listen", f"127.0.0.1:{self.port}", "--data_dir", data_dir,
+             "--log_level", "warn", *args])
+        self.started = time.time()
+        wait_http(self.url("/ready"))
+        self.ready_s = time.time() - self.started
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def rss(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def wrk(url, script=None, connections=50):
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{DURATION}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+\w+)", out).group(1)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if bad or errors:
+        raise RuntimeError(f"wrk saw failures:\n{out}")
+    return rps, p99
+
+
+def bench_get(binary, tmp):
+    value = b'{"v":21.5}'
+    a = Almanac(binary, os.path.join(tmp, "get"))
+    req = urllib.request.Request(a.url("/api/v1/keys/site/0042/sensor/17/temp"), data=value,
+                                 method="PUT")
+    urllib.request.urlopen(req).read()
+    www = os.path.join(tmp, "www")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, "temp"), "wb") as f:
+        f.write(value)
+    nport = free_port()
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; worker_processes 2; pid {tmp}/nginx.pid; error_log stderr error;
+events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{nport}; root {www}; location / {{ default_type application/json; }} }} }}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", tmp])
+    try:
+        wait_http(f"http://127.0.0.1:{nport}/temp")
+        results = []
+        for _ in range(2):  # alternate, so neither gets only the quiet moments
+            results.append((wrk(a.url("/api/v1/keys/site/0042/sensor/17/temp")),
+                            wrk(f"http://127.0.0.1:{nport}/temp")))
+    finally:
+        nginx.terminate()
+        nginx.wait()
+        a.stop()
+    arps = max(r[0][0] for r in results)
+    nrps = max(r[1][0] for r in results)
+    print(f"get: almanac {arps:,.0f} req/s (p99 {results[-1][0][1]}), "
+          f"nginx {nrps:,.0f} req/s (p99 {results[-1][1][1]}): ratio {arps / nrps:.2f} "
+          f"(goal >= 1.0)")
+
+
+PUT_LUA = """
+local counter = 0
+local id = 0
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+function request()
+  counter = counter + 1
+  return wrk.format("PUT", "/api/v1/keys/bench/" .. id .. "/" .. counter, nil, '{"v":21.5}')
+end
+"""
+
+
+def redis_server(tmp, *extra):
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", tmp, "--save", "", *extra],
+                            stdout=subprocess.DEVNULL)
+    for _ in range(500):
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                          text=True).stdout.strip() == "PONG":
+            return proc, port
+        time.sleep(0.01)
+    raise RuntimeError("redis did not start")
+
+
+def bench_put(binary, tmp):
+    script = os.path.join(tmp, "put.lua")
+    with open(script, "w") as f:
+        f.write(PUT_LUA)
+    a = Almanac(binary, os.path.join(tmp, "put"))
+    try:
+        rps, p99 = wrk(a.url("/"), script)
+        info = json.load(urllib.request.urlopen(a.url("/api/v1/info")))
+        per_commit = info["rev"] / max(1, info["storage"]["commits"])
+    finally:
+        a.stop()
+
+    proc, port = redis_server(tmp, "--appendonly", "yes", "--appendfsync", "everysec")
+    try:
+        out = subprocess.run(["redis-benchmark", "-p", str(port), "-c", "50", "-n", "500000",
+                              "-t", "set", "-r", "1000000", "-q"], capture_output=True,
+                             text=True).stdout
+        redis_rps = float(re.search(r"([\d.]+) requests per second", out).group(1))
+    finally:
+        proc.terminate()
+        proc.wait()
+
+    db = sqlite3.connect(os.path.join(tmp, "raw.db"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID")
+    n, start = 0, time.time()
+    while time.time() - start < 3:
+        for _ in range(1000):
+            n += 1
+            db.execute("BEGIN")
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (f"bench/{n}", b'{"v":21.5}'))
+            db.execute("COMMIT")
+    sqlite_rps = n / (time.time() - start)
+    db.close()
+    print(f"put: almanac {rps:,.0f} acknowledged writes/s (p99 {p99}, {per_commit:.1f} writes "
+          f"per commit; goal >= 20,000/s); ratio {rps / redis_rps:.2f} against Redis SET "
+          f"({redis_rps:,.0f}/s, AOF everysec), {rps / sqlite_rps:.2f} against raw SQLite "
+          f"with a commit per write ({sqlite_rps:,.0f}/s)")
+
+
+def memory_keys():
+    for site in range(10000):
+        for sensor in range(100):
+            yield f"site/{site:04d}/sensor/{sensor:02d}/temp", \
+                f'{{"v":{(site * 7 + sensor) % 400 / 10}}}'
+
+
+def bench_memory(binary, tmp):
+    n = 1_000_000
+    data = os.path.join(tmp, "mem")
+    a = Almanac(binary, data)
+    batch = []
+
+    def flush():
+        body = json.dumps({"ops": batch}).encode()
+        req = urllib.request.Request(a.url("/api/v1/batch"), data=body, method="POST")
+        urllib.request.urlopen(req).read()
+        batch.clear()
+
+    for key, value in memory_keys():
+        batch.append({"op": "set", "key": key, "value": json.loads(value)})
+        if len(batch) == 10000:
+            flush()
+    a.stop()
+
+    # An empty daemon and one holding the keys, both just started.
+    empty = Almanac(binary, os.path.join(tmp, "empty"))
+    base = empty.rss()
+    empty.stop()
+    full = Almanac(binary, data)
+    ready_s = full.ready_s
+    keys = json.load(urllib.request.urlopen(full.url("/api/v1/info")))["keys"]
+    per_key = (full.rss() - base) / keys
+    full.stop()
+    assert keys == n, keys
+
+    proc, port = redis_server(tmp, "--appendonly", "no")
+    try:
+        def used():
+            out = subprocess.run(["redis-cli", "-p", str(port), "info", "memory"],
+                                 capture_output=True, text=True).stdout
+            return int(re.search(r"used_memory:(\d+)", out).group(1))
+
+        before = used()
+        pipe = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL)
+        chunk = []
+        for key, value in memory_keys():
+            chunk.append(f"*3\r\n$3\r\nSET\r\n${len(key)}\r\n{key}\r\n${len(value)}\r\n{value}\r\n")
+            if len(chunk) == 10000:
+                pipe.stdin.write("".join(chunk).encode())
+                chunk.clear()
+        pipe.stdin.close()
+        pipe.wait()
+        redis_per_key = (used() - before) / n
+    finally:
+        proc.terminate()
+        proc.wait()
+    print(f"memory: almanac {per_key:.0f} bytes/key (RSS growth), Redis {redis_per_key:.0f} "
+          f"bytes/key (used_memory): ratio {per_key / redis_per_key:.2f} (goal <= 1.0); "
+          f"start to /ready with {n:,} keys: {ready_s:.2f} s (goal < 1 s)")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--binary", required=True)
+    p.add_argument("which", nargs="*", default=["get", "put", "memory"])
+    args = p.parse_args()
+    binary = os.path.abspath(args.binary)
+    tmp = tempfile.mkdtemp(prefix="almanac-bench-")
+    os.chmod(tmp, 0o755)  # nginx workers run as another user
+    try:
+        for name in args.which:
+            globals()[f"bench_{name}"](binary, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+/*
+ * test_tree.c — the path-compressed key tree against a plain model: random
+ * sets and deletes over keys that share prefixes, hold empty segments and
+ * $-segments; after each step every lookup, pattern walk (with paging) and
+ * ls must give what brute force over the model gives.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "store_int.h"
+
+#define MAX_KEYS 400
+
+static const char *const segs[] = {"a", "b", "ab", "", "$s", "x!", "a/b"};
+
+struct model {
+    char keys[MAX_KEYS][64];
+    bool present[MAX_KEYS];
+    struct store_entry *entries[MAX_KEYS];
+    size_t n;
+};
+
+static void make_keys(struct model *m, unsigned seed)
+{
+    srand(seed);
+    while (m->n < MAX_KEYS) {
+        char key[64] = "";
+        int depth = 1 + rand() % 4;
+        for (int d = 0; d < depth; d++) {
+            if (d)
+                strcat(key, "/");
+            strcat(key, segs[rand() % 7]);
+        }
+        if (key[0] == '\0')
+            continue; /* keys are never empty */
+        bool dup = false;
+        for (size_t i = 0; i < m->n && !dup; i++)
+            dup = strcmp(m->keys[i], key) == 0;
+        if (!dup)
+            strcpy(m->keys[m->n++], key);
+    }
+}
+
+struct seen {
+    char keys[MAX_KEYS][64];
+    const struct store_entry *entries[MAX_KEYS];
+    size_t n;
+};
+
+static void on_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct seen *s = arg;
+    assert_true(s->n < MAX_KEYS && klen < 64);
+    memcpy(s->keys[s->n], key, klen);
+    s->keys[s->n][klen] = '\0';
+    s->entries[s->n++] = e;
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+    return store_key_cmp(a, strlen(a), b, strlen(b));
+}
+
+static void check_walk(struct tree *t, const struct model *m, const char *pat)
+{
+    static char want[MAX_KEYS][64];
+    size_t nwant = 0;
+    for (size_t i = 0; i < m->n; i++)
+        if (m->present[i] && store_pattern_match(pat, strlen(pat), m->keys[i], strlen(m->keys[i])))
+            strcpy(want[nwant++], m->keys[i]);
+    qsort(want, nwant, 64, cmp_key);
+
+    /* In pages of 3, resuming after the last key of each page. */
+    struct seen all = {0};
+    char after[64] = "";
+    bool more = true, first = true;
+    while (more) {
+        struct seen page = {0};
+        tree__walk(t, pat, strlen(pat), first ? NULL : after, strlen(after), 3, on_visit, &page,
+                   &more);
+        first = false;
+        for (size_t i = 0; i < page.n; i++)
+            strcpy(all.keys[all.n++], page.keys[i]);
+        if (page.n)
+            strcpy(after, page.keys[page.n - 1]);
+        else
+            assert_false(more);
+    }
+    if (all.n != nwant)
+        fail_msg("pattern '%s': %zu keys, expected %zu", pat, all.n, nwant);
+    for (size_t i = 0; i < nwant; i++)
+        if (strcmp(all.keys[i], want[i]) != 0)
+            fail_msg("pattern '%s' #%zu: '%s', expected '%s'", pat, i, all.keys[i], want[i]);
+}
+
+struct kids {
+    char names[MAX_KEYS][64];
+    bool value[MAX_KEYS], has_kids[MAX_KEYS];
+    size_t n;
+};
+
+static void on_child(void *arg, const char *name, size_t nlen, bool value, bool children)
+{
+    struct kids *k = arg;
+    memcpy(k->names[k->n], name, nlen);
+    k->names[k->n][nlen] = '\0';
+    k->value[k->n] = value;
+    k->has_kids[k->n++] = children;
+}
+
+/* ls of `prefix` (NULL: the root) against the model. */
+static void check_ls(struct tree *t, const struct model *m, const char *prefix)
+{
+    struct kids got = {0}, want = {0};
+    size_t plen = prefix ? strlen(prefix) : 0;
+    bool exists = prefix == NULL;
+    for (size_t i = 0; i < m->n; i++) {
+        const char *k = m->keys[i];
+        if (!m->present[i])
+            continue;
+        const char *rest;
+        if (prefix == NULL)
+            rest = k;
+        else if (strncmp(k, prefix, plen) == 0 && (k[plen] == '/' || k[plen] == '\0')) {
+            exists = true;
+            if (k[plen] == '\0')
+                continue;
+            rest = k + plen + 1;
+        } else
+            continue;
+        size_t seg = strcspn(rest, "/");
+        size_t j = 0;
+        while (j < want.n && (strlen(want.names[j]) != seg || strncmp(want.names[j], rest, seg)))
+            j++;
+        if (j == want.n) {
+            memcpy(want.names[j], rest, seg);
+            want.names[j][seg] = '\0';
+            want.n++;
+        }
+        if (rest[seg] == '\0')
+            want.value[j] = true;
+        else
+            want.has_kids[j] = true;
+    }
+    int err = tree__ls(t, prefix == NULL, prefix, plen, on_child, &got);
+    if (!exists) {
+        assert_int_equal(err, STORE_ENOTFOUND);
+        return;
+    }
+    assert_int_equal(err, STORE_OK);
+    assert_int_equal(got.n, want.n);
+    for (size_t i = 0; i < got.n; i++) {
+        size_t j = 0;
+        while (j < want.n && strcmp(want.names[j], got.names[i]) != 0)
+            j++;
+        if (j == want.n)
+            fail_msg("ls '%s': unexpected child '%s'", prefix ? prefix : "", got.names[i]);
+        assert_int_equal(got.value[i], want.value[j]);
+        assert_int_equal(got.has_kids[i], want.has_kids[j]);
+        if (i > 0)
+            assert_true(store_key_cmp(got.names[i - 1], strlen(got.names[i - 1]), got.names[i],
+                                      strlen(got.names[i])) < 0);
+    }
+}
+
+static void check_all(struct tree *t, const struct model *m)
+{
+    static const char *const patterns[] = {"#",   "+",   "a/#", "+/+",  "a/+/b", "/#",
+                                           "+/b", "$s/#", "a",  "ab/+", "a/b/#", "+/+/+/+"};
+    uint64_t count = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        const struct store_entry *e = tree__get(t, m->keys[i], strlen(m->keys[i]));
+        assert_ptr_equal(e, m->present[i] ? m->entries[i] : NULL);
+        count += m->present[i];
+    }
+    assert_int_equal(tree__count(t), count);
+    for (size_t i = 0; i < sizeof patterns / sizeof patterns[0]; i++)
+        check_walk(t, m, patterns[i]);
+    check_ls(t, m, NULL);
+    for (size_t i = 0; i < m->n; i += 7)
+        check_ls(t, m, m->keys[i]);
+    check_ls(t, m, "a");
+    check_ls(t, m, "nope");
+}
+
+static void test_random_model(void **state)
+{
+    (void)state;
+    for (unsigned seed = 1; seed <= 6; seed++) {
+        struct model *m = calloc(1, sizeof *m);
+        struct tree *t = tree__new();
+        make_keys(m, seed);
+        for (int step = 0; step < 1500; step++) {
+            size_t i = (size_t)rand() % m->n;
+            if (rand() % 3) {
+                struct store_entry *e, *old;
+                assert_int_equal(store_entry_new("v", 1, NULL, NULL, STORE_ORIGIN_HTTP, &e),
+                                 STORE_OK);
+                assert_int_equal(tree__set(t, m->keys[i], strlen(m->keys[i]), e, &old),
+                                 STORE_OK);
+                assert_ptr_equal(old, m->present[i] ? m->entries[i] : NULL);
+                store_entry_unref(old);
+                m->present[i] = true;
+                m->entries[i] = e;
+            } else {
+                struct store_entry *old = tree__del(t, m->keys[i], strlen(m->keys[i]));
+                assert_ptr_equal(old, m->present[i] ? m->entries[i] : NULL);
+                store_entry_unref(old);
+                m->present[i] = false;
+                m->entries[i] = NULL;
+            }
+            if (step % 50 == 0)
+                check_all(t, m);
+        }
+        check_all(t, m);
+        /* Delete everything: the tree ends empty. */
+        for (size_t i = 0; i < m->n; i++)
+            store_entry_unref(tree__del(t, m->keys[i], strlen(m->keys[i])));
+        assert_int_equal(tree__count(t), 0);
+        struct kids none = {0};
+        assert_int_equal(tree__ls(t, true, NULL, 0, on_child, &none), STORE_OK);
+        assert_int_equal(none.n, 0);
+        tree__free(t);
+        free(m);
+    }
+}
+
+static void test_wide_node(void **state)
+{
+    /* Enough children to go from a chain to a growing bucket table. */
+    struct tree *t = tree__new();
+    char key[32];
+    (void)state;
+    for (int i = 0; i < 5000; i++) {
+        struct store_entry *e, *old;
+        snprintf(key, sizeof key, "w/%d/t", i);
+        assert_int_equal(store_entry_new("1", 1, NULL, NULL, STORE_ORIGIN_HTTP, &e), STORE_OK);
+        assert_int_equal(tree__set(t, key, strlen(key), e, &old), STORE_OK);
+        assert_null(old);
+    }
+    for (int i = 0; i < 5000; i += 2) {
+        snprintf(key, sizeof key, "w/%d/t", i);
+        store_entry_unref(tree__del(t, key, strlen(key)));
+    }
+    assert_int_equal(tree__count(t), 2500);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "w/%d/t", i);
+        assert_true((tree__get(t, key, strlen(key)) != NULL) == (i % 2 == 1));
+    }
+    tree__free(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_random_model),
+        cmocka_unit_test(test_wide_node),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
