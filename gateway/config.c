@@ -143,6 +143,15 @@ static int config__max_body_bytes(struct config *cfg, const char *value, char *w
     return config__size_in(value, 1024, (size_t)1 << 31, &cfg->max_body_bytes, why, why_len);
 }
 
+static int config__max_db_bytes(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (strcmp(value, "0") == 0) {
+        cfg->max_db_bytes = 0;
+        return 0;
+    }
+    return config__size_in(value, 64 * 1024, SIZE_MAX, &cfg->max_db_bytes, why, why_len);
+}
+
 static int config__http_threads(struct config *cfg, const char *value, char *why, size_t why_len)
 {
     char *end;
@@ -167,6 +176,7 @@ static const struct {
     {"max_key_bytes", config__max_key_bytes},
     {"max_value_bytes", config__max_value_bytes},
     {"max_body_bytes", config__max_body_bytes},
+    {"max_db_bytes", config__max_db_bytes},
     {"http_threads", config__http_threads},
 };
 #define CONFIG_NOPTIONS (sizeof config__options / sizeof config__options[0])

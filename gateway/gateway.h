@@ -19,6 +19,7 @@ struct config {
     enum log_level log_level;
     struct store_limits limits;
     size_t max_body_bytes; /* batch and import bodies */
+    size_t max_db_bytes;   /* 0: no cap on almanac.db */
     unsigned http_threads; /* 0: one per core */
 };
 

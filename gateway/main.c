@@ -45,8 +45,10 @@ static int serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    struct store_config scfg = {
-        .data_dir = cfg.data_dir, .durability = cfg.durability, .limits = cfg.limits};
+    struct store_config scfg = {.data_dir = cfg.data_dir,
+                                .durability = cfg.durability,
+                                .max_db_bytes = cfg.max_db_bytes,
+                                .limits = cfg.limits};
     if (store_open(&scfg, &store, why, sizeof why) != STORE_OK) {
         log_error("almanac: %s", why);
         goto out;

@@ -152,8 +152,8 @@ static int db__lock(struct db *db, const char *dir, char *why, size_t why_len)
     return 0;
 }
 
-int db__open(const char *dir, enum store_durability durability, struct db **out, char *why,
-             size_t why_len)
+int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes,
+             struct db **out, char *why, size_t why_len)
 {
     struct db *db = calloc(1, sizeof *db);
     int err = STORE_EINTERNAL;
@@ -189,6 +189,16 @@ int db__open(const char *dir, enum store_durability durability, struct db **out,
         goto fail;
     if ((err = db__migrate(db, why, why_len)) != STORE_OK)
         goto fail;
+    if (max_bytes > 0) {
+        /* SQLite refuses to grow the file past it: SQLITE_FULL, as a full
+         * disk would, and db__write answers STORE_EFULL. */
+        char pragma[64];
+        snprintf(pragma, sizeof pragma, "PRAGMA max_page_count = %llu",
+                 (unsigned long long)(max_bytes / 4096 > 0 ? max_bytes / 4096 : 1));
+        if (db__exec(db, "PRAGMA page_size = 4096", why, why_len) != 0 ||
+            db__exec(db, pragma, why, why_len) != 0)
+            goto fail;
+    }
     err = STORE_EINTERNAL;
     if (sqlite3_prepare_v3(db->conn,
                            "INSERT OR REPLACE INTO entries(key, rev, ts, type, labels, origin, "

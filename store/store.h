@@ -121,6 +121,7 @@ struct store_limits {
 struct store_config {
     const char *data_dir; /* almanac.db lives here; created if missing */
     enum store_durability durability;
+    uint64_t max_db_bytes; /* 0: no cap; beyond it writes fail with STORE_EFULL */
     struct store_limits limits;
 };
 

@@ -64,8 +64,8 @@ struct commit {
 #define DB_SCHEMA_VERSION 1
 
 struct db;
-int db__open(const char *dir, enum store_durability durability, struct db **out, char *why,
-             size_t why_len);
+int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes,
+             struct db **out, char *why, size_t why_len);
 void db__close(struct db *db);
 int db__schema_version(const struct db *db);
 const char *db__path(const struct db *db);

@@ -6,6 +6,7 @@ import random
 import signal
 import socket
 import sys
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -301,6 +302,53 @@ class HttpApi(unittest.TestCase):
         self.assertError(self.req("GET", K + "short/body"), 404, "not_found")
         self.assertEqual(self.rev(), before)
         self.assertEqual(self.req("GET", "/health").status, 200)
+
+
+class StorageFull(unittest.TestCase):
+    """A database at max_db_bytes behaves as a full disk: the writes that do
+    not fit get 507 and leave no trace, the ones answered 2xx are all there,
+    reads go on, /ready says so, and deleting makes room again."""
+
+    def test_full_database(self):
+        d = Daemon(["--max_db_bytes", "256KiB"]).start()
+        try:
+            value = os.urandom(6000)
+            ok, full = [], []
+            lock = threading.Lock()
+
+            def writer(w):
+                for i in range(25):
+                    key = f"full/{w}/{i}"
+                    r = curl(d, "PUT", K + key, value)
+                    with lock:
+                        (ok if r.status == 201 else full).append((key, r))
+
+            threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertTrue(ok and full, (len(ok), len(full)))
+            for key, r in full:
+                self.assertEqual(r.status, 507, r)
+                self.assertEqual(r.json()["error"], "storage_full")
+                self.assertEqual(curl(d, "GET", K + key).status, 404, key)
+            for key, r in ok:
+                self.assertEqual(curl(d, "GET", K + key).body, value, key)
+            self.assertEqual(curl(d, "GET", "/ready").status, 503)
+            info = curl(d, "GET", "/api/v1/info").json()
+            self.assertEqual(info["keys"], len(ok))
+            self.assertFalse(info["storage"]["writable"])
+            # Deleting makes room; the next write fits and /ready recovers.
+            self.assertEqual(curl(d, "DELETE", K + "full/%23").json()["deleted"], len(ok))
+            self.assertEqual(curl(d, "PUT", K + "after", "1").status, 201)
+            self.assertEqual(curl(d, "GET", "/ready").status, 200)
+            self.assertEqual(d.stop(), 0)
+            d.start()  # and what was answered survives a restart
+            self.assertEqual(curl(d, "GET", K + "after").body, b"1")
+            self.assertEqual(curl(d, "GET", "/api/v1/info").json()["keys"], 1)
+        finally:
+            d.cleanup()
 
 
 class Restart(unittest.TestCase):
