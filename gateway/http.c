@@ -479,6 +479,20 @@ static int http__check_pattern(struct req *r, bool *wild, enum MHD_Result *answe
     return -1;
 }
 
+/* Whether a label can travel as an X-Almanac-Label-* header: the name an
+ * HTTP token, the value free of control characters. Every label is in the
+ * envelope either way. */
+static bool http__label_header_ok(const char *name, const char *value)
+{
+    for (const char *p = name; *p; p++)
+        if (!isalnum((unsigned char)*p) && !strchr("!#$%&'*+-.^_`|~", *p))
+            return false;
+    for (const char *p = value; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return false;
+    return name[0] != '\0';
+}
+
 static void http__unref_entry(void *cls)
 {
     store_entry_unref(cls);
@@ -527,6 +541,8 @@ static enum MHD_Result http__get_key(struct req *r)
             json_object_foreach(obj, name, v)
             {
                 char header[300];
+                if (!http__label_header_ok(name, json_string_value(v)))
+                    continue;
                 snprintf(header, sizeof header, "X-Almanac-Label-%s", name);
                 MHD_add_response_header(resp, header, json_string_value(v));
             }

@@ -29,7 +29,7 @@ def value_of(key, n):
 
 
 class Crash(unittest.TestCase):
-    def writer(self, d, rnd, w, acked, shared, lock):
+    def writer(self, d, rnd, w, acked, shared, lock, procs):
         """Runs one curl process; records each acknowledged write."""
         with tempfile.NamedTemporaryFile("w", suffix=".curl", delete=False) as cfg:
             for n in range(1, REQUESTS + 1):
@@ -39,8 +39,11 @@ class Crash(unittest.TestCase):
                           'write-out = "%{http_code} %{url_effective}\\n"\nnext\n')
             path = cfg.name
         try:
-            proc = subprocess.Popen(["curl", "-sS", "-K", path], stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL, text=True)
+            # Line-buffered: each status is out before the next request goes.
+            proc = subprocess.Popen(["stdbuf", "-oL", "curl", "-sS", "-K", path],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            with lock:
+                procs.append(proc)
             n = 0
             for line in proc.stdout:
                 n += 1
@@ -67,18 +70,28 @@ class Crash(unittest.TestCase):
                 d.start()
                 info = curl(d, "GET", "/api/v1/info").json()
                 self.assertGreaterEqual(info["rev"], last_rev)  # never goes back
+                procs = []
                 threads = [threading.Thread(target=self.writer,
-                                            args=(d, rnd, w, acked, shared, lock))
+                                            args=(d, rnd, w, acked, shared, lock, procs))
                            for w in range(WRITERS)]
+                before = len(acked)
                 for t in threads:
                     t.start()
-                time.sleep(random.uniform(0.5, 2.0))
+                # Kill at a random moment once the writes are flowing.
+                deadline = time.time() + 60
+                while len(acked) < before + 300 and time.time() < deadline:
+                    time.sleep(0.01)
+                time.sleep(random.uniform(0, 1.0))
                 d.stop(signal.SIGKILL)
+                time.sleep(0.2)  # let the clients see their connections drop
+                with lock:
+                    for p in procs:
+                        p.terminate()
                 for t in threads:
                     t.join()
 
                 d.start()
-                self.assertGreater(len(acked), 100 * (rnd + 1))
+                self.assertGreaterEqual(len(acked), before + 300)
                 keys = sorted(acked)
                 # Read back through the pattern API, a page at a time.
                 found, after = {}, None

@@ -96,6 +96,15 @@ class HttpApi(unittest.TestCase):
         self.assertNotIn("text", env)
         raw = self.req("GET", K + "env/t")
         self.assertEqual(raw.headers["x-almanac-label-unit"], "C")
+        # A label that cannot be a header is in the envelope only.
+        body = '{"ops":[{"op":"set","key":"env/h","text":"x","labels":{"a b":"1","ok":"x\\r\\nSet-Cookie: y"}}]}'
+        self.assertEqual(self.req("POST", "/api/v1/batch", body).status, 200)
+        raw = self.req("GET", K + "env/h")
+        self.assertEqual(raw.status, 200)
+        self.assertNotIn("set-cookie", raw.headers)
+        self.assertFalse([h for h in raw.headers if h.startswith("x-almanac-label")])
+        env = self.req("GET", K + "env/h?envelope=1").json()
+        self.assertEqual(env["labels"], {"a b": "1", "ok": "x\r\nSet-Cookie: y"})
         self.req("PUT", K + "env/s", "just text")
         env = self.req("GET", K + "env/s?envelope=1").json()
         self.assertEqual(env["text"], "just text")
