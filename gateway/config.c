@@ -87,8 +87,14 @@ int config_parse_size(const char *text, size_t *out)
         const char *suffix;
         unsigned long long mult;
     } units[] = {
-        {"", 1},          {"B", 1},          {"KiB", 1ull << 10}, {"MiB", 1ull << 20},
-        {"GiB", 1ull << 30}, {"KB", 1000},   {"MB", 1000000},     {"GB", 1000000000},
+        {"", 1},
+        {"B", 1},
+        {"KiB", 1ull << 10},
+        {"MiB", 1ull << 20},
+        {"GiB", 1ull << 30},
+        {"KB", 1000},
+        {"MB", 1000000},
+        {"GB", 1000000000},
     };
     char *end;
     if (!isdigit((unsigned char)text[0]))
@@ -130,15 +136,12 @@ static int config__max_key_bytes(struct config *cfg, const char *value, char *wh
     return config__size_in(value, 1, 65535, &cfg->limits.max_key_bytes, why, why_len);
 }
 
-static int config__max_value_bytes(struct config *cfg, const char *value, char *why,
-                                   size_t why_len)
+static int config__max_value_bytes(struct config *cfg, const char *value, char *why, size_t why_len)
 {
-    return config__size_in(value, 1, (size_t)1 << 30, &cfg->limits.max_value_bytes, why,
-                           why_len);
+    return config__size_in(value, 1, (size_t)1 << 30, &cfg->limits.max_value_bytes, why, why_len);
 }
 
-static int config__max_body_bytes(struct config *cfg, const char *value, char *why,
-                                  size_t why_len)
+static int config__max_body_bytes(struct config *cfg, const char *value, char *why, size_t why_len)
 {
     return config__size_in(value, 1024, (size_t)1 << 31, &cfg->max_body_bytes, why, why_len);
 }
@@ -169,14 +172,10 @@ static const struct {
     const char *name;
     config_parse_fn parse;
 } config__options[] = {
-    {"http_listen", config__http_listen},
-    {"data_dir", config__data_dir},
-    {"durability", config__durability},
-    {"log_level", config__log_level},
-    {"max_key_bytes", config__max_key_bytes},
-    {"max_value_bytes", config__max_value_bytes},
-    {"max_body_bytes", config__max_body_bytes},
-    {"max_db_bytes", config__max_db_bytes},
+    {"http_listen", config__http_listen},       {"data_dir", config__data_dir},
+    {"durability", config__durability},         {"log_level", config__log_level},
+    {"max_key_bytes", config__max_key_bytes},   {"max_value_bytes", config__max_value_bytes},
+    {"max_body_bytes", config__max_body_bytes}, {"max_db_bytes", config__max_db_bytes},
     {"http_threads", config__http_threads},
 };
 #define CONFIG_NOPTIONS (sizeof config__options / sizeof config__options[0])
@@ -197,8 +196,8 @@ static int config__find(const char *name, size_t len)
     return -1;
 }
 
-static int config__set(struct config *cfg, int opt, const char *value, const char *where,
-                       char *why, size_t why_len)
+static int config__set(struct config *cfg, int opt, const char *value, const char *where, char *why,
+                       size_t why_len)
 {
     char detail[512];
     if (config__options[opt].parse(cfg, value, detail, sizeof detail) == 0)
@@ -224,16 +223,14 @@ static int config__file(struct config *cfg, const char *path, char *why, size_t 
     int lineno = 0, rc = 0;
 
     if (f == NULL) {
-        snprintf(why, why_len, "cannot read the configuration file %s: %s", path,
-                 strerror(errno));
+        snprintf(why, why_len, "cannot read the configuration file %s: %s", path, strerror(errno));
         return -1;
     }
     while (rc == 0 && fgets(line, sizeof line, f) != NULL) {
         lineno++;
         snprintf(where, sizeof where, "%s:%d", path, lineno);
         if (strchr(line, '\n') == NULL && !feof(f)) {
-            snprintf(why, why_len, "%s: the line is longer than %zu bytes", where,
-                     sizeof line - 2);
+            snprintf(why, why_len, "%s: the line is longer than %zu bytes", where, sizeof line - 2);
             rc = -1;
             break;
         }

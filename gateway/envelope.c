@@ -319,9 +319,9 @@ int envelope_entry(const json_t *obj, size_t max_value, enum store_origin origin
         if (type == NULL)
             type = "text/plain; charset=utf-8";
     } else {
-        if (!json_is_string(b64) || envelope__unbase64(json_string_value(b64),
-                                                       json_string_length(b64), &decoded,
-                                                       &len) != 0) {
+        if (!json_is_string(b64) ||
+            envelope__unbase64(json_string_value(b64), json_string_length(b64), &decoded, &len) !=
+                0) {
             snprintf(why, why_len, "base64 must be a string of standard base64");
             return STORE_EBODY;
         }

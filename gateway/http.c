@@ -168,8 +168,8 @@ static enum method http__method(const char *m)
     static const struct {
         const char *name;
         enum method m;
-    } methods[] = {{"GET", M_GET},   {"HEAD", M_HEAD},     {"PUT", M_PUT},
-                   {"POST", M_POST}, {"DELETE", M_DELETE}};
+    } methods[] = {
+        {"GET", M_GET}, {"HEAD", M_HEAD}, {"PUT", M_PUT}, {"POST", M_POST}, {"DELETE", M_DELETE}};
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (strcmp(m, methods[i].name) == 0)
             return methods[i].m;
@@ -382,8 +382,7 @@ static enum MHD_Result http__answer_failure(struct req *r)
         if (op->if_rev == 0)
             return http__error(r, err, "%skey %.*s exists already", where, (int)op->klen, op->key);
         if (op->if_rev == STORE_EXISTS_REV)
-            return http__error(r, err, "%skey %.*s does not exist", where, (int)op->klen,
-                               op->key);
+            return http__error(r, err, "%skey %.*s does not exist", where, (int)op->klen, op->key);
         return http__error(r, err, "%skey %.*s is no longer at rev %lld", where, (int)op->klen,
                            op->key, (long long)op->if_rev);
     case STORE_ENOTFOUND:
@@ -467,8 +466,8 @@ static int http__check_key(struct req *r, enum MHD_Result *answer)
 static int http__check_pattern(struct req *r, bool *wild, enum MHD_Result *answer)
 {
     char why[256];
-    int err = store_pattern_check(r->path, r->plen, store_limits(r->h->store)->max_key_bytes,
-                                  wild, why, sizeof why);
+    int err = store_pattern_check(r->path, r->plen, store_limits(r->h->store)->max_key_bytes, wild,
+                                  why, sizeof why);
     if (err == STORE_OK)
         return 0;
     /* Without '+' or '#' it was meant as a key: say so. */
@@ -589,8 +588,8 @@ static int http__limit(struct req *r, size_t *limit, enum MHD_Result *answer)
         return 0;
     long n = strtol(s, &end, 10);
     if (*s == '\0' || *end != '\0' || n < 1 || n > HTTP_LIST_MAX) {
-        *answer = http__error(r, STORE_EBADREQ, "limit must be a number from 1 to %d",
-                              HTTP_LIST_MAX);
+        *answer =
+            http__error(r, STORE_EBADREQ, "limit must be a number from 1 to %d", HTTP_LIST_MAX);
         return -1;
     }
     *limit = (size_t)n;
@@ -637,22 +636,17 @@ static enum MHD_Result http__keys(struct req *r)
         int64_t if_rev;
         if (r->too_large)
             return http__error(r, STORE_ETOOLARGE,
-                               "the value is more than max_value_bytes (%zu bytes)",
-                               r->body_max);
+                               "the value is more than max_value_bytes (%zu bytes)", r->body_max);
         if (http__check_key(r, &answer) != 0 || http__precondition(r, &if_rev, &answer) != 0 ||
             http__body_entry(r, &e, &answer) != 0)
             return answer;
-        r->one = (struct store_op){.kind = STORE_OP_SET,
-                                   .key = r->path,
-                                   .klen = r->plen,
-                                   .entry = e,
-                                   .if_rev = if_rev};
+        r->one = (struct store_op){
+            .kind = STORE_OP_SET, .key = r->path, .klen = r->plen, .entry = e, .if_rev = if_rev};
         return http__submit(r, &r->one, 1);
     }
     /* DELETE */
     int64_t if_rev;
-    if (http__check_pattern(r, &wild, &answer) != 0 ||
-        http__precondition(r, &if_rev, &answer) != 0)
+    if (http__check_pattern(r, &wild, &answer) != 0 || http__precondition(r, &if_rev, &answer) != 0)
         return answer;
     if (wild && if_rev != STORE_ANY_REV)
         return http__error(r, STORE_EBADREQ, "If-Match applies to a key, not a pattern");
@@ -732,8 +726,10 @@ static int http__batch_op(struct req *r, size_t i, json_t *jop, struct store_op 
     memset(op, 0, sizeof *op);
     op->if_rev = STORE_ANY_REV;
     if (!json_is_object(jop) || kind == NULL) {
-        *answer = http__error(r, STORE_EBODY, "ops[%zu]: an op is an object with \"op\" set to "
-                                              "set, delete or get", i);
+        *answer = http__error(r, STORE_EBODY,
+                              "ops[%zu]: an op is an object with \"op\" set to "
+                              "set, delete or get",
+                              i);
         return -1;
     }
     if (!json_is_string(jkey)) {
@@ -755,8 +751,10 @@ static int http__batch_op(struct req *r, size_t i, json_t *jop, struct store_op 
         err = store_pattern_check(op->key, op->klen, lim->max_key_bytes, &wild, why, sizeof why);
         op->pattern = wild;
         if (err == STORE_OK && wild && jrev != NULL) {
-            *answer = http__error(r, STORE_EBODY, "ops[%zu]: if_rev applies to a key, not a "
-                                                  "pattern", i);
+            *answer = http__error(r, STORE_EBODY,
+                                  "ops[%zu]: if_rev applies to a key, not a "
+                                  "pattern",
+                                  i);
             return -1;
         }
     } else if (strcmp(kind, "set") == 0 || strcmp(kind, "get") == 0) {
@@ -828,8 +826,8 @@ static enum MHD_Result http__info(struct req *r)
              ",\"durability\":\"%s\",\"db_bytes\":%lld,\"wal_bytes\":%lld,"
              "\"committed_rev\":%lld,\"commits\":%llu,\"writable\":%s}}",
              st.durability == STORE_DURABLE_FSYNC ? "fsync" : "commit", (long long)st.db_bytes,
-             (long long)st.wal_bytes, (long long)st.committed_rev,
-             (unsigned long long)st.commits, st.writable ? "true" : "false");
+             (long long)st.wal_bytes, (long long)st.committed_rev, (unsigned long long)st.commits,
+             st.writable ? "true" : "false");
     return http__json(r, 200, &b);
 }
 
@@ -1043,8 +1041,10 @@ static void http__mhd_log(void *cls, const char *fmt, va_list ap)
 int http_start(struct store *store, const struct config *cfg, struct http **out, char *why,
                size_t why_len)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE}, *ai = NULL;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE},
+                    *ai = NULL;
     char host[256];
     const char *colon = strrchr(cfg->http_listen, ':');
     size_t hlen = (size_t)(colon - cfg->http_listen);

@@ -53,7 +53,8 @@ static int serve(int argc, char **argv)
         log_error("almanac: %s", why);
         goto out;
     }
-    if (strcmp(cfg.http_listen, "off") != 0 && http_start(store, &cfg, &http, why, sizeof why) != 0) {
+    if (strcmp(cfg.http_listen, "off") != 0 &&
+        http_start(store, &cfg, &http, why, sizeof why) != 0) {
         log_error("almanac: %s", why);
         goto out;
     }

@@ -152,8 +152,8 @@ static int db__lock(struct db *db, const char *dir, char *why, size_t why_len)
     return 0;
 }
 
-int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes,
-             struct db **out, char *why, size_t why_len)
+int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes, struct db **out,
+             char *why, size_t why_len)
 {
     struct db *db = calloc(1, sizeof *db);
     int err = STORE_EINTERNAL;
@@ -256,8 +256,8 @@ int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, s
     *rev = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     if (sqlite3_prepare_v2(db->conn,
-                           "SELECT key, rev, ts, type, labels, origin, value FROM entries", -1,
-                           &st, NULL) != SQLITE_OK)
+                           "SELECT key, rev, ts, type, labels, origin, value FROM entries", -1, &st,
+                           NULL) != SQLITE_OK)
         goto fail;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *key = (const char *)sqlite3_column_text(st, 0);
@@ -265,10 +265,10 @@ int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, s
         int64_t erev = sqlite3_column_int64(st, 1);
         const void *value = sqlite3_column_blob(st, 6);
         size_t vlen = (size_t)sqlite3_column_bytes(st, 6);
-        struct store_entry *e = entry__load(
-            value, vlen, (const char *)sqlite3_column_text(st, 3),
-            (const char *)sqlite3_column_text(st, 4),
-            (enum store_origin)sqlite3_column_int(st, 5), erev, sqlite3_column_int64(st, 2));
+        struct store_entry *e = entry__load(value, vlen, (const char *)sqlite3_column_text(st, 3),
+                                            (const char *)sqlite3_column_text(st, 4),
+                                            (enum store_origin)sqlite3_column_int(st, 5), erev,
+                                            sqlite3_column_int64(st, 2));
         if (e == NULL || fn(arg, key, klen, e) != STORE_OK) {
             snprintf(why, why_len, "out of memory while loading %s", db->path);
             sqlite3_finalize(st);

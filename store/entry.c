@@ -91,8 +91,8 @@ static struct store_entry *entry__alloc(const void *value, size_t len, const cha
         tlen = 0;
     if (len > UINT32_MAX || tlen > UINT8_MAX || llen > UINT16_MAX)
         return NULL;
-    size_t size = offsetof(struct store_entry, data) + len + (tlen ? tlen + 1 : 0) +
-                  (llen ? llen + 1 : 0);
+    size_t size =
+        offsetof(struct store_entry, data) + len + (tlen ? tlen + 1 : 0) + (llen ? llen + 1 : 0);
     struct store_entry *e = malloc(size);
     if (e == NULL)
         return NULL;

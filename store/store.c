@@ -227,8 +227,8 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
     pthread_cond_init(&s->qcond, NULL);
     pthread_mutex_init(&s->slock, NULL);
     pthread_cond_init(&s->scond, NULL);
-    if ((err = db__open(cfg->data_dir, cfg->durability, cfg->max_db_bytes, &s->db, why,
-                       why_len)) != STORE_OK)
+    if ((err = db__open(cfg->data_dir, cfg->durability, cfg->max_db_bytes, &s->db, why, why_len)) !=
+        STORE_OK)
         goto fail;
     int64_t t0 = store__now_us();
     if ((err = db__load(s->db, store__load_one, s, &rev, why, why_len)) != STORE_OK)

@@ -155,8 +155,7 @@ int store_pget(struct store *s, const char *pat, size_t plen, const char *after,
 
 /* Called for each child of a node in name order: its name, whether it holds
  * a value and whether it has children. */
-typedef void (*store_child_fn)(void *arg, const char *name, size_t nlen, bool value,
-                               bool children);
+typedef void (*store_child_fn)(void *arg, const char *name, size_t nlen, bool value, bool children);
 /* Lists the children of `key` (NULL or klen 0 with `root` for the root).
  * STORE_ENOTFOUND when no key starts with `key/` and `key` holds nothing. */
 int store_ls(struct store *s, bool root, const char *key, size_t klen, store_child_fn child,

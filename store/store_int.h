@@ -34,8 +34,8 @@ int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *
 /* Removes `key`; returns its reference (the caller owns it) or NULL. */
 struct store_entry *tree__del(struct tree *t, const char *key, size_t klen);
 /* Visits matching entries in key order after the cursor; see store_pget. */
-void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *after,
-                size_t alen, size_t limit, store_visit_fn visit, void *arg, bool *more);
+void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *after, size_t alen,
+                size_t limit, store_visit_fn visit, void *arg, bool *more);
 int tree__ls(const struct tree *t, bool root, const char *key, size_t klen, store_child_fn child,
              void *arg);
 
@@ -64,8 +64,8 @@ struct commit {
 #define DB_SCHEMA_VERSION 1
 
 struct db;
-int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes,
-             struct db **out, char *why, size_t why_len);
+int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes, struct db **out,
+             char *why, size_t why_len);
 void db__close(struct db *db);
 int db__schema_version(const struct db *db);
 const char *db__path(const struct db *db);

@@ -658,8 +658,8 @@ static void walk__at(struct walk *w, struct pos p, size_t pi, bool root)
     }
 }
 
-void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *after,
-                size_t alen, size_t limit, store_visit_fn visit, void *arg, bool *more)
+void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *after, size_t alen,
+                size_t limit, store_visit_fn visit, void *arg, bool *more)
 {
     struct walk w = {
         .pat = pat,

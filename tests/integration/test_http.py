@@ -362,7 +362,13 @@ class StorageFull(unittest.TestCase):
 
 class Restart(unittest.TestCase):
     def test_values_and_rev_survive_restart(self):
-        d = Daemon().start()
+        self.check_restart([])
+
+    def test_fsync_durability(self):
+        self.check_restart(["--durability", "fsync"])
+
+    def check_restart(self, args):
+        d = Daemon(args).start()
         try:
             values = {f"r/{i}": os.urandom(64) for i in range(50)}
             for k, v in values.items():

@@ -87,8 +87,8 @@ static void test_precedence(void **state)
     setenv("ALMANAC_MAX_KEY_BYTES", "200", 1);
     assert_int_equal(load(&cfg, why, sizeof why, 4, "--data_dir", "/from/flag", "-c", conf_path),
                      0);
-    assert_string_equal(cfg.data_dir, "/from/flag");   /* flag over env */
-    assert_int_equal(cfg.limits.max_key_bytes, 200);  /* env over file */
+    assert_string_equal(cfg.data_dir, "/from/flag"); /* flag over env */
+    assert_int_equal(cfg.limits.max_key_bytes, 200); /* env over file */
     config_free(&cfg);
     assert_int_equal(load(&cfg, why, sizeof why, 1, "--max-key-bytes=300"), 0);
     assert_int_equal(cfg.limits.max_key_bytes, 300);

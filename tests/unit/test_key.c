@@ -34,11 +34,11 @@ static void test_keys(void **state)
         {S("a/#"), STORE_EKEY},
         {S("a+b"), STORE_EKEY},
         {S("a\0b"), STORE_EKEY},
-        {S("a\xc0\x80"), STORE_EKEY},       /* a NUL as the HTTP layer passes it */
-        {S("\xff"), STORE_EKEY},            /* not UTF-8 */
-        {S("\xc3"), STORE_EKEY},            /* truncated */
-        {S("\xe0\x80\xaf"), STORE_EKEY},    /* overlong */
-        {S("\xed\xa0\x80"), STORE_EKEY},    /* a surrogate */
+        {S("a\xc0\x80"), STORE_EKEY},        /* a NUL as the HTTP layer passes it */
+        {S("\xff"), STORE_EKEY},             /* not UTF-8 */
+        {S("\xc3"), STORE_EKEY},             /* truncated */
+        {S("\xe0\x80\xaf"), STORE_EKEY},     /* overlong */
+        {S("\xed\xa0\x80"), STORE_EKEY},     /* a surrogate */
         {S("\xf4\x90\x80\x80"), STORE_EKEY}, /* above U+10FFFF */
     };
     char why[256];
@@ -89,8 +89,8 @@ static void test_patterns(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bool wild;
-        int got = store_pattern_check(cases[i].pat, strlen(cases[i].pat), 1024, &wild, why,
-                                      sizeof why);
+        int got =
+            store_pattern_check(cases[i].pat, strlen(cases[i].pat), 1024, &wild, why, sizeof why);
         if ((got == STORE_OK) != cases[i].valid)
             fail_msg("%s: valid %d, expected %d (%s)", cases[i].pat, got == STORE_OK,
                      cases[i].valid, why);

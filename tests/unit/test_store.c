@@ -66,8 +66,7 @@ static struct store_entry *entry(const char *value, const char *type)
 }
 
 /* Sets `key`; returns the store's error, and the rev in *rev. */
-static int set(struct store *s, const char *key, const char *value, int64_t if_rev,
-               int64_t *rev)
+static int set(struct store *s, const char *key, const char *value, int64_t if_rev, int64_t *rev)
 {
     struct store_op op = {.kind = STORE_OP_SET,
                           .key = key,
@@ -141,9 +140,9 @@ static void test_sniff_and_types(void **state)
     assert_int_equal(store_entry_new("{bad", 4, "application/json", NULL, STORE_ORIGIN_HTTP, &e),
                      STORE_EBODY);
     assert_null(e);
-    assert_int_equal(store_entry_new("<a/>", 4, "application/xml", "{\"k\":\"v\"}",
-                                     STORE_ORIGIN_MQTT, &e),
-                     STORE_OK);
+    assert_int_equal(
+        store_entry_new("<a/>", 4, "application/xml", "{\"k\":\"v\"}", STORE_ORIGIN_MQTT, &e),
+        STORE_OK);
     assert_string_equal(store_entry_type(e), "application/xml");
     assert_string_equal(store_entry_labels(e), "{\"k\":\"v\"}");
     assert_string_equal(store_origin_name(store_entry_origin(e)), "mqtt");
@@ -155,8 +154,8 @@ static void test_compare_and_set(void **state)
     struct fixture *f = *state;
     int64_t rev, rev2;
 
-    assert_int_equal(set(f->s, "k", "1", 0, &rev), STORE_OK);     /* create only */
-    assert_int_equal(set(f->s, "k", "2", 0, NULL), STORE_EREV);   /* exists now */
+    assert_int_equal(set(f->s, "k", "1", 0, &rev), STORE_OK);   /* create only */
+    assert_int_equal(set(f->s, "k", "2", 0, NULL), STORE_EREV); /* exists now */
     assert_int_equal(set(f->s, "k", "3", rev + 5, NULL), STORE_EREV);
     assert_int_equal(set(f->s, "k", "4", rev, &rev2), STORE_OK);
     assert_int_equal(set(f->s, "k", "5", rev, NULL), STORE_EREV); /* stale */
@@ -176,10 +175,16 @@ static void test_batch_all_or_nothing(void **state)
     assert_int_equal(set(f->s, "b", "old", STORE_ANY_REV, &rev), STORE_OK);
     store_stats(f->s, &before);
     struct store_op ops[3] = {
-        {.kind = STORE_OP_SET, .key = "a", .klen = 1, .entry = entry("1", NULL),
+        {.kind = STORE_OP_SET,
+         .key = "a",
+         .klen = 1,
+         .entry = entry("1", NULL),
          .if_rev = STORE_ANY_REV},
         {.kind = STORE_OP_DELETE, .key = "b", .klen = 1, .if_rev = STORE_ANY_REV},
-        {.kind = STORE_OP_SET, .key = "b", .klen = 1, .entry = entry("x", NULL),
+        {.kind = STORE_OP_SET,
+         .key = "b",
+         .klen = 1,
+         .entry = entry("x", NULL),
          .if_rev = rev}, /* b was just deleted above: fails */
     };
     struct store_txn t = {.ops = ops, .n = 3};
@@ -194,7 +199,10 @@ static void test_batch_all_or_nothing(void **state)
 
     /* The same batch in a working order, with a get seeing its own write. */
     struct store_op ok[3] = {
-        {.kind = STORE_OP_SET, .key = "a", .klen = 1, .entry = entry("1", NULL),
+        {.kind = STORE_OP_SET,
+         .key = "a",
+         .klen = 1,
+         .entry = entry("1", NULL),
          .if_rev = STORE_ANY_REV},
         {.kind = STORE_OP_GET, .key = "a", .klen = 1},
         {.kind = STORE_OP_DELETE, .key = "b", .klen = 1, .if_rev = rev},
@@ -294,8 +302,7 @@ static void test_pattern_paging(void **state)
     bool more = true;
     while (more) {
         struct collected page = {0};
-        store_pget(f->s, "#", 1, after[0] ? after : NULL, strlen(after), 7, collect, &page,
-                   &more);
+        store_pget(f->s, "#", 1, after[0] ? after : NULL, strlen(after), 7, collect, &page, &more);
         assert_true(page.n <= 7);
         assert_true(page.n == 7 || !more);
         for (size_t i = 0; i < page.n; i++)
@@ -393,9 +400,8 @@ static void test_newer_schema_refused(void **state)
     f->s = NULL;
     snprintf(path, sizeof path, "%s/almanac.db", f->dir);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "INSERT INTO schema_version VALUES (99, 0)", NULL, NULL,
-                                  NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db, "INSERT INTO schema_version VALUES (99, 0)", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     struct store_config cfg = {.data_dir = f->dir,
                                .limits = {.max_key_bytes = 1024, .max_value_bytes = 1024}};

@@ -172,8 +172,8 @@ static void check_ls(struct tree *t, const struct model *m, const char *prefix)
 
 static void check_all(struct tree *t, const struct model *m)
 {
-    static const char *const patterns[] = {"#",   "+",   "a/#", "+/+",  "a/+/b", "/#",
-                                           "+/b", "$s/#", "a",  "ab/+", "a/b/#", "+/+/+/+"};
+    static const char *const patterns[] = {"#",   "+",    "a/#", "+/+",  "a/+/b", "/#",
+                                           "+/b", "$s/#", "a",   "ab/+", "a/b/#", "+/+/+/+"};
     uint64_t count = 0;
     for (size_t i = 0; i < m->n; i++) {
         const struct store_entry *e = tree__get(t, m->keys[i], strlen(m->keys[i]));
@@ -203,8 +203,7 @@ static void test_random_model(void **state)
                 struct store_entry *e, *old;
                 assert_int_equal(store_entry_new("v", 1, NULL, NULL, STORE_ORIGIN_HTTP, &e),
                                  STORE_OK);
-                assert_int_equal(tree__set(t, m->keys[i], strlen(m->keys[i]), e, &old),
-                                 STORE_OK);
+                assert_int_equal(tree__set(t, m->keys[i], strlen(m->keys[i]), e, &old), STORE_OK);
                 assert_ptr_equal(old, m->present[i] ? m->entries[i] : NULL);
                 store_entry_unref(old);
                 m->present[i] = true;
