@@ -321,10 +321,12 @@ int db__write(struct db *db, const struct commit *list)
     int64_t last = 0;
 
     for (const struct commit *c = list; c != NULL && rc == SQLITE_OK; c = c->next) {
-        for (size_t i = 0; i < c->n && rc == SQLITE_OK; i++)
+        for (size_t i = 0; i < c->n && rc == SQLITE_OK; i++) {
+            if (c->changes[i].transient)
+                continue;
             rc = db__write_change(db, &c->changes[i]);
-        if (c->n > 0)
             last = c->last_rev;
+        }
     }
     if (rc == SQLITE_OK && last > 0) {
         sqlite3_bind_int64(db->rev, 1, last);

@@ -184,3 +184,10 @@ enum store_origin store_entry_origin(const struct store_entry *e)
 {
     return (enum store_origin)e->origin;
 }
+
+bool store_entry_same(const struct store_entry *a, const struct store_entry *b)
+{
+    return a->vlen == b->vlen && a->type_id == b->type_id &&
+           strcmp(store_entry_type(a), store_entry_type(b)) == 0 &&
+           memcmp(a->data, b->data, a->vlen) == 0;
+}

@@ -52,7 +52,10 @@ struct store {
     _Atomic bool draining;
     _Atomic bool writable;
 
-    _Atomic uint64_t commits, changes, commit_failures, publishes;
+    pthread_mutex_t sublock; /* the subscription tree; held while delivering */
+    struct subnode *subs;
+
+    _Atomic uint64_t commits, changes, commit_failures, publishes, nsubs, events;
 };
 
 static int64_t store__now_us(void)
@@ -99,6 +102,8 @@ static void commit__undo(struct store *s, struct commit *c)
     for (size_t i = c->n; i-- > 0;) {
         struct change *ch = &c->changes[i];
         struct store_entry *cur = NULL;
+        if (ch->transient)
+            continue;
         if (ch->old != NULL) {
             store_entry_ref(ch->old);
             if (tree__set(s->tree, ch->key, ch->klen, ch->old, &cur) != STORE_OK) {
@@ -112,11 +117,40 @@ static void commit__undo(struct store *s, struct commit *c)
     }
 }
 
+/* Hands the changes of `list` to the subscribers, in rev order; after a
+ * failed commit only the publishes, as the rest was undone. */
+static void store__deliver(struct store *s, const struct commit *list, bool transient_only)
+{
+    pthread_mutex_lock(&s->sublock);
+    for (const struct commit *c = list; c != NULL; c = c->next) {
+        for (size_t i = 0; i < c->n; i++) {
+            const struct change *ch = &c->changes[i];
+            if (transient_only && !ch->transient)
+                continue;
+            struct store_event ev = {.key = ch->key,
+                                     .klen = ch->klen,
+                                     .entry = ch->entry,
+                                     .old = ch->old,
+                                     .rev = ch->transient ? c->last_rev : ch->rev,
+                                     .ts = ch->ts,
+                                     .transient = ch->transient};
+            subs__dispatch(s->subs, &ev);
+            atomic_fetch_add_explicit(&s->events, 1, memory_order_relaxed);
+        }
+    }
+    pthread_mutex_unlock(&s->sublock);
+}
+
 static void store__finish(struct commit *list, int err)
 {
     while (list != NULL) {
         struct commit *next = list->next;
         struct store_txn *t = list->txn;
+        if (t == NULL) { /* a publish */
+            commit__free(list);
+            list = next;
+            continue;
+        }
         if (err != STORE_OK) {
             t->err = err;
             t->fail = 0;
@@ -151,7 +185,8 @@ static void *store__committer(void *arg)
 
         size_t n = 0;
         for (struct commit *c = list; c != NULL; c = c->next)
-            n += c->n;
+            for (size_t i = 0; i < c->n; i++)
+                n += !c->changes[i].transient;
         int err = n > 0 ? db__write(s->db, list) : STORE_OK;
         if (err == STORE_OK) {
             if (n > 0) {
@@ -161,6 +196,7 @@ static void *store__committer(void *arg)
                 atomic_store(&s->writable, true);
             }
             store__settle(s, last->last_rev);
+            store__deliver(s, list, false);
         } else {
             /* Invariant 4: undo this list and everything queued after it. */
             atomic_fetch_add(&s->commit_failures, 1);
@@ -187,6 +223,7 @@ static void *store__committer(void *arg)
             int64_t rev = s->rev;
             pthread_rwlock_unlock(&s->lock);
             store__settle(s, rev);
+            store__deliver(s, list, true);
         }
         store__finish(list, err);
         pthread_mutex_lock(&s->qlock);
@@ -227,6 +264,12 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
     pthread_cond_init(&s->qcond, NULL);
     pthread_mutex_init(&s->slock, NULL);
     pthread_cond_init(&s->scond, NULL);
+    pthread_mutex_init(&s->sublock, NULL);
+    if ((s->subs = subs__new()) == NULL) {
+        snprintf(why, why_len, "out of memory");
+        err = STORE_EINTERNAL;
+        goto fail;
+    }
     if ((err = db__open(cfg->data_dir, cfg->durability, cfg->max_db_bytes, &s->db, why, why_len)) !=
         STORE_OK)
         goto fail;
@@ -288,7 +331,9 @@ void store_close(struct store *s)
         pthread_cond_destroy(&s->qcond);
         pthread_mutex_destroy(&s->slock);
         pthread_cond_destroy(&s->scond);
+        pthread_mutex_destroy(&s->sublock);
     }
+    subs__free(s->subs);
     free(s->data_dir);
     free(s);
 }
@@ -364,6 +409,20 @@ static struct change *commit__add(struct commit *c, const char *key, size_t klen
     ch->klen = klen;
     c->n++;
     return ch;
+}
+
+/* Appends `c` to the commit queue; the caller holds the write lock, so the
+ * queue stays in rev order (invariant 1). */
+static void store__enqueue(struct store *s, struct commit *c)
+{
+    pthread_mutex_lock(&s->qlock);
+    if (s->tail)
+        s->tail->next = c;
+    else
+        s->head = c;
+    s->tail = c;
+    pthread_cond_signal(&s->qcond);
+    pthread_mutex_unlock(&s->qlock);
 }
 
 static int store__check_rev(const struct store_entry *cur, int64_t if_rev)
@@ -540,14 +599,7 @@ int store_submit(struct store *s, struct store_txn *t, store_done_fn done, void 
         goto out;
     }
     c->last_rev = s->rev;
-    pthread_mutex_lock(&s->qlock);
-    if (s->tail)
-        s->tail->next = c;
-    else
-        s->head = c;
-    s->tail = c;
-    pthread_cond_signal(&s->qcond);
-    pthread_mutex_unlock(&s->qlock);
+    store__enqueue(s, c);
     pthread_rwlock_unlock(&s->lock);
     return STORE_OK;
 out:
@@ -605,15 +657,159 @@ void store_txn_clear(struct store_txn *t)
 
 int store_publish(struct store *s, const char *key, size_t klen, struct store_entry *e)
 {
+    struct commit *c = NULL;
+    struct change *ch;
     int err = STORE_OK;
-    if (atomic_load(&s->draining))
-        err = STORE_EUNAVAIL;
-    else if (store_key_reserved(key, klen) && store_entry_origin(e) != STORE_ORIGIN_SYS)
+
+    if (store_key_reserved(key, klen) && store_entry_origin(e) != STORE_ORIGIN_SYS) {
         err = STORE_EREADONLY;
-    else
-        atomic_fetch_add(&s->publishes, 1);
+        goto fail;
+    }
+    if ((c = calloc(1, sizeof *c)) == NULL || (ch = commit__add(c, key, klen)) == NULL) {
+        err = STORE_EINTERNAL;
+        goto fail;
+    }
+    ch->transient = true;
+    ch->ts = store__now_us();
+    ch->entry = e;
+    e = NULL;
+    /* Queued under the write lock, as changes are: subscribers get it in
+     * order with the writes around it. */
+    pthread_rwlock_wrlock(&s->lock);
+    if (atomic_load(&s->draining)) {
+        pthread_rwlock_unlock(&s->lock);
+        err = STORE_EUNAVAIL;
+        goto fail;
+    }
+    entry__stamp(ch->entry, s->rev, ch->ts);
+    c->last_rev = s->rev;
+    store__enqueue(s, c);
+    pthread_rwlock_unlock(&s->lock);
+    atomic_fetch_add(&s->publishes, 1);
+    return STORE_OK;
+fail:
     store_entry_unref(e);
+    if (c != NULL)
+        commit__free(c);
     return err;
+}
+
+/* ---- subscriptions ---- */
+
+void store_snapshot_free(struct store_snapshot *snap)
+{
+    for (size_t i = 0; i < snap->n; i++) {
+        free(snap->keys[i]);
+        store_entry_unref(snap->entries[i]);
+    }
+    free(snap->keys);
+    free(snap->klens);
+    free(snap->entries);
+    memset(snap, 0, sizeof *snap);
+}
+
+static void store__snap_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct store_snapshot *snap = arg;
+    if (snap->n == SIZE_MAX)
+        return; /* out of memory earlier */
+    if (snap->n == snap->cap) {
+        size_t cap = snap->cap ? snap->cap * 2 : 64;
+        char **keys = realloc(snap->keys, cap * sizeof *keys);
+        if (keys)
+            snap->keys = keys;
+        size_t *klens = realloc(snap->klens, cap * sizeof *klens);
+        if (klens)
+            snap->klens = klens;
+        struct store_entry **entries = realloc(snap->entries, cap * sizeof *entries);
+        if (entries)
+            snap->entries = entries;
+        if (!keys || !klens || !entries)
+            goto oom;
+        snap->cap = cap;
+    }
+    if ((snap->keys[snap->n] = malloc(klen + 1)) == NULL)
+        goto oom;
+    memcpy(snap->keys[snap->n], key, klen);
+    snap->keys[snap->n][klen] = '\0';
+    snap->klens[snap->n] = klen;
+    store_entry_ref((struct store_entry *)e);
+    snap->entries[snap->n++] = (struct store_entry *)e;
+    return;
+oom:
+    snap->cap = snap->n; /* keep what is there freeable */
+    snap->n = SIZE_MAX;
+}
+
+static int store__subscribe(struct store *s, const char *pat, size_t plen, bool unique,
+                            store_event_fn fn, void *arg, struct store_snapshot *snap,
+                            int64_t *sync_rev, struct store_sub **out)
+{
+    struct store_sub *sub = calloc(1, sizeof *sub);
+    bool more;
+    int err;
+
+    *out = NULL;
+    if (sub == NULL)
+        return STORE_EINTERNAL;
+    sub->unique = unique;
+    sub->fn = fn;
+    sub->arg = arg;
+    /* No change is applied while the read lock is held: the tree is the
+     * state at `rev`, and every later change reaches the new subscription. */
+    pthread_rwlock_rdlock(&s->lock);
+    int64_t rev = s->rev;
+    sub->min_rev = rev;
+    pthread_mutex_lock(&s->sublock);
+    err = subs__add(s->subs, sub, pat, plen);
+    pthread_mutex_unlock(&s->sublock);
+    if (err == STORE_OK && snap != NULL)
+        tree__walk(s->tree, pat, plen, NULL, 0, SIZE_MAX, store__snap_visit, snap, &more);
+    pthread_rwlock_unlock(&s->lock);
+    if (err == STORE_OK && snap != NULL && snap->n == SIZE_MAX) {
+        snap->n = snap->cap;
+        store_snapshot_free(snap);
+        err = STORE_EINTERNAL;
+    }
+    if (err != STORE_OK) {
+        if (sub->node != NULL)
+            store_unsubscribe(s, sub);
+        else
+            free(sub);
+        return err;
+    }
+    store__await(s, rev); /* the snapshot holds only committed changes */
+    atomic_fetch_add(&s->nsubs, 1);
+    *sync_rev = rev;
+    *out = sub;
+    return STORE_OK;
+}
+
+int store_subscribe(struct store *s, const char *pat, size_t plen, bool unique, store_event_fn fn,
+                    void *arg, struct store_snapshot *snap, int64_t *sync_rev,
+                    struct store_sub **out)
+{
+    for (;;) {
+        uint64_t failures = atomic_load(&s->commit_failures);
+        int err = store__subscribe(s, pat, plen, unique, fn, arg, snap, sync_rev, out);
+        if (err != STORE_OK || atomic_load(&s->commit_failures) == failures)
+            return err;
+        /* A commit failed while waiting: the snapshot may hold undone
+         * changes. Take it again. */
+        store_unsubscribe(s, *out);
+        if (snap != NULL)
+            store_snapshot_free(snap);
+    }
+}
+
+void store_unsubscribe(struct store *s, struct store_sub *sub)
+{
+    pthread_mutex_lock(&s->sublock);
+    subs__del(sub);
+    pthread_mutex_unlock(&s->sublock);
+    if (sub->node != NULL)
+        atomic_fetch_sub(&s->nsubs, 1);
+    free(sub);
 }
 
 static int64_t store__file_size(const char *path, const char *suffix)
@@ -636,6 +832,8 @@ void store_stats(struct store *s, struct store_stats *out)
     out->changes = atomic_load(&s->changes);
     out->commit_failures = atomic_load(&s->commit_failures);
     out->publishes = atomic_load(&s->publishes);
+    out->subscriptions = atomic_load(&s->nsubs);
+    out->events = atomic_load(&s->events);
     out->schema_version = db__schema_version(s->db);
     out->writable = atomic_load(&s->writable);
     out->draining = atomic_load(&s->draining);

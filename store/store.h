@@ -205,8 +205,50 @@ int store_apply(struct store *s, struct store_txn *t);
 /* Releases the `got` references of a finished transaction. */
 void store_txn_clear(struct store_txn *t);
 
-/* A transient message: no rev, nothing stored; handed to live listeners. */
+/* A transient message: nothing stored, no rev of its own; handed to the
+ * subscribers in order with the changes around it. Takes `e`. */
 int store_publish(struct store *s, const char *key, size_t klen, struct store_entry *e);
+
+/* ---- subscriptions (subs.c, store.c) ---------------------------------- */
+
+/* One change as subscribers see it: on the committer's thread, after the
+ * commit, in rev order. Everything is borrowed for the call. */
+struct store_event {
+    const char *key;
+    size_t klen;
+    const struct store_entry *entry; /* NULL: a deletion */
+    const struct store_entry *old;   /* what it replaced, or NULL */
+    int64_t rev, ts;
+    bool transient; /* a publish: nothing stored; rev is the last committed */
+};
+
+struct store_sub;
+/* Called for each matching event, with the store's subscription lock held:
+ * it must not block, nor subscribe or unsubscribe. */
+typedef void (*store_event_fn)(void *arg, struct store_sub *sub, const struct store_event *ev);
+
+/* The state a subscription starts from: the matching entries in key order
+ * (keys copied, entries new references). */
+struct store_snapshot {
+    char **keys;
+    size_t *klens;
+    struct store_entry **entries;
+    size_t n, cap;
+};
+void store_snapshot_free(struct store_snapshot *snap);
+
+/* Subscribes to `pat` (checked by the caller). Every change with a rev above
+ * `*sync_rev` is handed to `fn`, none at or below it; with `snap` non-NULL it
+ * receives the state at exactly `*sync_rev`, all of it committed. `unique`
+ * drops events whose value and type equal what they replace. Returns
+ * STORE_OK with the subscription in `*out`. */
+int store_subscribe(struct store *s, const char *pat, size_t plen, bool unique, store_event_fn fn,
+                    void *arg, struct store_snapshot *snap, int64_t *sync_rev,
+                    struct store_sub **out);
+/* After it returns, `fn` is not called for `sub` again; `sub` is freed. */
+void store_unsubscribe(struct store *s, struct store_sub *sub);
+/* Whether two entries hold the same value and type. */
+bool store_entry_same(const struct store_entry *a, const struct store_entry *b);
 
 struct store_stats {
     uint64_t keys;
@@ -216,6 +258,8 @@ struct store_stats {
     uint64_t changes;      /* changes committed */
     uint64_t commit_failures;
     uint64_t publishes;
+    uint64_t subscriptions; /* live now */
+    uint64_t events;        /* handed to subscribers */
     int schema_version;
     bool writable; /* the last commit (if any) succeeded */
     bool draining;

@@ -39,6 +39,24 @@ void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *
 int tree__ls(const struct tree *t, bool root, const char *key, size_t klen, store_child_fn child,
              void *arg);
 
+/* ---- subs.c: the subscription tree; the caller holds the subs lock ---- */
+
+struct subnode;
+struct store_sub {
+    struct store_sub *next, *prev; /* at its node */
+    struct subnode *node;
+    int64_t min_rev; /* events at or below it are in the snapshot */
+    bool unique;
+    store_event_fn fn;
+    void *arg;
+};
+struct subnode *subs__new(void);
+void subs__free(struct subnode *root);
+int subs__add(struct subnode *root, struct store_sub *sub, const char *pat, size_t plen);
+void subs__del(struct store_sub *sub);
+/* Calls the `fn` of every subscription whose pattern matches ev->key. */
+void subs__dispatch(const struct subnode *root, const struct store_event *ev);
+
 /* ---- the change records of one transaction, as the committer writes them ---- */
 
 struct change {
@@ -47,6 +65,7 @@ struct change {
     struct store_entry *entry; /* new reference; NULL for a deletion */
     struct store_entry *old;   /* new reference to what it replaced, for undo */
     int64_t rev, ts;
+    bool transient; /* a publish: delivered, never written */
 };
 
 struct commit {

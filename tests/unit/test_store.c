@@ -461,6 +461,92 @@ static void test_concurrent_writers(void **state)
     assert_true(st.commits <= st.changes);
 }
 
+struct events {
+    pthread_mutex_t m;
+    char keys[4096][32];
+    int64_t revs[4096];
+    bool deleted[4096], transient[4096];
+    size_t n;
+};
+
+static void on_event(void *arg, struct store_sub *sub, const struct store_event *ev)
+{
+    struct events *e = arg;
+    (void)sub;
+    pthread_mutex_lock(&e->m);
+    assert_true(e->n < 4096 && ev->klen < 32);
+    memcpy(e->keys[e->n], ev->key, ev->klen);
+    e->keys[e->n][ev->klen] = '\0';
+    e->revs[e->n] = ev->rev;
+    e->deleted[e->n] = ev->entry == NULL;
+    e->transient[e->n++] = ev->transient;
+    pthread_mutex_unlock(&e->m);
+}
+
+static void test_subscriptions(void **state)
+{
+    struct fixture *f = *state;
+    struct store_snapshot snap = {0};
+    struct store_sub *a, *b, *c, *d;
+    int64_t sync, rev;
+    static struct events ea, eb, ec, ed;
+    pthread_mutex_init(&ea.m, NULL);
+
+    assert_int_equal(set(f->s, "h/k/t", "1", -1, NULL), STORE_OK);
+    assert_int_equal(set(f->s, "h/b/t", "1", -1, &rev), STORE_OK);
+    assert_int_equal(store_subscribe(f->s, "h/+/t", 5, false, on_event, &ea, &snap, &sync, &a),
+                     STORE_OK);
+    assert_true(sync == rev);
+    assert_int_equal(snap.n, 2);
+    assert_string_equal(snap.keys[0], "h/b/t"); /* in key order */
+    store_snapshot_free(&snap);
+    assert_int_equal(store_subscribe(f->s, "#", 1, true, on_event, &eb, NULL, &sync, &b),
+                     STORE_OK);
+    assert_int_equal(store_subscribe(f->s, "h/#", 3, false, on_event, &ec, NULL, &sync, &c),
+                     STORE_OK);
+    assert_int_equal(store_subscribe(f->s, "$SYS/#", 6, false, on_event, &ed, NULL, &sync, &d),
+                     STORE_OK);
+
+    assert_int_equal(set(f->s, "h/k/t", "2", -1, NULL), STORE_OK);
+    assert_int_equal(set(f->s, "h/k/t", "2", -1, NULL), STORE_OK); /* same value */
+    assert_int_equal(set(f->s, "h", "x", -1, NULL), STORE_OK);
+    assert_int_equal(set(f->s, "other", "x", -1, NULL), STORE_OK);
+    struct store_entry *e;
+    assert_int_equal(store_entry_new("p", 1, NULL, NULL, STORE_ORIGIN_HTTP, &e), STORE_OK);
+    assert_int_equal(store_publish(f->s, "h/z/t", 5, e), STORE_OK);
+    assert_int_equal(del(f->s, "h/k/t", false, NULL), STORE_OK);
+    struct store_op sys = {.kind = STORE_OP_SET, .key = "$SYS/v", .klen = 6, .if_rev = -1};
+    assert_int_equal(store_entry_new("1", 1, NULL, NULL, STORE_ORIGIN_SYS, &sys.entry), STORE_OK);
+    struct store_txn t = {.ops = &sys, .n = 1};
+    assert_int_equal(store_apply(f->s, &t), STORE_OK);
+    /* A get that waits for the last commit: by then all is delivered. */
+    free(get(f->s, "other"));
+
+    /* h/+/t: both sets, the publish, the delete, in rev order. */
+    assert_int_equal(ea.n, 4);
+    assert_string_equal(ea.keys[2], "h/z/t");
+    assert_true(ea.transient[2]);
+    assert_true(ea.deleted[3]);
+    assert_true(ea.revs[0] < ea.revs[1] && ea.revs[1] <= ea.revs[2] && ea.revs[2] < ea.revs[3]);
+    /* '#' with unique: the repeated value is dropped; $SYS is not matched. */
+    assert_int_equal(eb.n, 5); /* set, h, other, publish, delete */
+    /* 'h/#' matches h itself. */
+    assert_int_equal(ec.n, 5); /* set, set, h, publish, delete */
+    assert_string_equal(ec.keys[2], "h");
+    assert_int_equal(ed.n, 1);
+    assert_string_equal(ed.keys[0], "$SYS/v");
+
+    store_unsubscribe(f->s, a);
+    store_unsubscribe(f->s, b);
+    store_unsubscribe(f->s, c);
+    store_unsubscribe(f->s, d);
+    assert_int_equal(set(f->s, "h/k/t", "3", -1, NULL), STORE_OK);
+    assert_int_equal(ea.n, 4);
+    struct store_stats st;
+    store_stats(f->s, &st);
+    assert_int_equal(st.subscriptions, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -476,6 +562,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_subscriptions, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
