@@ -48,6 +48,24 @@ static int config__http_listen(struct config *cfg, const char *value, char *why,
     return config__string(&cfg->http_listen, value);
 }
 
+static int config__tcp_listen(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (!config__listen_ok(value)) {
+        snprintf(why, why_len, "'%s' is not HOST:PORT or off", value);
+        return -1;
+    }
+    return config__string(&cfg->tcp_listen, value);
+}
+
+static int config__unix_socket(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (value[0] == '\0' || strlen(value) >= 108) {
+        snprintf(why, why_len, "a socket path is 1 to 107 bytes");
+        return -1;
+    }
+    return config__string(&cfg->unix_socket, value);
+}
+
 static int config__data_dir(struct config *cfg, const char *value, char *why, size_t why_len)
 {
     if (value[0] == '\0') {
@@ -155,28 +173,64 @@ static int config__max_db_bytes(struct config *cfg, const char *value, char *why
     return config__size_in(value, 64 * 1024, SIZE_MAX, &cfg->max_db_bytes, why, why_len);
 }
 
-static int config__http_threads(struct config *cfg, const char *value, char *why, size_t why_len)
+static int config__max_message_bytes(struct config *cfg, const char *value, char *why,
+                                     size_t why_len)
+{
+    return config__size_in(value, 1024, (size_t)1 << 31, &cfg->max_message_bytes, why, why_len);
+}
+
+static int config__session_queue_bytes(struct config *cfg, const char *value, char *why,
+                                       size_t why_len)
+{
+    return config__size_in(value, 4096, (size_t)1 << 34, &cfg->session_queue_bytes, why,
+                           why_len);
+}
+
+static int config__count(const char *value, unsigned lo, unsigned hi, unsigned *out, char *why,
+                         size_t why_len)
 {
     char *end;
     errno = 0;
     long n = strtol(value, &end, 10);
-    if (value[0] == '\0' || *end != '\0' || errno != 0 || n < 0 || n > 256) {
-        snprintf(why, why_len, "'%s' is not a thread count from 0 (one per core) to 256", value);
+    if (value[0] == '\0' || *end != '\0' || errno != 0 || n < (long)lo || n > (long)hi) {
+        snprintf(why, why_len, "'%s' is not a number from %u to %u", value, lo, hi);
         return -1;
     }
-    cfg->http_threads = (unsigned)n;
+    *out = (unsigned)n;
     return 0;
+}
+
+static int config__max_sessions(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__count(value, 1, 1000000, &cfg->max_sessions, why, why_len);
+}
+
+static int config__max_subscriptions(struct config *cfg, const char *value, char *why,
+                                     size_t why_len)
+{
+    return config__count(value, 1, 1000000, &cfg->max_subscriptions, why, why_len);
+}
+
+static int config__http_threads(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__count(value, 0, 256, &cfg->http_threads, why, why_len);
 }
 
 static const struct {
     const char *name;
     config_parse_fn parse;
 } config__options[] = {
-    {"http_listen", config__http_listen},       {"data_dir", config__data_dir},
+    {"http_listen", config__http_listen},
+    {"tcp_listen", config__tcp_listen},
+    {"unix_socket", config__unix_socket},       {"data_dir", config__data_dir},
     {"durability", config__durability},         {"log_level", config__log_level},
     {"max_key_bytes", config__max_key_bytes},   {"max_value_bytes", config__max_value_bytes},
     {"max_body_bytes", config__max_body_bytes}, {"max_db_bytes", config__max_db_bytes},
     {"http_threads", config__http_threads},
+    {"max_message_bytes", config__max_message_bytes},
+    {"session_queue_bytes", config__session_queue_bytes},
+    {"max_sessions", config__max_sessions},
+    {"max_subscriptions", config__max_subscriptions},
 };
 #define CONFIG_NOPTIONS (sizeof config__options / sizeof config__options[0])
 
@@ -272,6 +326,11 @@ static void config__defaults(struct config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->http_listen = strdup("127.0.0.1:8480");
+    cfg->tcp_listen = strdup("127.0.0.1:8481");
+    cfg->max_message_bytes = 2 << 20;
+    cfg->session_queue_bytes = 32 << 20;
+    cfg->max_sessions = 10000;
+    cfg->max_subscriptions = 1000;
     cfg->data_dir = strdup("./data");
     cfg->durability = STORE_DURABLE_COMMIT;
     cfg->log_level = LOG_INFO;
@@ -286,7 +345,7 @@ int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why
     int i;
 
     config__defaults(cfg);
-    if (cfg->http_listen == NULL || cfg->data_dir == NULL) {
+    if (cfg->http_listen == NULL || cfg->data_dir == NULL || cfg->tcp_listen == NULL) {
         snprintf(why, why_len, "out of memory");
         return -1;
     }
@@ -341,5 +400,7 @@ void config_free(struct config *cfg)
 {
     free(cfg->http_listen);
     free(cfg->data_dir);
-    cfg->http_listen = cfg->data_dir = NULL;
+    free(cfg->tcp_listen);
+    free(cfg->unix_socket);
+    cfg->http_listen = cfg->data_dir = cfg->tcp_listen = cfg->unix_socket = NULL;
 }

@@ -138,14 +138,20 @@ static void envelope__add_base64(struct buf *b, const void *data, size_t len)
 
 void envelope_add(struct buf *b, const char *key, size_t klen, const struct store_entry *e)
 {
+    envelope_add_as(b, key, klen, e, "type");
+}
+
+void envelope_add_as(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
+                     const char *type_field)
+{
     size_t vlen;
     const char *value = store_entry_value(e, &vlen);
     const char *type = store_entry_type(e), *labels = store_entry_labels(e);
 
     buf_adds(b, "{\"key\":");
     buf_add_jstr(b, key, klen);
-    buf_addf(b, ",\"rev\":%lld,\"ts\":%lld,\"type\":", (long long)store_entry_rev(e),
-             (long long)store_entry_ts(e));
+    buf_addf(b, ",\"rev\":%lld,\"ts\":%lld,\"%s\":", (long long)store_entry_rev(e),
+             (long long)store_entry_ts(e), type_field);
     buf_add_jstr(b, type, strlen(type));
     if (store_type_is_json(type)) {
         buf_adds(b, ",\"value\":");
@@ -275,7 +281,7 @@ static int envelope__unbase64(const char *in, size_t len, unsigned char **out, s
     return 0;
 }
 
-int envelope_entry(const json_t *obj, size_t max_value, enum store_origin origin,
+int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum store_origin origin,
                    struct store_entry **out, char *why, size_t why_len)
 {
     json_t *value = json_object_get(obj, "value"), *text = json_object_get(obj, "text"),
@@ -291,7 +297,7 @@ int envelope_entry(const json_t *obj, size_t max_value, enum store_origin origin
         snprintf(why, why_len, "give exactly one of value, text or base64");
         return STORE_EBODY;
     }
-    if (jtype == NULL)
+    if (jtype == NULL && type_alias)
         jtype = json_object_get(obj, "type");
     if (jtype != NULL) {
         if (!json_is_string(jtype) || !envelope_type_ok(json_string_value(jtype))) {

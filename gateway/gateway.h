@@ -21,6 +21,12 @@ struct config {
     size_t max_body_bytes; /* batch and import bodies */
     size_t max_db_bytes;   /* 0: no cap on almanac.db */
     unsigned http_threads; /* 0: one per core */
+    char *tcp_listen;      /* "host:port" or "off" */
+    char *unix_socket;     /* a path, or NULL */
+    size_t max_message_bytes;   /* one session message */
+    size_t session_queue_bytes; /* a session's outbound queue */
+    unsigned max_sessions;
+    unsigned max_subscriptions; /* per session */
 };
 
 /* Fills `cfg` from the defaults, then the file of `-c FILE` (if any), the
@@ -51,13 +57,18 @@ void buf_free(struct buf *b);
 /* Appends the envelope of API.md for `key` and `e`. A JSON value is copied
  * as stored (minified), so its numbers keep every digit. */
 void envelope_add(struct buf *b, const char *key, size_t klen, const struct store_entry *e);
+/* The same with the content type named `type_field`: session messages have
+ * a "type" of their own, so there it is "content_type", as in `set`. */
+void envelope_add_as(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
+                     const char *type_field);
 /* Appends the deletion form. */
 void envelope_add_deleted(struct buf *b, const char *key, size_t klen, int64_t rev, int64_t ts);
 /* An entry from a JSON object carrying exactly one of `value`, `text`,
- * `base64`, and optionally `content_type` (or `type`) and `labels`.
- * Returns STORE_OK with a new entry in `*out`, or STORE_EBODY or
- * STORE_ETOOLARGE with a sentence in `why`. */
-int envelope_entry(const json_t *obj, size_t max_value, enum store_origin origin,
+ * `base64`, and optionally `content_type` and `labels`; with `type_alias`
+ * (envelopes, batch ops) `type` names the content type too. Returns
+ * STORE_OK with a new entry in `*out`, or STORE_EBODY or STORE_ETOOLARGE
+ * with a sentence in `why`. */
+int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum store_origin origin,
                    struct store_entry **out, char *why, size_t why_len);
 /* Checks a labels object (string values, names 1..255 bytes) and writes it
  * as compact JSON with sorted names into `*out` (malloc'd; NULL when empty).
@@ -66,13 +77,55 @@ int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len)
 /* Checks a content type: 1..255 bytes of visible ASCII and spaces. */
 bool envelope_type_ok(const char *type);
 
+/* ---- loop.c: the event loop that owns every session connection ---- */
+
+enum conn_transport { CONN_TCP, CONN_UNIX, CONN_WS };
+
+struct loop;
+struct conn;
+
+/* Starts the loop thread with the TCP and Unix listeners of `cfg`. Returns
+ * 0, or -1 with a sentence in `why`. */
+int loop_start(struct store *store, const struct config *cfg, struct loop **out, char *why,
+               size_t why_len);
+/* Stops accepting; the sessions go on until loop_stop. */
+void loop_quiesce(struct loop *l);
+/* Closes every session and stops the thread. */
+void loop_stop(struct loop *l);
+unsigned short loop_tcp_port(const struct loop *l);
+/* A new session number, for client ids. */
+uint64_t loop_next_id(struct loop *l);
+unsigned loop_sessions(const struct loop *l);
+/* Hands over an upgraded WebSocket connection (fd, and bytes already read). */
+int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len,
+                  const char *address, void (*closed)(void *), void *closed_arg);
+
+/* Queues one message (without framing) to `c`, from any thread. A queue over
+ * its bound closes the session with too_slow. */
+void conn_send(struct conn *c, const char *msg, size_t len);
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+
+/* ---- session.c: the session protocol, the same on every transport ---- */
+
+struct session;
+struct session *session_new(struct loop *l, struct store *store, const struct config *cfg,
+                            struct conn *c, enum conn_transport t, const char *address);
+/* Handles one message from the client. Returns 0, or -1 when the session
+ * must close (after its last message is queued). */
+int session_input(struct session *s, const char *msg, size_t len);
+/* Unsubscribes everything; called once, when the connection closes. */
+void session_free(struct session *s);
+/* Queues the too_slow error before a forced close. */
+void session_error_close(struct conn *c, int err, const char *msg);
+
 /* ---- http.c ---- */
 
 struct http;
 /* Starts serving `store` on cfg->http_listen. Returns 0, or -1 with a
  * sentence in `why`. */
-int http_start(struct store *store, const struct config *cfg, struct http **out, char *why,
-               size_t why_len);
+int http_start(struct store *store, const struct config *cfg, struct loop *loop,
+               struct http **out, char *why, size_t why_len);
 /* The port actually bound (for "host:0"). */
 unsigned short http_port(const struct http *h);
 /* Stops accepting connections; requests under way go on. */

@@ -54,6 +54,7 @@ enum req_state { REQ_FRESH = 0, REQ_WAITING, REQ_DONE };
 struct http {
     struct store *store;
     const struct config *cfg;
+    struct loop *loop;
     struct MHD_Daemon *daemon;
     unsigned short port;
     int64_t started_us;
@@ -770,7 +771,7 @@ static int http__batch_op(struct req *r, size_t i, json_t *jop, struct store_op 
         return -1;
     }
     if (op->kind == STORE_OP_SET) {
-        err = envelope_entry(jop, lim->max_value_bytes, STORE_ORIGIN_HTTP, &op->entry, why,
+        err = envelope_entry(jop, lim->max_value_bytes, true, STORE_ORIGIN_HTTP, &op->entry, why,
                              sizeof why);
         if (err != STORE_OK) {
             *answer = http__error(r, err, "ops[%zu]: %s", i, why);
@@ -1038,8 +1039,8 @@ static void http__mhd_log(void *cls, const char *fmt, va_list ap)
     log_debug("http: %s", msg);
 }
 
-int http_start(struct store *store, const struct config *cfg, struct http **out, char *why,
-               size_t why_len)
+int http_start(struct store *store, const struct config *cfg, struct loop *loop,
+               struct http **out, char *why, size_t why_len)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
@@ -1071,6 +1072,7 @@ int http_start(struct store *store, const struct config *cfg, struct http **out,
     }
     h->store = store;
     h->cfg = cfg;
+    h->loop = loop;
     h->started_us = http__now_us();
     unsigned threads = cfg->http_threads;
     if (threads == 0) {

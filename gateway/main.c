@@ -1,10 +1,11 @@
 /*
  * main.c — the `almanac` command: `serve` runs the server.
  *
- * Start: configuration, store (open, migrate, load), HTTP. SIGTERM and SIGINT
- * are blocked in every thread and taken here with sigwait. Stop, in order:
- * stop accepting, drain the commit queue (every writer is answered), let the
- * answers go out, stop HTTP, close the database.
+ * Start: configuration, store (open, migrate, load), the session loop, HTTP.
+ * SIGTERM and SIGINT are blocked in every thread and taken here with
+ * sigwait. Stop, in order: stop accepting, drain the commit queue (every
+ * writer is answered), let the answers go out, stop HTTP and the sessions,
+ * close the database.
  */
 #include "gateway.h"
 #include "version.h"
@@ -28,6 +29,7 @@ static int serve(int argc, char **argv)
     struct config cfg;
     struct store *store = NULL;
     struct http *http = NULL;
+    struct loop *loop = NULL;
     char why[1024];
     sigset_t stop;
     int sig, rc = 1;
@@ -53,8 +55,9 @@ static int serve(int argc, char **argv)
         log_error("almanac: %s", why);
         goto out;
     }
-    if (strcmp(cfg.http_listen, "off") != 0 &&
-        http_start(store, &cfg, &http, why, sizeof why) != 0) {
+    if (loop_start(store, &cfg, &loop, why, sizeof why) != 0 ||
+        (strcmp(cfg.http_listen, "off") != 0 &&
+         http_start(store, &cfg, loop, &http, why, sizeof why) != 0)) {
         log_error("almanac: %s", why);
         goto out;
     }
@@ -65,9 +68,11 @@ static int serve(int argc, char **argv)
 out:
     if (http)
         http_quiesce(http);
+    loop_quiesce(loop);
     if (store)
         store_drain(store);
     http_stop(http);
+    loop_stop(loop);
     store_close(store);
     config_free(&cfg);
     return rc;

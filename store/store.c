@@ -135,6 +135,7 @@ static void store__deliver(struct store *s, const struct commit *list, bool tran
                                      .ts = ch->ts,
                                      .transient = ch->transient};
             subs__dispatch(s->subs, &ev);
+            free(ev.cache);
             atomic_fetch_add_explicit(&s->events, 1, memory_order_relaxed);
         }
     }

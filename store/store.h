@@ -220,12 +220,16 @@ struct store_event {
     const struct store_entry *old;   /* what it replaced, or NULL */
     int64_t rev, ts;
     bool transient; /* a publish: nothing stored; rev is the last committed */
+    /* Scratch for the subscribers of this one event (its text, say, made by
+     * the first and reused by the rest); the store frees it afterwards. */
+    char *cache;
+    size_t cache_len;
 };
 
 struct store_sub;
 /* Called for each matching event, with the store's subscription lock held:
  * it must not block, nor subscribe or unsubscribe. */
-typedef void (*store_event_fn)(void *arg, struct store_sub *sub, const struct store_event *ev);
+typedef void (*store_event_fn)(void *arg, struct store_sub *sub, struct store_event *ev);
 
 /* The state a subscription starts from: the matching entries in key order
  * (keys copied, entries new references). */

@@ -55,7 +55,7 @@ void subs__free(struct subnode *root);
 int subs__add(struct subnode *root, struct store_sub *sub, const char *pat, size_t plen);
 void subs__del(struct store_sub *sub);
 /* Calls the `fn` of every subscription whose pattern matches ev->key. */
-void subs__dispatch(const struct subnode *root, const struct store_event *ev);
+void subs__dispatch(const struct subnode *root, struct store_event *ev);
 
 /* ---- the change records of one transaction, as the committer writes them ---- */
 

@@ -184,7 +184,7 @@ void subs__del(struct store_sub *sub)
     }
 }
 
-static void subs__deliver(struct store_sub *list, const struct store_event *ev)
+static void subs__deliver(struct store_sub *list, struct store_event *ev)
 {
     for (struct store_sub *s = list; s != NULL; s = s->next) {
         if (ev->rev <= s->min_rev && !ev->transient)
@@ -196,7 +196,7 @@ static void subs__deliver(struct store_sub *list, const struct store_event *ev)
     }
 }
 
-static void subs__match(const struct subnode *n, const struct store_event *ev, size_t i,
+static void subs__match(const struct subnode *n, struct store_event *ev, size_t i,
                         bool root)
 {
     const char *key = ev->key;
@@ -219,7 +219,7 @@ static void subs__match(const struct subnode *n, const struct store_event *ev, s
         subs__match(n->kids[at], ev, e + 1, false);
 }
 
-void subs__dispatch(const struct subnode *root, const struct store_event *ev)
+void subs__dispatch(const struct subnode *root, struct store_event *ev)
 {
     subs__match(root, ev, 0, true);
 }

@@ -51,7 +51,7 @@ static struct store_entry *from_json(const char *text, int want, char *why)
     json_t *j = json_loads(text, 0, NULL);
     struct store_entry *e = NULL;
     assert_non_null(j);
-    int err = envelope_entry(j, 24, STORE_ORIGIN_HTTP, &e, why, 256);
+    int err = envelope_entry(j, 24, true, STORE_ORIGIN_HTTP, &e, why, 256);
     json_decref(j);
     if (err != want)
         fail_msg("%s: got %d want %d (%s)", text, err, want, why);

@@ -469,7 +469,7 @@ struct events {
     size_t n;
 };
 
-static void on_event(void *arg, struct store_sub *sub, const struct store_event *ev)
+static void on_event(void *arg, struct store_sub *sub, struct store_event *ev)
 {
     struct events *e = arg;
     (void)sub;

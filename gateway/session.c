@@ -1,0 +1,699 @@
+/*
+ * session.c — the session protocol of API.md, the same on every transport:
+ * the welcome, hello and version negotiation, requests and replies,
+ * subscriptions with their snapshot, sync and live events.
+ *
+ * Each major protocol version has its own request handler (session__v1);
+ * hello picks one. Writes go to the store asynchronously and are answered
+ * from the committer's thread once committed, holding a reference to the
+ * connection meanwhile.
+ * Invariants:
+ *   1. a subscription's events reach the client after its `ok` and after
+ *      its snapshot and `sync`: until then they wait in `pending`, and the
+ *      switch to direct delivery happens under the session's lock, which
+ *      delivery also takes;
+ *   2. every event after `sync` has a rev above the sync rev (the store
+ *      filters), in rev order (the committer delivers in order);
+ *   3. session_free unsubscribes everything before freeing: no event
+ *      callback runs on freed memory.
+ */
+#include "gateway.h"
+#include "version.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SESSION_LIST_DEFAULT 1000
+#define SESSION_LIST_MAX     10000
+
+struct pending {
+    struct pending *next;
+    size_t len;
+    char data[];
+};
+
+struct csub {
+    struct csub *next;
+    struct session *session;
+    uint64_t id;
+    struct store_sub *sub;
+    bool active; /* events go straight to the connection */
+    struct pending *head, *tail;
+};
+
+struct session {
+    struct loop *loop;
+    struct store *store;
+    const struct config *cfg;
+    struct conn *conn;
+    enum conn_transport transport;
+    enum store_origin origin;
+    char client_id[32];
+    int major;
+    pthread_mutex_t lock; /* the subscriptions' pending lists and states */
+    struct csub *subs;
+    unsigned nsubs;
+    uint64_t next_sub;
+};
+
+typedef int (*session_handler)(struct session *s, const char *type, json_int_t id, json_t *msg);
+static int session__v1(struct session *s, const char *type, json_int_t id, json_t *msg);
+
+/* The protocol versions served: one handler per major version, with the
+ * highest minor of each (the welcome's "protocols"). */
+static const struct {
+    int major, minor;
+    session_handler handle;
+} session__protocols[] = {{1, 0, session__v1}};
+
+/* ---- replies ---- */
+
+static void session__send(struct session *s, struct buf *b)
+{
+    if (!b->oom)
+        conn_send(s->conn, b->p, b->len);
+    buf_free(b);
+}
+
+static void session__error(struct session *s, const json_int_t *id, int err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void session__error(struct session *s, const json_int_t *id, int err, const char *fmt, ...)
+{
+    char msg[512];
+    struct buf b = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (id)
+        buf_addf(&b, "{\"type\":\"error\",\"id\":%lld,", (long long)*id);
+    else
+        buf_adds(&b, "{\"type\":\"error\",\"id\":null,");
+    buf_addf(&b, "\"error\":\"%s\",\"message\":", store_err_name(err));
+    buf_add_jstr(&b, msg, strlen(msg));
+    buf_adds(&b, "}");
+    session__send(s, &b);
+}
+
+/* Appends an envelope with `head` in front of its fields:
+ * {"type":"entry","id":1,"key":...}. */
+static void session__add_envelope(struct buf *b, const char *head, const char *key, size_t klen,
+                                  const struct store_entry *e)
+{
+    struct buf env = {0};
+    envelope_add_as(&env, key, klen, e, "content_type");
+    buf_adds(b, head);
+    if (!env.oom)
+        buf_add(b, env.p + 1, env.len - 1);
+    b->oom |= env.oom;
+    buf_free(&env);
+}
+
+/* ---- the start ---- */
+
+struct session *session_new(struct loop *l, struct store *store, const struct config *cfg,
+                            struct conn *c, enum conn_transport t, const char *address)
+{
+    struct session *s = calloc(1, sizeof *s);
+    struct buf b = {0};
+    if (s == NULL)
+        return NULL;
+    s->loop = l;
+    s->store = store;
+    s->cfg = cfg;
+    s->conn = c;
+    s->transport = t;
+    s->origin = t == CONN_TCP ? STORE_ORIGIN_TCP : t == CONN_UNIX ? STORE_ORIGIN_UNIX
+                                                                  : STORE_ORIGIN_WS;
+    s->major = session__protocols[sizeof session__protocols / sizeof session__protocols[0] - 1]
+                   .major;
+    snprintf(s->client_id, sizeof s->client_id, "c%llu", (unsigned long long)loop_next_id(l));
+    pthread_mutex_init(&s->lock, NULL);
+    buf_adds(&b, "{\"type\":\"welcome\",\"server\":\"almanac/" ALMANAC_VERSION
+                 "\",\"protocols\":[");
+    for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++)
+        buf_addf(&b, "%s\"%d.%d\"", i ? "," : "", session__protocols[i].major,
+                 session__protocols[i].minor);
+    buf_addf(&b, "],\"client_id\":\"%s\",\"auth_required\":false}", s->client_id);
+    session__send(s, &b);
+    log_debug("session %s: %s from %s", s->client_id,
+              t == CONN_TCP ? "tcp" : t == CONN_UNIX ? "unix" : "ws", address);
+    return s;
+}
+
+static void csub__free_pending(struct csub *cs)
+{
+    while (cs->head != NULL) {
+        struct pending *next = cs->head->next;
+        free(cs->head);
+        cs->head = next;
+    }
+    cs->tail = NULL;
+}
+
+void session_free(struct session *s)
+{
+    while (s->subs != NULL) {
+        struct csub *cs = s->subs;
+        s->subs = cs->next;
+        store_unsubscribe(s->store, cs->sub); /* invariant 3 */
+        csub__free_pending(cs);
+        free(cs);
+    }
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+static int session__hello(struct session *s, json_t *msg)
+{
+    json_t *jid = json_object_get(msg, "id");
+    json_int_t id = json_is_integer(jid) ? json_integer_value(jid) : 0;
+    const json_int_t *pid = json_is_integer(jid) ? &id : NULL;
+    const char *want = json_string_value(json_object_get(msg, "protocol"));
+    int major = 0, minor = 0;
+
+    if (want == NULL || sscanf(want, "%d.%d", &major, &minor) != 2) {
+        session__error(s, pid, STORE_EBADREQ, "hello needs \"protocol\": \"MAJOR.MINOR\"");
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++) {
+        if (session__protocols[i].major != major)
+            continue;
+        s->major = major;
+        struct buf b = {0};
+        buf_adds(&b, "{\"type\":\"ok\",");
+        if (pid)
+            buf_addf(&b, "\"id\":%lld,", (long long)id);
+        buf_addf(&b, "\"protocol\":\"%d.%d\",\"client_id\":\"%s\"}", major,
+                 session__protocols[i].minor, s->client_id);
+        session__send(s, &b);
+        return 0;
+    }
+    session__error(s, pid, STORE_EPROTO, "protocol %s is not served; see the welcome's protocols",
+                   want);
+    return -1; /* API.md: the connection closes */
+}
+
+int session_input(struct session *s, const char *text, size_t len)
+{
+    json_error_t jerr;
+    json_t *msg = json_loadb(text, len, 0, &jerr);
+    int rc = 0;
+
+    if (msg == NULL) {
+        session__error(s, NULL, STORE_EBADREQ, "the message is not valid JSON: %s", jerr.text);
+        return 0;
+    }
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    json_t *jid = json_object_get(msg, "id");
+    if (!json_is_object(msg) || type == NULL)
+        session__error(s, NULL, STORE_EBADREQ, "a message is an object with a \"type\"");
+    else if (strcmp(type, "hello") == 0)
+        rc = session__hello(s, msg);
+    else if (!json_is_integer(jid))
+        session__error(s, NULL, STORE_EBADREQ, "a request needs a numeric \"id\"");
+    else {
+        for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++)
+            if (session__protocols[i].major == s->major)
+                rc = session__protocols[i].handle(s, type, json_integer_value(jid), msg);
+    }
+    json_decref(msg);
+    return rc;
+}
+
+/* ---- protocol 1 ---- */
+
+static const char *session__str(json_t *msg, const char *name, size_t *len)
+{
+    json_t *v = json_object_get(msg, name);
+    if (!json_is_string(v))
+        return NULL;
+    *len = json_string_length(v);
+    return json_string_value(v);
+}
+
+/* The key of a request, checked; NULL after answering an error. */
+static const char *session__key(struct session *s, json_int_t id, json_t *msg, const char *name,
+                                size_t *len, bool optional)
+{
+    char why[256];
+    const char *key = session__str(msg, name, len);
+    if (key == NULL) {
+        if (!optional)
+            session__error(s, &id, STORE_EBADREQ, "\"%s\" must be a string", name);
+        return NULL;
+    }
+    if (store_key_check(key, *len, store_limits(s->store)->max_key_bytes, why, sizeof why) !=
+        STORE_OK) {
+        session__error(s, &id, STORE_EKEY, "%s", why);
+        return NULL;
+    }
+    return key;
+}
+
+static const char *session__pattern(struct session *s, json_int_t id, json_t *msg,
+                                    const char *name, size_t *len, bool *wild)
+{
+    char why[256];
+    const char *pat = session__str(msg, name, len);
+    if (pat == NULL) {
+        session__error(s, &id, STORE_EBADREQ, "\"%s\" must be a string", name);
+        return NULL;
+    }
+    if (store_pattern_check(pat, *len, store_limits(s->store)->max_key_bytes, wild, why,
+                            sizeof why) != STORE_OK) {
+        session__error(s, &id, STORE_EPATTERN, "%s", why);
+        return NULL;
+    }
+    return pat;
+}
+
+static int session__get(struct session *s, json_int_t id, json_t *msg)
+{
+    size_t klen;
+    struct store_entry *e;
+    const char *key = session__key(s, id, msg, "key", &klen, false);
+    if (key == NULL)
+        return 0;
+    if (store_get(s->store, key, klen, &e) != STORE_OK) {
+        session__error(s, &id, STORE_ENOTFOUND, "key %s does not exist", key);
+        return 0;
+    }
+    struct buf b = {0};
+    char head[64];
+    snprintf(head, sizeof head, "{\"type\":\"entry\",\"id\":%lld,", (long long)id);
+    session__add_envelope(&b, head, key, klen, e);
+    store_entry_unref(e);
+    session__send(s, &b);
+    return 0;
+}
+
+struct session__list {
+    struct buf *b;
+    size_t n;
+    struct buf last;
+};
+
+static void session__list_visit(void *arg, const char *key, size_t klen,
+                                const struct store_entry *e)
+{
+    struct session__list *l = arg;
+    if (l->n++)
+        buf_add(l->b, ",", 1);
+    envelope_add_as(l->b, key, klen, e, "content_type");
+    l->last.len = 0;
+    buf_add(&l->last, key, klen);
+}
+
+static int session__pget(struct session *s, json_int_t id, json_t *msg)
+{
+    size_t plen, alen = 0;
+    bool wild, more;
+    const char *pat = session__pattern(s, id, msg, "pattern", &plen, &wild);
+    json_t *jlimit = json_object_get(msg, "limit");
+    const char *after = session__str(msg, "after", &alen);
+    json_int_t limit = SESSION_LIST_DEFAULT;
+    if (pat == NULL)
+        return 0;
+    if (jlimit != NULL) {
+        limit = json_is_integer(jlimit) ? json_integer_value(jlimit) : 0;
+        if (limit < 1 || limit > SESSION_LIST_MAX) {
+            session__error(s, &id, STORE_EBADREQ, "limit must be a number from 1 to %d",
+                           SESSION_LIST_MAX);
+            return 0;
+        }
+    }
+    struct buf b = {0};
+    struct session__list l = {.b = &b};
+    buf_addf(&b, "{\"type\":\"entries\",\"id\":%lld,\"entries\":[", (long long)id);
+    store_pget(s->store, pat, plen, after, alen, (size_t)limit, session__list_visit, &l, &more);
+    buf_adds(&b, "],\"next\":");
+    if (more && l.n > 0)
+        buf_add_jstr(&b, l.last.p, l.last.len);
+    else
+        buf_adds(&b, "null");
+    buf_adds(&b, "}");
+    b.oom |= l.last.oom;
+    buf_free(&l.last);
+    session__send(s, &b);
+    return 0;
+}
+
+struct session__ls {
+    struct buf *b;
+    size_t n;
+};
+
+static void session__ls_child(void *arg, const char *name, size_t nlen, bool value, bool kids)
+{
+    struct session__ls *l = arg;
+    buf_adds(l->b, l->n++ ? ",{\"name\":" : "{\"name\":");
+    buf_add_jstr(l->b, name, nlen);
+    buf_addf(l->b, ",\"value\":%s,\"children\":%s}", value ? "true" : "false",
+             kids ? "true" : "false");
+}
+
+static int session__ls(struct session *s, json_int_t id, json_t *msg)
+{
+    size_t klen = 0;
+    const char *key = NULL;
+    if (json_object_get(msg, "key") != NULL &&
+        (key = session__key(s, id, msg, "key", &klen, false)) == NULL)
+        return 0;
+    struct buf b = {0};
+    struct session__ls l = {.b = &b};
+    buf_addf(&b, "{\"type\":\"children\",\"id\":%lld,\"children\":[", (long long)id);
+    if (store_ls(s->store, key == NULL, key, klen, session__ls_child, &l) != STORE_OK) {
+        buf_free(&b);
+        session__error(s, &id, STORE_ENOTFOUND, "key %s does not exist", key);
+        return 0;
+    }
+    buf_adds(&b, "]}");
+    session__send(s, &b);
+    return 0;
+}
+
+/* ---- writes ---- */
+
+struct session__write {
+    struct conn *conn; /* a reference, for the answer */
+    json_int_t id;
+    json_t *msg; /* keeps the key alive */
+    struct store_txn txn;
+    struct store_op op;
+};
+
+static void session__write_done(void *arg, struct store_txn *t)
+{
+    struct session__write *w = arg;
+    struct store_op *op = &w->op;
+    struct buf b = {0};
+
+    if (t->err == STORE_OK) {
+        buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld", (long long)w->id);
+        if (op->kind == STORE_OP_SET)
+            buf_addf(&b, ",\"rev\":%lld,\"ts\":%lld,\"created\":%s", (long long)op->rev,
+                     (long long)op->ts, op->created ? "true" : "false");
+        else {
+            buf_addf(&b, ",\"deleted\":%zu", op->deleted);
+            if (!op->pattern && op->deleted)
+                buf_addf(&b, ",\"rev\":%lld", (long long)op->rev);
+        }
+        buf_adds(&b, "}");
+    } else {
+        const char *msg = t->err == STORE_EREV        ? "the key is not at the rev given (if_rev)"
+                          : t->err == STORE_EREADONLY ? "keys starting with '$' belong to the server"
+                          : t->err == STORE_EFULL     ? "the disk is full: nothing was changed"
+                          : t->err == STORE_EUNAVAIL  ? "the server is shutting down"
+                                                      : "the change could not be committed";
+        buf_addf(&b, "{\"type\":\"error\",\"id\":%lld,\"error\":\"%s\",\"message\":\"%s\"}",
+                 (long long)w->id, store_err_name(t->err), msg);
+    }
+    if (!b.oom)
+        conn_send(w->conn, b.p, b.len);
+    buf_free(&b);
+    conn_unref(w->conn);
+    json_decref(w->msg);
+    free(w);
+}
+
+static void session__submit(struct session *s, struct session__write *w)
+{
+    w->txn.ops = &w->op;
+    w->txn.n = 1;
+    conn_ref(s->conn);
+    w->conn = s->conn;
+    if (store_submit(s->store, &w->txn, session__write_done, w) != STORE_OK)
+        session__write_done(w, &w->txn);
+}
+
+/* if_rev of a request: absent (any), 0 (must not exist) or a rev. */
+static int session__if_rev(struct session *s, json_int_t id, json_t *msg, int64_t *if_rev)
+{
+    json_t *v = json_object_get(msg, "if_rev");
+    *if_rev = STORE_ANY_REV;
+    if (v == NULL)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        session__error(s, &id, STORE_EBADREQ, "if_rev must be a rev, or 0 for a new key");
+        return -1;
+    }
+    *if_rev = json_integer_value(v);
+    return 0;
+}
+
+static int session__set(struct session *s, json_int_t id, json_t *msg, bool publish)
+{
+    size_t klen;
+    char why[256];
+    struct store_entry *e;
+    int64_t if_rev;
+    const char *key = session__key(s, id, msg, "key", &klen, false);
+    if (key == NULL || session__if_rev(s, id, msg, &if_rev) != 0)
+        return 0;
+    int err = envelope_entry(msg, store_limits(s->store)->max_value_bytes, false, s->origin, &e,
+                             why, sizeof why);
+    if (err != STORE_OK) {
+        session__error(s, &id, err, "%s", why);
+        return 0;
+    }
+    if (publish) {
+        err = store_publish(s->store, key, klen, e);
+        if (err != STORE_OK)
+            session__error(s, &id, err, "%s",
+                           err == STORE_EREADONLY ? "keys starting with '$' belong to the server"
+                                                  : "the server is shutting down");
+        else {
+            struct buf b = {0};
+            buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld}", (long long)id);
+            session__send(s, &b);
+        }
+        return 0;
+    }
+    struct session__write *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        store_entry_unref(e);
+        session__error(s, &id, STORE_EINTERNAL, "out of memory");
+        return 0;
+    }
+    w->id = id;
+    w->msg = json_incref(msg);
+    w->op = (struct store_op){
+        .kind = STORE_OP_SET, .key = key, .klen = klen, .entry = e, .if_rev = if_rev};
+    session__submit(s, w);
+    return 0;
+}
+
+static int session__delete(struct session *s, json_int_t id, json_t *msg)
+{
+    size_t len;
+    bool wild;
+    int64_t if_rev;
+    const char *key = session__pattern(s, id, msg, "key", &len, &wild);
+    if (key == NULL || session__if_rev(s, id, msg, &if_rev) != 0)
+        return 0;
+    if (wild && if_rev != STORE_ANY_REV) {
+        session__error(s, &id, STORE_EBADREQ, "if_rev applies to a key, not a pattern");
+        return 0;
+    }
+    struct session__write *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        session__error(s, &id, STORE_EINTERNAL, "out of memory");
+        return 0;
+    }
+    w->id = id;
+    w->msg = json_incref(msg);
+    w->op = (struct store_op){
+        .kind = STORE_OP_DELETE, .key = key, .klen = len, .pattern = wild, .if_rev = if_rev};
+    session__submit(s, w);
+    return 0;
+}
+
+/* ---- subscriptions ---- */
+
+/* The text of an event for subscription `sub`: {"type":"event","sub":S,...}.
+ * The envelope part is made once per event and shared (ev->cache). */
+static void session__event_text(struct buf *b, uint64_t sub, struct store_event *ev)
+{
+    if (ev->cache == NULL) {
+        struct buf env = {0};
+        if (ev->entry == NULL)
+            envelope_add_deleted(&env, ev->key, ev->klen, ev->rev, ev->ts);
+        else
+            envelope_add_as(&env, ev->key, ev->klen, ev->entry, "content_type");
+        if (ev->transient && !env.oom) {
+            env.len--; /* the closing brace */
+            buf_adds(&env, ",\"transient\":true}");
+        }
+        if (env.oom) {
+            buf_free(&env);
+            b->oom = true;
+            return;
+        }
+        ev->cache = env.p;
+        ev->cache_len = env.len;
+    }
+    buf_addf(b, "{\"type\":\"event\",\"sub\":%llu,", (unsigned long long)sub);
+    buf_add(b, ev->cache + 1, ev->cache_len - 1);
+}
+
+static void csub__queue(struct csub *cs, const char *data, size_t len)
+{
+    struct pending *p = malloc(sizeof *p + len);
+    if (p == NULL)
+        return;
+    p->next = NULL;
+    p->len = len;
+    memcpy(p->data, data, len);
+    if (cs->tail)
+        cs->tail->next = p;
+    else
+        cs->head = p;
+    cs->tail = p;
+}
+
+static void session__on_event(void *arg, struct store_sub *sub, struct store_event *ev)
+{
+    struct csub *cs = arg;
+    struct session *s = cs->session;
+    struct buf b = {0};
+    (void)sub;
+    session__event_text(&b, cs->id, ev);
+    if (b.oom) {
+        buf_free(&b);
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    if (cs->active)
+        conn_send(s->conn, b.p, b.len);
+    else
+        csub__queue(cs, b.p, b.len); /* invariant 1 */
+    pthread_mutex_unlock(&s->lock);
+    buf_free(&b);
+}
+
+static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
+{
+    size_t plen;
+    bool wild;
+    const char *pat = session__pattern(s, id, msg, "pattern", &plen, &wild);
+    json_t *live = json_object_get(msg, "live_only"), *unique = json_object_get(msg, "unique");
+    if (pat == NULL)
+        return 0;
+    if ((live && !json_is_boolean(live)) || (unique && !json_is_boolean(unique))) {
+        session__error(s, &id, STORE_EBADREQ, "live_only and unique are true or false");
+        return 0;
+    }
+    if (json_object_get(msg, "since") != NULL) {
+        session__error(s, &id, STORE_EBADREQ,
+                       "since (a replay from history) is not served by this version yet");
+        return 0;
+    }
+    if (s->nsubs >= s->cfg->max_subscriptions) {
+        session__error(s, &id, STORE_EBADREQ, "a session has at most %u subscriptions",
+                       s->cfg->max_subscriptions);
+        return 0;
+    }
+    struct csub *cs = calloc(1, sizeof *cs);
+    if (cs == NULL) {
+        session__error(s, &id, STORE_EINTERNAL, "out of memory");
+        return 0;
+    }
+    cs->session = s;
+    cs->id = ++s->next_sub;
+    struct store_snapshot snap = {0};
+    int64_t rev;
+    bool with_snapshot = !json_is_true(live);
+    if (store_subscribe(s->store, pat, plen, json_is_true(unique), session__on_event, cs,
+                        with_snapshot ? &snap : NULL, &rev, &cs->sub) != STORE_OK) {
+        free(cs);
+        session__error(s, &id, STORE_EINTERNAL, "out of memory");
+        return 0;
+    }
+    cs->next = s->subs;
+    s->subs = cs;
+    s->nsubs++;
+
+    struct buf b = {0};
+    buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld,\"sub\":%llu}", (long long)id,
+             (unsigned long long)cs->id);
+    session__send(s, &b);
+    char head[64];
+    snprintf(head, sizeof head, "{\"type\":\"event\",\"sub\":%llu,", (unsigned long long)cs->id);
+    for (size_t i = 0; i < snap.n; i++) {
+        struct buf e = {0};
+        session__add_envelope(&e, head, snap.keys[i], snap.klens[i], snap.entries[i]);
+        session__send(s, &e);
+    }
+    store_snapshot_free(&snap);
+    buf_addf(&b, "{\"type\":\"sync\",\"sub\":%llu,\"rev\":%lld}", (unsigned long long)cs->id,
+             (long long)rev);
+    /* Invariant 1: what arrived meanwhile follows the sync, in order. */
+    pthread_mutex_lock(&s->lock);
+    session__send(s, &b);
+    for (struct pending *p = cs->head; p != NULL; p = p->next)
+        conn_send(s->conn, p->data, p->len);
+    csub__free_pending(cs);
+    cs->active = true;
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static int session__unsubscribe(struct session *s, json_int_t id, json_t *msg)
+{
+    json_t *v = json_object_get(msg, "sub");
+    struct csub **p = &s->subs;
+    if (!json_is_integer(v)) {
+        session__error(s, &id, STORE_EBADREQ, "\"sub\" must be a subscription number");
+        return 0;
+    }
+    while (*p != NULL && (json_int_t)(*p)->id != json_integer_value(v))
+        p = &(*p)->next;
+    if (*p == NULL) {
+        session__error(s, &id, STORE_ENOTFOUND, "no subscription %lld in this session",
+                       (long long)json_integer_value(v));
+        return 0;
+    }
+    struct csub *cs = *p;
+    *p = cs->next;
+    s->nsubs--;
+    store_unsubscribe(s->store, cs->sub);
+    csub__free_pending(cs);
+    free(cs);
+    struct buf b = {0};
+    buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld}", (long long)id);
+    session__send(s, &b);
+    return 0;
+}
+
+static int session__v1(struct session *s, const char *type, json_int_t id, json_t *msg)
+{
+    if (strcmp(type, "get") == 0)
+        return session__get(s, id, msg);
+    if (strcmp(type, "pget") == 0)
+        return session__pget(s, id, msg);
+    if (strcmp(type, "set") == 0)
+        return session__set(s, id, msg, false);
+    if (strcmp(type, "publish") == 0)
+        return session__set(s, id, msg, true);
+    if (strcmp(type, "delete") == 0)
+        return session__delete(s, id, msg);
+    if (strcmp(type, "ls") == 0)
+        return session__ls(s, id, msg);
+    if (strcmp(type, "subscribe") == 0)
+        return session__subscribe(s, id, msg);
+    if (strcmp(type, "unsubscribe") == 0)
+        return session__unsubscribe(s, id, msg);
+    if (strcmp(type, "ping") == 0) {
+        struct buf b = {0};
+        buf_addf(&b, "{\"type\":\"pong\",\"id\":%lld}", (long long)id);
+        session__send(s, &b);
+        return 0;
+    }
+    session__error(s, &id, STORE_EBADREQ, "unknown request type '%s'", type);
+    return 0;
+}
