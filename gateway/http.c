@@ -21,6 +21,8 @@
 #include <ctype.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -45,6 +47,7 @@ enum route {
     ROUTE_HEALTH,
     ROUTE_READY,
     ROUTE_METRICS,
+    ROUTE_WS,
 };
 
 enum method { M_GET = 1, M_HEAD = 2, M_PUT = 4, M_POST = 8, M_DELETE = 16, M_OTHER = 32 };
@@ -189,6 +192,7 @@ static const struct {
     {ROUTE_LS, HTTP_PREFIX "ls", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_BATCH, HTTP_PREFIX "batch", M_POST, "POST"},
     {ROUTE_INFO, HTTP_PREFIX "info", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_WS, HTTP_PREFIX "ws", M_GET, "GET"},
     {ROUTE_HEALTH, "/health", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_READY, "/ready", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_METRICS, "/metrics", M_GET | M_HEAD, "GET, HEAD"},
@@ -873,6 +877,98 @@ static enum MHD_Result http__metrics(struct req *r)
     return http__text(r, 200, &b, "text/plain; version=0.0.4");
 }
 
+/* ---- WebSocket upgrade (RFC 6455); the loop takes the socket over ---- */
+
+struct http__ws {
+    struct http *h;
+    char address[64];
+};
+
+static void http__ws_closed(void *arg)
+{
+    MHD_upgrade_action(arg, MHD_UPGRADE_ACTION_CLOSE);
+}
+
+static void http__ws_upgraded(void *cls, struct MHD_Connection *conn, void *req_cls,
+                              const char *extra, size_t extra_len, MHD_socket sock,
+                              struct MHD_UpgradeResponseHandle *urh)
+{
+    struct http__ws *ws = cls;
+    (void)conn;
+    (void)req_cls;
+    if (loop_adopt_ws(ws->h->loop, sock, extra, extra_len, ws->address, http__ws_closed, urh) !=
+        0)
+        MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+    free(ws);
+}
+
+/* Whether the comma-separated header value `list` holds `token`. */
+static bool http__has_token(const char *list, const char *token)
+{
+    size_t n = strlen(token);
+    for (const char *p = list; p && *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t len = strcspn(p, ",");
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (len == n && strncasecmp(p, token, n) == 0)
+            return true;
+        p = strchr(p, ',');
+    }
+    return false;
+}
+
+static enum MHD_Result http__ws(struct req *r)
+{
+    static const char magic[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    const char *upgrade = http__header(r, "Upgrade"), *connection = http__header(r, "Connection");
+    const char *key = http__header(r, "Sec-WebSocket-Key");
+    const char *version = http__header(r, "Sec-WebSocket-Version");
+    const char *protocols = http__header(r, "Sec-WebSocket-Protocol");
+
+    if (upgrade == NULL || !http__has_token(upgrade, "websocket") || connection == NULL ||
+        !http__has_token(connection, "upgrade") || key == NULL || strlen(key) > 64)
+        return http__error(r, STORE_EBADREQ, "this is a WebSocket endpoint: send an upgrade");
+    if (version == NULL || strcmp(version, "13") != 0)
+        return http__error(r, STORE_EBADREQ, "WebSocket version 13 is served");
+    if (protocols != NULL && !http__has_token(protocols, "almanac.v1"))
+        return http__error(r, STORE_EPROTO, "the subprotocol is almanac.v1");
+    if (loop_sessions(r->h->loop) >= r->h->cfg->max_sessions)
+        return http__error(r, STORE_EUNAVAIL, "max_sessions sessions are open");
+
+    char text[128], accept[64];
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    snprintf(text, sizeof text, "%s%s", key, magic);
+    SHA1((const unsigned char *)text, strlen(text), digest);
+    EVP_EncodeBlock((unsigned char *)accept, digest, SHA_DIGEST_LENGTH);
+
+    struct http__ws *ws = calloc(1, sizeof *ws);
+    if (ws == NULL)
+        return MHD_NO;
+    ws->h = r->h;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci != NULL && ci->client_addr != NULL) {
+        char host[48] = "?", port[8] = "?";
+        getnameinfo(ci->client_addr,
+                    ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                           : sizeof(struct sockaddr_in),
+                    host, sizeof host, port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV);
+        snprintf(ws->address, sizeof ws->address, "%s:%s", host, port);
+    }
+    struct MHD_Response *resp = MHD_create_response_for_upgrade(http__ws_upgraded, ws);
+    if (resp == NULL) {
+        free(ws);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
+    MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept);
+    if (protocols != NULL)
+        MHD_add_response_header(resp, "Sec-WebSocket-Protocol", "almanac.v1");
+    return http__queue(r, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
+}
+
 static enum MHD_Result http__dispatch(struct req *r)
 {
     struct buf b = {0};
@@ -902,6 +998,8 @@ static enum MHD_Result http__dispatch(struct req *r)
     }
     case ROUTE_METRICS:
         return http__metrics(r);
+    case ROUTE_WS:
+        return http__ws(r);
     case ROUTE_NONE:
         break;
     }
@@ -1080,7 +1178,7 @@ int http_start(struct store *store, const struct config *cfg, struct loop *loop,
         threads = n > 0 ? (unsigned)n : 1;
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TURBO |
-                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     h->daemon = MHD_start_daemon(

@@ -66,6 +66,7 @@ struct conn {
     char *in;                 /* bytes read, not yet a whole message */
     size_t in_len, in_cap;
     bool want_out; /* EPOLLOUT is on */
+    bool shut;     /* our side is shut: only waiting for the peer's end */
 
     wslay_event_context_ptr ws;
     void (*ws_closed)(void *);
@@ -85,6 +86,7 @@ struct loop {
 
     pthread_mutex_t lock; /* dirty list and adoptions */
     struct conn *dirty;
+    struct conn *adopted; /* WebSockets from HTTP, for the loop to take */
     struct conn *all;
 };
 
@@ -171,10 +173,10 @@ static int64_t loop__now(void)
 /* Closes `c` once what is queued is written; the caller holds c->lock. */
 static void conn__set_closing(struct conn *c)
 {
-    if (!c->closing) {
-        c->closing = true;
-        c->close_by = loop__now() + LOOP_CLOSE_GRACE;
-    }
+    if (c->closing)
+        return; /* marked when it began */
+    c->closing = true;
+    c->close_by = loop__now() + LOOP_CLOSE_GRACE;
     conn__mark(c);
 }
 
@@ -322,7 +324,14 @@ static int loop__flush_lines(struct loop *l, struct conn *c)
     bool closing = c->closing;
     pthread_mutex_unlock(&c->lock);
     loop__want_out(l, c, false);
-    return closing ? -1 : 0;
+    if (closing && !c->shut) {
+        /* All is written: end our side, and let the peer end its own, so
+         * unread input does not turn the close into a reset that loses the
+         * last answer. The sweep ends it after LOOP_CLOSE_GRACE anyway. */
+        shutdown(c->fd, SHUT_WR);
+        c->shut = true;
+    }
+    return 0;
 }
 
 /* Handles the whole lines in c->in; keeps the start of the next one. */
@@ -366,6 +375,9 @@ static int loop__read_lines(struct loop *l, struct conn *c)
             return -1;
         if (n < 0)
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        if (c->closing) {
+            continue; /* the session is over: what comes is dropped */
+        }
         c->in_len += (size_t)n;
         if (loop__lines(l, c) != 0)
             return -1;
@@ -432,29 +444,49 @@ static void ws__on_msg(wslay_event_context_ptr ctx,
 /* Moves queued messages into wslay and lets it write. -1: close now. */
 static int loop__flush_ws(struct loop *l, struct conn *c)
 {
+    /* wslay's own queue is unbounded: it gets a little at a time, and the
+     * rest waits in ours, which is bounded (invariant 2). */
+    for (;;) {
+        if (wslay_event_get_queued_msg_length(c->ws) >= 65536)
+            break;
+        pthread_mutex_lock(&c->lock);
+        struct msg *m = c->head;
+        if (m != NULL) {
+            c->head = m->next;
+            if (c->head == NULL)
+                c->tail = NULL;
+            c->queued -= m->len;
+        }
+        pthread_mutex_unlock(&c->lock);
+        if (m == NULL)
+            break;
+        struct wslay_event_msg wm = {WSLAY_TEXT_FRAME, (const uint8_t *)m->data, m->len};
+        wslay_event_queue_msg(c->ws, &wm); /* copies; refused once a close is queued */
+        free(m);
+        if (wslay_event_send(c->ws) != 0)
+            return -1;
+    }
     pthread_mutex_lock(&c->lock);
-    struct msg *list = c->head;
-    bool closing = c->closing;
-    c->head = c->tail = NULL;
-    c->queued = 0;
+    bool closing = c->closing, drained = c->head == NULL;
     pthread_mutex_unlock(&c->lock);
-    while (list != NULL) {
-        struct msg *next = list->next;
-        struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)list->data, list->len};
-        wslay_event_queue_msg(c->ws, &m); /* copies */
-        free(list);
-        list = next;
-    }
-    if (closing && !wslay_event_get_close_sent(c->ws)) {
-        /* too_slow, or a session that ended: 1008 policy violation. */
-        wslay_event_queue_close(c->ws, WSLAY_CODE_POLICY_VIOLATION, NULL, 0);
-    }
     if (wslay_event_send(c->ws) != 0)
         return -1;
-    if (wslay_event_get_close_sent(c->ws) && wslay_event_get_queued_msg_count(c->ws) == 0 &&
-        (wslay_event_get_close_received(c->ws) || closing))
-        return -1;
-    loop__want_out(l, c, wslay_event_want_write(c->ws));
+    /* wslay sends control frames ahead of data: the close (1008: too_slow,
+     * or a session that ended) waits until the last message is out. */
+    if (closing && drained && !wslay_event_get_close_sent(c->ws) &&
+        wslay_event_get_queued_msg_count(c->ws) == 0) {
+        wslay_event_queue_close(c->ws, WSLAY_CODE_POLICY_VIOLATION, NULL, 0);
+        if (wslay_event_send(c->ws) != 0)
+            return -1;
+    }
+    if (wslay_event_get_close_sent(c->ws)) {
+        if (wslay_event_get_close_received(c->ws))
+            return -1; /* the closing handshake is done */
+        /* Wait for the peer's close (wslay drops what else comes) a
+         * bounded time: the sweep ends it after LOOP_CLOSE_GRACE. */
+        conn__close_soon(c);
+    }
+    loop__want_out(l, c, wslay_event_want_write(c->ws) || !drained);
     return 0;
 }
 
@@ -532,33 +564,68 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
 int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len,
                   const char *address, void (*closed)(void *), void *closed_arg)
 {
-    static const struct wslay_event_callbacks callbacks = {
-        .recv_callback = ws__recv, .send_callback = ws__send, .on_msg_recv_callback = ws__on_msg};
-    struct conn *c = loop__add(l, fd, CONN_WS, address);
+    struct conn *c = calloc(1, sizeof *c);
     if (c == NULL)
         return -1;
-    c->ws_closed = closed;
-    c->ws_closed_arg = closed_arg;
-    if (extra_len > 0 && (c->in = malloc(extra_len)) != NULL) {
+    if (extra_len > 0) {
+        if ((c->in = malloc(extra_len)) == NULL) {
+            free(c);
+            return -1;
+        }
         memcpy(c->in, extra, extra_len);
         c->in_len = c->in_cap = extra_len;
     }
-    if (wslay_event_context_server_init(&c->ws, &callbacks, c) != 0) {
-        c->ws = NULL;
-        loop__close(l, c);
-        return -1;
-    }
-    wslay_event_config_set_max_recv_msg_length(c->ws, l->cfg->max_message_bytes);
-    c->session = session_new(l, l->store, l->cfg, c, CONN_WS, address);
-    /* The loop thread owns it from here: watch it and write the welcome. */
-    if (c->session == NULL || loop__watch(l, c) != 0) {
-        loop__close(l, c);
-        return -1;
-    }
-    pthread_mutex_lock(&c->lock);
-    conn__mark(c);
-    pthread_mutex_unlock(&c->lock);
+    c->fd = fd;
+    c->ws_closed = closed;
+    c->ws_closed_arg = closed_arg;
+    snprintf(c->address, sizeof c->address, "%s", address);
+    /* Invariant 1: the loop thread takes it from here (loop__take_adopted). */
+    pthread_mutex_lock(&l->lock);
+    c->next = l->adopted;
+    l->adopted = c;
+    pthread_mutex_unlock(&l->lock);
+    loop__wake(l);
     return 0;
+}
+
+static void loop__take_adopted(struct loop *l)
+{
+    static const struct wslay_event_callbacks callbacks = {
+        .recv_callback = ws__recv, .send_callback = ws__send, .on_msg_recv_callback = ws__on_msg};
+    pthread_mutex_lock(&l->lock);
+    struct conn *list = l->adopted;
+    l->adopted = NULL;
+    pthread_mutex_unlock(&l->lock);
+    while (list != NULL) {
+        struct conn *a = list, *c;
+        list = a->next;
+        c = loop__add(l, a->fd, CONN_WS, a->address);
+        if (c == NULL) {
+            a->ws_closed(a->ws_closed_arg);
+            free(a->in);
+            free(a);
+            continue;
+        }
+        c->ws_closed = a->ws_closed;
+        c->ws_closed_arg = a->ws_closed_arg;
+        c->in = a->in;
+        c->in_len = c->in_cap = a->in_len;
+        free(a);
+        if (wslay_event_context_server_init(&c->ws, &callbacks, c) != 0) {
+            c->ws = NULL;
+            loop__close(l, c);
+            continue;
+        }
+        wslay_event_config_set_max_recv_msg_length(c->ws, l->cfg->max_message_bytes);
+        c->session = session_new(l, l->store, l->cfg, c, CONN_WS, c->address);
+        if (c->session == NULL || loop__watch(l, c) != 0) {
+            loop__close(l, c);
+            continue;
+        }
+        /* Bytes that came with the upgrade are read now: epoll won't say. */
+        if (c->in_len > 0 && loop__read_ws(l, c) != 0)
+            loop__close(l, c);
+    }
 }
 
 static void loop__flush(struct loop *l, struct conn *c)
@@ -573,6 +640,7 @@ static void loop__dirty(struct loop *l)
     uint64_t n;
     if (read(l->efd, &n, sizeof n) < 0 && errno != EAGAIN)
         log_warn("%s: eventfd: %s", __func__, strerror(errno));
+    loop__take_adopted(l);
     pthread_mutex_lock(&l->lock);
     struct conn *list = l->dirty;
     l->dirty = NULL;
@@ -797,6 +865,13 @@ void loop_stop(struct loop *l)
         struct conn *next = l->dirty->dirty_next;
         conn_unref(l->dirty);
         l->dirty = next;
+    }
+    while (l->adopted != NULL) {
+        struct conn *next = l->adopted->next;
+        l->adopted->ws_closed(l->adopted->ws_closed_arg);
+        free(l->adopted->in);
+        free(l->adopted);
+        l->adopted = next;
     }
     if (l->epfd >= 0)
         close(l->epfd);

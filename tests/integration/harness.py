@@ -36,7 +36,8 @@ class Daemon:
         env.update(self.env or {})
         self.log = open(self.log_path, "ab")
         offset = self.log.tell()  # only this run's lines count
-        cmd = [BINARY, "serve", "--http_listen", "127.0.0.1:0", "--data_dir", self.data_dir]
+        cmd = [BINARY, "serve", "--http_listen", "127.0.0.1:0", "--tcp_listen", "127.0.0.1:0",
+               "--data_dir", self.data_dir]
         self.proc = subprocess.Popen(cmd + self.args, stdout=self.log, stderr=self.log, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -44,6 +45,8 @@ class Daemon:
             ports = re.findall(r"listening on http://127\.0\.0\.1:(\d+)/", text)
             if ports and "ready" in text.split("listening on")[-1]:
                 self.port = int(ports[-1])
+                tcp = re.findall(r"listening on tcp://127\.0\.0\.1:(\d+)/", text)
+                self.tcp_port = int(tcp[-1]) if tcp else None
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"almanac exited with {self.proc.returncode}:\n{text}")

@@ -63,12 +63,8 @@ class Sessions(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.sock_path = os.path.join(tempfile.mkdtemp(), "almanac.sock")
-        cls.d = Daemon(["--tcp_listen", "127.0.0.1:0", "--unix_socket", cls.sock_path,
-                        "--session_queue_bytes", "256KiB", "--max_message_bytes", "64KiB",
-                        "--max_subscriptions", "5"]).start()
-        import re
-        cls.d.tcp_port = int(re.findall(r"listening on tcp://127\.0\.0\.1:(\d+)/",
-                                        cls.d.log_text())[-1])
+        cls.d = Daemon(["--unix_socket", cls.sock_path, "--session_queue_bytes", "256KiB",
+                        "--max_message_bytes", "64KiB", "--max_subscriptions", "5"]).start()
 
     @classmethod
     def tearDownClass(cls):
