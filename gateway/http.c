@@ -23,6 +23,7 @@
 #include <netdb.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -48,16 +49,21 @@ enum route {
     ROUTE_READY,
     ROUTE_METRICS,
     ROUTE_WS,
+    ROUTE_EVENTS,
 };
 
 enum method { M_GET = 1, M_HEAD = 2, M_PUT = 4, M_POST = 8, M_DELETE = 16, M_OTHER = 32 };
 
 enum req_state { REQ_FRESH = 0, REQ_WAITING, REQ_DONE };
 
+struct sse;
+
 struct http {
     struct store *store;
     const struct config *cfg;
     struct loop *loop;
+    pthread_mutex_t sse_lock; /* the open SSE streams, to end them at stop */
+    struct sse *streams;
     struct MHD_Daemon *daemon;
     unsigned short port;
     int64_t started_us;
@@ -193,6 +199,7 @@ static const struct {
     {ROUTE_BATCH, HTTP_PREFIX "batch", M_POST, "POST"},
     {ROUTE_INFO, HTTP_PREFIX "info", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_WS, HTTP_PREFIX "ws", M_GET, "GET"},
+    {ROUTE_EVENTS, HTTP_PREFIX "events/", M_GET, "GET"},
     {ROUTE_HEALTH, "/health", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_READY, "/ready", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_METRICS, "/metrics", M_GET | M_HEAD, "GET, HEAD"},
@@ -877,6 +884,191 @@ static enum MHD_Result http__metrics(struct req *r)
     return http__text(r, 200, &b, "text/plain; version=0.0.4");
 }
 
+/* ---- Server-Sent Events ----
+ *
+ * A stream is one subscription. Its events gather in `q` (bounded by
+ * session_queue_bytes: past it the stream ends with a too_slow event); the
+ * content reader hands them to MHD and, when there are none, suspends the
+ * connection, which the next event resumes. As for sessions, events wait in
+ * `pending` until the snapshot and the sync are in `q`. */
+
+struct sse {
+    struct http *h;
+    struct MHD_Connection *conn;
+    struct store_sub *sub;
+    pthread_mutex_t lock;
+    struct buf q, pending;
+    size_t off; /* bytes of q already handed to MHD */
+    bool active, suspended, ended;
+    struct sse *prev, *next;
+};
+
+static void sse__add_event(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
+                           int64_t rev, int64_t ts, bool transient)
+{
+    if (e == NULL) {
+        buf_addf(b, "event: delete\nid: %lld\ndata: ", (long long)rev);
+        envelope_add_deleted(b, key, klen, rev, ts);
+    } else {
+        if (transient)
+            buf_adds(b, "event: put\ndata: ");
+        else
+            buf_addf(b, "event: put\nid: %lld\ndata: ", (long long)rev);
+        size_t at = b->len;
+        envelope_add(b, key, klen, e);
+        if (transient && !b->oom && b->len > at) {
+            b->len--;
+            buf_adds(b, ",\"transient\":true}");
+        }
+    }
+    buf_adds(b, "\n\n");
+}
+
+/* Appends to the stream and wakes it; the caller holds s->lock. */
+static void sse__push(struct sse *s, const char *text, size_t len)
+{
+    if (s->ended)
+        return;
+    if (s->q.len - s->off + len > s->h->cfg->session_queue_bytes) {
+        static const char slow[] = "event: error\ndata: {\"error\":\"too_slow\",\"message\":"
+                                   "\"the stream's queue is full: the client reads too slowly\"}"
+                                   "\n\n";
+        s->q.len = s->off = 0;
+        buf_add(&s->q, slow, sizeof slow - 1);
+        s->ended = true;
+    } else
+        buf_add(&s->q, text, len);
+    if (s->suspended) {
+        s->suspended = false;
+        MHD_resume_connection(s->conn);
+    }
+}
+
+static void sse__on_event(void *arg, struct store_sub *sub, struct store_event *ev)
+{
+    struct sse *s = arg;
+    struct buf b = {0};
+    (void)sub;
+    sse__add_event(&b, ev->key, ev->klen, ev->entry, ev->rev, ev->ts, ev->transient);
+    pthread_mutex_lock(&s->lock);
+    if (!b.oom) {
+        if (s->active)
+            sse__push(s, b.p, b.len);
+        else
+            buf_add(&s->pending, b.p, b.len);
+    }
+    pthread_mutex_unlock(&s->lock);
+    buf_free(&b);
+}
+
+static ssize_t sse__read(void *cls, uint64_t pos, char *out, size_t max)
+{
+    struct sse *s = cls;
+    (void)pos;
+    pthread_mutex_lock(&s->lock);
+    size_t avail = s->q.len - s->off;
+    if (avail > 0) {
+        size_t n = avail < max ? avail : max;
+        memcpy(out, s->q.p + s->off, n);
+        s->off += n;
+        if (s->off == s->q.len)
+            s->q.len = s->off = 0;
+        pthread_mutex_unlock(&s->lock);
+        return (ssize_t)n;
+    }
+    if (s->ended) {
+        pthread_mutex_unlock(&s->lock);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    /* Nothing to send: sleep until sse__push resumes us. */
+    s->suspended = true;
+    MHD_suspend_connection(s->conn);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static void sse__free(void *cls)
+{
+    struct sse *s = cls;
+    struct http *h = s->h;
+    store_unsubscribe(h->store, s->sub); /* no event callback after this */
+    pthread_mutex_lock(&h->sse_lock);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        h->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    pthread_mutex_unlock(&h->sse_lock);
+    buf_free(&s->q);
+    buf_free(&s->pending);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+static enum MHD_Result http__events(struct req *r)
+{
+    enum MHD_Result answer;
+    bool wild;
+    if (http__check_pattern(r, &wild, &answer) != 0)
+        return answer;
+    const char *live = http__arg(r, "live_only");
+    bool live_only = live != NULL && strcmp(live, "0") != 0 && strcmp(live, "false") != 0;
+    /* Last-Event-ID and ?since= ask for a replay from history, which this
+     * version does not keep yet: the stream starts from a fresh snapshot,
+     * which ends in the same state (and EventSource reconnects work). */
+    struct sse *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return MHD_NO;
+    s->h = r->h;
+    s->conn = r->conn;
+    pthread_mutex_init(&s->lock, NULL);
+    struct store_snapshot snap = {0};
+    int64_t rev;
+    if (store_subscribe(r->h->store, r->path, r->plen, false, sse__on_event, s,
+                        live_only ? NULL : &snap, &rev, &s->sub) != STORE_OK) {
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        return http__error(r, STORE_EINTERNAL, "out of memory");
+    }
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < snap.n; i++) {
+        struct buf b = {0};
+        sse__add_event(&b, snap.keys[i], snap.klens[i], snap.entries[i],
+                       store_entry_rev(snap.entries[i]), store_entry_ts(snap.entries[i]), false);
+        sse__push(s, b.p, b.len);
+        buf_free(&b);
+    }
+    store_snapshot_free(&snap);
+    char sync[96];
+    int n = snprintf(sync, sizeof sync, "event: sync\nid: %lld\ndata: {\"rev\":%lld}\n\n",
+                     (long long)rev, (long long)rev);
+    sse__push(s, sync, (size_t)n);
+    if (s->pending.len > 0)
+        sse__push(s, s->pending.p, s->pending.len);
+    buf_free(&s->pending);
+    s->active = true;
+    pthread_mutex_unlock(&s->lock);
+
+    pthread_mutex_lock(&r->h->sse_lock);
+    s->next = r->h->streams;
+    if (s->next)
+        s->next->prev = s;
+    r->h->streams = s;
+    pthread_mutex_unlock(&r->h->sse_lock);
+
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse__read, s, sse__free);
+    if (resp == NULL) {
+        sse__free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    return http__queue(r, 200, resp);
+}
+
 /* ---- WebSocket upgrade (RFC 6455); the loop takes the socket over ---- */
 
 struct http__ws {
@@ -1000,6 +1192,8 @@ static enum MHD_Result http__dispatch(struct req *r)
         return http__metrics(r);
     case ROUTE_WS:
         return http__ws(r);
+    case ROUTE_EVENTS:
+        return http__events(r);
     case ROUTE_NONE:
         break;
     }
@@ -1171,6 +1365,7 @@ int http_start(struct store *store, const struct config *cfg, struct loop *loop,
     h->store = store;
     h->cfg = cfg;
     h->loop = loop;
+    pthread_mutex_init(&h->sse_lock, NULL);
     h->started_us = http__now_us();
     unsigned threads = cfg->http_threads;
     if (threads == 0) {
@@ -1217,9 +1412,23 @@ void http_stop(struct http *h)
 {
     if (h == NULL)
         return;
+    /* End the event streams: a suspended connection must be resumed
+     * before MHD stops. */
+    pthread_mutex_lock(&h->sse_lock);
+    for (struct sse *s = h->streams; s != NULL; s = s->next) {
+        pthread_mutex_lock(&s->lock);
+        s->ended = true;
+        if (s->suspended) {
+            s->suspended = false;
+            MHD_resume_connection(s->conn);
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&h->sse_lock);
     /* Writers were answered by store_drain; give their answers time to go. */
     for (int i = 0; i < 300 && atomic_load(&h->active) > 0; i++)
         usleep(10000);
     MHD_stop_daemon(h->daemon);
+    pthread_mutex_destroy(&h->sse_lock);
     free(h);
 }

@@ -658,6 +658,11 @@ static void loop__dirty(struct loop *l)
     }
 }
 
+static bool loop__is_conn(const void *p)
+{
+    return p != &loop__wake_tag && p != &loop__tcp_tag && p != &loop__unix_tag;
+}
+
 /* Closes the closing connections whose clients did not read in time. */
 static void loop__sweep(struct loop *l)
 {
@@ -682,10 +687,11 @@ static void *loop__run(void *arg)
 
     while (!atomic_load(&l->stop)) {
         int n = epoll_wait(l->epfd, events, 64, 1000);
-        if (loop__now() != swept) {
-            swept = loop__now();
-            loop__sweep(l);
-        }
+        /* Handling one event may close a connection another event of the
+         * batch names: each holds a reference until the batch is done. */
+        for (int i = 0; i < n; i++)
+            if (loop__is_conn(events[i].data.ptr))
+                conn_ref(events[i].data.ptr);
         for (int i = 0; i < n; i++) {
             void *p = events[i].data.ptr;
             if (p == &loop__wake_tag) {
@@ -698,7 +704,8 @@ static void *loop__run(void *arg)
                 continue;
             }
             struct conn *c = p;
-            conn_ref(c);
+            if (c->dead)
+                continue;
             uint32_t e = events[i].events;
             int rc = 0;
             if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
@@ -707,7 +714,13 @@ static void *loop__run(void *arg)
                 rc = c->transport == CONN_WS ? loop__flush_ws(l, c) : loop__flush_lines(l, c);
             if (rc != 0)
                 loop__close(l, c);
-            conn_unref(c);
+        }
+        for (int i = 0; i < n; i++)
+            if (loop__is_conn(events[i].data.ptr))
+                conn_unref(events[i].data.ptr);
+        if (loop__now() != swept) {
+            swept = loop__now();
+            loop__sweep(l);
         }
     }
     /* Stop: write what is queued (answers of the last writes), then close. */

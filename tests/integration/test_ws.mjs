@@ -13,19 +13,24 @@ import WebSocket from 'ws';
 
 const binary = process.argv[process.argv.indexOf('--binary') + 1];
 const dataDir = mkdtempSync(join(tmpdir(), 'almanac-ws-'));
-let daemon, port;
+let daemon, port, daemonLog = '';
 
 function start() {
   return new Promise((resolve, reject) => {
     daemon = spawn(binary, ['serve', '--http_listen', '127.0.0.1:0', '--tcp_listen', 'off',
       '--data_dir', dataDir, '--max_message_bytes', '64KiB', '--session_queue_bytes', '256KiB']);
-    let log = '';
     daemon.stderr.on('data', (d) => {
-      log += d;
-      const m = log.match(/listening on http:\/\/127\.0\.0\.1:(\d+)\//);
-      if (m && /ready/.test(log)) { port = Number(m[1]); resolve(); }
+      daemonLog += d;
+      const m = daemonLog.match(/listening on http:\/\/127\.0\.0\.1:(\d+)\//);
+      if (m && /ready/.test(daemonLog)) { port = Number(m[1]); resolve(); }
     });
-    daemon.on('exit', (code) => reject(new Error(`almanac exited ${code}: ${log}`)));
+    daemon.on('exit', (code, signal) => {
+      if (!stopping) {
+        console.log(`almanac exited (${code ?? signal}) during the tests:\n${daemonLog}`);
+        process.exit(1);
+      }
+      reject(new Error(`almanac exited ${code}`));
+    });
   });
 }
 
@@ -264,7 +269,7 @@ const tests = {
   },
 };
 
-let passed = 0, failed = 0;
+let passed = 0, failed = 0, stopping = false;
 try {
   await start();
   for (const [name, fn] of Object.entries(tests)) {
@@ -278,6 +283,7 @@ try {
     }
   }
 } finally {
+  stopping = true;
   daemon?.kill('SIGTERM');
   await new Promise((r) => daemon?.on('exit', r) ?? r());
   rmSync(dataDir, { recursive: true, force: true });
