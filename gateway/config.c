@@ -211,6 +211,11 @@ static int config__max_subscriptions(struct config *cfg, const char *value, char
     return config__count(value, 1, 1000000, &cfg->max_subscriptions, why, why_len);
 }
 
+static int config__sys_interval(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__count(value, 0, 86400, &cfg->sys_interval, why, why_len);
+}
+
 static int config__http_threads(struct config *cfg, const char *value, char *why, size_t why_len)
 {
     return config__count(value, 0, 256, &cfg->http_threads, why, why_len);
@@ -231,6 +236,7 @@ static const struct {
     {"session_queue_bytes", config__session_queue_bytes},
     {"max_sessions", config__max_sessions},
     {"max_subscriptions", config__max_subscriptions},
+    {"sys_interval", config__sys_interval},
 };
 #define CONFIG_NOPTIONS (sizeof config__options / sizeof config__options[0])
 
@@ -331,6 +337,7 @@ static void config__defaults(struct config *cfg)
     cfg->session_queue_bytes = 32 << 20;
     cfg->max_sessions = 10000;
     cfg->max_subscriptions = 1000;
+    cfg->sys_interval = 10;
     cfg->data_dir = strdup("./data");
     cfg->durability = STORE_DURABLE_COMMIT;
     cfg->log_level = LOG_INFO;

@@ -27,6 +27,7 @@ struct config {
     size_t session_queue_bytes; /* a session's outbound queue */
     unsigned max_sessions;
     unsigned max_subscriptions; /* per session */
+    unsigned sys_interval;      /* seconds between $SYS updates; 0: none */
 };
 
 /* Fills `cfg` from the defaults, then the file of `-c FILE` (if any), the
@@ -77,6 +78,8 @@ int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len)
 /* Checks a content type: 1..255 bytes of visible ASCII and spaces. */
 bool envelope_type_ok(const char *type);
 
+struct sys; /* sys.c */
+
 /* ---- loop.c: the event loop that owns every session connection ---- */
 
 enum conn_transport { CONN_TCP, CONN_UNIX, CONN_WS };
@@ -86,8 +89,8 @@ struct conn;
 
 /* Starts the loop thread with the TCP and Unix listeners of `cfg`. Returns
  * 0, or -1 with a sentence in `why`. */
-int loop_start(struct store *store, const struct config *cfg, struct loop **out, char *why,
-               size_t why_len);
+int loop_start(struct store *store, struct sys *sys, const struct config *cfg, struct loop **out,
+               char *why, size_t why_len);
 /* Stops accepting; the sessions go on until loop_stop. */
 void loop_quiesce(struct loop *l);
 /* Closes every session and stops the thread. */
@@ -109,8 +112,9 @@ void conn_unref(struct conn *c);
 /* ---- session.c: the session protocol, the same on every transport ---- */
 
 struct session;
-struct session *session_new(struct loop *l, struct store *store, const struct config *cfg,
-                            struct conn *c, enum conn_transport t, const char *address);
+struct session *session_new(struct loop *l, struct store *store, struct sys *sys,
+                            const struct config *cfg, struct conn *c, enum conn_transport t,
+                            const char *address);
 /* Handles one message from the client. Returns 0, or -1 when the session
  * must close (after its last message is queued). */
 int session_input(struct session *s, const char *msg, size_t len);
@@ -118,6 +122,20 @@ int session_input(struct session *s, const char *msg, size_t len);
 void session_free(struct session *s);
 /* Queues the too_slow error before a forced close. */
 void session_error_close(struct conn *c, int err, const char *msg);
+
+/* ---- sys.c: the server's own keys, $SYS/... ---- */
+
+struct sys;
+/* Writes $SYS/version, clears sessions a crash left, starts $SYS/uptime. */
+struct sys *sys_start(struct store *store, unsigned interval);
+void sys_stop(struct sys *sys);
+/* $SYS/uptime and $SYS/store/keys, every `interval` seconds; the loop
+ * calls it about once a second. */
+void sys_tick(struct sys *sys);
+/* $SYS/sessions/<client_id>/{transport,address,since} and the count. */
+void sys_session_open(struct sys *sys, const char *client_id, const char *transport,
+                      const char *address, unsigned count);
+void sys_session_close(struct sys *sys, const char *client_id, unsigned count);
 
 /* ---- http.c ---- */
 

@@ -75,6 +75,7 @@ struct conn {
 
 struct loop {
     struct store *store;
+    struct sys *sys;
     const struct config *cfg;
     int epfd, efd, tcp_fd, unix_fd;
     unsigned short tcp_port;
@@ -253,6 +254,7 @@ static void loop__close(struct loop *l, struct conn *c)
     conn__drop_queue(c);
     pthread_mutex_unlock(&c->lock);
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    atomic_fetch_sub(&l->sessions, 1);
     if (c->session != NULL)
         session_free(c->session);
     c->session = NULL;
@@ -270,7 +272,6 @@ static void loop__close(struct loop *l, struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     pthread_mutex_unlock(&l->lock);
-    atomic_fetch_sub(&l->sessions, 1);
     conn_unref(c);
 }
 
@@ -555,7 +556,7 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
             close(fd);
             continue;
         }
-        c->session = session_new(l, l->store, l->cfg, c, t, address);
+        c->session = session_new(l, l->store, l->sys, l->cfg, c, t, address);
         if (c->session == NULL || loop__watch(l, c) != 0)
             loop__close(l, c);
     }
@@ -617,7 +618,7 @@ static void loop__take_adopted(struct loop *l)
             continue;
         }
         wslay_event_config_set_max_recv_msg_length(c->ws, l->cfg->max_message_bytes);
-        c->session = session_new(l, l->store, l->cfg, c, CONN_WS, c->address);
+        c->session = session_new(l, l->store, l->sys, l->cfg, c, CONN_WS, c->address);
         if (c->session == NULL || loop__watch(l, c) != 0) {
             loop__close(l, c);
             continue;
@@ -721,6 +722,7 @@ static void *loop__run(void *arg)
         if (loop__now() != swept) {
             swept = loop__now();
             loop__sweep(l);
+            sys_tick(l->sys);
         }
     }
     /* Stop: write what is queued (answers of the last writes), then close. */
@@ -808,8 +810,8 @@ static int loop__add_fd(struct loop *l, int fd, void *tag)
     return epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
-int loop_start(struct store *store, const struct config *cfg, struct loop **out, char *why,
-               size_t why_len)
+int loop_start(struct store *store, struct sys *sys, const struct config *cfg, struct loop **out,
+               char *why, size_t why_len)
 {
     struct loop *l = calloc(1, sizeof *l);
     *out = NULL;
@@ -818,6 +820,7 @@ int loop_start(struct store *store, const struct config *cfg, struct loop **out,
         return -1;
     }
     l->store = store;
+    l->sys = sys;
     l->cfg = cfg;
     l->tcp_fd = l->unix_fd = -1;
     pthread_mutex_init(&l->lock, NULL);

@@ -30,6 +30,7 @@ static int serve(int argc, char **argv)
     struct store *store = NULL;
     struct http *http = NULL;
     struct loop *loop = NULL;
+    struct sys *sys = NULL;
     char why[1024];
     sigset_t stop;
     int sig, rc = 1;
@@ -55,7 +56,8 @@ static int serve(int argc, char **argv)
         log_error("almanac: %s", why);
         goto out;
     }
-    if (loop_start(store, &cfg, &loop, why, sizeof why) != 0 ||
+    sys = sys_start(store, cfg.sys_interval);
+    if (loop_start(store, sys, &cfg, &loop, why, sizeof why) != 0 ||
         (strcmp(cfg.http_listen, "off") != 0 &&
          http_start(store, &cfg, loop, &http, why, sizeof why) != 0)) {
         log_error("almanac: %s", why);
@@ -73,6 +75,7 @@ out:
         store_drain(store);
     http_stop(http);
     loop_stop(loop);
+    sys_stop(sys);
     store_close(store);
     config_free(&cfg);
     return rc;

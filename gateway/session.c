@@ -47,6 +47,7 @@ struct csub {
 struct session {
     struct loop *loop;
     struct store *store;
+    struct sys *sys;
     const struct config *cfg;
     struct conn *conn;
     enum conn_transport transport;
@@ -115,8 +116,9 @@ static void session__add_envelope(struct buf *b, const char *head, const char *k
 
 /* ---- the start ---- */
 
-struct session *session_new(struct loop *l, struct store *store, const struct config *cfg,
-                            struct conn *c, enum conn_transport t, const char *address)
+struct session *session_new(struct loop *l, struct store *store, struct sys *sys,
+                            const struct config *cfg, struct conn *c, enum conn_transport t,
+                            const char *address)
 {
     struct session *s = calloc(1, sizeof *s);
     struct buf b = {0};
@@ -124,6 +126,7 @@ struct session *session_new(struct loop *l, struct store *store, const struct co
         return NULL;
     s->loop = l;
     s->store = store;
+    s->sys = sys;
     s->cfg = cfg;
     s->conn = c;
     s->transport = t;
@@ -140,8 +143,10 @@ struct session *session_new(struct loop *l, struct store *store, const struct co
                  session__protocols[i].minor);
     buf_addf(&b, "],\"client_id\":\"%s\",\"auth_required\":false}", s->client_id);
     session__send(s, &b);
-    log_debug("session %s: %s from %s", s->client_id,
-              t == CONN_TCP ? "tcp" : t == CONN_UNIX ? "unix" : "ws", address);
+    const char *transport = t == CONN_TCP ? "tcp" : t == CONN_UNIX ? "unix" : "ws";
+    log_debug("session %s: %s from %s", s->client_id, transport, address);
+    if (sys != NULL)
+        sys_session_open(sys, s->client_id, transport, address, loop_sessions(l));
     return s;
 }
 
@@ -164,6 +169,8 @@ void session_free(struct session *s)
         csub__free_pending(cs);
         free(cs);
     }
+    if (s->sys != NULL)
+        sys_session_close(s->sys, s->client_id, loop_sessions(s->loop));
     pthread_mutex_destroy(&s->lock);
     free(s);
 }

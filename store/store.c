@@ -514,7 +514,7 @@ static void store__collect(void *arg, const char *key, size_t klen, const struct
 
 static int store__apply_delete(struct store *s, struct commit *c, struct store_op *op, int64_t ts)
 {
-    if (store_key_reserved(op->key, op->klen))
+    if (store_key_reserved(op->key, op->klen) && !op->sys)
         return STORE_EREADONLY; /* whether or not anything matches */
     if (!op->pattern) {
         struct store_entry *cur = tree__get(s->tree, op->key, op->klen);

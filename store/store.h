@@ -174,6 +174,7 @@ struct store_op {
     size_t klen;
     bool pattern;              /* DELETE: `key` is a pattern with wildcards */
     bool must_exist;           /* DELETE: a missing key is STORE_ENOTFOUND */
+    bool sys;                  /* DELETE: by the server, so $-keys may go */
     struct store_entry *entry; /* SET: the store takes this reference, always */
     int64_t if_rev;            /* STORE_ANY_REV, STORE_EXISTS_REV, 0 (absent) or a rev */
 

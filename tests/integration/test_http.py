@@ -19,7 +19,9 @@ K = "/api/v1/keys/"
 class HttpApi(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = Daemon(["--max_value_bytes", "65536", "--max_key_bytes", "64"]).start()
+        # No periodic $SYS writes: the tests compare revs before and after.
+        cls.d = Daemon(["--max_value_bytes", "65536", "--max_key_bytes", "64",
+                        "--sys_interval", "0"]).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -319,7 +321,7 @@ class StorageFull(unittest.TestCase):
     reads go on, /ready says so, and deleting makes room again."""
 
     def test_full_database(self):
-        d = Daemon(["--max_db_bytes", "256KiB"]).start()
+        d = Daemon(["--max_db_bytes", "256KiB", "--sys_interval", "0"]).start()
         try:
             value = os.urandom(6000)
             ok, full = [], []
@@ -346,7 +348,7 @@ class StorageFull(unittest.TestCase):
                 self.assertEqual(curl(d, "GET", K + key).body, value, key)
             self.assertEqual(curl(d, "GET", "/ready").status, 503)
             info = curl(d, "GET", "/api/v1/info").json()
-            self.assertEqual(info["keys"], len(ok))
+            self.assertEqual(len(curl(d, "GET", K + "full/%23").json()["entries"]), len(ok))
             self.assertFalse(info["storage"]["writable"])
             # Deleting makes room; the next write fits and /ready recovers.
             self.assertEqual(curl(d, "DELETE", K + "full/%23").json()["deleted"], len(ok))
@@ -355,7 +357,7 @@ class StorageFull(unittest.TestCase):
             self.assertEqual(d.stop(), 0)
             d.start()  # and what was answered survives a restart
             self.assertEqual(curl(d, "GET", K + "after").body, b"1")
-            self.assertEqual(curl(d, "GET", "/api/v1/info").json()["keys"], 1)
+            self.assertEqual(len(curl(d, "GET", K + "%23").json()["entries"]), 1)
         finally:
             d.cleanup()
 
@@ -382,7 +384,7 @@ class Restart(unittest.TestCase):
                 self.assertEqual(curl(d, "GET", K + k).body, v)
             self.assertError(curl(d, "GET", K + "r/0"), 404)
             r = curl(d, "PUT", K + "r/new", "1")
-            self.assertEqual(r.json()["rev"], last + 1)  # the deletion's rev is not reused
+            self.assertGreater(r.json()["rev"], last)  # the deletion's rev is not reused
             self.assertEqual(d.stop(signal.SIGINT), 0)
         finally:
             d.cleanup()

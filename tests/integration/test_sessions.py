@@ -266,6 +266,35 @@ class Sessions(unittest.TestCase):
         c.close()
         self.assertEqual(curl(self.d, "GET", "/api/v1/keys/van").status, 404)
 
+    def test_sys_keys(self):
+        watcher = self.client()
+        watcher.request("subscribe", pattern="$SYS/sessions/#", live_only=True)
+        self.assertEqual(watcher.recv()["type"], "sync")
+        c = Client(unix=self.sock_path)
+        cid = c.welcome["client_id"]
+        seen = {}
+        while len(seen) < 3:
+            e = watcher.recv()
+            if e["key"].startswith(f"$SYS/sessions/{cid}/"):
+                seen[e["key"].rsplit("/", 1)[1]] = e["text"]
+        self.assertEqual(seen["transport"], "unix")
+        self.assertEqual(seen["address"], "unix")
+        self.assertRegex(seen["since"], r"^\d{4}-\d\d-\d\dT")
+        self.assertEqual(watcher.request("get", key="$SYS/version")["text"],
+                         c.welcome["server"].split("/")[1])
+        self.assertGreaterEqual(watcher.request("get", key="$SYS/sessions/count")["value"], 2)
+        # '#' never matches $-keys; the client cannot write them.
+        self.assertFalse([e for e in watcher.request("pget", pattern="#")["entries"]
+                          if e["key"].startswith("$")])
+        self.assertEqual(c.request("set", key="$SYS/version", text="x")["error"], "read_only")
+        c.close()
+        gone = set()
+        while len(gone) < 3:
+            e = watcher.recv()
+            if e.get("deleted") and e["key"].startswith(f"$SYS/sessions/{cid}/"):
+                gone.add(e["key"])
+        watcher.close()
+
     def test_unix_socket(self):
         c = Client(unix=self.sock_path)
         self.assertEqual(c.welcome["type"], "welcome")
