@@ -230,7 +230,7 @@ int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len)
 
 /* JSON text for `v`, with the fewest digits that give its reals back
  * exactly (jansson alone writes 0.1 as 0.10000000000000001). */
-static char *envelope__dump(const json_t *v)
+char *envelope_dump_json(const json_t *v)
 {
     for (unsigned precision = 15; precision <= 17; precision++) {
         char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(precision));
@@ -307,7 +307,7 @@ int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum st
         type = json_string_value(jtype);
     }
     if (value != NULL) {
-        if ((bytes = envelope__dump(value)) == NULL) {
+        if ((bytes = envelope_dump_json(value)) == NULL) {
             snprintf(why, why_len, "out of memory");
             return STORE_EINTERNAL;
         }

@@ -77,6 +77,15 @@ int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum st
 int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len);
 /* Checks a content type: 1..255 bytes of visible ASCII and spaces. */
 bool envelope_type_ok(const char *type);
+/* Compact JSON text for `v` with the fewest digits that give its reals back
+ * exactly (jansson alone writes 0.1 as 0.10000000000000001). malloc'd. */
+char *envelope_dump_json(const json_t *v);
+
+/* ---- cli.c ---- */
+
+/* The client commands (argv[0] is the program): get, set, del, ls, sub, pub,
+ * info. Returns the exit code. */
+int cli_main(int argc, char **argv);
 
 struct sys; /* sys.c */
 

@@ -17,6 +17,7 @@
 static void usage(FILE *out)
 {
     fprintf(out, "usage: almanac serve [-c FILE] [--OPTION VALUE ...]\n"
+                 "       almanac [-s HOST:PORT] [--json] get|set|del|ls|sub|pub|info ...\n"
                  "       almanac version\n"
                  "\n"
                  "Options are those of conf/almanac.conf; each can also be set as\n"
@@ -98,7 +99,5 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    fprintf(stderr, "almanac: unknown command '%s'\n", argv[1]);
-    usage(stderr);
-    return 2;
+    return cli_main(argc, argv);
 }

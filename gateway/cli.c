@@ -1,0 +1,421 @@
+/*
+ * cli.c — the client commands of `almanac`: get, set, del, ls, sub, pub,
+ * info. They speak the session protocol over TCP to a running server
+ * (-s HOST:PORT, else ALMANAC_SERVER, else 127.0.0.1:8481).
+ *
+ * Output is for people by default (values as they are, one key per line);
+ * --json prints the envelopes of API.md, one per line, made from the
+ * server's own text so every digit of a number is kept.
+ * Exit codes: 0 done, 1 the server said no (or went away), 2 usage or no
+ * connection.
+ */
+#include "gateway.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct cli {
+    FILE *in;  /* lines from the server */
+    FILE *out; /* requests to the server */
+    bool json;
+    long long next_id;
+};
+
+static int cli__usage(void)
+{
+    fprintf(stderr,
+            "usage: almanac [-s HOST:PORT] [--json] COMMAND ...\n"
+            "  get KEY|PATTERN      print a value, or every entry matching a pattern\n"
+            "  set KEY VALUE|-      set a key (- reads the value from standard input)\n"
+            "  del KEY|PATTERN      delete a key, or every key matching a pattern\n"
+            "  ls [KEY]             list the children of a key (or of the root)\n"
+            "  sub PATTERN          print the matching entries, then every change\n"
+            "  pub KEY VALUE        publish a transient value\n"
+            "  info                 print the server's $SYS keys\n"
+            "The server is -s HOST:PORT, else $ALMANAC_SERVER, else 127.0.0.1:8481.\n");
+    return 2;
+}
+
+static int cli__connect(struct cli *c, const char *server)
+{
+    char host[256];
+    const char *colon = strrchr(server, ':');
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    if (colon == NULL || (size_t)(colon - server) >= sizeof host) {
+        fprintf(stderr, "almanac: the server is HOST:PORT, not '%s'\n", server);
+        return -1;
+    }
+    memcpy(host, server, (size_t)(colon - server));
+    host[colon - server] = '\0';
+    int gai = getaddrinfo(host, colon + 1, &hints, &ai);
+    if (gai != 0) {
+        fprintf(stderr, "almanac: %s: %s\n", server, gai_strerror(gai));
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        fprintf(stderr, "almanac: cannot connect to %s: %s\n", server, strerror(errno));
+        freeaddrinfo(ai);
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    c->in = fdopen(fd, "r");
+    c->out = fdopen(dup(fd), "w");
+    return c->in && c->out ? 0 : -1;
+}
+
+/* The next line from the server (malloc'd, without its newline), or NULL. */
+static char *cli__line(struct cli *c)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, c->in);
+    if (n <= 0) {
+        free(line);
+        return NULL;
+    }
+    if (line[n - 1] == '\n')
+        line[n - 1] = '\0';
+    return line;
+}
+
+/* Sends a request (its "id" added) and returns the reply's text and JSON,
+ * or -1 when the connection is gone. */
+static int cli__request(struct cli *c, json_t *req, char **text, json_t **reply)
+{
+    long long id = ++c->next_id;
+    json_object_set_new(req, "id", json_integer(id));
+    char *s = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if (s == NULL || fprintf(c->out, "%s\n", s) < 0 || fflush(c->out) != 0) {
+        free(s);
+        return -1;
+    }
+    free(s);
+    for (;;) {
+        char *line = cli__line(c);
+        if (line == NULL)
+            return -1;
+        json_t *j = json_loads(line, 0, NULL);
+        json_t *jid = json_object_get(j, "id");
+        const char *type = json_string_value(json_object_get(j, "type"));
+        if (json_is_integer(jid) && json_integer_value(jid) == id && type != NULL &&
+            strcmp(type, "event") != 0) {
+            *text = line;
+            *reply = j;
+            return 0;
+        }
+        json_decref(j);
+        free(line);
+    }
+}
+
+/* Prints a reply that is an error; returns 1 for it, 0 for any other. */
+static int cli__failed(json_t *reply)
+{
+    if (strcmp(json_string_value(json_object_get(reply, "type")), "error") != 0)
+        return 0;
+    fprintf(stderr, "almanac: %s: %s\n", json_string_value(json_object_get(reply, "error")),
+            json_string_value(json_object_get(reply, "message")));
+    return 1;
+}
+
+/* Prints the API envelope in a server message: its own "type" and "id" (or
+ * "sub") go, and "content_type" is named "type" again. */
+static void cli__print_envelope(const char *msg)
+{
+    const char *key = strstr(msg, "\"key\":");
+    const char *ct = strstr(msg, ",\"content_type\":");
+    if (key == NULL)
+        return;
+    if (ct == NULL) /* a deletion */
+        printf("{%s\n", key);
+    else
+        printf("{%.*s,\"type\":%s\n", (int)(ct - key), key, ct + strlen(",\"content_type\":"));
+}
+
+/* Prints an entry for people: the value as it is; bytes raw when `raw`. */
+static void cli__print_value(json_t *e, bool raw)
+{
+    json_t *v = json_object_get(e, "value");
+    const char *text = json_string_value(json_object_get(e, "text"));
+    const char *b64 = json_string_value(json_object_get(e, "base64"));
+    if (v != NULL) {
+        char *s = envelope_dump_json(v);
+        printf("%s\n", s ? s : "");
+        free(s);
+    } else if (text != NULL)
+        printf("%s\n", text);
+    else if (b64 != NULL && raw) {
+        size_t n = strlen(b64);
+        unsigned char *bytes = malloc(n / 4 * 3 + 3);
+        int len = bytes ? EVP_DecodeBlock(bytes, (const unsigned char *)b64, (int)n) : -1;
+        if (len >= 0) {
+            len -= (n > 0 && b64[n - 1] == '=') + (n > 1 && b64[n - 2] == '=');
+            fwrite(bytes, 1, (size_t)len, stdout);
+        }
+        free(bytes);
+    } else if (b64 != NULL)
+        printf("<%zu bytes of %s>\n", strlen(b64) / 4 * 3,
+               json_string_value(json_object_get(e, "content_type")));
+}
+
+static void cli__print_entry(struct cli *c, const char *text, json_t *e)
+{
+    if (c->json) {
+        cli__print_envelope(text);
+        return;
+    }
+    if (json_is_true(json_object_get(e, "deleted"))) {
+        printf("%s (deleted)\n", json_string_value(json_object_get(e, "key")));
+        return;
+    }
+    printf("%s = ", json_string_value(json_object_get(e, "key")));
+    cli__print_value(e, false);
+}
+
+static json_t *cli__value_request(const char *type, const char *key, const char *value, size_t len)
+{
+    char *b64 = malloc(4 * ((len + 2) / 3) + 1);
+    if (b64 == NULL)
+        return NULL;
+    EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)value, (int)len);
+    json_t *req = json_pack("{s:s, s:s, s:s}", "type", type, "key", key, "base64", b64);
+    free(b64);
+    return req;
+}
+
+/* Reads all of standard input into a new buffer. */
+static char *cli__stdin(size_t *len)
+{
+    size_t cap = 4096;
+    char *buf = malloc(cap);
+    *len = 0;
+    while (buf != NULL) {
+        size_t n = fread(buf + *len, 1, cap - *len, stdin);
+        *len += n;
+        if (n == 0)
+            break;
+        if (*len == cap) {
+            char *p = realloc(buf, cap *= 2);
+            if (p == NULL)
+                free(buf);
+            buf = p;
+        }
+    }
+    return buf;
+}
+
+static int cli__get(struct cli *c, const char *arg)
+{
+    char why[256], *text;
+    bool wild;
+    json_t *reply;
+    if (store_pattern_check(arg, strlen(arg), SIZE_MAX, &wild, why, sizeof why) != STORE_OK) {
+        fprintf(stderr, "almanac: %s\n", why);
+        return 2;
+    }
+    if (!wild) {
+        if (cli__request(c, json_pack("{s:s,s:s}", "type", "get", "key", arg), &text, &reply) != 0)
+            return -1;
+        int rc = cli__failed(reply);
+        if (rc == 0 && c->json)
+            cli__print_envelope(text);
+        else if (rc == 0)
+            cli__print_value(reply, true);
+        json_decref(reply);
+        free(text);
+        return rc;
+    }
+    char *after = NULL;
+    for (;;) {
+        json_t *req = json_pack("{s:s,s:s,s:i}", "type", "pget", "pattern", arg, "limit", 1000);
+        if (after != NULL)
+            json_object_set_new(req, "after", json_string(after));
+        free(after);
+        after = NULL;
+        if (cli__request(c, req, &text, &reply) != 0)
+            return -1;
+        int rc = cli__failed(reply);
+        if (rc != 0) {
+            json_decref(reply);
+            free(text);
+            return rc;
+        }
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(reply, "entries"), i, e)
+        {
+            if (c->json) {
+                /* As an envelope: the content type is "type" again. */
+                json_t *copy = json_deep_copy(e);
+                json_object_set(copy, "type", json_object_get(copy, "content_type"));
+                json_object_del(copy, "content_type");
+                char *s = envelope_dump_json(copy);
+                printf("%s\n", s ? s : "");
+                free(s);
+                json_decref(copy);
+            } else
+                cli__print_entry(c, NULL, e);
+        }
+        const char *next = json_string_value(json_object_get(reply, "next"));
+        after = next ? strdup(next) : NULL;
+        json_decref(reply);
+        free(text);
+        if (after == NULL)
+            return 0;
+    }
+}
+
+static int cli__simple(struct cli *c, json_t *req, const char *what)
+{
+    char *text;
+    json_t *reply;
+    if (cli__request(c, req, &text, &reply) != 0)
+        return -1;
+    int rc = cli__failed(reply);
+    if (rc == 0 && c->json)
+        printf("%s\n", text);
+    else if (rc == 0 && strcmp(what, "set") == 0)
+        printf("rev %lld\n", (long long)json_integer_value(json_object_get(reply, "rev")));
+    else if (rc == 0 && strcmp(what, "del") == 0)
+        printf("deleted %lld\n", (long long)json_integer_value(json_object_get(reply, "deleted")));
+    else if (rc == 0 && strcmp(what, "ls") == 0) {
+        size_t i;
+        json_t *ch;
+        json_array_foreach(json_object_get(reply, "children"), i, ch)
+        {
+            const char *name = json_string_value(json_object_get(ch, "name"));
+            if (json_is_true(json_object_get(ch, "value")))
+                printf("%s\n", name);
+            if (json_is_true(json_object_get(ch, "children")))
+                printf("%s/\n", name);
+        }
+    }
+    json_decref(reply);
+    free(text);
+    return rc;
+}
+
+static int cli__sub(struct cli *c, const char *pattern)
+{
+    char *text;
+    json_t *reply;
+    if (cli__request(c, json_pack("{s:s,s:s}", "type", "subscribe", "pattern", pattern), &text,
+                     &reply) != 0)
+        return -1;
+    int rc = cli__failed(reply);
+    json_decref(reply);
+    free(text);
+    if (rc != 0)
+        return rc;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (;;) {
+        char *line = cli__line(c);
+        if (line == NULL) {
+            fprintf(stderr, "almanac: the server closed the connection\n");
+            return 1;
+        }
+        json_t *m = json_loads(line, 0, NULL);
+        const char *type = json_string_value(json_object_get(m, "type"));
+        if (type != NULL && strcmp(type, "event") == 0)
+            cli__print_entry(c, line, m);
+        else if (type != NULL && strcmp(type, "sync") == 0)
+            fprintf(stderr, "almanac: in sync at rev %lld; changes follow\n",
+                    (long long)json_integer_value(json_object_get(m, "rev")));
+        else if (type != NULL && strcmp(type, "error") == 0) {
+            cli__failed(m);
+            json_decref(m);
+            free(line);
+            return 1;
+        }
+        json_decref(m);
+        free(line);
+    }
+}
+
+int cli_main(int argc, char **argv)
+{
+    const char *server = getenv("ALMANAC_SERVER");
+    struct cli c = {0};
+    int i = 1, rc;
+
+    for (; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
+        if ((strcmp(argv[i], "-s") == 0 || strcmp(argv[i], "--server") == 0) && i + 1 < argc)
+            server = argv[++i];
+        else if (strcmp(argv[i], "--json") == 0)
+            c.json = true;
+        else
+            return cli__usage();
+    }
+    if (i == argc)
+        return cli__usage();
+    const char *cmd = argv[i++];
+    /* Flags may follow the command too: almanac get --json a/b. */
+    int n = 0;
+    char *args[3];
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            c.json = true;
+        else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc)
+            server = argv[++i];
+        else if (n < 3)
+            args[n++] = argv[i];
+        else
+            return cli__usage();
+    }
+    bool known = strcmp(cmd, "get") == 0 || strcmp(cmd, "set") == 0 || strcmp(cmd, "del") == 0 ||
+                 strcmp(cmd, "ls") == 0 || strcmp(cmd, "sub") == 0 || strcmp(cmd, "pub") == 0 ||
+                 strcmp(cmd, "info") == 0;
+    int want = strcmp(cmd, "set") == 0 || strcmp(cmd, "pub") == 0 ? 2
+               : strcmp(cmd, "info") == 0                         ? 0
+                                                                  : 1;
+    if (!known || (strcmp(cmd, "ls") == 0 ? n > 1 : n != want))
+        return cli__usage();
+    if (cli__connect(&c, server ? server : "127.0.0.1:8481") != 0)
+        return 2;
+    char *welcome = cli__line(&c);
+    free(welcome);
+    if (strcmp(cmd, "get") == 0)
+        rc = cli__get(&c, args[0]);
+    else if (strcmp(cmd, "info") == 0)
+        rc = cli__get(&c, "$SYS/#");
+    else if (strcmp(cmd, "sub") == 0)
+        rc = cli__sub(&c, args[0]);
+    else if (strcmp(cmd, "del") == 0)
+        rc = cli__simple(&c, json_pack("{s:s,s:s}", "type", "delete", "key", args[0]), "del");
+    else if (strcmp(cmd, "ls") == 0) {
+        json_t *req = json_pack("{s:s}", "type", "ls");
+        if (n == 1)
+            json_object_set_new(req, "key", json_string(args[0]));
+        rc = cli__simple(&c, req, "ls");
+    } else {
+        size_t len = 0;
+        char *value = strcmp(args[1], "-") == 0 ? cli__stdin(&len) : strdup(args[1]);
+        if (value == NULL)
+            return 2;
+        if (strcmp(args[1], "-") != 0)
+            len = strlen(value);
+        rc = cli__simple(&c, cli__value_request(strcmp(cmd, "set") == 0 ? "set" : "publish",
+                                                args[0], value, len),
+                         cmd);
+        if (rc == 0 && !c.json && strcmp(cmd, "pub") == 0)
+            printf("published\n");
+        free(value);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "almanac: the server closed the connection\n");
+        rc = 1;
+    }
+    fclose(c.in);
+    fclose(c.out);
+    return rc;
+}
