@@ -163,9 +163,12 @@ static void cli__print_value(json_t *e, bool raw)
             fwrite(bytes, 1, (size_t)len, stdout);
         }
         free(bytes);
-    } else if (b64 != NULL)
-        printf("<%zu bytes of %s>\n", strlen(b64) / 4 * 3,
+    } else if (b64 != NULL) {
+        size_t n = strlen(b64);
+        size_t pad = (size_t)((n > 0 && b64[n - 1] == '=') + (n > 1 && b64[n - 2] == '='));
+        printf("<%zu bytes of %s>\n", n / 4 * 3 - pad,
                json_string_value(json_object_get(e, "content_type")));
+    }
 }
 
 static void cli__print_entry(struct cli *c, const char *text, json_t *e)

@@ -49,20 +49,22 @@ class Cli(unittest.TestCase):
 
     def test_binary_through_stdin(self):
         blob = bytes(range(256)) * 10
-        self.assertEqual(self.run_cli("set", "cli/bin", "-", stdin=blob).returncode, 0)
-        self.assertEqual(self.run_cli("get", "cli/bin").stdout, blob)
-        self.assertEqual(curl(self.d, "GET", "/api/v1/keys/cli/bin").body, blob)
+        self.assertEqual(self.run_cli("set", "clibin/x", "-", stdin=blob).returncode, 0)
+        self.assertEqual(self.run_cli("get", "clibin/x").stdout, blob)
+        self.assertEqual(self.run_cli("get", "clibin/#").stdout,
+                         b"clibin/x = <2560 bytes of application/octet-stream>\n")
+        self.assertEqual(curl(self.d, "GET", "/api/v1/keys/clibin/x").body, blob)
 
     def test_sub_and_pub(self):
-        self.run_cli("set", "cli/sub/a", "1")
-        p = subprocess.Popen([harness.BINARY, "sub", "cli/sub/#"], stdout=subprocess.PIPE,
+        self.run_cli("set", "clisub/a", "1")
+        p = subprocess.Popen([harness.BINARY, "sub", "clisub/#"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=self.env)
-        self.assertEqual(p.stdout.readline(), b"cli/sub/a = 1\n")
+        self.assertEqual(p.stdout.readline(), b"clisub/a = 1\n")
         self.assertIn(b"in sync at rev", p.stderr.readline())
-        self.assertEqual(self.run_cli("pub", "cli/sub/p", "hello").stdout, b"published\n")
-        self.run_cli("del", "cli/sub/a")
-        self.assertEqual(p.stdout.readline(), b"cli/sub/p = hello\n")
-        self.assertEqual(p.stdout.readline(), b"cli/sub/a (deleted)\n")
+        self.assertEqual(self.run_cli("pub", "clisub/p", "hello").stdout, b"published\n")
+        self.run_cli("del", "clisub/a")
+        self.assertEqual(p.stdout.readline(), b"clisub/p = hello\n")
+        self.assertEqual(p.stdout.readline(), b"clisub/a (deleted)\n")
         p.send_signal(signal.SIGINT)
         self.assertNotEqual(p.wait(10), 0)
         p.stdout.close()
