@@ -173,7 +173,7 @@ static void cli__print_value(json_t *e, bool raw)
 
 static void cli__print_entry(struct cli *c, const char *text, json_t *e)
 {
-    if (c->json) {
+    if (c->json && text != NULL) {
         cli__print_envelope(text);
         return;
     }

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
-static bool buf__reserve(struct buf *b, size_t more)
+bool buf_reserve(struct buf *b, size_t more)
 {
     if (b->oom)
         return false;
@@ -37,7 +37,7 @@ static bool buf__reserve(struct buf *b, size_t more)
 
 void buf_add(struct buf *b, const void *data, size_t len)
 {
-    if (!buf__reserve(b, len))
+    if (!buf_reserve(b, len))
         return;
     memcpy(b->p + b->len, data, len);
     b->len += len;
@@ -55,12 +55,24 @@ void buf_addf(struct buf *b, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0 || !buf__reserve(b, (size_t)n))
+    if (n < 0 || !buf_reserve(b, (size_t)n))
         return;
     va_start(ap, fmt);
     vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
     b->len += (size_t)n;
+}
+
+void buf_add_i64(struct buf *b, int64_t n)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    uint64_t u = n < 0 ? 0 - (uint64_t)n : (uint64_t)n;
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (n < 0)
+        *--p = '-';
+    buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
 }
 
 void buf_add_jstr(struct buf *b, const char *s, size_t len)
@@ -129,7 +141,7 @@ static void envelope__add_base64(struct buf *b, const void *data, size_t len)
 {
     size_t out = 4 * ((len + 2) / 3);
     buf_add(b, "\"", 1);
-    if (buf__reserve(b, out)) {
+    if (buf_reserve(b, out)) {
         EVP_EncodeBlock((unsigned char *)b->p + b->len, data, (int)len);
         b->len += out;
     }
@@ -144,14 +156,26 @@ void envelope_add(struct buf *b, const char *key, size_t klen, const struct stor
 void envelope_add_as(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
                      const char *type_field)
 {
+    buf_add(b, "{", 1);
+    envelope_add_fields(b, key, klen, e, type_field);
+}
+
+void envelope_add_fields(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
+                         const char *type_field)
+{
     size_t vlen;
     const char *value = store_entry_value(e, &vlen);
     const char *type = store_entry_type(e), *labels = store_entry_labels(e);
 
-    buf_adds(b, "{\"key\":");
+    buf_adds(b, "\"key\":");
     buf_add_jstr(b, key, klen);
-    buf_addf(b, ",\"rev\":%lld,\"ts\":%lld,\"%s\":", (long long)store_entry_rev(e),
-             (long long)store_entry_ts(e), type_field);
+    buf_adds(b, ",\"rev\":");
+    buf_add_i64(b, store_entry_rev(e));
+    buf_adds(b, ",\"ts\":");
+    buf_add_i64(b, store_entry_ts(e));
+    buf_adds(b, ",\"");
+    buf_adds(b, type_field);
+    buf_adds(b, "\":");
     buf_add_jstr(b, type, strlen(type));
     if (store_type_is_json(type)) {
         buf_adds(b, ",\"value\":");
@@ -165,7 +189,9 @@ void envelope_add_as(struct buf *b, const char *key, size_t klen, const struct s
     }
     buf_adds(b, ",\"labels\":");
     buf_adds(b, labels ? labels : "{}");
-    buf_addf(b, ",\"origin\":\"%s\"}", store_origin_name(store_entry_origin(e)));
+    buf_adds(b, ",\"origin\":\"");
+    buf_adds(b, store_origin_name(store_entry_origin(e)));
+    buf_adds(b, "\"}");
 }
 
 void envelope_add_deleted(struct buf *b, const char *key, size_t klen, int64_t rev, int64_t ts)

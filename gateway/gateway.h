@@ -49,6 +49,9 @@ struct buf {
     bool oom;
 };
 void buf_add(struct buf *b, const void *data, size_t len);
+/* Makes room for `more` bytes; false when out of memory. */
+bool buf_reserve(struct buf *b, size_t more);
+void buf_add_i64(struct buf *b, int64_t n);
 void buf_adds(struct buf *b, const char *s);
 void buf_addf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends `len` bytes of UTF-8 as a quoted JSON string. */
@@ -62,6 +65,10 @@ void envelope_add(struct buf *b, const char *key, size_t klen, const struct stor
  * a "type" of their own, so there it is "content_type", as in `set`. */
 void envelope_add_as(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
                      const char *type_field);
+/* The fields of that envelope and its closing brace, for a message that
+ * opens with fields of its own ({"type":"event","sub":1, ...). */
+void envelope_add_fields(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
+                         const char *type_field);
 /* Appends the deletion form. */
 void envelope_add_deleted(struct buf *b, const char *key, size_t klen, int64_t rev, int64_t ts);
 /* An entry from a JSON object carrying exactly one of `value`, `text`,
@@ -115,6 +122,8 @@ int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len,
 /* Queues one message (without framing) to `c`, from any thread. A queue over
  * its bound closes the session with too_slow. */
 void conn_send(struct conn *c, const char *msg, size_t len);
+/* The same, taking over the text of `b` (left empty) instead of copying. */
+void conn_send_buf(struct conn *c, struct buf *b);
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
 

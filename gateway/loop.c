@@ -42,7 +42,8 @@
 struct msg {
     struct msg *next;
     size_t len;
-    char data[];
+    char *data; /* `own` for a copied message, or a buffer taken over */
+    char own[];
 };
 
 struct conn {
@@ -99,11 +100,18 @@ void conn_ref(struct conn *c)
     atomic_fetch_add(&c->refs, 1);
 }
 
+static void msg__free(struct msg *m)
+{
+    if (m->data != m->own)
+        free(m->data);
+    free(m);
+}
+
 static void conn__drop_queue(struct conn *c)
 {
     while (c->head != NULL) {
         struct msg *next = c->head->next;
-        free(c->head);
+        msg__free(c->head);
         c->head = next;
     }
     c->tail = NULL;
@@ -147,6 +155,7 @@ static struct msg *msg__new(const char *data, size_t len, bool newline)
     if (m == NULL)
         return NULL;
     m->next = NULL;
+    m->data = m->own;
     memcpy(m->data, data, len);
     if (newline)
         m->data[len++] = '\n';
@@ -188,11 +197,15 @@ static void conn__close_soon(struct conn *c)
     pthread_mutex_unlock(&c->lock);
 }
 
-void conn_send(struct conn *c, const char *data, size_t len)
+/* Queues `data`: copied, or taken over (a malloc'd buffer with a spare byte
+ * for the newline) when `take`. */
+static void conn__send(struct conn *c, char *data, size_t len, bool take)
 {
     pthread_mutex_lock(&c->lock);
     if (c->dead || c->closing) {
         pthread_mutex_unlock(&c->lock);
+        if (take)
+            free(data);
         return;
     }
     if (c->queued + len > c->loop->cfg->session_queue_bytes) {
@@ -219,14 +232,41 @@ void conn_send(struct conn *c, const char *data, size_t len)
         log_info("session %s: closed: too slow", c->address);
         conn__set_closing(c);
         pthread_mutex_unlock(&c->lock);
+        if (take)
+            free(data);
         return;
     }
-    struct msg *m = msg__new(data, len, c->transport != CONN_WS);
+    struct msg *m;
+    if (take && (m = malloc(sizeof *m)) != NULL) {
+        m->next = NULL;
+        m->data = data;
+        if (c->transport != CONN_WS)
+            data[len++] = '\n';
+        m->len = len;
+    } else {
+        m = msg__new(data, len, c->transport != CONN_WS);
+        if (take)
+            free(data);
+    }
     if (m != NULL) {
         conn__append(c, m);
         conn__mark(c);
     }
     pthread_mutex_unlock(&c->lock);
+}
+
+void conn_send(struct conn *c, const char *data, size_t len)
+{
+    conn__send(c, (char *)data, len, false);
+}
+
+void conn_send_buf(struct conn *c, struct buf *b)
+{
+    if (!b->oom && buf_reserve(b, 1)) /* room for the newline */
+        conn__send(c, b->p, b->len, true);
+    else
+        buf_free(b);
+    *b = (struct buf){0};
 }
 
 void session_error_close(struct conn *c, int err, const char *text)
@@ -317,7 +357,7 @@ static int loop__flush_lines(struct loop *l, struct conn *c)
             c->queued -= m->len;
             c->head = m->next;
             c->head_off = 0;
-            free(m);
+            msg__free(m);
         }
         if (c->head == NULL)
             c->tail = NULL;
@@ -463,7 +503,7 @@ static int loop__flush_ws(struct loop *l, struct conn *c)
             break;
         struct wslay_event_msg wm = {WSLAY_TEXT_FRAME, (const uint8_t *)m->data, m->len};
         wslay_event_queue_msg(c->ws, &wm); /* copies; refused once a close is queued */
-        free(m);
+        msg__free(m);
         if (wslay_event_send(c->ws) != 0)
             return -1;
     }

@@ -74,9 +74,7 @@ static const struct {
 
 static void session__send(struct session *s, struct buf *b)
 {
-    if (!b->oom)
-        conn_send(s->conn, b->p, b->len);
-    buf_free(b);
+    conn_send_buf(s->conn, b);
 }
 
 static void session__error(struct session *s, const json_int_t *id, int err, const char *fmt, ...)
@@ -105,13 +103,8 @@ static void session__error(struct session *s, const json_int_t *id, int err, con
 static void session__add_envelope(struct buf *b, const char *head, const char *key, size_t klen,
                                   const struct store_entry *e)
 {
-    struct buf env = {0};
-    envelope_add_as(&env, key, klen, e, "content_type");
     buf_adds(b, head);
-    if (!env.oom)
-        buf_add(b, env.p + 1, env.len - 1);
-    b->oom |= env.oom;
-    buf_free(&env);
+    envelope_add_fields(b, key, klen, e, "content_type");
 }
 
 /* ---- the start ---- */
@@ -631,11 +624,23 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
     session__send(s, &b);
     char head[64];
     snprintf(head, sizeof head, "{\"type\":\"event\",\"sub\":%llu,", (unsigned long long)cs->id);
+    /* Over a line transport the snapshot goes in chunks of many lines; a
+     * WebSocket takes one message a frame. */
+    struct buf chunk = {0};
     for (size_t i = 0; i < snap.n; i++) {
-        struct buf e = {0};
-        session__add_envelope(&e, head, snap.keys[i], snap.klens[i], snap.entries[i]);
-        session__send(s, &e);
+        if (chunk.len > 0)
+            buf_add(&chunk, "\n", 1);
+        else if (s->transport != CONN_WS)
+            buf_reserve(&chunk, 80 * 1024);
+        session__add_envelope(&chunk, head, snap.keys[i], snap.klens[i], snap.entries[i]);
+        if (s->transport == CONN_WS || chunk.len >= 65536) {
+            session__send(s, &chunk);
+            chunk = (struct buf){0};
+        }
     }
+    if (chunk.len > 0)
+        session__send(s, &chunk);
+    buf_free(&chunk);
     store_snapshot_free(&snap);
     buf_addf(&b, "{\"type\":\"sync\",\"sub\":%llu,\"rev\":%lld}", (unsigned long long)cs->id,
              (long long)rev);

@@ -178,13 +178,13 @@ bool store_pattern_match(const char *pat, size_t plen, const char *key, size_t k
 
 int store_key_cmp(const char *a, size_t alen, const char *b, size_t blen)
 {
-    size_t n = alen < blen ? alen : blen;
-    for (size_t i = 0; i < n; i++) {
-        /* '/' sorts below every other byte: segment-by-segment order. */
-        int ca = a[i] == '/' ? 0 : (unsigned char)a[i] + 1;
-        int cb = b[i] == '/' ? 0 : (unsigned char)b[i] + 1;
-        if (ca != cb)
-            return ca - cb;
-    }
-    return (alen > blen) - (alen < blen);
+    size_t n = alen < blen ? alen : blen, i = 0;
+    while (i < n && a[i] == b[i])
+        i++;
+    if (i == n)
+        return (alen > blen) - (alen < blen);
+    /* '/' sorts below every other byte: segment-by-segment order. */
+    int ca = a[i] == '/' ? 0 : (unsigned char)a[i] + 1;
+    int cb = b[i] == '/' ? 0 : (unsigned char)b[i] + 1;
+    return ca - cb;
 }

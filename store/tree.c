@@ -27,12 +27,15 @@
  */
 #include "store_int.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define TREE_CHAIN_MAX 8
 #define TREE_LOAD      2 /* children per bucket before the table grows */
+#define SORT_CACHE     8   /* sorted child arrays kept for wide nodes */
+#define SORT_CACHE_MIN 256 /* children from which a node's sort is kept */
 #define SLAB_PAGE      (64 * 1024)
 #define SLAB_MAX       512 /* nodes above this many bytes come from malloc */
 
@@ -58,9 +61,24 @@ struct slab_page {
     char mem[];
 };
 
+/* Walks and ls sort a node's children; for wide nodes the result is kept
+ * until the tree's shape (which nodes exist) changes, so paging through a
+ * node of 100,000 children does not sort them again for every page. */
+struct sort_cache {
+    const struct node *n;
+    uint64_t shape;
+    struct node **kids;
+    size_t count;
+    uint64_t used;
+};
+
 struct tree {
     struct node root;
     uint64_t count;
+    uint64_t shape; /* bumped whenever a node is added or removed */
+    pthread_mutex_t cache_lock; /* readers share the cache */
+    struct sort_cache cache[SORT_CACHE];
+    uint64_t clock;
     struct slab_page *pages;
     char *bump; /* the free end of the newest page */
     size_t left;
@@ -286,7 +304,48 @@ static struct node **node__sorted(const struct node *n, size_t *count)
 
 struct tree *tree__new(void)
 {
-    return calloc(1, sizeof(struct tree));
+    struct tree *t = calloc(1, sizeof(struct tree));
+    if (t != NULL)
+        pthread_mutex_init(&t->cache_lock, NULL);
+    return t;
+}
+
+/* The children of `n` sorted, in a new array the caller frees (NULL when
+ * there are none or out of memory). */
+static struct node **tree__sorted(const struct tree *ct, const struct node *n, size_t *count)
+{
+    struct tree *t = (struct tree *)ct; /* the cache changes under readers too */
+    if (n->nkids < SORT_CACHE_MIN)
+        return node__sorted(n, count);
+    struct node **v = malloc(n->nkids * sizeof *v);
+    if (v == NULL)
+        return NULL;
+    pthread_mutex_lock(&t->cache_lock);
+    struct sort_cache *lru = &t->cache[0];
+    for (size_t i = 0; i < SORT_CACHE; i++) {
+        struct sort_cache *e = &t->cache[i];
+        if (e->n == n && e->shape == t->shape && e->kids != NULL) {
+            memcpy(v, e->kids, e->count * sizeof *v);
+            *count = e->count;
+            e->used = ++t->clock;
+            pthread_mutex_unlock(&t->cache_lock);
+            return v;
+        }
+        if (e->used < lru->used)
+            lru = e;
+    }
+    pthread_mutex_unlock(&t->cache_lock);
+    struct node **sorted = node__sorted(n, count);
+    if (sorted == NULL) {
+        free(v);
+        return NULL;
+    }
+    memcpy(v, sorted, *count * sizeof *v);
+    pthread_mutex_lock(&t->cache_lock);
+    free(lru->kids);
+    *lru = (struct sort_cache){n, t->shape, sorted, *count, ++t->clock};
+    pthread_mutex_unlock(&t->cache_lock);
+    return v;
 }
 
 void tree__free(struct tree *t)
@@ -294,6 +353,9 @@ void tree__free(struct tree *t)
     if (t == NULL)
         return;
     node__free_kids(&t->root);
+    for (size_t i = 0; i < SORT_CACHE; i++)
+        free(t->cache[i].kids);
+    pthread_mutex_destroy(&t->cache_lock);
     while (t->pages != NULL) {
         struct slab_page *next = t->pages->next;
         free(t->pages);
@@ -365,7 +427,7 @@ static bool tree__pos(const struct tree *t, const char *key, size_t klen, struct
 /* Calls fn(arg, child, segment, seglen) for each child of `p` in segment
  * order. Returns -1 when out of memory. */
 typedef void (*pos_kid_fn)(void *arg, struct pos kid, const char *seg, size_t len);
-static int pos__kids(struct pos p, pos_kid_fn fn, void *arg)
+static int pos__kids(const struct tree *t, struct pos p, pos_kid_fn fn, void *arg)
 {
     if (!pos__at_node(p)) {
         size_t from = p.end + 1, e = seg_end(p.n->name, p.n->nlen, from);
@@ -373,7 +435,7 @@ static int pos__kids(struct pos p, pos_kid_fn fn, void *arg)
         return 0;
     }
     size_t count;
-    struct node **kids = node__sorted(p.n, &count);
+    struct node **kids = tree__sorted(t, p.n, &count);
     if (kids == NULL && p.n->nkids > 0)
         return -1;
     for (size_t i = 0; i < count; i++) {
@@ -446,12 +508,15 @@ int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *
             }
             c->entry = e;
             t->count++;
+            t->shape++;
             return STORE_OK;
         }
         /* c starts with rem's first segment; keep what they share. */
         size_t common = common_segments(c->name, c->nlen, rem, rlen);
         if (common < c->nlen && node__split(t, c, common) != 0)
             return STORE_EINTERNAL;
+        if (common < c->nlen)
+            t->shape++;
         if (common == rlen) {
             *old = c->entry;
             c->entry = e;
@@ -515,6 +580,7 @@ struct store_entry *tree__del(struct tree *t, const char *key, size_t klen)
         return NULL;
     n->entry = NULL;
     t->count--;
+    t->shape++;
     if (n->nkids == 0) {
         /* Invariant 1: n goes, and its parent may be left with one child. */
         node__unlink(parent, n);
@@ -529,6 +595,7 @@ struct store_entry *tree__del(struct tree *t, const char *key, size_t klen)
 /* ---- pattern walks in key order ---- */
 
 struct walk {
+    const struct tree *t;
     const char *pat;
     size_t plen;
     const char *after; /* NULL: no cursor */
@@ -603,7 +670,7 @@ static void walk__kid(void *arg, struct pos kid, const char *seg, size_t len);
 static void walk__kids(struct walk *w, struct pos p, size_t pi, bool root)
 {
     struct walk__kids_ctx k = {w, pi, root, w->len};
-    if (!w->stop && pos__kids(p, walk__kid, &k) != 0)
+    if (!w->stop && pos__kids(w->t, p, walk__kid, &k) != 0)
         w->stop = true;
 }
 
@@ -662,6 +729,7 @@ void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *
                 size_t limit, store_visit_fn visit, void *arg, bool *more)
 {
     struct walk w = {
+        .t = t,
         .pat = pat,
         .plen = plen,
         .after = after,
@@ -693,5 +761,5 @@ int tree__ls(const struct tree *t, bool root, const char *key, size_t klen, stor
     struct ls_ctx l = {child, arg};
     if (!root && !tree__pos(t, key, klen, &p))
         return STORE_ENOTFOUND;
-    return pos__kids(p, ls__kid, &l) == 0 ? STORE_OK : STORE_EINTERNAL;
+    return pos__kids(t, p, ls__kid, &l) == 0 ? STORE_OK : STORE_EINTERNAL;
 }

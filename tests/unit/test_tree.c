@@ -244,10 +244,23 @@ static void test_wide_node(void **state)
         assert_int_equal(tree__set(t, key, strlen(key), e, &old), STORE_OK);
         assert_null(old);
     }
+    /* Wide enough for the sorted-children cache: a walk fills it, deletes
+     * must invalidate it. */
+    struct seen *first = calloc(1, sizeof *first);
+    bool more;
+    tree__walk(t, "w/+/t", 5, NULL, 0, 100, on_visit, first, &more);
+    assert_true(more);
+    assert_string_equal(first->keys[0], "w/0/t");
     for (int i = 0; i < 5000; i += 2) {
         snprintf(key, sizeof key, "w/%d/t", i);
         store_entry_unref(tree__del(t, key, strlen(key)));
     }
+    struct seen *again = calloc(1, sizeof *again);
+    tree__walk(t, "w/+/t", 5, NULL, 0, 100, on_visit, again, &more);
+    assert_string_equal(again->keys[0], "w/1/t"); /* not the deleted w/0/t */
+    assert_string_equal(again->keys[1], "w/1001/t"); /* segment order */
+    free(first);
+    free(again);
     assert_int_equal(tree__count(t), 2500);
     for (int i = 0; i < 5000; i++) {
         snprintf(key, sizeof key, "w/%d/t", i);
