@@ -29,16 +29,15 @@ struct cli {
 
 static int cli__usage(void)
 {
-    fprintf(stderr,
-            "usage: almanac [-s HOST:PORT] [--json] COMMAND ...\n"
-            "  get KEY|PATTERN      print a value, or every entry matching a pattern\n"
-            "  set KEY VALUE|-      set a key (- reads the value from standard input)\n"
-            "  del KEY|PATTERN      delete a key, or every key matching a pattern\n"
-            "  ls [KEY]             list the children of a key (or of the root)\n"
-            "  sub PATTERN          print the matching entries, then every change\n"
-            "  pub KEY VALUE        publish a transient value\n"
-            "  info                 print the server's $SYS keys\n"
-            "The server is -s HOST:PORT, else $ALMANAC_SERVER, else 127.0.0.1:8481.\n");
+    fprintf(stderr, "usage: almanac [-s HOST:PORT] [--json] COMMAND ...\n"
+                    "  get KEY|PATTERN      print a value, or every entry matching a pattern\n"
+                    "  set KEY VALUE|-      set a key (- reads the value from standard input)\n"
+                    "  del KEY|PATTERN      delete a key, or every key matching a pattern\n"
+                    "  ls [KEY]             list the children of a key (or of the root)\n"
+                    "  sub PATTERN          print the matching entries, then every change\n"
+                    "  pub KEY VALUE        publish a transient value\n"
+                    "  info                 print the server's $SYS keys\n"
+                    "The server is -s HOST:PORT, else $ALMANAC_SERVER, else 127.0.0.1:8481.\n");
     return 2;
 }
 
@@ -407,9 +406,10 @@ int cli_main(int argc, char **argv)
             return 2;
         if (strcmp(args[1], "-") != 0)
             len = strlen(value);
-        rc = cli__simple(&c, cli__value_request(strcmp(cmd, "set") == 0 ? "set" : "publish",
-                                                args[0], value, len),
-                         cmd);
+        rc = cli__simple(
+            &c,
+            cli__value_request(strcmp(cmd, "set") == 0 ? "set" : "publish", args[0], value, len),
+            cmd);
         if (rc == 0 && !c.json && strcmp(cmd, "pub") == 0)
             printf("published\n");
         free(value);

@@ -10,6 +10,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,8 +183,7 @@ static int config__max_message_bytes(struct config *cfg, const char *value, char
 static int config__session_queue_bytes(struct config *cfg, const char *value, char *why,
                                        size_t why_len)
 {
-    return config__size_in(value, 4096, (size_t)1 << 34, &cfg->session_queue_bytes, why,
-                           why_len);
+    return config__size_in(value, 4096, (size_t)1 << 34, &cfg->session_queue_bytes, why, why_len);
 }
 
 static int config__count(const char *value, unsigned lo, unsigned hi, unsigned *out, char *why,
@@ -227,10 +227,14 @@ static const struct {
 } config__options[] = {
     {"http_listen", config__http_listen},
     {"tcp_listen", config__tcp_listen},
-    {"unix_socket", config__unix_socket},       {"data_dir", config__data_dir},
-    {"durability", config__durability},         {"log_level", config__log_level},
-    {"max_key_bytes", config__max_key_bytes},   {"max_value_bytes", config__max_value_bytes},
-    {"max_body_bytes", config__max_body_bytes}, {"max_db_bytes", config__max_db_bytes},
+    {"unix_socket", config__unix_socket},
+    {"data_dir", config__data_dir},
+    {"durability", config__durability},
+    {"log_level", config__log_level},
+    {"max_key_bytes", config__max_key_bytes},
+    {"max_value_bytes", config__max_value_bytes},
+    {"max_body_bytes", config__max_body_bytes},
+    {"max_db_bytes", config__max_db_bytes},
     {"http_threads", config__http_threads},
     {"max_message_bytes", config__max_message_bytes},
     {"session_queue_bytes", config__session_queue_bytes},
@@ -410,4 +414,30 @@ void config_free(struct config *cfg)
     free(cfg->tcp_listen);
     free(cfg->unix_socket);
     cfg->http_listen = cfg->data_dir = cfg->tcp_listen = cfg->unix_socket = NULL;
+}
+
+int config_resolve(const char *option, const char *spec, struct addrinfo **ai, char *host,
+                   size_t host_len, char *why, size_t why_len)
+{
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    const char *colon = strrchr(spec, ':');
+    size_t hlen = colon ? (size_t)(colon - spec) : 0;
+
+    if (colon == NULL || hlen >= host_len) {
+        snprintf(why, why_len, "%s %s: not HOST:PORT", option, spec);
+        return -1;
+    }
+    memcpy(host, spec, hlen);
+    host[hlen] = '\0';
+    if (host[0] == '[' && hlen > 2 && host[hlen - 1] == ']') { /* [::1]:8480 */
+        memmove(host, host + 1, hlen - 2);
+        host[hlen - 2] = '\0';
+    }
+    int gai = getaddrinfo(host, colon + 1, &hints, ai);
+    if (gai != 0) {
+        snprintf(why, why_len, "%s %s: %s", option, spec, gai_strerror(gai));
+        return -1;
+    }
+    return 0;
 }

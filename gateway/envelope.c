@@ -379,3 +379,33 @@ out:
     free(labels);
     return err;
 }
+
+void envelope_list_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct envelope_list *l = arg;
+    if (l->n++)
+        buf_add(l->b, ",", 1);
+    envelope_add_as(l->b, key, klen, e, l->type_field);
+    l->last.len = 0;
+    buf_add(&l->last, key, klen);
+}
+
+void envelope_list_end(struct envelope_list *l, bool more)
+{
+    buf_adds(l->b, "],\"next\":");
+    if (more && l->n > 0)
+        buf_add_jstr(l->b, l->last.p, l->last.len);
+    else
+        buf_adds(l->b, "null");
+    l->b->oom |= l->last.oom;
+    buf_free(&l->last);
+}
+
+void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool children)
+{
+    struct envelope_children *l = arg;
+    buf_adds(l->b, l->n++ ? ",{\"name\":" : "{\"name\":");
+    buf_add_jstr(l->b, name, nlen);
+    buf_adds(l->b, value ? ",\"value\":true" : ",\"value\":false");
+    buf_adds(l->b, children ? ",\"children\":true}" : ",\"children\":false}");
+}

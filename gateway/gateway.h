@@ -18,11 +18,11 @@ struct config {
     enum store_durability durability;
     enum log_level log_level;
     struct store_limits limits;
-    size_t max_body_bytes; /* batch and import bodies */
-    size_t max_db_bytes;   /* 0: no cap on almanac.db */
-    unsigned http_threads; /* 0: one per core */
-    char *tcp_listen;      /* "host:port" or "off" */
-    char *unix_socket;     /* a path, or NULL */
+    size_t max_body_bytes;      /* batch and import bodies */
+    size_t max_db_bytes;        /* 0: no cap on almanac.db */
+    unsigned http_threads;      /* 0: one per core */
+    char *tcp_listen;           /* "host:port" or "off" */
+    char *unix_socket;          /* a path, or NULL */
     size_t max_message_bytes;   /* one session message */
     size_t session_queue_bytes; /* a session's outbound queue */
     unsigned max_sessions;
@@ -38,6 +38,12 @@ int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why
 void config_free(struct config *cfg);
 /* Parses "1024", "64KiB", "1MiB", "1GiB", "10MB"; -1 when malformed. */
 int config_parse_size(const char *text, size_t *out);
+/* Resolves the HOST:PORT (or [V6]:PORT) of option `option`: the address
+ * in `*ai` (freeaddrinfo it) and the bare host in `host`. Returns 0, or -1
+ * with a sentence in `why`. */
+struct addrinfo;
+int config_resolve(const char *option, const char *spec, struct addrinfo **ai, char *host,
+                   size_t host_len, char *why, size_t why_len);
 
 /* ---- envelope.c: entries as JSON text ---- */
 
@@ -88,6 +94,25 @@ bool envelope_type_ok(const char *type);
  * exactly (jansson alone writes 0.1 as 0.10000000000000001). malloc'd. */
 char *envelope_dump_json(const json_t *v);
 
+/* The pieces of list answers, shared by HTTP and sessions. `envelope_list`
+ * is the store_pget visitor writing envelopes (with `type_field`) and
+ * keeping the last key as the next cursor; `envelope_child` the
+ * store_ls visitor writing {"name","value","children"} objects. */
+struct envelope_list {
+    struct buf *b;
+    const char *type_field;
+    size_t n;
+    struct buf last;
+};
+void envelope_list_visit(void *arg, const char *key, size_t klen, const struct store_entry *e);
+/* Appends `],"next":<cursor or null>` after the entries and frees `last`. */
+void envelope_list_end(struct envelope_list *l, bool more);
+struct envelope_children {
+    struct buf *b;
+    size_t n;
+};
+void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool children);
+
 /* ---- cli.c ---- */
 
 /* The client commands (argv[0] is the program): get, set, del, ls, sub, pub,
@@ -116,8 +141,8 @@ unsigned short loop_tcp_port(const struct loop *l);
 uint64_t loop_next_id(struct loop *l);
 unsigned loop_sessions(const struct loop *l);
 /* Hands over an upgraded WebSocket connection (fd, and bytes already read). */
-int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len,
-                  const char *address, void (*closed)(void *), void *closed_arg);
+int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len, const char *address,
+                  void (*closed)(void *), void *closed_arg);
 
 /* Queues one message (without framing) to `c`, from any thread. A queue over
  * its bound closes the session with too_slow. */
@@ -160,8 +185,8 @@ void sys_session_close(struct sys *sys, const char *client_id, unsigned count);
 struct http;
 /* Starts serving `store` on cfg->http_listen. Returns 0, or -1 with a
  * sentence in `why`. */
-int http_start(struct store *store, const struct config *cfg, struct loop *loop,
-               struct http **out, char *why, size_t why_len);
+int http_start(struct store *store, const struct config *cfg, struct loop *loop, struct http **out,
+               char *why, size_t why_len);
 /* The port actually bound (for "host:0"). */
 unsigned short http_port(const struct http *h);
 /* Stops accepting connections; requests under way go on. */

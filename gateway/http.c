@@ -575,22 +575,6 @@ static enum MHD_Result http__get_key(struct req *r)
     return http__queue(r, not_modified ? 304 : 200, resp);
 }
 
-struct http__list {
-    struct buf *b;
-    size_t n;
-    struct buf last; /* a copy of the last key listed: the next cursor */
-};
-
-static void http__list_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
-{
-    struct http__list *l = arg;
-    if (l->n++)
-        buf_add(l->b, ",", 1);
-    envelope_add(l->b, key, klen, e);
-    l->last.len = 0;
-    buf_add(&l->last, key, klen);
-}
-
 static int http__limit(struct req *r, size_t *limit, enum MHD_Result *answer)
 {
     const char *s = http__arg(r, "limit");
@@ -619,16 +603,10 @@ static enum MHD_Result http__get_pattern(struct req *r)
     if (http__limit(r, &limit, &answer) != 0)
         return answer;
     buf_adds(&b, "{\"entries\":[");
-    struct http__list l = {.b = &b};
+    struct envelope_list l = {.b = &b, .type_field = "type"};
     store_pget(r->h->store, r->path, r->plen, after, after ? strlen(after) : 0, limit,
-               http__list_visit, &l, &more);
-    buf_adds(&b, "],\"next\":");
-    if (more && l.n > 0)
-        buf_add_jstr(&b, l.last.p, l.last.len);
-    else
-        buf_adds(&b, "null");
-    b.oom |= l.last.oom;
-    buf_free(&l.last);
+               envelope_list_visit, &l, &more);
+    envelope_list_end(&l, more);
     buf_adds(&b, "}");
     return http__json(r, 200, &b);
 }
@@ -693,20 +671,6 @@ static enum MHD_Result http__publish(struct req *r)
     return http__json(r, 202, &b);
 }
 
-struct http__ls {
-    struct buf *b;
-    size_t n;
-};
-
-static void http__ls_child(void *arg, const char *name, size_t nlen, bool value, bool children)
-{
-    struct http__ls *l = arg;
-    buf_adds(l->b, l->n++ ? ",{\"name\":" : "{\"name\":");
-    buf_add_jstr(l->b, name, nlen);
-    buf_addf(l->b, ",\"value\":%s,\"children\":%s}", value ? "true" : "false",
-             children ? "true" : "false");
-}
-
 static enum MHD_Result http__ls(struct req *r)
 {
     enum MHD_Result answer;
@@ -714,9 +678,9 @@ static enum MHD_Result http__ls(struct req *r)
     if (!root && http__check_key(r, &answer) != 0)
         return answer;
     struct buf b = {0};
-    struct http__ls l = {.b = &b};
+    struct envelope_children l = {.b = &b};
     buf_adds(&b, "{\"children\":[");
-    int err = store_ls(r->h->store, root, r->path, r->plen, http__ls_child, &l);
+    int err = store_ls(r->h->store, root, r->path, r->plen, envelope_child, &l);
     if (err != STORE_OK) {
         buf_free(&b);
         return http__error(r, err, "key %s does not exist", r->path);
@@ -829,10 +793,11 @@ static enum MHD_Result http__info(struct req *r)
     store_stats(r->h->store, &st);
     buf_addf(&b,
              "{\"version\":\"%s\",\"uptime_s\":%lld,\"keys\":%llu,\"rev\":%lld,"
-             "\"schema_version\":%d,\"protocols\":[\"1.0\"],\"sessions\":0,"
-             "\"bridge\":{\"state\":\"off\"},\"storage\":{\"path\":",
+             "\"schema_version\":%d,\"protocols\":[\"1.0\"],\"sessions\":%u,"
+             "\"subscriptions\":%llu,\"bridge\":{\"state\":\"off\"},\"storage\":{\"path\":",
              ALMANAC_VERSION, (long long)((http__now_us() - r->h->started_us) / 1000000),
-             (unsigned long long)st.keys, (long long)st.rev, st.schema_version);
+             (unsigned long long)st.keys, (long long)st.rev, st.schema_version,
+             loop_sessions(r->h->loop), (unsigned long long)st.subscriptions);
     buf_add_jstr(&b, st.db_path, strlen(st.db_path));
     buf_addf(&b,
              ",\"durability\":\"%s\",\"db_bytes\":%lld,\"wal_bytes\":%lld,"
@@ -867,6 +832,12 @@ static enum MHD_Result http__metrics(struct req *r)
                  st.publishes);
     http__metric(&b, "almanac_storage_writable", "gauge", "1 while the last commit succeeded.",
                  st.writable);
+    http__metric(&b, "almanac_sessions", "gauge", "Open sessions (WebSocket, TCP, Unix).",
+                 loop_sessions(r->h->loop));
+    http__metric(&b, "almanac_subscriptions", "gauge", "Live subscriptions, SSE included.",
+                 st.subscriptions);
+    http__metric(&b, "almanac_events_total", "counter", "Changes handed to subscriptions.",
+                 st.events);
     http__metric(&b, "almanac_uptime_seconds", "gauge", "Seconds since the start.",
                  (unsigned long long)((http__now_us() - r->h->started_us) / 1000000));
     buf_adds(&b, "# HELP almanac_storage_bytes Size of the database files.\n"
@@ -1088,8 +1059,7 @@ static void http__ws_upgraded(void *cls, struct MHD_Connection *conn, void *req_
     struct http__ws *ws = cls;
     (void)conn;
     (void)req_cls;
-    if (loop_adopt_ws(ws->h->loop, sock, extra, extra_len, ws->address, http__ws_closed, urh) !=
-        0)
+    if (loop_adopt_ws(ws->h->loop, sock, extra, extra_len, ws->address, http__ws_closed, urh) != 0)
         MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
     free(ws);
 }
@@ -1331,16 +1301,11 @@ static void http__mhd_log(void *cls, const char *fmt, va_list ap)
     log_debug("http: %s", msg);
 }
 
-int http_start(struct store *store, const struct config *cfg, struct loop *loop,
-               struct http **out, char *why, size_t why_len)
+int http_start(struct store *store, const struct config *cfg, struct loop *loop, struct http **out,
+               char *why, size_t why_len)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE},
-                    *ai = NULL;
+    struct addrinfo *ai = NULL;
     char host[256];
-    const char *colon = strrchr(cfg->http_listen, ':');
-    size_t hlen = (size_t)(colon - cfg->http_listen);
     struct http *h = calloc(1, sizeof *h);
 
     *out = NULL;
@@ -1348,17 +1313,8 @@ int http_start(struct store *store, const struct config *cfg, struct loop *loop,
         snprintf(why, why_len, "out of memory");
         return -1;
     }
-    if (hlen >= sizeof host)
-        hlen = sizeof host - 1;
-    memcpy(host, cfg->http_listen, hlen);
-    host[hlen] = '\0';
-    if (host[0] == '[' && hlen > 2 && host[hlen - 1] == ']') {
-        memmove(host, host + 1, hlen - 2);
-        host[hlen - 2] = '\0';
-    }
-    int gai = getaddrinfo(host, colon + 1, &hints, &ai);
-    if (gai != 0) {
-        snprintf(why, why_len, "http_listen %s: %s", cfg->http_listen, gai_strerror(gai));
+    if (config_resolve("http_listen", cfg->http_listen, &ai, host, sizeof host, why, why_len) !=
+        0) {
         free(h);
         return -1;
     }

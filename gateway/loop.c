@@ -57,10 +57,10 @@ struct conn {
     pthread_mutex_t lock; /* the queue and the flags below */
     struct msg *head, *tail;
     size_t queued, head_off;
-    bool closing; /* close once the queue is written, or at close_by */
+    bool closing;     /* close once the queue is written, or at close_by */
     int64_t close_by; /* CLOCK_MONOTONIC seconds; 0 until closing */
-    bool dead;    /* closed: sends are dropped */
-    bool dirty;   /* on the loop's dirty list */
+    bool dead;        /* closed: sends are dropped */
+    bool dirty;       /* on the loop's dirty list */
     struct conn *dirty_next;
 
     struct conn *prev, *next; /* the loop's list of open connections */
@@ -272,7 +272,8 @@ void conn_send_buf(struct conn *c, struct buf *b)
 void session_error_close(struct conn *c, int err, const char *text)
 {
     struct buf b = {0};
-    buf_addf(&b, "{\"type\":\"error\",\"id\":null,\"error\":\"%s\",\"message\":", store_err_name(err));
+    buf_addf(&b,
+             "{\"type\":\"error\",\"id\":null,\"error\":\"%s\",\"message\":", store_err_name(err));
     buf_add_jstr(&b, text, strlen(text));
     buf_adds(&b, "}");
     if (!b.oom)
@@ -468,8 +469,8 @@ static ssize_t ws__send(wslay_event_context_ptr ctx, const uint8_t *data, size_t
     return n;
 }
 
-static void ws__on_msg(wslay_event_context_ptr ctx,
-                       const struct wslay_event_on_msg_recv_arg *arg, void *user)
+static void ws__on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                       void *user)
 {
     struct conn *c = user;
     if (arg->opcode == WSLAY_TEXT_FRAME) {
@@ -602,8 +603,8 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
     }
 }
 
-int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len,
-                  const char *address, void (*closed)(void *), void *closed_arg)
+int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len, const char *address,
+                  void (*closed)(void *), void *closed_arg)
 {
     struct conn *c = calloc(1, sizeof *c);
     if (c == NULL)
@@ -777,24 +778,9 @@ static void *loop__run(void *arg)
 static int loop__listen_tcp(struct loop *l, const char *spec, char *why, size_t why_len)
 {
     char host[256];
-    const char *colon = strrchr(spec, ':');
-    size_t hlen = (size_t)(colon - spec);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE},
-                    *ai = NULL;
-    if (hlen >= sizeof host)
-        hlen = sizeof host - 1;
-    memcpy(host, spec, hlen);
-    host[hlen] = '\0';
-    if (host[0] == '[' && hlen > 2 && host[hlen - 1] == ']') {
-        memmove(host, host + 1, hlen - 2);
-        host[hlen - 2] = '\0';
-    }
-    int gai = getaddrinfo(host, colon + 1, &hints, &ai);
-    if (gai != 0) {
-        snprintf(why, why_len, "tcp_listen %s: %s", spec, gai_strerror(gai));
+    struct addrinfo *ai = NULL;
+    if (config_resolve("tcp_listen", spec, &ai, host, sizeof host, why, why_len) != 0)
         return -1;
-    }
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 512) != 0) {

@@ -123,14 +123,15 @@ struct session *session_new(struct loop *l, struct store *store, struct sys *sys
     s->cfg = cfg;
     s->conn = c;
     s->transport = t;
-    s->origin = t == CONN_TCP ? STORE_ORIGIN_TCP : t == CONN_UNIX ? STORE_ORIGIN_UNIX
-                                                                  : STORE_ORIGIN_WS;
-    s->major = session__protocols[sizeof session__protocols / sizeof session__protocols[0] - 1]
-                   .major;
+    s->origin = t == CONN_TCP    ? STORE_ORIGIN_TCP
+                : t == CONN_UNIX ? STORE_ORIGIN_UNIX
+                                 : STORE_ORIGIN_WS;
+    s->major =
+        session__protocols[sizeof session__protocols / sizeof session__protocols[0] - 1].major;
     snprintf(s->client_id, sizeof s->client_id, "c%llu", (unsigned long long)loop_next_id(l));
     pthread_mutex_init(&s->lock, NULL);
-    buf_adds(&b, "{\"type\":\"welcome\",\"server\":\"almanac/" ALMANAC_VERSION
-                 "\",\"protocols\":[");
+    buf_adds(&b,
+             "{\"type\":\"welcome\",\"server\":\"almanac/" ALMANAC_VERSION "\",\"protocols\":[");
     for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++)
         buf_addf(&b, "%s\"%d.%d\"", i ? "," : "", session__protocols[i].major,
                  session__protocols[i].minor);
@@ -255,8 +256,8 @@ static const char *session__key(struct session *s, json_int_t id, json_t *msg, c
     return key;
 }
 
-static const char *session__pattern(struct session *s, json_int_t id, json_t *msg,
-                                    const char *name, size_t *len, bool *wild)
+static const char *session__pattern(struct session *s, json_int_t id, json_t *msg, const char *name,
+                                    size_t *len, bool *wild)
 {
     char why[256];
     const char *pat = session__str(msg, name, len);
@@ -292,23 +293,6 @@ static int session__get(struct session *s, json_int_t id, json_t *msg)
     return 0;
 }
 
-struct session__list {
-    struct buf *b;
-    size_t n;
-    struct buf last;
-};
-
-static void session__list_visit(void *arg, const char *key, size_t klen,
-                                const struct store_entry *e)
-{
-    struct session__list *l = arg;
-    if (l->n++)
-        buf_add(l->b, ",", 1);
-    envelope_add_as(l->b, key, klen, e, "content_type");
-    l->last.len = 0;
-    buf_add(&l->last, key, klen);
-}
-
 static int session__pget(struct session *s, json_int_t id, json_t *msg)
 {
     size_t plen, alen = 0;
@@ -328,33 +312,13 @@ static int session__pget(struct session *s, json_int_t id, json_t *msg)
         }
     }
     struct buf b = {0};
-    struct session__list l = {.b = &b};
+    struct envelope_list l = {.b = &b, .type_field = "content_type"};
     buf_addf(&b, "{\"type\":\"entries\",\"id\":%lld,\"entries\":[", (long long)id);
-    store_pget(s->store, pat, plen, after, alen, (size_t)limit, session__list_visit, &l, &more);
-    buf_adds(&b, "],\"next\":");
-    if (more && l.n > 0)
-        buf_add_jstr(&b, l.last.p, l.last.len);
-    else
-        buf_adds(&b, "null");
+    store_pget(s->store, pat, plen, after, alen, (size_t)limit, envelope_list_visit, &l, &more);
+    envelope_list_end(&l, more);
     buf_adds(&b, "}");
-    b.oom |= l.last.oom;
-    buf_free(&l.last);
     session__send(s, &b);
     return 0;
-}
-
-struct session__ls {
-    struct buf *b;
-    size_t n;
-};
-
-static void session__ls_child(void *arg, const char *name, size_t nlen, bool value, bool kids)
-{
-    struct session__ls *l = arg;
-    buf_adds(l->b, l->n++ ? ",{\"name\":" : "{\"name\":");
-    buf_add_jstr(l->b, name, nlen);
-    buf_addf(l->b, ",\"value\":%s,\"children\":%s}", value ? "true" : "false",
-             kids ? "true" : "false");
 }
 
 static int session__ls(struct session *s, json_int_t id, json_t *msg)
@@ -365,9 +329,9 @@ static int session__ls(struct session *s, json_int_t id, json_t *msg)
         (key = session__key(s, id, msg, "key", &klen, false)) == NULL)
         return 0;
     struct buf b = {0};
-    struct session__ls l = {.b = &b};
+    struct envelope_children l = {.b = &b};
     buf_addf(&b, "{\"type\":\"children\",\"id\":%lld,\"children\":[", (long long)id);
-    if (store_ls(s->store, key == NULL, key, klen, session__ls_child, &l) != STORE_OK) {
+    if (store_ls(s->store, key == NULL, key, klen, envelope_child, &l) != STORE_OK) {
         buf_free(&b);
         session__error(s, &id, STORE_ENOTFOUND, "key %s does not exist", key);
         return 0;
@@ -405,11 +369,12 @@ static void session__write_done(void *arg, struct store_txn *t)
         }
         buf_adds(&b, "}");
     } else {
-        const char *msg = t->err == STORE_EREV        ? "the key is not at the rev given (if_rev)"
-                          : t->err == STORE_EREADONLY ? "keys starting with '$' belong to the server"
-                          : t->err == STORE_EFULL     ? "the disk is full: nothing was changed"
-                          : t->err == STORE_EUNAVAIL  ? "the server is shutting down"
-                                                      : "the change could not be committed";
+        const char *msg = t->err == STORE_EREV ? "the key is not at the rev given (if_rev)"
+                          : t->err == STORE_EREADONLY
+                              ? "keys starting with '$' belong to the server"
+                          : t->err == STORE_EFULL    ? "the disk is full: nothing was changed"
+                          : t->err == STORE_EUNAVAIL ? "the server is shutting down"
+                                                     : "the change could not be committed";
         buf_addf(&b, "{\"type\":\"error\",\"id\":%lld,\"error\":\"%s\",\"message\":\"%s\"}",
                  (long long)w->id, store_err_name(t->err), msg);
     }

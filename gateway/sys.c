@@ -15,7 +15,6 @@
 #include <string.h>
 #include <time.h>
 
-
 struct sys__write {
     struct store_txn txn;
     struct store_op op;

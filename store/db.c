@@ -13,12 +13,16 @@
  *   3. db__write writes a whole list of commits in one transaction or
  *      nothing.
  * A lock file (flock) keeps a second almanac off the same data_dir.
+ * WAL checkpoints run on a thread of their own with its own connection
+ * (PASSIVE, once a second), not inside a commit: a writer never waits for
+ * one.
  */
 #include "store_int.h"
 #include "log.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +33,11 @@
 
 struct db {
     sqlite3 *conn;
+    sqlite3 *ckpt_conn; /* the checkpointer's */
+    pthread_t ckpt;
+    bool ckpt_started, ckpt_stop;
+    pthread_mutex_t ckpt_lock;
+    pthread_cond_t ckpt_cond;
     sqlite3_stmt *put, *del, *rev;
     int schema_version;
     int lock_fd;
@@ -152,6 +161,48 @@ static int db__lock(struct db *db, const char *dir, char *why, size_t why_len)
     return 0;
 }
 
+static void *db__checkpointer(void *arg)
+{
+    struct db *db = arg;
+    pthread_mutex_lock(&db->ckpt_lock);
+    while (!db->ckpt_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&db->ckpt_cond, &db->ckpt_lock, &until);
+        if (db->ckpt_stop)
+            break;
+        pthread_mutex_unlock(&db->ckpt_lock);
+        int rc = sqlite3_wal_checkpoint_v2(db->ckpt_conn, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
+                                           NULL);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            log_warn("store: checkpoint of %s: %s", db->path, sqlite3_errmsg(db->ckpt_conn));
+        pthread_mutex_lock(&db->ckpt_lock);
+    }
+    pthread_mutex_unlock(&db->ckpt_lock);
+    return NULL;
+}
+
+static int db__start_checkpointer(struct db *db, char *why, size_t why_len)
+{
+    if (db__exec(db, "PRAGMA wal_autocheckpoint=0", why, why_len) != 0)
+        return -1;
+    if (sqlite3_open_v2(db->path, &db->ckpt_conn, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(why, why_len, "cannot open %s for checkpoints", db->path);
+        return -1;
+    }
+    sqlite3_busy_timeout(db->ckpt_conn, 1000);
+    pthread_mutex_init(&db->ckpt_lock, NULL);
+    pthread_cond_init(&db->ckpt_cond, NULL);
+    if (pthread_create(&db->ckpt, NULL, db__checkpointer, db) != 0) {
+        snprintf(why, why_len, "cannot start the checkpoint thread");
+        return -1;
+    }
+    db->ckpt_started = true;
+    return 0;
+}
+
 int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes, struct db **out,
              char *why, size_t why_len)
 {
@@ -200,6 +251,8 @@ int db__open(const char *dir, enum store_durability durability, uint64_t max_byt
             goto fail;
     }
     err = STORE_EINTERNAL;
+    if (db__start_checkpointer(db, why, why_len) != 0)
+        goto fail;
     if (sqlite3_prepare_v3(db->conn,
                            "INSERT OR REPLACE INTO entries(key, rev, ts, type, labels, origin, "
                            "value) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -222,6 +275,17 @@ void db__close(struct db *db)
 {
     if (db == NULL)
         return;
+    if (db->ckpt_started) {
+        pthread_mutex_lock(&db->ckpt_lock);
+        db->ckpt_stop = true;
+        pthread_cond_signal(&db->ckpt_cond);
+        pthread_mutex_unlock(&db->ckpt_lock);
+        pthread_join(db->ckpt, NULL);
+        pthread_mutex_destroy(&db->ckpt_lock);
+        pthread_cond_destroy(&db->ckpt_cond);
+    }
+    if (db->ckpt_conn != NULL)
+        sqlite3_close(db->ckpt_conn);
     sqlite3_finalize(db->put);
     sqlite3_finalize(db->del);
     sqlite3_finalize(db->rev);

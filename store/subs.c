@@ -196,8 +196,7 @@ static void subs__deliver(struct store_sub *list, struct store_event *ev)
     }
 }
 
-static void subs__match(const struct subnode *n, struct store_event *ev, size_t i,
-                        bool root)
+static void subs__match(const struct subnode *n, struct store_event *ev, size_t i, bool root)
 {
     const char *key = ev->key;
     size_t klen = ev->klen;

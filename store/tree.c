@@ -33,7 +33,7 @@
 #include <string.h>
 
 #define TREE_CHAIN_MAX 8
-#define TREE_LOAD      2 /* children per bucket before the table grows */
+#define TREE_LOAD      2   /* children per bucket before the table grows */
 #define SORT_CACHE     8   /* sorted child arrays kept for wide nodes */
 #define SORT_CACHE_MIN 256 /* children from which a node's sort is kept */
 #define SLAB_PAGE      (64 * 1024)
@@ -75,7 +75,7 @@ struct sort_cache {
 struct tree {
     struct node root;
     uint64_t count;
-    uint64_t shape; /* bumped whenever a node is added or removed */
+    uint64_t shape;             /* bumped whenever a node is added or removed */
     pthread_mutex_t cache_lock; /* readers share the cache */
     struct sort_cache cache[SORT_CACHE];
     uint64_t clock;

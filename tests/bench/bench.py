@@ -54,7 +54,7 @@ class Almanac:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
             [binary, "serve", "--http_listen", f"127.0.0.1:{self.port}", "--data_dir", data_dir,
-             "--log_level", "warn", *args])
+             "--log_level", "warn", "--sys_interval", "0", *args])
         self.started = time.time()
         wait_http(self.url("/ready"))
         self.ready_s = time.time() - self.started
@@ -222,9 +222,9 @@ def bench_memory(binary, tmp):
     full = Almanac(binary, data)
     ready_s = full.ready_s
     keys = json.load(urllib.request.urlopen(full.url("/api/v1/info")))["keys"]
-    per_key = (full.rss() - base) / keys
+    per_key = (full.rss() - base) / n  # both daemons also hold the few $SYS keys
     full.stop()
-    assert keys == n, keys
+    assert keys >= n, keys
 
     proc, port = redis_server(tmp, "--appendonly", "no")
     try:

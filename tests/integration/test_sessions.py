@@ -283,6 +283,10 @@ class Sessions(unittest.TestCase):
         self.assertEqual(watcher.request("get", key="$SYS/version")["text"],
                          c.welcome["server"].split("/")[1])
         self.assertGreaterEqual(watcher.request("get", key="$SYS/sessions/count")["value"], 2)
+        info = curl(self.d, "GET", "/api/v1/info").json()
+        self.assertGreaterEqual(info["sessions"], 2)
+        self.assertGreaterEqual(info["subscriptions"], 1)
+        self.assertIn("almanac_sessions ", curl(self.d, "GET", "/metrics").body.decode())
         # '#' never matches $-keys; the client cannot write them.
         self.assertFalse([e for e in watcher.request("pget", pattern="#")["entries"]
                           if e["key"].startswith("$")])

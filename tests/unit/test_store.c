@@ -500,8 +500,7 @@ static void test_subscriptions(void **state)
     assert_int_equal(snap.n, 2);
     assert_string_equal(snap.keys[0], "h/b/t"); /* in key order */
     store_snapshot_free(&snap);
-    assert_int_equal(store_subscribe(f->s, "#", 1, true, on_event, &eb, NULL, &sync, &b),
-                     STORE_OK);
+    assert_int_equal(store_subscribe(f->s, "#", 1, true, on_event, &eb, NULL, &sync, &b), STORE_OK);
     assert_int_equal(store_subscribe(f->s, "h/#", 3, false, on_event, &ec, NULL, &sync, &c),
                      STORE_OK);
     assert_int_equal(store_subscribe(f->s, "$SYS/#", 6, false, on_event, &ed, NULL, &sync, &d),

@@ -257,7 +257,7 @@ static void test_wide_node(void **state)
     }
     struct seen *again = calloc(1, sizeof *again);
     tree__walk(t, "w/+/t", 5, NULL, 0, 100, on_visit, again, &more);
-    assert_string_equal(again->keys[0], "w/1/t"); /* not the deleted w/0/t */
+    assert_string_equal(again->keys[0], "w/1/t");    /* not the deleted w/0/t */
     assert_string_equal(again->keys[1], "w/1001/t"); /* segment order */
     free(first);
     free(again);
