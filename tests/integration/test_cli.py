@@ -21,8 +21,9 @@ class Cli(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.d.stop()
+        rc = cls.d.stop()
         cls.d.cleanup()
+        assert rc == 0, rc
 
     def run_cli(self, *args, stdin=None):
         return subprocess.run([harness.BINARY, *args], input=stdin, capture_output=True,

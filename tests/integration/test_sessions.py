@@ -299,6 +299,29 @@ class Sessions(unittest.TestCase):
                 gone.add(e["key"])
         watcher.close()
 
+    def test_max_sessions(self):
+        d = Daemon(["--max_sessions", "2"]).start()
+        try:
+            a, b = Client(d), Client(d)
+            third = socket.create_connection(("127.0.0.1", d.tcp_port))
+            third.settimeout(10)
+            f = third.makefile("rb")
+            m = json.loads(f.readline())
+            self.assertEqual((m["type"], m["error"]), ("error", "unavailable"))
+            self.assertEqual(f.readline(), b"")  # closed
+            f.close()
+            third.close()
+            self.assertEqual(a.request("ping")["type"], "pong")
+            a.close()
+            time.sleep(0.2)
+            c = Client(d)  # a place is free again
+            self.assertEqual(c.request("ping")["type"], "pong")
+            for x in (b, c):
+                x.close()
+            self.assertEqual(d.stop(), 0)
+        finally:
+            d.cleanup()
+
     def test_unix_socket(self):
         c = Client(unix=self.sock_path)
         self.assertEqual(c.welcome["type"], "welcome")
