@@ -136,7 +136,6 @@ int loop_start(struct store *store, struct sys *sys, const struct config *cfg, s
 void loop_quiesce(struct loop *l);
 /* Closes every session and stops the thread. */
 void loop_stop(struct loop *l);
-unsigned short loop_tcp_port(const struct loop *l);
 /* A new session number, for client ids. */
 uint64_t loop_next_id(struct loop *l);
 unsigned loop_sessions(const struct loop *l);
@@ -187,8 +186,6 @@ struct http;
  * sentence in `why`. */
 int http_start(struct store *store, const struct config *cfg, struct loop *loop, struct http **out,
                char *why, size_t why_len);
-/* The port actually bound (for "host:0"). */
-unsigned short http_port(const struct http *h);
 /* Stops accepting connections; requests under way go on. */
 void http_quiesce(struct http *h);
 /* Waits (a bounded time) for requests under way to be answered, then stops. */

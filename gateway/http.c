@@ -1235,14 +1235,10 @@ static enum MHD_Result http__handle(void *cls, struct MHD_Connection *conn, cons
         *upload_size = 0;
         return MHD_YES;
     }
-    switch (atomic_load(&r->state)) {
-    case REQ_DONE:
+    /* After a write's commit resumed the connection, the answer is ready. */
+    if (atomic_load(&r->state) == REQ_DONE)
         return http__answer_write(r);
-    case REQ_WAITING:
-        return MHD_YES; /* resumed early: the answer is not ready */
-    default:
-        return http__dispatch(r);
-    }
+    return http__dispatch(r);
 }
 
 static void http__completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -1350,11 +1346,6 @@ int http_start(struct store *store, const struct config *cfg, struct loop *loop,
              threads);
     *out = h;
     return 0;
-}
-
-unsigned short http_port(const struct http *h)
-{
-    return h->port;
 }
 
 void http_quiesce(struct http *h)

@@ -923,11 +923,6 @@ void loop_stop(struct loop *l)
     free(l);
 }
 
-unsigned short loop_tcp_port(const struct loop *l)
-{
-    return l->tcp_port;
-}
-
 uint64_t loop_next_id(struct loop *l)
 {
     return atomic_fetch_add(&l->next_id, 1) + 1;

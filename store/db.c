@@ -173,8 +173,8 @@ static void *db__checkpointer(void *arg)
         if (db->ckpt_stop)
             break;
         pthread_mutex_unlock(&db->ckpt_lock);
-        int rc = sqlite3_wal_checkpoint_v2(db->ckpt_conn, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
-                                           NULL);
+        int rc =
+            sqlite3_wal_checkpoint_v2(db->ckpt_conn, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             log_warn("store: checkpoint of %s: %s", db->path, sqlite3_errmsg(db->ckpt_conn));
         pthread_mutex_lock(&db->ckpt_lock);

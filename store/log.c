@@ -18,11 +18,6 @@ void log_set_level(enum log_level level)
     atomic_store(&log__level, (int)level);
 }
 
-enum log_level log_get_level(void)
-{
-    return (enum log_level)atomic_load(&log__level);
-}
-
 int log_level_parse(const char *name)
 {
     for (int i = 0; i < 4; i++)
