@@ -409,3 +409,35 @@ void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool c
     buf_adds(l->b, value ? ",\"value\":true" : ",\"value\":false");
     buf_adds(l->b, children ? ",\"children\":true}" : ",\"children\":false}");
 }
+
+void envelope_add_error(struct buf *b, int err, const char *message)
+{
+    buf_adds(b, "\"error\":\"");
+    buf_adds(b, store_err_name(err));
+    buf_adds(b, "\",\"message\":");
+    buf_add_jstr(b, message, strlen(message));
+    buf_adds(b, "}");
+}
+
+void envelope_failure(char *out, size_t len, const struct store_txn *t, bool index)
+{
+    const struct store_op *op = &t->ops[t->fail];
+    char where[32] = "";
+    int k = (int)op->klen;
+
+    if (index)
+        snprintf(where, sizeof where, "ops[%zu]: ", t->fail);
+    if (t->err == STORE_EREV && op->if_rev == 0)
+        snprintf(out, len, "%skey %.*s exists already", where, k, op->key);
+    else if (t->err == STORE_EREV && op->if_rev == STORE_EXISTS_REV)
+        snprintf(out, len, "%skey %.*s does not exist", where, k, op->key);
+    else if (t->err == STORE_EREV)
+        snprintf(out, len, "%skey %.*s is no longer at rev %lld", where, k, op->key,
+                 (long long)op->if_rev);
+    else if (t->err == STORE_ENOTFOUND)
+        snprintf(out, len, "%skey %.*s does not exist", where, k, op->key);
+    else if (t->err == STORE_EREADONLY)
+        snprintf(out, len, "%s%s", where, store_err_text(t->err));
+    else
+        snprintf(out, len, "%s", store_err_text(t->err)); /* the whole transaction */
+}

@@ -90,6 +90,12 @@ int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum st
 int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len);
 /* Checks a content type: 1..255 bytes of visible ASCII and spaces. */
 bool envelope_type_ok(const char *type);
+/* Appends the end of an error object: "error":"<code>","message":"..."}.
+ * The caller has written the opening brace and any fields of its own. */
+void envelope_add_error(struct buf *b, int err, const char *message);
+/* Why the transaction `t` failed, in a sentence naming the key, for HTTP and
+ * sessions alike; with `index`, prefixed with the op's place (ops[2]: ). */
+void envelope_failure(char *out, size_t len, const struct store_txn *t, bool index);
 /* Compact JSON text for `v` with the fewest digits that give its reals back
  * exactly (jansson alone writes 0.1 as 0.10000000000000001). malloc'd. */
 char *envelope_dump_json(const json_t *v);
@@ -162,8 +168,6 @@ struct session *session_new(struct loop *l, struct store *store, struct sys *sys
 int session_input(struct session *s, const char *msg, size_t len);
 /* Unsubscribes everything; called once, when the connection closes. */
 void session_free(struct session *s);
-/* Queues the too_slow error before a forced close. */
-void session_error_close(struct conn *c, int err, const char *msg);
 
 /* ---- sys.c: the server's own keys, $SYS/... ---- */
 

@@ -11,7 +11,8 @@
  * Invariants:
  *   1. a connection is suspended before store_submit can call `done`, which
  *      resumes it (MHD forbids resuming a connection that is not suspended);
- *   2. `state` moves FRESH -> [WAITING ->] DONE; only DONE answers a write;
+ *   2. a write is answered only once `committed` is set, by http__done or
+ *      by a submit that failed at once;
  *   3. nothing is changed in the store for a request that gets a 4xx.
  */
 #include "gateway.h"
@@ -54,8 +55,6 @@ enum route {
 
 enum method { M_GET = 1, M_HEAD = 2, M_PUT = 4, M_POST = 8, M_DELETE = 16, M_OTHER = 32 };
 
-enum req_state { REQ_FRESH = 0, REQ_WAITING, REQ_DONE };
-
 struct sse;
 
 struct http {
@@ -81,7 +80,7 @@ struct req {
     char *body;
     size_t blen, bcap, body_max;
     bool too_large;
-    _Atomic int state;
+    _Atomic bool committed; /* a write's `done` ran: its answer is ready */
     /* a write under way */
     struct store_txn txn;
     struct store_op one;
@@ -146,11 +145,8 @@ static enum MHD_Result http__error(struct req *r, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    buf_adds(&b, "{\"error\":\"");
-    buf_adds(&b, store_err_name(err));
-    buf_adds(&b, "\",\"message\":");
-    buf_add_jstr(&b, msg, strlen(msg));
-    buf_adds(&b, "}");
+    buf_add(&b, "{", 1);
+    envelope_add_error(&b, err, msg);
     return http__json(r, store_err_status(err), &b);
 }
 
@@ -362,7 +358,7 @@ static void http__done(void *arg, struct store_txn *t)
 {
     struct req *r = arg;
     (void)t;
-    atomic_store(&r->state, REQ_DONE);
+    atomic_store(&r->committed, true);
     MHD_resume_connection(r->conn);
 }
 
@@ -371,10 +367,9 @@ static enum MHD_Result http__submit(struct req *r, struct store_op *ops, size_t 
     r->ops = ops;
     r->txn.ops = ops;
     r->txn.n = n;
-    atomic_store(&r->state, REQ_WAITING);
     MHD_suspend_connection(r->conn); /* invariant 1 */
     if (store_submit(r->h->store, &r->txn, http__done, r) != STORE_OK) {
-        atomic_store(&r->state, REQ_DONE);
+        atomic_store(&r->committed, true);
         MHD_resume_connection(r->conn);
     }
     return MHD_YES;
@@ -382,32 +377,9 @@ static enum MHD_Result http__submit(struct req *r, struct store_op *ops, size_t 
 
 static enum MHD_Result http__answer_failure(struct req *r)
 {
-    const struct store_op *op = &r->ops[r->txn.fail];
-    int err = r->txn.err;
-    const char *what = r->route == ROUTE_BATCH ? "ops[" : "";
-    char where[64] = "";
-
-    if (r->route == ROUTE_BATCH)
-        snprintf(where, sizeof where, "%s%zu]: ", what, r->txn.fail);
-    switch (err) {
-    case STORE_EREV:
-        if (op->if_rev == 0)
-            return http__error(r, err, "%skey %.*s exists already", where, (int)op->klen, op->key);
-        if (op->if_rev == STORE_EXISTS_REV)
-            return http__error(r, err, "%skey %.*s does not exist", where, (int)op->klen, op->key);
-        return http__error(r, err, "%skey %.*s is no longer at rev %lld", where, (int)op->klen,
-                           op->key, (long long)op->if_rev);
-    case STORE_ENOTFOUND:
-        return http__error(r, err, "%skey %.*s does not exist", where, (int)op->klen, op->key);
-    case STORE_EREADONLY:
-        return http__error(r, err, "%skeys starting with '$' belong to the server", where);
-    case STORE_EUNAVAIL:
-        return http__error(r, err, "the server is shutting down");
-    case STORE_EFULL:
-        return http__error(r, err, "the disk is full: nothing was changed");
-    default:
-        return http__error(r, err, "the change could not be committed: nothing was changed");
-    }
+    char msg[512];
+    envelope_failure(msg, sizeof msg, &r->txn, r->route == ROUTE_BATCH);
+    return http__error(r, r->txn.err, "%s", msg);
 }
 
 static void http__add_op_result(struct buf *b, const struct store_op *op)
@@ -660,10 +632,8 @@ static enum MHD_Result http__publish(struct req *r)
     if (http__check_key(r, &answer) != 0 || http__body_entry(r, &e, &answer) != 0)
         return answer;
     int err = store_publish(r->h->store, r->path, r->plen, e);
-    if (err == STORE_EREADONLY)
-        return http__error(r, err, "keys starting with '$' belong to the server");
     if (err != STORE_OK)
-        return http__error(r, err, "the server is shutting down");
+        return http__error(r, err, "%s", store_err_text(err));
     struct buf b = {0};
     buf_adds(&b, "{\"key\":");
     buf_add_jstr(&b, r->path, r->plen);
@@ -1236,7 +1206,7 @@ static enum MHD_Result http__handle(void *cls, struct MHD_Connection *conn, cons
         return MHD_YES;
     }
     /* After a write's commit resumed the connection, the answer is ready. */
-    if (atomic_load(&r->state) == REQ_DONE)
+    if (atomic_load(&r->committed))
         return http__answer_write(r);
     return http__dispatch(r);
 }

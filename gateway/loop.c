@@ -269,16 +269,13 @@ void conn_send_buf(struct conn *c, struct buf *b)
     *b = (struct buf){0};
 }
 
-void session_error_close(struct conn *c, int err, const char *text)
+/* Sends an error that ends the session, then closes it. */
+static void loop__error_close(struct conn *c, int err, const char *text)
 {
     struct buf b = {0};
-    buf_addf(&b,
-             "{\"type\":\"error\",\"id\":null,\"error\":\"%s\",\"message\":", store_err_name(err));
-    buf_add_jstr(&b, text, strlen(text));
-    buf_adds(&b, "}");
-    if (!b.oom)
-        conn_send(c, b.p, b.len);
-    buf_free(&b);
+    buf_adds(&b, "{\"type\":\"error\",\"id\":null,");
+    envelope_add_error(&b, err, text);
+    conn_send_buf(c, &b);
     conn__close_soon(c);
 }
 
@@ -397,7 +394,7 @@ static int loop__lines(struct loop *l, struct conn *c)
     memmove(c->in, c->in + start, c->in_len - start);
     c->in_len -= start;
     if (c->in_len > l->cfg->max_message_bytes)
-        session_error_close(c, STORE_ETOOLARGE, "a message is longer than max_message_bytes");
+        loop__error_close(c, STORE_ETOOLARGE, "a message is longer than max_message_bytes");
     return 0;
 }
 
@@ -541,7 +538,7 @@ static int loop__read_ws(struct loop *l, struct conn *c)
 
 /* ---- connections ---- */
 
-static struct conn *loop__add(struct loop *l, int fd, enum conn_transport t, const char *address)
+static struct conn *conn__new(struct loop *l, int fd, enum conn_transport t, const char *address)
 {
     struct conn *c = calloc(1, sizeof *c);
     if (c == NULL)
@@ -552,7 +549,13 @@ static struct conn *loop__add(struct loop *l, int fd, enum conn_transport t, con
     c->transport = t;
     snprintf(c->address, sizeof c->address, "%s", address);
     pthread_mutex_init(&c->lock, NULL);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return c;
+}
+
+/* Makes `c` one of the loop's open connections (the loop thread only). */
+static void loop__add(struct loop *l, struct conn *c)
+{
+    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
     pthread_mutex_lock(&l->lock);
     c->next = l->all;
     if (l->all)
@@ -560,7 +563,6 @@ static struct conn *loop__add(struct loop *l, int fd, enum conn_transport t, con
     l->all = c;
     pthread_mutex_unlock(&l->lock);
     atomic_fetch_add(&l->sessions, 1);
-    return c;
 }
 
 static int loop__watch(struct loop *l, struct conn *c)
@@ -592,11 +594,12 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
             close(fd);
             continue;
         }
-        struct conn *c = loop__add(l, fd, t, address);
+        struct conn *c = conn__new(l, fd, t, address);
         if (c == NULL) {
             close(fd);
             continue;
         }
+        loop__add(l, c);
         c->session = session_new(l, l->store, l->sys, l->cfg, c, t, address);
         if (c->session == NULL || loop__watch(l, c) != 0)
             loop__close(l, c);
@@ -606,21 +609,19 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
 int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len, const char *address,
                   void (*closed)(void *), void *closed_arg)
 {
-    struct conn *c = calloc(1, sizeof *c);
+    struct conn *c = conn__new(l, fd, CONN_WS, address);
     if (c == NULL)
         return -1;
     if (extra_len > 0) {
         if ((c->in = malloc(extra_len)) == NULL) {
-            free(c);
+            conn_unref(c);
             return -1;
         }
         memcpy(c->in, extra, extra_len);
         c->in_len = c->in_cap = extra_len;
     }
-    c->fd = fd;
     c->ws_closed = closed;
     c->ws_closed_arg = closed_arg;
-    snprintf(c->address, sizeof c->address, "%s", address);
     /* Invariant 1: the loop thread takes it from here (loop__take_adopted). */
     pthread_mutex_lock(&l->lock);
     c->next = l->adopted;
@@ -639,20 +640,10 @@ static void loop__take_adopted(struct loop *l)
     l->adopted = NULL;
     pthread_mutex_unlock(&l->lock);
     while (list != NULL) {
-        struct conn *a = list, *c;
-        list = a->next;
-        c = loop__add(l, a->fd, CONN_WS, a->address);
-        if (c == NULL) {
-            a->ws_closed(a->ws_closed_arg);
-            free(a->in);
-            free(a);
-            continue;
-        }
-        c->ws_closed = a->ws_closed;
-        c->ws_closed_arg = a->ws_closed_arg;
-        c->in = a->in;
-        c->in_len = c->in_cap = a->in_len;
-        free(a);
+        struct conn *c = list;
+        list = c->next;
+        c->next = NULL;
+        loop__add(l, c);
         if (wslay_event_context_server_init(&c->ws, &callbacks, c) != 0) {
             c->ws = NULL;
             loop__close(l, c);
@@ -911,8 +902,7 @@ void loop_stop(struct loop *l)
     while (l->adopted != NULL) {
         struct conn *next = l->adopted->next;
         l->adopted->ws_closed(l->adopted->ws_closed_arg);
-        free(l->adopted->in);
-        free(l->adopted);
+        conn_unref(l->adopted);
         l->adopted = next;
     }
     if (l->epfd >= 0)

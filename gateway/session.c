@@ -92,9 +92,7 @@ static void session__error(struct session *s, const json_int_t *id, int err, con
         buf_addf(&b, "{\"type\":\"error\",\"id\":%lld,", (long long)*id);
     else
         buf_adds(&b, "{\"type\":\"error\",\"id\":null,");
-    buf_addf(&b, "\"error\":\"%s\",\"message\":", store_err_name(err));
-    buf_add_jstr(&b, msg, strlen(msg));
-    buf_adds(&b, "}");
+    envelope_add_error(&b, err, msg);
     session__send(s, &b);
 }
 
@@ -369,14 +367,10 @@ static void session__write_done(void *arg, struct store_txn *t)
         }
         buf_adds(&b, "}");
     } else {
-        const char *msg = t->err == STORE_EREV ? "the key is not at the rev given (if_rev)"
-                          : t->err == STORE_EREADONLY
-                              ? "keys starting with '$' belong to the server"
-                          : t->err == STORE_EFULL    ? "the disk is full: nothing was changed"
-                          : t->err == STORE_EUNAVAIL ? "the server is shutting down"
-                                                     : "the change could not be committed";
-        buf_addf(&b, "{\"type\":\"error\",\"id\":%lld,\"error\":\"%s\",\"message\":\"%s\"}",
-                 (long long)w->id, store_err_name(t->err), msg);
+        char msg[512];
+        envelope_failure(msg, sizeof msg, t, false);
+        buf_addf(&b, "{\"type\":\"error\",\"id\":%lld,", (long long)w->id);
+        envelope_add_error(&b, t->err, msg);
     }
     if (!b.oom)
         conn_send(w->conn, b.p, b.len);
@@ -386,8 +380,19 @@ static void session__write_done(void *arg, struct store_txn *t)
     free(w);
 }
 
-static void session__submit(struct session *s, struct session__write *w)
+/* Submits `op` (whose key lives in `msg`) and answers request `id` once it
+ * is committed. The store takes op.entry whatever happens. */
+static void session__submit(struct session *s, json_int_t id, json_t *msg, struct store_op op)
 {
+    struct session__write *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        store_entry_unref(op.entry);
+        session__error(s, &id, STORE_EINTERNAL, "out of memory");
+        return;
+    }
+    w->id = id;
+    w->msg = json_incref(msg);
+    w->op = op;
     w->txn.ops = &w->op;
     w->txn.n = 1;
     conn_ref(s->conn);
@@ -429,9 +434,7 @@ static int session__set(struct session *s, json_int_t id, json_t *msg, bool publ
     if (publish) {
         err = store_publish(s->store, key, klen, e);
         if (err != STORE_OK)
-            session__error(s, &id, err, "%s",
-                           err == STORE_EREADONLY ? "keys starting with '$' belong to the server"
-                                                  : "the server is shutting down");
+            session__error(s, &id, err, "%s", store_err_text(err));
         else {
             struct buf b = {0};
             buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld}", (long long)id);
@@ -439,17 +442,10 @@ static int session__set(struct session *s, json_int_t id, json_t *msg, bool publ
         }
         return 0;
     }
-    struct session__write *w = calloc(1, sizeof *w);
-    if (w == NULL) {
-        store_entry_unref(e);
-        session__error(s, &id, STORE_EINTERNAL, "out of memory");
-        return 0;
-    }
-    w->id = id;
-    w->msg = json_incref(msg);
-    w->op = (struct store_op){
-        .kind = STORE_OP_SET, .key = key, .klen = klen, .entry = e, .if_rev = if_rev};
-    session__submit(s, w);
+    session__submit(
+        s, id, msg,
+        (struct store_op){
+            .kind = STORE_OP_SET, .key = key, .klen = klen, .entry = e, .if_rev = if_rev});
     return 0;
 }
 
@@ -465,16 +461,10 @@ static int session__delete(struct session *s, json_int_t id, json_t *msg)
         session__error(s, &id, STORE_EBADREQ, "if_rev applies to a key, not a pattern");
         return 0;
     }
-    struct session__write *w = calloc(1, sizeof *w);
-    if (w == NULL) {
-        session__error(s, &id, STORE_EINTERNAL, "out of memory");
-        return 0;
-    }
-    w->id = id;
-    w->msg = json_incref(msg);
-    w->op = (struct store_op){
-        .kind = STORE_OP_DELETE, .key = key, .klen = len, .pattern = wild, .if_rev = if_rev};
-    session__submit(s, w);
+    session__submit(
+        s, id, msg,
+        (struct store_op){
+            .kind = STORE_OP_DELETE, .key = key, .klen = len, .pattern = wild, .if_rev = if_rev});
     return 0;
 }
 

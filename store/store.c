@@ -477,39 +477,52 @@ static int store__delete_one(struct store *s, struct commit *c, const char *key,
     return STORE_OK;
 }
 
-struct collect {
-    char **keys;
-    size_t *lens;
-    size_t n, cap;
-    bool oom;
-};
+/* Snapshots: the entries a walk visits, keys copied (subscriptions, and the
+ * keys a pattern delete removes). */
 
-static void store__collect(void *arg, const char *key, size_t klen, const struct store_entry *e)
+void store_snapshot_free(struct store_snapshot *snap)
 {
-    struct collect *k = arg;
-    (void)e;
-    if (k->oom)
-        return;
-    if (k->n == k->cap) {
-        size_t cap = k->cap ? k->cap * 2 : 16;
-        char **keys = realloc(k->keys, cap * sizeof *keys);
-        if (keys != NULL)
-            k->keys = keys;
-        size_t *lens = realloc(k->lens, cap * sizeof *lens);
-        if (lens != NULL)
-            k->lens = lens;
-        if (keys == NULL || lens == NULL) {
-            k->oom = true;
-            return;
-        }
-        k->cap = cap;
+    for (size_t i = 0; i < snap->n; i++) {
+        free(snap->keys[i]);
+        store_entry_unref(snap->entries[i]);
     }
-    if ((k->keys[k->n] = malloc(klen)) == NULL) {
-        k->oom = true;
-        return;
+    free(snap->keys);
+    free(snap->klens);
+    free(snap->entries);
+    memset(snap, 0, sizeof *snap);
+}
+
+static void store__snap_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct store_snapshot *snap = arg;
+    if (snap->n == SIZE_MAX)
+        return; /* out of memory earlier */
+    if (snap->n == snap->cap) {
+        size_t cap = snap->cap ? snap->cap * 2 : 64;
+        char **keys = realloc(snap->keys, cap * sizeof *keys);
+        if (keys)
+            snap->keys = keys;
+        size_t *klens = realloc(snap->klens, cap * sizeof *klens);
+        if (klens)
+            snap->klens = klens;
+        struct store_entry **entries = realloc(snap->entries, cap * sizeof *entries);
+        if (entries)
+            snap->entries = entries;
+        if (!keys || !klens || !entries)
+            goto oom;
+        snap->cap = cap;
     }
-    memcpy(k->keys[k->n], key, klen);
-    k->lens[k->n++] = klen;
+    if ((snap->keys[snap->n] = malloc(klen + 1)) == NULL)
+        goto oom;
+    memcpy(snap->keys[snap->n], key, klen);
+    snap->keys[snap->n][klen] = '\0';
+    snap->klens[snap->n] = klen;
+    store_entry_ref((struct store_entry *)e);
+    snap->entries[snap->n++] = (struct store_entry *)e;
+    return;
+oom:
+    snap->cap = snap->n; /* keep what is there freeable */
+    snap->n = SIZE_MAX;
 }
 
 static int store__apply_delete(struct store *s, struct commit *c, struct store_op *op, int64_t ts)
@@ -528,20 +541,19 @@ static int store__apply_delete(struct store *s, struct commit *c, struct store_o
     }
     /* A wildcard never matches a $-key when it comes first: the walk skips
      * them, so no $-key is deleted here. */
-    struct collect k = {0};
+    struct store_snapshot k = {0};
     bool more;
     int err = STORE_OK;
-    tree__walk(s->tree, op->key, op->klen, NULL, 0, SIZE_MAX, store__collect, &k, &more);
-    if (k.oom)
+    tree__walk(s->tree, op->key, op->klen, NULL, 0, SIZE_MAX, store__snap_visit, &k, &more);
+    if (k.n == SIZE_MAX) { /* out of memory */
+        k.n = k.cap;
         err = STORE_EINTERNAL;
+    }
     for (size_t i = 0; i < k.n && err == STORE_OK; i++) {
-        err = store__delete_one(s, c, k.keys[i], k.lens[i], ts, &op->rev);
+        err = store__delete_one(s, c, k.keys[i], k.klens[i], ts, &op->rev);
         op->deleted += err == STORE_OK;
     }
-    for (size_t i = 0; i < k.n; i++)
-        free(k.keys[i]);
-    free(k.keys);
-    free(k.lens);
+    store_snapshot_free(&k);
     return err;
 }
 
@@ -696,51 +708,6 @@ fail:
 }
 
 /* ---- subscriptions ---- */
-
-void store_snapshot_free(struct store_snapshot *snap)
-{
-    for (size_t i = 0; i < snap->n; i++) {
-        free(snap->keys[i]);
-        store_entry_unref(snap->entries[i]);
-    }
-    free(snap->keys);
-    free(snap->klens);
-    free(snap->entries);
-    memset(snap, 0, sizeof *snap);
-}
-
-static void store__snap_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
-{
-    struct store_snapshot *snap = arg;
-    if (snap->n == SIZE_MAX)
-        return; /* out of memory earlier */
-    if (snap->n == snap->cap) {
-        size_t cap = snap->cap ? snap->cap * 2 : 64;
-        char **keys = realloc(snap->keys, cap * sizeof *keys);
-        if (keys)
-            snap->keys = keys;
-        size_t *klens = realloc(snap->klens, cap * sizeof *klens);
-        if (klens)
-            snap->klens = klens;
-        struct store_entry **entries = realloc(snap->entries, cap * sizeof *entries);
-        if (entries)
-            snap->entries = entries;
-        if (!keys || !klens || !entries)
-            goto oom;
-        snap->cap = cap;
-    }
-    if ((snap->keys[snap->n] = malloc(klen + 1)) == NULL)
-        goto oom;
-    memcpy(snap->keys[snap->n], key, klen);
-    snap->keys[snap->n][klen] = '\0';
-    snap->klens[snap->n] = klen;
-    store_entry_ref((struct store_entry *)e);
-    snap->entries[snap->n++] = (struct store_entry *)e;
-    return;
-oom:
-    snap->cap = snap->n; /* keep what is there freeable */
-    snap->n = SIZE_MAX;
-}
 
 static int store__subscribe(struct store *s, const char *pat, size_t plen, bool unique,
                             store_event_fn fn, void *arg, struct store_snapshot *snap,

@@ -46,6 +46,8 @@ enum store_err {
 const char *store_err_name(int err);
 /* The HTTP status of an error (400 for invalid_key). */
 unsigned store_err_status(int err);
+/* A sentence for a client when nothing more precise is known; never NULL. */
+const char *store_err_text(int err);
 
 /* ---- keys and patterns (key.c) ------------------------------------------ */
 
