@@ -221,6 +221,134 @@ static int config__http_threads(struct config *cfg, const char *value, char *why
     return config__count(value, 0, 256, &cfg->http_threads, why, why_len);
 }
 
+/* ---- the bridge ---- */
+
+static int config__bridge_url(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (strcmp(value, "off") == 0 || value[0] == '\0') {
+        free(cfg->bridge.url);
+        cfg->bridge.url = NULL;
+        return 0;
+    }
+    if (bridge_url_check(value, why, why_len) != 0)
+        return -1;
+    return config__string(&cfg->bridge.url, value);
+}
+
+static int config__nonempty(char **slot, const char *value, char *why, size_t why_len)
+{
+    if (value[0] == '\0') {
+        snprintf(why, why_len, "the value is empty");
+        return -1;
+    }
+    return config__string(slot, value);
+}
+
+static int config__bridge_client_id(struct config *cfg, const char *value, char *why,
+                                    size_t why_len)
+{
+    return config__nonempty(&cfg->bridge.client_id, value, why, why_len);
+}
+
+static int config__bridge_username(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->bridge.username, value, why, why_len);
+}
+
+static int config__bridge_password(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (cfg->bridge.password != NULL)
+        explicit_bzero(cfg->bridge.password, strlen(cfg->bridge.password));
+    return config__nonempty(&cfg->bridge.password, value, why, why_len);
+}
+
+static int config__bridge_cafile(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->bridge.cafile, value, why, why_len);
+}
+
+static int config__bridge_certfile(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->bridge.certfile, value, why, why_len);
+}
+
+static int config__bridge_keyfile(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->bridge.keyfile, value, why, why_len);
+}
+
+static int config__bridge_protocol(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (strcmp(value, "5") == 0)
+        cfg->bridge.protocol = 5;
+    else if (strcmp(value, "3.1.1") == 0)
+        cfg->bridge.protocol = 4;
+    else {
+        snprintf(why, why_len, "'%s' is not 5 or 3.1.1", value);
+        return -1;
+    }
+    return 0;
+}
+
+static int config__bridge_qos(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    unsigned qos;
+    if (config__count(value, 0, 2, &qos, why, why_len) != 0)
+        return -1;
+    cfg->bridge.qos = (int)qos;
+    return 0;
+}
+
+static int config__bridge_keepalive(struct config *cfg, const char *value, char *why,
+                                    size_t why_len)
+{
+    return config__count(value, 5, 65535, &cfg->bridge.keepalive, why, why_len);
+}
+
+static int config__bridge_session_expiry(struct config *cfg, const char *value, char *why,
+                                         size_t why_len)
+{
+    return config__count(value, 0, 4294967295u, &cfg->bridge.session_expiry, why, why_len);
+}
+
+static int config__bridge_status_topic(struct config *cfg, const char *value, char *why,
+                                       size_t why_len)
+{
+    char detail[256];
+    if (store_key_check(value, strlen(value), 65535, detail, sizeof detail) != STORE_OK) {
+        snprintf(why, why_len, "'%s' is not a topic name: %s", value, detail);
+        return -1;
+    }
+    return config__string(&cfg->bridge.status_topic, value);
+}
+
+static void config__clear_maps(struct bridge_config *b)
+{
+    for (size_t i = 0; i < b->nmaps; i++)
+        free(b->maps[i]);
+    free(b->maps);
+    b->maps = NULL;
+    b->nmaps = 0;
+}
+
+static int config__bridge_map(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    struct bridge_config *b = &cfg->bridge;
+    if (bridge_map_check(value, why, why_len) != 0)
+        return -1;
+    if (cfg->maps_source != cfg->source)
+        config__clear_maps(b);
+    cfg->maps_source = cfg->source;
+    char **maps = realloc(b->maps, (b->nmaps + 1) * sizeof *maps);
+    if (maps == NULL)
+        return -1;
+    b->maps = maps;
+    if ((maps[b->nmaps] = strdup(value)) == NULL)
+        return -1;
+    b->nmaps++;
+    return 0;
+}
+
 static const struct {
     const char *name;
     config_parse_fn parse;
@@ -241,6 +369,19 @@ static const struct {
     {"max_sessions", config__max_sessions},
     {"max_subscriptions", config__max_subscriptions},
     {"sys_interval", config__sys_interval},
+    {"bridge_url", config__bridge_url},
+    {"bridge_client_id", config__bridge_client_id},
+    {"bridge_username", config__bridge_username},
+    {"bridge_password", config__bridge_password},
+    {"bridge_cafile", config__bridge_cafile},
+    {"bridge_certfile", config__bridge_certfile},
+    {"bridge_keyfile", config__bridge_keyfile},
+    {"bridge_protocol", config__bridge_protocol},
+    {"bridge_qos", config__bridge_qos},
+    {"bridge_keepalive", config__bridge_keepalive},
+    {"bridge_session_expiry", config__bridge_session_expiry},
+    {"bridge_status_topic", config__bridge_status_topic},
+    {"bridge_map", config__bridge_map},
 };
 #define CONFIG_NOPTIONS (sizeof config__options / sizeof config__options[0])
 
@@ -348,6 +489,10 @@ static void config__defaults(struct config *cfg)
     cfg->limits.max_key_bytes = 1024;
     cfg->limits.max_value_bytes = 1 << 20;
     cfg->max_body_bytes = 16 << 20;
+    cfg->bridge.protocol = 5;
+    cfg->bridge.qos = 1;
+    cfg->bridge.keepalive = 30;
+    cfg->bridge.session_expiry = 7 * 86400;
 }
 
 int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why_len)
@@ -370,10 +515,13 @@ int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why
             file = argv[++i];
         }
     }
+    cfg->source = 1;
     if (file != NULL && config__file(cfg, file, why, why_len) != 0)
         return -1;
+    cfg->source = 2;
     if (config__env(cfg, why, why_len) != 0)
         return -1;
+    cfg->source = 3;
     for (i = 0; i < argc; i++) {
         const char *arg = argv[i], *value;
         char where[128];
@@ -414,6 +562,7 @@ void config_free(struct config *cfg)
     free(cfg->tcp_listen);
     free(cfg->unix_socket);
     cfg->http_listen = cfg->data_dir = cfg->tcp_listen = cfg->unix_socket = NULL;
+    bridge_config_free(&cfg->bridge);
 }
 
 int config_resolve(const char *option, const char *spec, struct addrinfo **ai, char *host,

@@ -5,6 +5,7 @@
 #ifndef ALMANAC_GATEWAY_H
 #define ALMANAC_GATEWAY_H
 
+#include "bridge.h"
 #include "log.h"
 #include "store.h"
 
@@ -28,6 +29,11 @@ struct config {
     unsigned max_sessions;
     unsigned max_subscriptions; /* per session */
     unsigned sys_interval;      /* seconds between $SYS updates; 0: none */
+    struct bridge_config bridge;
+    /* While loading: which source (file, environment, flags) is being read,
+     * and which one gave the bridge_map lines so far; a later source's maps
+     * replace an earlier one's. */
+    int source, maps_source;
 };
 
 /* Fills `cfg` from the defaults, then the file of `-c FILE` (if any), the
@@ -188,8 +194,8 @@ void sys_session_close(struct sys *sys, const char *client_id, unsigned count);
 struct http;
 /* Starts serving `store` on cfg->http_listen. Returns 0, or -1 with a
  * sentence in `why`. */
-int http_start(struct store *store, const struct config *cfg, struct loop *loop, struct http **out,
-               char *why, size_t why_len);
+int http_start(struct store *store, struct bridge *bridge, const struct config *cfg,
+               struct loop *loop, struct http **out, char *why, size_t why_len);
 /* Stops accepting connections; requests under way go on. */
 void http_quiesce(struct http *h);
 /* Waits (a bounded time) for requests under way to be answered, then stops. */

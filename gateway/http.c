@@ -59,6 +59,7 @@ struct sse;
 
 struct http {
     struct store *store;
+    struct bridge *bridge; /* NULL: off */
     const struct config *cfg;
     struct loop *loop;
     pthread_mutex_t sse_lock; /* the open SSE streams, to end them at stop */
@@ -756,6 +757,32 @@ static enum MHD_Result http__batch(struct req *r)
     return http__submit(r, v, n);
 }
 
+/* The bridge's object of /api/v1/info. */
+static void http__bridge_info(struct buf *b, struct bridge *bridge, uint64_t outbox)
+{
+    struct bridge_stats bs;
+    bridge_stats(bridge, &bs);
+    buf_addf(b, "{\"state\":\"%s\"", bs.state);
+    if (bridge != NULL) {
+        buf_adds(b, ",\"url\":");
+        buf_add_jstr(b, bs.url, strlen(bs.url));
+        buf_adds(b, ",\"client_id\":");
+        buf_add_jstr(b, bs.client_id, strlen(bs.client_id));
+        buf_adds(b, ",\"last_error\":");
+        if (bs.last_error[0])
+            buf_add_jstr(b, bs.last_error, strlen(bs.last_error));
+        else
+            buf_adds(b, "null");
+        buf_addf(b,
+                 ",\"connected_since\":%lld,\"messages_in\":%llu,\"messages_out\":%llu,"
+                 "\"errors_in\":%llu,\"errors_out\":%llu,\"reconnects\":%llu",
+                 (long long)bs.connected_since_us, (unsigned long long)bs.messages_in,
+                 (unsigned long long)bs.messages_out, (unsigned long long)bs.errors_in,
+                 (unsigned long long)bs.errors_out, (unsigned long long)bs.reconnects);
+    }
+    buf_addf(b, ",\"outbox\":%llu}", (unsigned long long)outbox);
+}
+
 static enum MHD_Result http__info(struct req *r)
 {
     struct store_stats st;
@@ -764,10 +791,12 @@ static enum MHD_Result http__info(struct req *r)
     buf_addf(&b,
              "{\"version\":\"%s\",\"uptime_s\":%lld,\"keys\":%llu,\"rev\":%lld,"
              "\"schema_version\":%d,\"protocols\":[\"1.0\"],\"sessions\":%u,"
-             "\"subscriptions\":%llu,\"bridge\":{\"state\":\"off\"},\"storage\":{\"path\":",
+             "\"subscriptions\":%llu,\"bridge\":",
              ALMANAC_VERSION, (long long)((http__now_us() - r->h->started_us) / 1000000),
              (unsigned long long)st.keys, (long long)st.rev, st.schema_version,
              loop_sessions(r->h->loop), (unsigned long long)st.subscriptions);
+    http__bridge_info(&b, r->h->bridge, st.outbox);
+    buf_adds(&b, ",\"storage\":{\"path\":");
     buf_add_jstr(&b, st.db_path, strlen(st.db_path));
     buf_addf(&b,
              ",\"durability\":\"%s\",\"db_bytes\":%lld,\"wal_bytes\":%lld,"
@@ -808,6 +837,22 @@ static enum MHD_Result http__metrics(struct req *r)
                  st.subscriptions);
     http__metric(&b, "almanac_events_total", "counter", "Changes handed to subscriptions.",
                  st.events);
+    struct bridge_stats bs;
+    bridge_stats(r->h->bridge, &bs);
+    http__metric(&b, "almanac_bridge_connected", "gauge", "1 while the MQTT bridge is connected.",
+                 strcmp(bs.state, "connected") == 0);
+    http__metric(&b, "almanac_bridge_outbox", "gauge", "Changes waiting for the MQTT broker.",
+                 st.outbox);
+    http__metric(&b, "almanac_bridge_messages_in_total", "counter",
+                 "MQTT messages received on mapped topics.", bs.messages_in);
+    http__metric(&b, "almanac_bridge_messages_out_total", "counter",
+                 "Publishes the MQTT broker acknowledged.", bs.messages_out);
+    http__metric(&b, "almanac_bridge_errors_in_total", "counter",
+                 "MQTT messages that could not become a change.", bs.errors_in);
+    http__metric(&b, "almanac_bridge_errors_out_total", "counter",
+                 "Publishes the MQTT broker refused for good.", bs.errors_out);
+    http__metric(&b, "almanac_bridge_reconnects_total", "counter",
+                 "Connection attempts after the first.", bs.reconnects);
     http__metric(&b, "almanac_uptime_seconds", "gauge", "Seconds since the start.",
                  (unsigned long long)((http__now_us() - r->h->started_us) / 1000000));
     buf_adds(&b, "# HELP almanac_storage_bytes Size of the database files.\n"
@@ -1267,8 +1312,8 @@ static void http__mhd_log(void *cls, const char *fmt, va_list ap)
     log_debug("http: %s", msg);
 }
 
-int http_start(struct store *store, const struct config *cfg, struct loop *loop, struct http **out,
-               char *why, size_t why_len)
+int http_start(struct store *store, struct bridge *bridge, const struct config *cfg,
+               struct loop *loop, struct http **out, char *why, size_t why_len)
 {
     struct addrinfo *ai = NULL;
     char host[256];
@@ -1285,6 +1330,7 @@ int http_start(struct store *store, const struct config *cfg, struct loop *loop,
         return -1;
     }
     h->store = store;
+    h->bridge = bridge;
     h->cfg = cfg;
     h->loop = loop;
     pthread_mutex_init(&h->sse_lock, NULL);

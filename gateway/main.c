@@ -1,11 +1,13 @@
 /*
  * main.c — the `almanac` command: `serve` runs the server.
  *
- * Start: configuration, store (open, migrate, load), the session loop, HTTP.
+ * Start: configuration, the bridge's maps, store (open, migrate, load), the
+ * session loop, HTTP, then the bridge connects.
  * SIGTERM and SIGINT are blocked in every thread and taken here with
  * sigwait. Stop, in order: stop accepting, drain the commit queue (every
  * writer is answered), let the answers go out, stop HTTP and the sessions,
- * close the database.
+ * close the database. The bridge disconnects before the store drains, and
+ * what is committed after it stays in the outbox for the next start.
  */
 #include "gateway.h"
 #include "version.h"
@@ -32,6 +34,7 @@ static int serve(int argc, char **argv)
     struct http *http = NULL;
     struct loop *loop = NULL;
     struct sys *sys = NULL;
+    struct bridge *bridge = NULL;
     char why[1024];
     sigset_t stop;
     int sig, rc = 1;
@@ -49,10 +52,16 @@ static int serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (bridge_new(&cfg.bridge, &cfg.limits, &bridge, why, sizeof why) != 0) {
+        log_error("almanac: %s", why);
+        rc = 2;
+        goto out;
+    }
     struct store_config scfg = {.data_dir = cfg.data_dir,
                                 .durability = cfg.durability,
                                 .max_db_bytes = cfg.max_db_bytes,
                                 .limits = cfg.limits};
+    bridge_outbox_hooks(bridge, &scfg.outbox);
     if (store_open(&scfg, &store, why, sizeof why) != STORE_OK) {
         log_error("almanac: %s", why);
         goto out;
@@ -60,7 +69,8 @@ static int serve(int argc, char **argv)
     sys = sys_start(store, cfg.sys_interval);
     if (loop_start(store, sys, &cfg, &loop, why, sizeof why) != 0 ||
         (strcmp(cfg.http_listen, "off") != 0 &&
-         http_start(store, &cfg, loop, &http, why, sizeof why) != 0)) {
+         http_start(store, bridge, &cfg, loop, &http, why, sizeof why) != 0) ||
+        (bridge != NULL && bridge_start(bridge, store, why, sizeof why) != 0)) {
         log_error("almanac: %s", why);
         goto out;
     }
@@ -72,12 +82,14 @@ out:
     if (http)
         http_quiesce(http);
     loop_quiesce(loop);
+    bridge_stop(bridge);
     if (store)
         store_drain(store);
     http_stop(http);
     loop_stop(loop);
     sys_stop(sys);
     store_close(store);
+    bridge_free(bridge);
     config_free(&cfg);
     return rc;
 }

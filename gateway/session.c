@@ -461,10 +461,13 @@ static int session__delete(struct session *s, json_int_t id, json_t *msg)
         session__error(s, &id, STORE_EBADREQ, "if_rev applies to a key, not a pattern");
         return 0;
     }
-    session__submit(
-        s, id, msg,
-        (struct store_op){
-            .kind = STORE_OP_DELETE, .key = key, .klen = len, .pattern = wild, .if_rev = if_rev});
+    session__submit(s, id, msg,
+                    (struct store_op){.kind = STORE_OP_DELETE,
+                                      .key = key,
+                                      .klen = len,
+                                      .pattern = wild,
+                                      .if_rev = if_rev,
+                                      .origin = s->origin});
     return 0;
 }
 

@@ -79,8 +79,11 @@ static void sys__delete(struct store *store, const char *pattern)
     if (w == NULL)
         return;
     snprintf(w->key, sizeof w->key, "%s", pattern);
-    w->op = (struct store_op){
-        .kind = STORE_OP_DELETE, .pattern = true, .sys = true, .if_rev = STORE_ANY_REV};
+    w->op = (struct store_op){.kind = STORE_OP_DELETE,
+                              .pattern = true,
+                              .sys = true,
+                              .if_rev = STORE_ANY_REV,
+                              .origin = STORE_ORIGIN_SYS};
     sys__submit(store, w);
 }
 

@@ -38,7 +38,7 @@ struct db {
     bool ckpt_started, ckpt_stop;
     pthread_mutex_t ckpt_lock;
     pthread_cond_t ckpt_cond;
-    sqlite3_stmt *put, *del, *rev;
+    sqlite3_stmt *put, *del, *rev, *obx_put, *obx_del;
     int schema_version;
     int lock_fd;
     char *path;
@@ -260,7 +260,13 @@ int db__open(const char *dir, enum store_durability durability, uint64_t max_byt
         sqlite3_prepare_v3(db->conn, "DELETE FROM entries WHERE key = ?", -1,
                            SQLITE_PREPARE_PERSISTENT, &db->del, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn, "UPDATE meta SET value = ? WHERE name = 'rev'", -1,
-                           SQLITE_PREPARE_PERSISTENT, &db->rev, NULL) != SQLITE_OK) {
+                           SQLITE_PREPARE_PERSISTENT, &db->rev, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(db->conn,
+                           "INSERT OR REPLACE INTO outbox(topic, rev, type, labels, value, "
+                           "deleted) VALUES (?, ?, ?, ?, ?, ?)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &db->obx_put, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(db->conn, "DELETE FROM outbox WHERE topic = ? AND rev = ?", -1,
+                           SQLITE_PREPARE_PERSISTENT, &db->obx_del, NULL) != SQLITE_OK) {
         snprintf(why, why_len, "%s: %s", db->path, sqlite3_errmsg(db->conn));
         goto fail;
     }
@@ -289,6 +295,8 @@ void db__close(struct db *db)
     sqlite3_finalize(db->put);
     sqlite3_finalize(db->del);
     sqlite3_finalize(db->rev);
+    sqlite3_finalize(db->obx_put);
+    sqlite3_finalize(db->obx_del);
     if (db->conn != NULL && sqlite3_close(db->conn) != SQLITE_OK)
         log_warn("store: closing %s: %s", db->path, sqlite3_errmsg(db->conn));
     if (db->lock_fd >= 0)
@@ -352,6 +360,45 @@ out:
     return err;
 }
 
+int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v2(db->conn,
+                           "SELECT topic, rev, type, labels, value, deleted FROM outbox "
+                           "ORDER BY rev",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct store_entry *e = NULL;
+        int64_t rev = sqlite3_column_int64(st, 1);
+        if (!sqlite3_column_int(st, 5)) {
+            e = entry__load(sqlite3_column_blob(st, 4), (size_t)sqlite3_column_bytes(st, 4),
+                            (const char *)sqlite3_column_text(st, 2),
+                            (const char *)sqlite3_column_text(st, 3), STORE_ORIGIN_HTTP, rev, 0);
+            if (e == NULL)
+                goto oom;
+        }
+        int err = outbox__put(ob, (const char *)sqlite3_column_text(st, 0), rev, e);
+        store_entry_unref(e);
+        if (err != STORE_OK)
+            goto oom;
+    }
+    if (rc != SQLITE_DONE)
+        goto fail;
+    sqlite3_finalize(st);
+    return STORE_OK;
+oom:
+    sqlite3_finalize(st);
+    snprintf(why, why_len, "out of memory while loading the outbox of %s", db->path);
+    return STORE_EINTERNAL;
+fail:
+    snprintf(why, why_len, "cannot load the outbox of %s: %s", db->path, sqlite3_errmsg(db->conn));
+    sqlite3_finalize(st);
+    return STORE_EINTERNAL;
+}
+
 static int db__step(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
@@ -360,8 +407,29 @@ static int db__step(sqlite3_stmt *st)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+static int db__write_outbox(struct db *db, const struct change *c)
+{
+    sqlite3_stmt *st = db->obx_put;
+    sqlite3_bind_text(st, 1, c->topic, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->rev);
+    if (c->entry != NULL) {
+        size_t vlen;
+        const void *value = store_entry_value(c->entry, &vlen);
+        sqlite3_bind_text(st, 3, store_entry_type(c->entry), -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, store_entry_labels(c->entry), -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 5, vlen ? value : "", (int)vlen, SQLITE_STATIC);
+    }
+    sqlite3_bind_int(st, 6, c->entry == NULL);
+    return db__step(st);
+}
+
 static int db__write_change(struct db *db, const struct change *c)
 {
+    if (c->topic != NULL) {
+        int rc = db__write_outbox(db, c);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
     if (c->entry == NULL) {
         sqlite3_bind_text(db->del, 1, c->key, (int)c->klen, SQLITE_STATIC);
         return db__step(db->del);
@@ -379,11 +447,16 @@ static int db__write_change(struct db *db, const struct change *c)
     return db__step(st);
 }
 
-int db__write(struct db *db, const struct commit *list)
+int db__write(struct db *db, const struct commit *list, const struct outbox_ack *acks, size_t nacks)
 {
     int rc = sqlite3_exec(db->conn, "BEGIN", NULL, NULL, NULL);
     int64_t last = 0;
 
+    for (size_t i = 0; i < nacks && rc == SQLITE_OK; i++) {
+        sqlite3_bind_text(db->obx_del, 1, acks[i].topic, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(db->obx_del, 2, acks[i].rev);
+        rc = db__step(db->obx_del);
+    }
     for (const struct commit *c = list; c != NULL && rc == SQLITE_OK; c = c->next) {
         for (size_t i = 0; i < c->n && rc == SQLITE_OK; i++) {
             if (c->changes[i].transient)

@@ -38,10 +38,10 @@ struct store {
     pthread_rwlock_t lock; /* the tree and `rev` */
     int64_t rev;
 
-    pthread_mutex_t qlock; /* the queue, `stop`, `busy` */
+    pthread_mutex_t qlock; /* the queue, `stop`, `busy`, `acks` */
     pthread_cond_t qcond;
     struct commit *head, *tail;
-    bool stop, busy;
+    bool stop, busy, acks; /* acks: outbox rows wait to be deleted */
     pthread_t committer;
     bool started;
 
@@ -54,6 +54,8 @@ struct store {
 
     pthread_mutex_t sublock; /* the subscription tree; held while delivering */
     struct subnode *subs;
+
+    struct outbox *outbox;
 
     _Atomic uint64_t commits, changes, commit_failures, publishes, nsubs, events;
 };
@@ -89,6 +91,7 @@ static void commit__free(struct commit *c)
 {
     for (size_t i = 0; i < c->n; i++) {
         free(c->changes[i].key);
+        free(c->changes[i].topic);
         store_entry_unref(c->changes[i].entry);
         store_entry_unref(c->changes[i].old);
     }
@@ -167,29 +170,77 @@ static void store__finish(struct commit *list, int err)
     }
 }
 
+/* Names the outbox topic of each change of `list` that goes out. */
+static void store__outbox_topics(struct store *s, struct commit *list)
+{
+    const struct store_outbox_hooks *h = &s->cfg.outbox;
+    for (struct commit *c = list; c != NULL; c = c->next) {
+        for (size_t i = 0; i < c->n; i++) {
+            struct change *ch = &c->changes[i];
+            ch->topic = h->topic(h->arg, ch->key, ch->klen,
+                                 ch->entry ? store_entry_origin(ch->entry) : ch->origin);
+        }
+    }
+}
+
+/* After the commit: the outbox items of `list`, and a word to the sender;
+ * the transient messages go straight out. */
+static void store__outbox_add(struct store *s, const struct commit *list)
+{
+    bool added = false;
+    for (const struct commit *c = list; c != NULL; c = c->next) {
+        for (size_t i = 0; i < c->n; i++) {
+            const struct change *ch = &c->changes[i];
+            if (ch->topic == NULL)
+                continue;
+            if (ch->transient) {
+                s->cfg.outbox.publish(s->cfg.outbox.arg, ch->topic, ch->entry);
+                continue;
+            }
+            if (outbox__put(s->outbox, ch->topic, ch->rev, ch->entry) != STORE_OK)
+                log_error("store: out of memory: the change of %s goes out after a restart",
+                          ch->topic);
+            added = true;
+        }
+    }
+    if (added)
+        s->cfg.outbox.ready(s->cfg.outbox.arg);
+}
+
 static void *store__committer(void *arg)
 {
     struct store *s = arg;
 
     for (;;) {
         pthread_mutex_lock(&s->qlock);
-        while (s->head == NULL && !s->stop)
+        while (s->head == NULL && !s->acks && !s->stop)
             pthread_cond_wait(&s->qcond, &s->qlock);
-        if (s->head == NULL) {
+        if (s->head == NULL && !s->acks) {
             pthread_mutex_unlock(&s->qlock);
             break;
         }
         struct commit *list = s->head, *last = s->tail;
         s->head = s->tail = NULL;
+        s->acks = false;
         s->busy = true;
         pthread_mutex_unlock(&s->qlock);
 
-        size_t n = 0;
+        struct outbox_ack *acks;
+        size_t nacks = outbox__take_acks(s->outbox, &acks), n = 0;
         for (struct commit *c = list; c != NULL; c = c->next)
             for (size_t i = 0; i < c->n; i++)
                 n += !c->changes[i].transient;
-        int err = n > 0 ? db__write(s->db, list) : STORE_OK;
+        if (s->cfg.outbox.topic != NULL)
+            store__outbox_topics(s, list);
+        int err = n + nacks > 0 ? db__write(s->db, list, acks, nacks) : STORE_OK;
+        for (size_t i = 0; i < nacks; i++)
+            free(acks[i].topic);
+        free(acks);
+        if (list == NULL) /* acknowledgements only; a failure leaves the rows */
+            goto next;
         if (err == STORE_OK) {
+            if (s->cfg.outbox.topic != NULL)
+                store__outbox_add(s, list);
             if (n > 0) {
                 atomic_store(&s->committed, last->last_rev);
                 atomic_fetch_add(&s->commits, 1);
@@ -227,6 +278,7 @@ static void *store__committer(void *arg)
             store__deliver(s, list, true);
         }
         store__finish(list, err);
+    next:
         pthread_mutex_lock(&s->qlock);
         s->busy = false;
         pthread_cond_broadcast(&s->qcond);
@@ -266,7 +318,7 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
     pthread_mutex_init(&s->slock, NULL);
     pthread_cond_init(&s->scond, NULL);
     pthread_mutex_init(&s->sublock, NULL);
-    if ((s->subs = subs__new()) == NULL) {
+    if ((s->subs = subs__new()) == NULL || (s->outbox = outbox__new()) == NULL) {
         snprintf(why, why_len, "out of memory");
         err = STORE_EINTERNAL;
         goto fail;
@@ -275,7 +327,8 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
         STORE_OK)
         goto fail;
     int64_t t0 = store__now_us();
-    if ((err = db__load(s->db, store__load_one, s, &rev, why, why_len)) != STORE_OK)
+    if ((err = db__load(s->db, store__load_one, s, &rev, why, why_len)) != STORE_OK ||
+        (err = db__load_outbox(s->db, s->outbox, why, why_len)) != STORE_OK)
         goto fail;
     int64_t load_ms = (store__now_us() - t0) / 1000;
     s->rev = rev;
@@ -335,6 +388,7 @@ void store_close(struct store *s)
         pthread_mutex_destroy(&s->sublock);
     }
     subs__free(s->subs);
+    outbox__free(s->outbox);
     free(s->data_dir);
     free(s);
 }
@@ -443,6 +497,15 @@ static int store__apply_set(struct store *s, struct commit *c, struct store_op *
         return err;
     if (store_key_reserved(op->key, op->klen) && store_entry_origin(op->entry) != STORE_ORIGIN_SYS)
         return STORE_EREADONLY;
+    if (op->if_changed && cur != NULL && store_entry_same(cur, op->entry)) {
+        const char *a = store_entry_labels(cur), *b = store_entry_labels(op->entry);
+        if (a == b || (a != NULL && b != NULL && strcmp(a, b) == 0)) {
+            store_entry_unref(op->entry);
+            op->entry = NULL;
+            op->rev = 0;
+            return STORE_OK;
+        }
+    }
     struct change *ch = commit__add(c, op->key, op->klen);
     if (ch == NULL)
         return STORE_EINTERNAL;
@@ -466,12 +529,13 @@ static int store__apply_set(struct store *s, struct commit *c, struct store_op *
 }
 
 static int store__delete_one(struct store *s, struct commit *c, const char *key, size_t klen,
-                             int64_t ts, int64_t *rev)
+                             int64_t ts, struct store_op *op)
 {
     struct change *ch = commit__add(c, key, klen);
     if (ch == NULL)
         return STORE_EINTERNAL;
-    ch->rev = *rev = ++s->rev;
+    ch->origin = op->origin;
+    ch->rev = op->rev = ++s->rev;
     ch->ts = ts;
     ch->old = tree__del(s->tree, key, klen);
     return STORE_OK;
@@ -537,7 +601,7 @@ static int store__apply_delete(struct store *s, struct commit *c, struct store_o
         if (cur == NULL)
             return op->must_exist ? STORE_ENOTFOUND : STORE_OK;
         op->deleted = 1;
-        return store__delete_one(s, c, op->key, op->klen, ts, &op->rev);
+        return store__delete_one(s, c, op->key, op->klen, ts, op);
     }
     /* A wildcard never matches a $-key when it comes first: the walk skips
      * them, so no $-key is deleted here. */
@@ -550,7 +614,7 @@ static int store__apply_delete(struct store *s, struct commit *c, struct store_o
         err = STORE_EINTERNAL;
     }
     for (size_t i = 0; i < k.n && err == STORE_OK; i++) {
-        err = store__delete_one(s, c, k.keys[i], k.klens[i], ts, &op->rev);
+        err = store__delete_one(s, c, k.keys[i], k.klens[i], ts, op);
         op->deleted += err == STORE_OK;
     }
     store_snapshot_free(&k);
@@ -707,6 +771,30 @@ fail:
     return err;
 }
 
+/* ---- the outbox ---- */
+
+size_t store_outbox_next(struct store *s, int64_t after, struct store_outbox_msg *out, size_t max)
+{
+    return outbox__next(s->outbox, after, out, max);
+}
+
+void store_outbox_msg_clear(struct store_outbox_msg *m)
+{
+    free(m->topic);
+    store_entry_unref(m->entry);
+    memset(m, 0, sizeof *m);
+}
+
+void store_outbox_ack(struct store *s, const char *topic, int64_t rev)
+{
+    if (!outbox__ack(s->outbox, topic, rev))
+        return;
+    pthread_mutex_lock(&s->qlock);
+    s->acks = true;
+    pthread_cond_signal(&s->qcond);
+    pthread_mutex_unlock(&s->qlock);
+}
+
 /* ---- subscriptions ---- */
 
 static int store__subscribe(struct store *s, const char *pat, size_t plen, bool unique,
@@ -809,4 +897,5 @@ void store_stats(struct store *s, struct store_stats *out)
     out->db_bytes = store__file_size(out->db_path, "");
     out->wal_bytes = store__file_size(out->db_path, "-wal");
     out->durability = s->cfg.durability;
+    out->outbox = outbox__depth(s->outbox);
 }

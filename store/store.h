@@ -120,11 +120,28 @@ struct store_limits {
     size_t max_value_bytes; /* default 1 MiB */
 };
 
+/* The outbox (for the MQTT bridge): the changes that go out, kept in SQLite
+ * with the change itself until the broker has them. */
+struct store_outbox_hooks {
+    /* Called on the committer's thread for each change before its commit:
+     * the topic it goes out to (a new malloc'd string the store frees), or
+     * NULL when it does not go out. `origin` is where the change came from. */
+    char *(*topic)(void *arg, const char *key, size_t klen, enum store_origin origin);
+    /* Called on the committer's thread after a commit that added to the
+     * outbox. Must not block. */
+    void (*ready)(void *arg);
+    /* Called on the committer's thread with a transient message (store_publish)
+     * whose key has a topic: it goes out now or never. Must not block. */
+    void (*publish)(void *arg, const char *topic, const struct store_entry *e);
+    void *arg;
+};
+
 struct store_config {
     const char *data_dir; /* almanac.db lives here; created if missing */
     enum store_durability durability;
     uint64_t max_db_bytes; /* 0: no cap; beyond it writes fail with STORE_EFULL */
     struct store_limits limits;
+    struct store_outbox_hooks outbox; /* topic NULL: nothing goes to the outbox */
 };
 
 struct store;
@@ -177,6 +194,9 @@ struct store_op {
     bool pattern;              /* DELETE: `key` is a pattern with wildcards */
     bool must_exist;           /* DELETE: a missing key is STORE_ENOTFOUND */
     bool sys;                  /* DELETE: by the server, so $-keys may go */
+    enum store_origin origin;  /* DELETE: where it came from (SET: the entry's) */
+    bool if_changed;           /* SET: a no-op (rev 0) when the key holds the same
+                                  value, type and labels */
     struct store_entry *entry; /* SET: the store takes this reference, always */
     int64_t if_rev;            /* STORE_ANY_REV, STORE_EXISTS_REV, 0 (absent) or a rev */
 
@@ -211,6 +231,22 @@ void store_txn_clear(struct store_txn *t);
 /* A transient message: nothing stored, no rev of its own; handed to the
  * subscribers in order with the changes around it. Takes `e`. */
 int store_publish(struct store *s, const char *key, size_t klen, struct store_entry *e);
+
+/* ---- the outbox (outbox.c, store.c) --------------------------------------- */
+
+/* One change waiting for the broker: the latest of its topic. */
+struct store_outbox_msg {
+    char *topic; /* owned */
+    int64_t rev;
+    struct store_entry *entry; /* a new reference; NULL for a deletion */
+};
+/* Fills at most `max` messages of the outbox whose rev is above `after`, in
+ * rev order. Returns how many; release each with store_outbox_msg_clear. */
+size_t store_outbox_next(struct store *s, int64_t after, struct store_outbox_msg *out, size_t max);
+void store_outbox_msg_clear(struct store_outbox_msg *m);
+/* The broker has `topic` at `rev`: its row goes in the next commit, unless a
+ * newer change of the topic waits. Any thread; does not block on SQLite. */
+void store_outbox_ack(struct store *s, const char *topic, int64_t rev);
 
 /* ---- subscriptions (subs.c, store.c) ---------------------------------- */
 
@@ -271,6 +307,7 @@ struct store_stats {
     bool writable; /* the last commit (if any) succeeded */
     bool draining;
     int64_t db_bytes, wal_bytes;
+    uint64_t outbox; /* changes waiting for the MQTT broker */
     const char *db_path;
     enum store_durability durability;
 };

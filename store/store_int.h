@@ -65,7 +65,9 @@ struct change {
     struct store_entry *entry; /* new reference; NULL for a deletion */
     struct store_entry *old;   /* new reference to what it replaced, for undo */
     int64_t rev, ts;
-    bool transient; /* a publish: delivered, never written */
+    bool transient;           /* a publish: delivered, never written */
+    enum store_origin origin; /* a deletion's; a set has its entry's */
+    char *topic;              /* owned: the outbox topic, or NULL */
 };
 
 struct commit {
@@ -77,6 +79,26 @@ struct commit {
     size_t n, cap;
     int64_t last_rev; /* the highest rev of `changes`, or the store's rev then */
 };
+
+/* ---- outbox.c: the outbox in memory; see the file for its invariants ---- */
+
+struct outbox;
+struct outbox_ack {
+    char *topic; /* owned */
+    int64_t rev;
+};
+struct outbox *outbox__new(void);
+void outbox__free(struct outbox *ob);
+/* Adds the committed change (topic, rev, e) (e borrowed, NULL for a
+ * deletion), replacing what waited for the topic. */
+int outbox__put(struct outbox *ob, const char *topic, int64_t rev, struct store_entry *e);
+size_t outbox__next(struct outbox *ob, int64_t after, struct store_outbox_msg *out, size_t max);
+/* Removes the item of `topic` if its rev is `rev`, remembering the row's
+ * deletion for the committer. Whether it did. */
+bool outbox__ack(struct outbox *ob, const char *topic, int64_t rev);
+/* Hands over the deletions waiting (the caller frees them). */
+size_t outbox__take_acks(struct outbox *ob, struct outbox_ack **acks);
+size_t outbox__depth(struct outbox *ob);
 
 /* ---- db.c: SQLite persistence ---- */
 
@@ -92,8 +114,12 @@ typedef int (*db_load_fn)(void *arg, const char *key, size_t klen, struct store_
 /* Calls `fn` for every stored entry (the callee takes the reference) and
  * sets `*rev` to the highest rev ever committed. */
 int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, size_t why_len);
-/* Writes every change of the list of commits in one transaction.
+/* Puts every row of the outbox table into `ob`, in rev order. */
+int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len);
+/* Writes every change of the list of commits (with its outbox row) and
+ * deletes the acknowledged outbox rows, in one transaction.
  * STORE_OK, STORE_EFULL or STORE_EINTERNAL; on failure nothing is written. */
-int db__write(struct db *db, const struct commit *list);
+int db__write(struct db *db, const struct commit *list, const struct outbox_ack *acks,
+              size_t nacks);
 
 #endif

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,121 @@ class Daemon:
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout=15, interval=0.05, what="the condition"):
+    """Calls check() until it returns something true; returns that."""
+    deadline = time.time() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Broker:
+    """A real mosquitto broker on a free port of 127.0.0.1, with retained
+    messages and sessions kept on disk across its restarts. `extra` lines go
+    to its configuration (a bridge to another broker, say)."""
+
+    def __init__(self, users=None, extra=""):
+        self.dir = tempfile.mkdtemp(prefix="almanac-mosq-")
+        os.chmod(self.dir, 0o777)  # mosquitto started as root runs as user mosquitto
+        self.port = free_port()
+        self.proc = None
+        conf = [f"listener {self.port} 127.0.0.1", "persistence true",
+                f"persistence_location {self.dir}/", "autosave_interval 1",
+                "sys_interval 1", f"log_dest file {self.dir}/mosquitto.log", "log_type all"]
+        if users:
+            pw = os.path.join(self.dir, "passwords")
+            open(pw, "w").close()
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", pw, user, password], check=True,
+                               capture_output=True)
+            os.chmod(pw, 0o644)
+            conf += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            conf.append("allow_anonymous true")
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        with open(self.conf, "w") as f:
+            f.write("\n".join(conf) + "\n" + extra)
+
+    @property
+    def url(self):
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited: {self.log()}")
+                return False
+        wait_for(listening, 10, what="mosquitto to listen")
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()  # mosquitto saves its state on SIGTERM
+            self.proc.wait(10)
+            self.proc = None
+
+    def cleanup(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log(self):
+        try:
+            with open(os.path.join(self.dir, "mosquitto.log"), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def _auth(self, auth):
+        return ["-u", auth[0], "-P", auth[1]] if auth else []
+
+    def pub(self, topic, payload=None, retain=True, qos=1, props=(), v5=True, auth=None):
+        """mosquitto_pub: `payload` bytes or str (None: an empty payload);
+        `props` (command, name, value...) tuples for -D."""
+        cmd = ["mosquitto_pub", "-p", str(self.port), "-t", topic, "-q", str(qos)]
+        cmd += self._auth(auth) + (["-r"] if retain else [])
+        cmd += ["-V", "mqttv5" if v5 else "mqttv311"]
+        for p in props:
+            cmd += ["-D", *p]
+        if payload is None:
+            cmd.append("-n")
+        else:
+            cmd += ["-s"]
+        data = payload.encode() if isinstance(payload, str) else payload
+        subprocess.run(cmd, input=data, check=True, capture_output=True, timeout=10)
+
+    def retained(self, topic, timeout=1.0, auth=None):
+        """{topic: (payload bytes, content type, user properties text)} of the
+        retained messages matching `topic`, read with mosquitto_sub."""
+        cmd = ["mosquitto_sub", "-p", str(self.port), "-t", topic, "-V", "mqttv5",
+               "--retained-only", "-W", str(max(1, int(timeout))), "-F", "%t|%C|%P|%x"]
+        out = subprocess.run(cmd + self._auth(auth), capture_output=True, timeout=timeout + 10)
+        got = {}
+        for line in out.stdout.decode(errors="replace").splitlines():
+            t, ctype, props, hexed = line.rsplit("|", 3)[0], *line.rsplit("|", 3)[1:]
+            got[t] = (bytes.fromhex(hexed), ctype, props)
+        return got
 
 
 class Response:

@@ -1,0 +1,1258 @@
+/*
+ * bridge.c — the MQTT bridge (API.md "MQTT bridge") over Paho MQTTAsync.
+ *
+ * In: a message on a mapped topic becomes a change with origin `mqtt`,
+ * submitted to the store from Paho's thread without waiting for the commit
+ * (at most BRIDGE_IN_PENDING uncommitted, then Paho's thread waits, and the
+ * broker with it). Out: the store writes each change of a mapped key that did
+ * not come from MQTT to the outbox in the change's own transaction
+ * (bridge__topic); the bridge's thread publishes the outbox in rev order,
+ * at most BRIDGE_WINDOW unacknowledged, and acknowledges each PUBACK back to
+ * the store, which deletes the row.
+ *
+ * States (bridge__run makes the attempts, Paho's callbacks the rest):
+ *   disconnected --(backoff over) bridge__connect--> connecting
+ *   connecting --bridge__connected--> connected
+ *   connecting --bridge__failed--> disconnected (backoff doubles, at most 30 s)
+ *   connected --bridge__lost--> disconnected
+ * Invariants:
+ *   1. `lock` guards the state, `sent_rev`, `inflight` and `gen`; no Paho or
+ *      store call is made while holding it;
+ *   2. every outbox message up to `sent_rev` was handed to Paho on connection
+ *      `gen`; a new connection starts again from 0 (the outbox only holds what
+ *      the broker has not acknowledged), so nothing waits forever;
+ *   3. a change from MQTT never goes back out (bridge__topic), so two
+ *      gateways on one broker cannot ping-pong; both end with what the broker
+ *      ordered last, as each applies its own echo in the broker's order.
+ */
+#include "bridge.h"
+#include "log.h"
+
+#include <MQTTAsync.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BRIDGE_WINDOW      1000  /* publishes handed to Paho and not acknowledged */
+#define BRIDGE_BATCH       100   /* outbox messages taken at once */
+#define BRIDGE_IN_PENDING  20000 /* incoming changes submitted, not yet committed */
+#define BRIDGE_BACKOFF_MAX 30    /* seconds between attempts, at most */
+#define BRIDGE_ECHOES      256   /* transient messages whose echo is awaited */
+
+enum { MAP_IN = 1, MAP_OUT = 2 };
+
+struct bridge_map {
+    unsigned dir;
+    char *filter, *pattern;
+    size_t flen, plen;
+    size_t fpre, ppre; /* the literal prefixes: up to the first wildcard */
+};
+
+enum bridge_state { BS_DISCONNECTED, BS_CONNECTING, BS_CONNECTED };
+static const char *const bridge__state_names[] = {"disconnected", "connecting", "connected"};
+
+struct bridge {
+    struct bridge_config cfg; /* owned copies */
+    char *uri;                /* Paho's tcp:// or ssl:// */
+    struct bridge_map *maps;
+    size_t nmaps;
+    struct store_limits limits;
+    struct store *store;
+    MQTTAsync client;
+    bool created;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t thread;
+    bool started, stop;
+    enum bridge_state state;
+    unsigned backoff; /* seconds before the next attempt after a failure */
+    int64_t next_attempt_us, connected_since_us;
+    uint64_t gen; /* connections made */
+    int64_t sent_rev;
+    unsigned inflight, window; /* window: the broker's receive maximum, at most BRIDGE_WINDOW */
+    bool more;                 /* the outbox may hold what was not handed to Paho */
+    uint64_t ready_seq;        /* bridge__ready calls */
+    char last_error[256];
+
+    /* The transient messages sent out whose echo (they match an in map) is
+     * to be dropped: a hash of topic and payload, until a deadline. */
+    pthread_mutex_t echo_lock;
+    struct {
+        uint64_t hash;
+        int64_t until_us;
+    } echoes[BRIDGE_ECHOES];
+    unsigned echo_next, echo_live;
+
+    pthread_mutex_t in_lock; /* incoming changes not yet committed */
+    pthread_cond_t in_cond;
+    size_t in_pending;
+    _Atomic int64_t last_warn_us;
+
+    _Atomic uint64_t messages_in, messages_out, errors_in, errors_out, attempts;
+};
+
+/* What a publish's callbacks need. */
+struct bridge__sent {
+    struct bridge *b;
+    uint64_t gen;
+    int64_t rev;
+    char topic[];
+};
+
+/* One incoming change on its way to the commit. */
+struct bridge__write {
+    struct bridge *b;
+    struct store_txn txn;
+    struct store_op op;
+    char key[];
+};
+
+static int64_t bridge__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* A warning about incoming messages, at most one a second (the rest go to
+ * the debug log), so a flood of bad messages cannot flood the log. */
+static void bridge__warn_in(struct bridge *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void bridge__warn_in(struct bridge *b, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    int64_t now = bridge__now_us(), last = atomic_load(&b->last_warn_us);
+    if (now - last >= 1000000 && atomic_compare_exchange_strong(&b->last_warn_us, &last, now))
+        log_warn("bridge: %s", msg);
+    else
+        log_debug("bridge: %s", msg);
+}
+
+/* ---- maps ---- */
+
+/* The offset of the first wildcard segment of a valid filter, or its length. */
+static size_t map__prefix(const char *f, size_t len)
+{
+    size_t seg = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && f[i] != '/')
+            continue;
+        if (i - seg == 1 && (f[seg] == '+' || f[seg] == '#'))
+            return seg;
+        seg = i + 1;
+    }
+    return len;
+}
+
+static void map__free(struct bridge_map *m)
+{
+    free(m->filter);
+    free(m->pattern);
+}
+
+static int map__parse(const char *spec, struct bridge_map *m, char *why, size_t why_len)
+{
+    char dir[16], filter[4096], pattern[4096], extra[2];
+    char detail[256];
+    bool wild;
+
+    memset(m, 0, sizeof *m);
+    int n = sscanf(spec, "%15s %4095s %4095s %1s", dir, filter, pattern, extra);
+    if (n < 2 || n > 3) {
+        snprintf(why, why_len, "'%s': expected in|out|both <topic-filter> [<key-pattern>]", spec);
+        return -1;
+    }
+    if (n == 2)
+        strcpy(pattern, filter);
+    if (strcmp(dir, "in") == 0)
+        m->dir = MAP_IN;
+    else if (strcmp(dir, "out") == 0)
+        m->dir = MAP_OUT;
+    else if (strcmp(dir, "both") == 0)
+        m->dir = MAP_IN | MAP_OUT;
+    else {
+        snprintf(why, why_len, "'%s': '%s' is not in, out or both", spec, dir);
+        return -1;
+    }
+    m->flen = strlen(filter);
+    m->plen = strlen(pattern);
+    if (store_pattern_check(filter, m->flen, 65535, &wild, detail, sizeof detail) != STORE_OK) {
+        snprintf(why, why_len, "'%s': the topic filter '%s': %s", spec, filter, detail);
+        return -1;
+    }
+    if (store_pattern_check(pattern, m->plen, 65535, &wild, detail, sizeof detail) != STORE_OK) {
+        snprintf(why, why_len, "'%s': the key pattern '%s': %s", spec, pattern, detail);
+        return -1;
+    }
+    m->fpre = map__prefix(filter, m->flen);
+    m->ppre = map__prefix(pattern, m->plen);
+    if (m->flen - m->fpre != m->plen - m->ppre ||
+        memcmp(filter + m->fpre, pattern + m->ppre, m->flen - m->fpre) != 0) {
+        snprintf(why, why_len,
+                 "'%s': '%s' and '%s' differ from their first wildcard on; only the part "
+                 "before it can be rewritten",
+                 spec, filter, pattern);
+        return -1;
+    }
+    if ((m->filter = strdup(filter)) == NULL || (m->pattern = strdup(pattern)) == NULL) {
+        map__free(m);
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+int bridge_map_check(const char *spec, char *why, size_t why_len)
+{
+    struct bridge_map m;
+    if (map__parse(spec, &m, why, why_len) != 0)
+        return -1;
+    map__free(&m);
+    return 0;
+}
+
+/* `name` (matching a filter whose literal prefix is `from`, `fpre` bytes)
+ * with that prefix replaced by `to` (`tpre` bytes). A new string, or NULL
+ * when the result is empty or memory is out. */
+static char *map__rewrite(const char *name, size_t nlen, size_t fpre, const char *to, size_t tpre,
+                          size_t *out_len)
+{
+    size_t len;
+    if (nlen >= fpre)
+        len = tpre + nlen - fpre;
+    else /* "a/b" matched by "a/b/#": the prefix without its slash */
+        len = tpre > 0 ? tpre - 1 : 0;
+    if (len == 0)
+        return NULL;
+    char *out = malloc(len + 1);
+    if (out == NULL)
+        return NULL;
+    memcpy(out, to, nlen >= fpre ? tpre : len);
+    if (nlen >= fpre)
+        memcpy(out + tpre, name + fpre, nlen - fpre);
+    out[len] = '\0';
+    *out_len = len;
+    return out;
+}
+
+/* The outbox hook (the committer's thread): the topic of a change of `key`,
+ * or NULL when no out map covers it or it came from MQTT (invariant 3). */
+static char *bridge__topic(void *arg, const char *key, size_t klen, enum store_origin origin)
+{
+    struct bridge *b = arg;
+    size_t len;
+    if (origin == STORE_ORIGIN_MQTT)
+        return NULL;
+    for (size_t i = 0; i < b->nmaps; i++) {
+        const struct bridge_map *m = &b->maps[i];
+        if ((m->dir & MAP_OUT) && store_pattern_match(m->pattern, m->plen, key, klen))
+            return map__rewrite(key, klen, m->ppre, m->filter, m->fpre, &len);
+    }
+    return NULL;
+}
+
+static void bridge__ready(void *arg)
+{
+    struct bridge *b = arg;
+    pthread_mutex_lock(&b->lock);
+    b->more = true;
+    b->ready_seq++;
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* ---- configuration ---- */
+
+/* Splits mqtt[s]://HOST[:PORT] into Paho's URI; NULL with `why` when bad. */
+static char *bridge__uri(const char *url, char *why, size_t why_len)
+{
+    const char *rest, *scheme;
+    const char *dflt;
+    if (strncmp(url, "mqtt://", 7) == 0) {
+        rest = url + 7, scheme = "tcp", dflt = "1883";
+    } else if (strncmp(url, "mqtts://", 8) == 0) {
+        rest = url + 8, scheme = "ssl", dflt = "8883";
+    } else {
+        snprintf(why, why_len, "'%s' is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]", url);
+        return NULL;
+    }
+    size_t len = strlen(rest);
+    if (len > 0 && rest[len - 1] == '/')
+        len--;
+    const char *close = memchr(rest, ']', len);
+    const char *colon =
+        memrchr(close ? close : rest, ':', len - (size_t)((close ? close : rest) - rest));
+    if (len == 0 || colon == rest || memchr(rest, '/', len) != NULL) {
+        snprintf(why, why_len, "'%s' has no host, or has a path", url);
+        return NULL;
+    }
+    if (colon != NULL) {
+        char *end;
+        errno = 0;
+        long port = strtol(colon + 1, &end, 10);
+        if (colon + 1 == rest + len || end != rest + len || errno != 0 || port < 1 ||
+            port > 65535) {
+            snprintf(why, why_len, "'%s': the port is not a number from 1 to 65535", url);
+            return NULL;
+        }
+    }
+    char *uri = NULL;
+    if (asprintf(&uri, "%s://%.*s%s%s", scheme, (int)len, rest, colon ? "" : ":",
+                 colon ? "" : dflt) < 0) {
+        snprintf(why, why_len, "out of memory");
+        return NULL;
+    }
+    return uri;
+}
+
+int bridge_url_check(const char *url, char *why, size_t why_len)
+{
+    char *uri = bridge__uri(url, why, why_len);
+    free(uri);
+    return uri ? 0 : -1;
+}
+
+void bridge_config_free(struct bridge_config *c)
+{
+    free(c->url);
+    free(c->client_id);
+    free(c->username);
+    if (c->password != NULL) {
+        explicit_bzero(c->password, strlen(c->password));
+        free(c->password);
+    }
+    free(c->cafile);
+    free(c->certfile);
+    free(c->keyfile);
+    free(c->status_topic);
+    for (size_t i = 0; i < c->nmaps; i++)
+        free(c->maps[i]);
+    free(c->maps);
+    memset(c, 0, sizeof *c);
+}
+
+static bool bridge__dup(char **dst, const char *src)
+{
+    *dst = NULL;
+    return src == NULL || (*dst = strdup(src)) != NULL;
+}
+
+static void bridge__free(struct bridge *b)
+{
+    for (size_t i = 0; i < b->nmaps; i++)
+        map__free(&b->maps[i]);
+    free(b->maps);
+    free(b->uri);
+    bridge_config_free(&b->cfg);
+    pthread_mutex_destroy(&b->lock);
+    pthread_cond_destroy(&b->cond);
+    pthread_mutex_destroy(&b->in_lock);
+    pthread_cond_destroy(&b->in_cond);
+    pthread_mutex_destroy(&b->echo_lock);
+    free(b);
+}
+
+/* Copies `src` into b->cfg, filling in the defaults. */
+static int bridge__configure(struct bridge *b, const struct bridge_config *src, char *why,
+                             size_t why_len)
+{
+    struct bridge_config *c = &b->cfg;
+    *c = *src;
+    c->maps = NULL;
+    c->nmaps = 0;
+    if (!bridge__dup(&c->url, src->url) || !bridge__dup(&c->client_id, src->client_id) ||
+        !bridge__dup(&c->username, src->username) || !bridge__dup(&c->password, src->password) ||
+        !bridge__dup(&c->cafile, src->cafile) || !bridge__dup(&c->certfile, src->certfile) ||
+        !bridge__dup(&c->keyfile, src->keyfile) ||
+        !bridge__dup(&c->status_topic, src->status_topic))
+        goto oom;
+    if (c->client_id == NULL) {
+        char host[256] = "localhost";
+        gethostname(host, sizeof host - 1);
+        if (asprintf(&c->client_id, "almanac-%s", host) < 0) {
+            c->client_id = NULL;
+            goto oom;
+        }
+    }
+    if (c->status_topic == NULL &&
+        asprintf(&c->status_topic, "almanac/%s/status", c->client_id) < 0) {
+        c->status_topic = NULL;
+        goto oom;
+    }
+    const char *files[][2] = {{"bridge_cafile", c->cafile},
+                              {"bridge_certfile", c->certfile},
+                              {"bridge_keyfile", c->keyfile}};
+    for (size_t i = 0; i < 3; i++) {
+        if (files[i][1] != NULL && access(files[i][1], R_OK) != 0) {
+            snprintf(why, why_len, "%s %s: %s", files[i][0], files[i][1], strerror(errno));
+            return -1;
+        }
+    }
+    size_t n = src->nmaps ? src->nmaps : 1;
+    if ((b->maps = calloc(n, sizeof *b->maps)) == NULL)
+        goto oom;
+    for (size_t i = 0; i < n; i++) {
+        char detail[1024];
+        if (map__parse(src->nmaps ? src->maps[i] : "both #", &b->maps[i], detail, sizeof detail) !=
+            0) {
+            snprintf(why, why_len, "bridge_map %s", detail);
+            return -1;
+        }
+        b->nmaps++;
+    }
+    return 0;
+oom:
+    snprintf(why, why_len, "out of memory");
+    return -1;
+}
+
+int bridge_new(const struct bridge_config *cfg, const struct store_limits *limits,
+               struct bridge **out, char *why, size_t why_len)
+{
+    *out = NULL;
+    for (size_t i = 0; i < cfg->nmaps; i++) /* checked even when the bridge is off */
+        if (bridge_map_check(cfg->maps[i], why, why_len) != 0) {
+            char detail[1024];
+            snprintf(detail, sizeof detail, "bridge_map %s", why);
+            snprintf(why, why_len, "%s", detail);
+            return -1;
+        }
+    if (cfg->url == NULL)
+        return 0;
+    struct bridge *b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->cond, NULL);
+    pthread_mutex_init(&b->in_lock, NULL);
+    pthread_cond_init(&b->in_cond, NULL);
+    pthread_mutex_init(&b->echo_lock, NULL);
+    b->limits = *limits;
+    b->backoff = 1;
+    if (bridge__configure(b, cfg, why, why_len) != 0 ||
+        (b->uri = bridge__uri(b->cfg.url, why, why_len)) == NULL) {
+        bridge__free(b);
+        return -1;
+    }
+    *out = b;
+    return 0;
+}
+
+/* ---- in: messages from the broker ---- */
+
+static void bridge__in_done(struct bridge *b)
+{
+    pthread_mutex_lock(&b->in_lock);
+    b->in_pending--;
+    pthread_cond_signal(&b->in_cond);
+    pthread_mutex_unlock(&b->in_lock);
+}
+
+static void bridge__written(void *arg, struct store_txn *t)
+{
+    struct bridge__write *w = arg;
+    struct bridge *b = w->b;
+    if (t->err != STORE_OK) {
+        atomic_fetch_add(&b->errors_in, 1);
+        bridge__warn_in(b, "the change of %s from MQTT failed: %s", w->key, store_err_text(t->err));
+    }
+    free(w);
+    bridge__in_done(b);
+}
+
+/* The labels of a message's user properties, as compact JSON, or NULL. */
+static char *bridge__labels(MQTTProperties *props)
+{
+    json_t *obj = NULL;
+    for (int i = 0; i < props->count; i++) {
+        const MQTTProperty *p = &props->array[i];
+        if (p->identifier != MQTTPROPERTY_CODE_USER_PROPERTY)
+            continue;
+        json_t *v = json_stringn(p->value.value.data, (size_t)p->value.value.len);
+        if (v == NULL)
+            continue; /* not UTF-8 */
+        if (obj == NULL && (obj = json_object()) == NULL) {
+            json_decref(v);
+            return NULL;
+        }
+        char *name = strndup(p->value.data.data, (size_t)p->value.data.len);
+        if (name != NULL)
+            json_object_set_new(obj, name, v);
+        else
+            json_decref(v);
+        free(name);
+    }
+    char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    return text;
+}
+
+/* The entry of a message: its payload exactly, typed by its content type or,
+ * when it has none or the payload does not fit it, sniffed. */
+static int bridge__entry(struct bridge *b, const char *key, MQTTAsync_message *m,
+                         struct store_entry **e)
+{
+    char type[256] = "";
+    char *labels = NULL;
+    if (b->cfg.protocol == 5) {
+        MQTTProperty *ct =
+            MQTTProperties_getProperty(&m->properties, MQTTPROPERTY_CODE_CONTENT_TYPE);
+        if (ct != NULL && ct->value.data.len < (int)sizeof type)
+            snprintf(type, sizeof type, "%.*s", ct->value.data.len, ct->value.data.data);
+        labels = bridge__labels(&m->properties);
+        if (labels != NULL && strlen(labels) > STORE_LABELS_MAX) {
+            bridge__warn_in(b, "%s: the user properties exceed %d bytes; dropped", key,
+                            STORE_LABELS_MAX);
+            free(labels);
+            labels = NULL;
+        }
+    }
+    size_t len = (size_t)m->payloadlen;
+    int err = store_entry_new(m->payload, len, type, labels, STORE_ORIGIN_MQTT, e);
+    if (err == STORE_EBODY) {
+        bridge__warn_in(b, "%s: the payload is not %s; its type is sniffed instead", key, type);
+        err = store_entry_new(m->payload, len, NULL, labels, STORE_ORIGIN_MQTT, e);
+    }
+    free(labels);
+    return err;
+}
+
+/* The first in map of `topic`, or NULL. */
+static const struct bridge_map *bridge__in_map(const struct bridge *b, const char *topic,
+                                               size_t tlen)
+{
+    for (size_t i = 0; i < b->nmaps; i++)
+        if ((b->maps[i].dir & MAP_IN) &&
+            store_pattern_match(b->maps[i].filter, b->maps[i].flen, topic, tlen))
+            return &b->maps[i];
+    return NULL;
+}
+
+static uint64_t bridge__echo_hash(const char *topic, size_t tlen, const void *payload, size_t len)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a of topic, NUL, payload */
+    for (size_t i = 0; i <= tlen; i++)
+        h = (h ^ (i < tlen ? (unsigned char)topic[i] : 0)) * 1099511628211ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ ((const unsigned char *)payload)[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Whether the message is the echo of a transient message of ours (and
+ * forgets it): a transient message is stored nowhere, not even here. */
+static bool bridge__echo(struct bridge *b, const char *topic, size_t tlen, const void *payload,
+                         size_t len)
+{
+    bool found = false;
+    pthread_mutex_lock(&b->echo_lock);
+    if (b->echo_live > 0) {
+        uint64_t h = bridge__echo_hash(topic, tlen, payload, len);
+        int64_t now = bridge__now_us();
+        for (unsigned i = 0; i < BRIDGE_ECHOES && b->echo_live > 0; i++) {
+            if (b->echoes[i].until_us == 0)
+                continue;
+            bool expired = b->echoes[i].until_us < now;
+            if (expired || (!found && b->echoes[i].hash == h)) {
+                found |= !expired;
+                b->echoes[i].until_us = 0;
+                b->echo_live--;
+            }
+        }
+    }
+    pthread_mutex_unlock(&b->echo_lock);
+    return found;
+}
+
+static void bridge__expect_echo(struct bridge *b, const char *topic, const void *payload,
+                                size_t len)
+{
+    size_t tlen = strlen(topic);
+    if (bridge__in_map(b, topic, tlen) == NULL)
+        return;
+    pthread_mutex_lock(&b->echo_lock);
+    unsigned i = b->echo_next++ % BRIDGE_ECHOES;
+    b->echo_live += b->echoes[i].until_us == 0;
+    b->echoes[i].hash = bridge__echo_hash(topic, tlen, payload, len);
+    b->echoes[i].until_us = bridge__now_us() + 10 * 1000000;
+    pthread_mutex_unlock(&b->echo_lock);
+}
+
+static int bridge__arrived(void *ctx, char *topic, int topic_len, MQTTAsync_message *m)
+{
+    struct bridge *b = ctx;
+    size_t tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic), klen = 0;
+    char *key = NULL, why[256];
+    const struct bridge_map *map = bridge__in_map(b, topic, tlen);
+
+    if (map == NULL) /* a subscription of an earlier configuration, say */
+        goto out;
+    if (bridge__echo(b, topic, tlen, m->payload, (size_t)m->payloadlen))
+        goto out;
+    atomic_fetch_add(&b->messages_in, 1);
+    key = map__rewrite(topic, tlen, map->fpre, map->pattern, map->ppre, &klen);
+    if (key == NULL ||
+        store_key_check(key, klen, b->limits.max_key_bytes, why, sizeof why) != STORE_OK) {
+        atomic_fetch_add(&b->errors_in, 1);
+        bridge__warn_in(b, "topic %.*s: no valid key: %s", (int)tlen, topic,
+                        key ? why : "the map leaves it empty");
+        goto out;
+    }
+    if ((size_t)m->payloadlen > b->limits.max_value_bytes) {
+        atomic_fetch_add(&b->errors_in, 1);
+        bridge__warn_in(b, "%s: the payload of %d bytes exceeds max_value_bytes; dropped", key,
+                        m->payloadlen);
+        goto out;
+    }
+    struct bridge__write *w = calloc(1, sizeof *w + klen + 1);
+    if (w == NULL)
+        goto oom;
+    memcpy(w->key, key, klen + 1);
+    w->b = b;
+    w->op.key = w->key;
+    w->op.klen = klen;
+    w->op.if_rev = STORE_ANY_REV;
+    w->op.origin = STORE_ORIGIN_MQTT;
+    /* MQTT 3.1.1 does not tell a retained message from a live one. */
+    bool retained = m->retained || b->cfg.protocol != 5;
+    if (m->payloadlen == 0 && retained) {
+        w->op.kind = STORE_OP_DELETE;
+    } else {
+        w->op.kind = STORE_OP_SET;
+        /* The state the broker holds, sent again (at a subscribe, or as
+         * the echo of our own publish), is not a change. */
+        w->op.if_changed = retained;
+        int err = bridge__entry(b, key, m, &w->op.entry);
+        if (err != STORE_OK) {
+            free(w);
+            if (err == STORE_EINTERNAL)
+                goto oom;
+            atomic_fetch_add(&b->errors_in, 1);
+            bridge__warn_in(b, "%s: %s", key, store_err_text(err));
+            goto out;
+        }
+    }
+    w->txn.ops = &w->op;
+    w->txn.n = 1;
+    pthread_mutex_lock(&b->in_lock);
+    while (b->in_pending >= BRIDGE_IN_PENDING)
+        pthread_cond_wait(&b->in_cond, &b->in_lock);
+    b->in_pending++;
+    pthread_mutex_unlock(&b->in_lock);
+    int err = store_submit(b->store, &w->txn, bridge__written, w);
+    if (err != STORE_OK) { /* `done` will not run */
+        atomic_fetch_add(&b->errors_in, 1);
+        bridge__warn_in(b, "the change of %s from MQTT failed: %s", key, store_err_text(err));
+        free(w);
+        bridge__in_done(b);
+    }
+    goto out;
+oom:
+    atomic_fetch_add(&b->errors_in, 1);
+    bridge__warn_in(b, "out of memory: a message on %.*s is dropped", (int)tlen, topic);
+out:
+    free(key);
+    MQTTAsync_freeMessage(&m);
+    MQTTAsync_free(topic);
+    return 1;
+}
+
+/* ---- the connection ---- */
+
+static void bridge__schedule(struct bridge *b, const char *what, const char *why)
+{
+    pthread_mutex_lock(&b->lock);
+    b->state = BS_DISCONNECTED;
+    unsigned wait = b->backoff;
+    b->next_attempt_us = bridge__now_us() + (int64_t)wait * 1000000;
+    b->backoff = b->backoff * 2 > BRIDGE_BACKOFF_MAX ? BRIDGE_BACKOFF_MAX : b->backoff * 2;
+    snprintf(b->last_error, sizeof b->last_error, "%s %s: %s", what, b->cfg.url, why);
+    bool stopping = b->stop;
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    if (!stopping)
+        log_warn("bridge: %s %s: %s; next attempt in %u s", what, b->cfg.url, why, wait);
+}
+
+/* A CONNACK refusal of MQTT 3.1.1, by its return code. */
+static const char *bridge__connack_text(int code)
+{
+    static const char *const text[] = {
+        NULL,
+        "the broker refused the connection: unacceptable protocol version",
+        "the broker refused the connection: client identifier rejected",
+        "the broker refused the connection: server unavailable",
+        "the broker refused the connection: bad user name or password",
+        "the broker refused the connection: not authorized",
+    };
+    return code >= 1 && code <= 5 ? text[code] : NULL;
+}
+
+/* `reason`: an MQTT 5 reason code; `code`: Paho's error, or the return code
+ * of an MQTT 3.1.1 CONNACK. */
+static void bridge__failed(struct bridge *b, int reason, int code, const char *message)
+{
+    char why[256];
+    const char *connack = b->cfg.protocol == 5 ? NULL : bridge__connack_text(code);
+    if (reason >= 0x80)
+        snprintf(why, sizeof why, "the broker refused the connection: %s (reason code %d)",
+                 MQTTReasonCode_toString((enum MQTTReasonCodes)reason), reason);
+    else if (connack != NULL)
+        snprintf(why, sizeof why, "%s (return code %d)", connack, code);
+    else
+        snprintf(why, sizeof why, "%s", message ? message : MQTTAsync_strerror(code));
+    bridge__schedule(b, "cannot connect to", why);
+}
+
+static void bridge__connect_failed5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    /* A CONNACK refusal comes as `code` (Paho 1.3), or as `reasonCode`. */
+    int reason = r == NULL ? 0 : (int)r->reasonCode >= 0x80 ? (int)r->reasonCode : r->code;
+    bridge__failed(ctx, reason, r ? r->code : MQTTASYNC_FAILURE, r ? r->message : NULL);
+}
+
+static void bridge__connect_failed(void *ctx, MQTTAsync_failureData *r)
+{
+    int code = r ? r->code : MQTTASYNC_FAILURE;
+    bridge__failed(ctx, 0, code, bridge__connack_text(code) ? NULL : r ? r->message : NULL);
+}
+
+static void bridge__subscribed5(void *ctx, MQTTAsync_successData5 *r)
+{
+    struct bridge *b = ctx;
+    size_t k = 0;
+    int n = r->alt.sub.reasonCodeCount;
+    for (size_t i = 0; i < b->nmaps; i++) {
+        if (!(b->maps[i].dir & MAP_IN))
+            continue;
+        int rc = (int)(n > 1 ? r->alt.sub.reasonCodes[k] : r->reasonCode);
+        if (rc >= 0x80)
+            log_error("bridge: the broker refused the subscription to %s: %s", b->maps[i].filter,
+                      MQTTReasonCode_toString((enum MQTTReasonCodes)rc));
+        k++;
+    }
+}
+
+static void bridge__subscribe_failed5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    (void)ctx;
+    log_error("bridge: subscribing failed: %s",
+              r && r->message ? r->message : MQTTReasonCode_toString(r ? r->reasonCode : 0));
+}
+
+static void bridge__subscribe_failed(void *ctx, MQTTAsync_failureData *r)
+{
+    (void)ctx;
+    log_error("bridge: subscribing failed: %s",
+              r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : MQTTASYNC_FAILURE));
+}
+
+static void bridge__subscribe(struct bridge *b)
+{
+    char *filters[64];
+    int qos[64];
+    MQTTSubscribe_options opts[64];
+    int n = 0;
+    for (size_t i = 0; i < b->nmaps && n < 64; i++) {
+        if (!(b->maps[i].dir & MAP_IN))
+            continue;
+        filters[n] = b->maps[i].filter;
+        qos[n] = b->cfg.qos;
+        opts[n] = (MQTTSubscribe_options)MQTTSubscribe_options_initializer;
+        opts[n].retainAsPublished = 1; /* tells a retained delete from an empty value */
+        n++;
+    }
+    if (n == 0)
+        return;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    ro.context = b;
+    if (b->cfg.protocol == 5) {
+        ro.onSuccess5 = bridge__subscribed5;
+        ro.onFailure5 = bridge__subscribe_failed5;
+        ro.subscribeOptions = opts[0]; /* Paho reads it when there is one */
+        ro.subscribeOptionsList = opts;
+        ro.subscribeOptionsCount = n;
+    } else
+        ro.onFailure = bridge__subscribe_failed;
+    int rc = MQTTAsync_subscribeMany(b->client, n, filters, qos, &ro);
+    if (rc != MQTTASYNC_SUCCESS)
+        log_error("bridge: cannot subscribe: %s", MQTTAsync_strerror(rc));
+}
+
+/* Publishes the status retained at QoS 1. The token, or -1. */
+static int bridge__status(struct bridge *b, const char *status)
+{
+    MQTTAsync_message msg = MQTTAsync_message_initializer;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    msg.payload = (void *)status;
+    msg.payloadlen = (int)strlen(status);
+    msg.qos = 1;
+    msg.retained = 1;
+    int rc = MQTTAsync_sendMessage(b->client, b->cfg.status_topic, &msg, &ro);
+    return rc == MQTTASYNC_SUCCESS ? ro.token : -1;
+}
+
+static void bridge__connected(struct bridge *b, int session_present, int receive_max)
+{
+    pthread_mutex_lock(&b->lock);
+    b->state = BS_CONNECTED;
+    /* Paho holds back what exceeds the broker's receive maximum and sends it
+     * late (it polls once a second): never hand it more than that. */
+    b->window =
+        receive_max > 0 && receive_max < BRIDGE_WINDOW ? (unsigned)receive_max : BRIDGE_WINDOW;
+    b->backoff = 1;
+    b->gen++;
+    b->sent_rev = 0; /* invariant 2 */
+    b->inflight = 0;
+    b->more = true;
+    b->connected_since_us = bridge__now_us();
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    log_info("bridge: connected to %s as %s (MQTT %s, %s session)", b->cfg.url, b->cfg.client_id,
+             b->cfg.protocol == 5 ? "5" : "3.1.1", session_present ? "resumed" : "new");
+    bridge__subscribe(b);
+    bridge__status(b, "online");
+}
+
+static void bridge__connect_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+    int receive_max = 0;
+    if (r != NULL && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
+        receive_max =
+            MQTTProperties_getNumericValue(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+    bridge__connected(ctx, r ? r->alt.connect.sessionPresent : 0, receive_max);
+}
+
+static void bridge__connect_ok(void *ctx, MQTTAsync_successData *r)
+{
+    bridge__connected(ctx, r ? r->alt.connect.sessionPresent : 0, 0);
+}
+
+static void bridge__lost(void *ctx, char *cause)
+{
+    struct bridge *b = ctx;
+    (void)cause; /* always NULL, says Paho */
+    pthread_mutex_lock(&b->lock);
+    b->backoff = 1;
+    pthread_mutex_unlock(&b->lock);
+    bridge__schedule(b, "lost the connection to", "the broker closed it or stopped answering");
+}
+
+static void bridge__connect(struct bridge *b)
+{
+    MQTTAsync_connectOptions o5 = MQTTAsync_connectOptions_initializer5;
+    MQTTAsync_connectOptions o3 = MQTTAsync_connectOptions_initializer;
+    MQTTAsync_connectOptions *o = b->cfg.protocol == 5 ? &o5 : &o3;
+    MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
+    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+    MQTTProperties props = MQTTProperties_initializer;
+
+    uint64_t attempt = atomic_fetch_add(&b->attempts, 1) + 1;
+    log_info("bridge: connecting to %s as %s (attempt %llu)", b->cfg.url, b->cfg.client_id,
+             (unsigned long long)attempt);
+    o->keepAliveInterval = (int)b->cfg.keepalive;
+    o->connectTimeout = 10;
+    o->maxInflight = BRIDGE_WINDOW;
+    o->context = b;
+    o->username = b->cfg.username;
+    o->password = b->cfg.password;
+    will.topicName = b->cfg.status_topic;
+    will.message = "offline";
+    will.retained = 1;
+    will.qos = 1;
+    o->will = &will;
+    if (strncmp(b->uri, "ssl://", 6) == 0) {
+        ssl.trustStore = b->cfg.cafile;
+        ssl.keyStore = b->cfg.certfile;
+        ssl.privateKey = b->cfg.keyfile;
+        ssl.enableServerCertAuth = 1;
+        ssl.verify = 1;
+        o->ssl = &ssl;
+    }
+    if (b->cfg.protocol == 5) {
+        MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
+        p.value.integer4 = b->cfg.session_expiry;
+        MQTTProperties_add(&props, &p);
+        o->cleanstart = 0;
+        o->connectProperties = &props;
+        o->onSuccess5 = bridge__connect_ok5;
+        o->onFailure5 = bridge__connect_failed5;
+    } else {
+        o->cleansession = 0; /* the broker keeps the session */
+        o->MQTTVersion = MQTTVERSION_3_1_1;
+        o->onSuccess = bridge__connect_ok;
+        o->onFailure = bridge__connect_failed;
+    }
+    int rc = MQTTAsync_connect(b->client, o);
+    MQTTProperties_free(&props);
+    if (rc != MQTTASYNC_SUCCESS)
+        bridge__failed(b, 0, rc, NULL);
+}
+
+/* ---- out: the outbox ---- */
+
+static void bridge__settle(struct bridge__sent *s, bool resend)
+{
+    struct bridge *b = s->b;
+    pthread_mutex_lock(&b->lock);
+    if (s->gen == b->gen) {
+        b->inflight--;
+        if (resend && s->rev <= b->sent_rev) {
+            b->sent_rev = s->rev - 1;
+            b->more = true;
+        }
+    }
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    free(s);
+}
+
+static void bridge__delivered(struct bridge__sent *s)
+{
+    store_outbox_ack(s->b->store, s->topic, s->rev);
+    atomic_fetch_add(&s->b->messages_out, 1);
+    bridge__settle(s, false);
+}
+
+static void bridge__sent_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+    (void)r;
+    bridge__delivered(ctx);
+}
+
+static void bridge__sent_ok(void *ctx, MQTTAsync_successData *r)
+{
+    (void)r;
+    bridge__delivered(ctx);
+}
+
+static void bridge__sent_failed(struct bridge__sent *s, int reason, const char *message)
+{
+    struct bridge *b = s->b;
+    /* Refusals that sending again cannot change: the row goes. */
+    if (reason == MQTTREASONCODE_NOT_AUTHORIZED || reason == MQTTREASONCODE_TOPIC_NAME_INVALID ||
+        reason == MQTTREASONCODE_PACKET_TOO_LARGE ||
+        reason == MQTTREASONCODE_PAYLOAD_FORMAT_INVALID) {
+        log_error("bridge: the broker refused the publish to %s (rev %lld): %s; it is dropped",
+                  s->topic, (long long)s->rev,
+                  MQTTReasonCode_toString((enum MQTTReasonCodes)reason));
+        atomic_fetch_add(&b->errors_out, 1);
+        store_outbox_ack(b->store, s->topic, s->rev);
+        bridge__settle(s, false);
+        return;
+    }
+    log_debug("bridge: the publish to %s failed (%s); it goes out again", s->topic,
+              message ? message : "no reason given");
+    bridge__settle(s, true);
+}
+
+static void bridge__sent_failed5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    bridge__sent_failed(ctx, r ? (int)r->reasonCode : 0, r ? r->message : NULL);
+}
+
+static void bridge__sent_failed3(void *ctx, MQTTAsync_failureData *r)
+{
+    bridge__sent_failed(ctx, 0, r ? r->message : NULL);
+}
+
+/* Adds the content type and the labels (as user properties) of `e`. */
+static void bridge__properties(MQTTProperties *props, const struct store_entry *e)
+{
+    MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE};
+    p.value.data.data = (char *)store_entry_type(e);
+    p.value.data.len = (int)strlen(p.value.data.data);
+    MQTTProperties_add(props, &p);
+    const char *labels = store_entry_labels(e);
+    json_t *obj = labels ? json_loads(labels, 0, NULL) : NULL;
+    const char *name;
+    json_t *v;
+    json_object_foreach(obj, name, v)
+    {
+        MQTTProperty u = {.identifier = MQTTPROPERTY_CODE_USER_PROPERTY};
+        u.value.data.data = (char *)name;
+        u.value.data.len = (int)strlen(name);
+        u.value.value.data = (char *)json_string_value(v);
+        u.value.value.len = (int)json_string_length(v);
+        if (u.value.value.data != NULL)
+            MQTTProperties_add(props, &u);
+    }
+    json_decref(obj);
+}
+
+/* A message of `e` (NULL: an empty payload) at bridge_qos; free its
+ * properties after sending. */
+static void bridge__message(struct bridge *b, const struct store_entry *e, int retained,
+                            MQTTAsync_message *msg)
+{
+    *msg = (MQTTAsync_message)MQTTAsync_message_initializer;
+    size_t len = 0;
+    if (e != NULL) {
+        msg->payload = (void *)store_entry_value(e, &len);
+        if (b->cfg.protocol == 5)
+            bridge__properties(&msg->properties, e);
+    }
+    msg->payloadlen = (int)len;
+    msg->qos = b->cfg.qos;
+    msg->retained = retained;
+}
+
+/* The store's publish hook: a transient message goes out now, not retained,
+ * or not at all when the broker is away. */
+static void bridge__publish_now(void *arg, const char *topic, const struct store_entry *e)
+{
+    struct bridge *b = arg;
+    pthread_mutex_lock(&b->lock);
+    bool connected = b->state == BS_CONNECTED;
+    pthread_mutex_unlock(&b->lock);
+    if (!connected)
+        return;
+    MQTTAsync_message msg;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    bridge__message(b, e, 0, &msg);
+    bridge__expect_echo(b, topic, msg.payload, (size_t)msg.payloadlen);
+    int rc = MQTTAsync_sendMessage(b->client, topic, &msg, &ro);
+    MQTTProperties_free(&msg.properties);
+    if (rc != MQTTASYNC_SUCCESS)
+        log_debug("bridge: cannot publish to %s now: %s", topic, MQTTAsync_strerror(rc));
+}
+
+/* Hands one outbox message to Paho. 0, or -1 when Paho refused it now. */
+static int bridge__publish(struct bridge *b, const struct store_outbox_msg *m, uint64_t gen)
+{
+    size_t tlen = strlen(m->topic);
+    struct bridge__sent *s = malloc(sizeof *s + tlen + 1);
+    if (s == NULL)
+        return -1;
+    s->b = b;
+    s->gen = gen;
+    s->rev = m->rev;
+    memcpy(s->topic, m->topic, tlen + 1);
+
+    MQTTAsync_message msg;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    bridge__message(b, m->entry, 1, &msg);
+    ro.context = s;
+    if (b->cfg.protocol == 5) {
+        ro.onSuccess5 = bridge__sent_ok5;
+        ro.onFailure5 = bridge__sent_failed5;
+    } else {
+        ro.onSuccess = bridge__sent_ok;
+        ro.onFailure = bridge__sent_failed3;
+    }
+    int rc = MQTTAsync_sendMessage(b->client, m->topic, &msg, &ro);
+    MQTTProperties_free(&msg.properties);
+    if (rc == MQTTASYNC_SUCCESS)
+        return 0;
+    log_debug("bridge: cannot publish to %s now: %s", m->topic, MQTTAsync_strerror(rc));
+    free(s);
+    return -1;
+}
+
+/* Hands the next outbox messages to Paho. The caller holds `lock`, which is
+ * released meanwhile (invariant 1). Whether to go on at once. */
+static bool bridge__send_some(struct bridge *b)
+{
+    struct store_outbox_msg msgs[BRIDGE_BATCH];
+    size_t room = b->window - b->inflight;
+    if (room > BRIDGE_BATCH)
+        room = BRIDGE_BATCH;
+    int64_t after = b->sent_rev;
+    uint64_t gen = b->gen, seq = b->ready_seq;
+    pthread_mutex_unlock(&b->lock);
+    size_t n = store_outbox_next(b->store, after, msgs, room);
+    pthread_mutex_lock(&b->lock);
+    bool current = gen == b->gen && b->state == BS_CONNECTED && b->sent_rev == after;
+    if (current && n > 0) {
+        b->inflight += (unsigned)n;
+        b->sent_rev = msgs[n - 1].rev;
+    }
+    if (current && n < room && seq == b->ready_seq)
+        b->more = false; /* all there is, until bridge__ready */
+    pthread_mutex_unlock(&b->lock);
+    for (size_t i = 0; i < n; i++) {
+        if (current && bridge__publish(b, &msgs[i], gen) != 0) {
+            /* Paho takes nothing now: these go again on the next wake-up. */
+            pthread_mutex_lock(&b->lock);
+            if (gen == b->gen) {
+                b->inflight -= (unsigned)(n - i);
+                if (b->sent_rev >= msgs[i].rev)
+                    b->sent_rev = msgs[i].rev - 1;
+                b->more = true;
+            }
+            pthread_mutex_unlock(&b->lock);
+            current = false;
+        }
+        store_outbox_msg_clear(&msgs[i]);
+    }
+    pthread_mutex_lock(&b->lock);
+    return current && n > 0;
+}
+
+static void *bridge__run(void *arg)
+{
+    struct bridge *b = arg;
+    pthread_mutex_lock(&b->lock);
+    while (!b->stop) {
+        int64_t now = bridge__now_us();
+        if (b->state == BS_DISCONNECTED && now >= b->next_attempt_us) {
+            b->state = BS_CONNECTING;
+            pthread_mutex_unlock(&b->lock);
+            bridge__connect(b);
+            pthread_mutex_lock(&b->lock);
+            continue;
+        }
+        if (b->state == BS_CONNECTED && b->more && b->inflight < b->window && bridge__send_some(b))
+            continue;
+        int64_t until = b->state == BS_DISCONNECTED ? b->next_attempt_us : now + 1000000;
+        struct timespec ts = {.tv_sec = until / 1000000, .tv_nsec = (until % 1000000) * 1000};
+        pthread_cond_timedwait(&b->cond, &b->lock, &ts);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+void bridge_outbox_hooks(struct bridge *b, struct store_outbox_hooks *h)
+{
+    memset(h, 0, sizeof *h);
+    if (b == NULL)
+        return;
+    h->topic = bridge__topic;
+    h->ready = bridge__ready;
+    h->publish = bridge__publish_now;
+    h->arg = b;
+}
+
+int bridge_start(struct bridge *b, struct store *store, char *why, size_t why_len)
+{
+    MQTTAsync_createOptions co5 = MQTTAsync_createOptions_initializer5;
+    MQTTAsync_createOptions co3 = MQTTAsync_createOptions_initializer;
+    b->store = store;
+    /* Publishes wait in Paho's queue until the broker's receive maximum lets
+     * them go: room for a whole window. */
+    co5.maxBufferedMessages = co3.maxBufferedMessages = 2 * BRIDGE_WINDOW;
+    /* No Paho persistence: the outbox is ours, in SQLite. */
+    int rc = MQTTAsync_createWithOptions(&b->client, b->uri, b->cfg.client_id,
+                                         MQTTCLIENT_PERSISTENCE_NONE, NULL,
+                                         b->cfg.protocol == 5 ? &co5 : &co3);
+    if (rc != MQTTASYNC_SUCCESS) {
+        snprintf(why, why_len, "bridge_url %s: %s", b->cfg.url, MQTTAsync_strerror(rc));
+        return -1;
+    }
+    b->created = true;
+    MQTTAsync_setCallbacks(b->client, b, bridge__lost, bridge__arrived, NULL);
+    b->state = BS_DISCONNECTED;
+    b->next_attempt_us = 0;
+    if (pthread_create(&b->thread, NULL, bridge__run, b) != 0) {
+        snprintf(why, why_len, "cannot start the bridge's thread");
+        return -1;
+    }
+    b->started = true;
+    return 0;
+}
+
+static void bridge__disconnected(void *ctx, MQTTAsync_successData *r)
+{
+    struct bridge *b = ctx;
+    (void)r;
+    pthread_mutex_lock(&b->lock);
+    b->state = BS_DISCONNECTED;
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+static void bridge__disconnect_failed(void *ctx, MQTTAsync_failureData *r)
+{
+    (void)r;
+    bridge__disconnected(ctx, NULL);
+}
+
+void bridge_stop(struct bridge *b)
+{
+    if (b == NULL || !b->started)
+        return;
+    pthread_mutex_lock(&b->lock);
+    b->stop = true;
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    pthread_join(b->thread, NULL);
+    b->started = false;
+
+    pthread_mutex_lock(&b->lock);
+    bool connected = b->state == BS_CONNECTED;
+    pthread_mutex_unlock(&b->lock);
+    if (connected) {
+        /* A clean goodbye: the will is for when almanac dies. */
+        int token = bridge__status(b, "offline");
+        if (token >= 0)
+            MQTTAsync_waitForCompletion(b->client, token, 2000);
+        MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
+        d.timeout = 1000;
+        d.context = b;
+        d.onSuccess = bridge__disconnected;
+        d.onFailure = bridge__disconnect_failed;
+        if (MQTTAsync_disconnect(b->client, &d) == MQTTASYNC_SUCCESS) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 2;
+            pthread_mutex_lock(&b->lock);
+            while (b->state == BS_CONNECTED &&
+                   pthread_cond_timedwait(&b->cond, &b->lock, &until) == 0)
+                ;
+            pthread_mutex_unlock(&b->lock);
+        }
+        log_info("bridge: disconnected from %s", b->cfg.url);
+    }
+    MQTTAsync_destroy(&b->client); /* no callback runs after it */
+    b->created = false;
+    /* The messages that came in are committed before the store drains. */
+    pthread_mutex_lock(&b->in_lock);
+    while (b->in_pending > 0)
+        pthread_cond_wait(&b->in_cond, &b->in_lock);
+    pthread_mutex_unlock(&b->in_lock);
+}
+
+void bridge_free(struct bridge *b)
+{
+    if (b == NULL)
+        return;
+    bridge_stop(b);
+    if (b->created)
+        MQTTAsync_destroy(&b->client);
+    bridge__free(b);
+}
+
+void bridge_stats(struct bridge *b, struct bridge_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (b == NULL) {
+        out->state = "off";
+        return;
+    }
+    pthread_mutex_lock(&b->lock);
+    out->state = bridge__state_names[b->state];
+    snprintf(out->last_error, sizeof out->last_error, "%s", b->last_error);
+    out->connected_since_us = b->state == BS_CONNECTED ? b->connected_since_us : 0;
+    pthread_mutex_unlock(&b->lock);
+    snprintf(out->url, sizeof out->url, "%s", b->cfg.url);
+    snprintf(out->client_id, sizeof out->client_id, "%s", b->cfg.client_id);
+    out->messages_in = atomic_load(&b->messages_in);
+    out->messages_out = atomic_load(&b->messages_out);
+    out->errors_in = atomic_load(&b->errors_in);
+    out->errors_out = atomic_load(&b->errors_out);
+    uint64_t attempts = atomic_load(&b->attempts);
+    out->reconnects = attempts > 0 ? attempts - 1 : 0;
+}
