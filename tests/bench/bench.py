@@ -10,9 +10,14 @@ the figures are ratios that a shared, noisy machine does not distort much.
   memory  1,000,000 keys like site/0042/sensor/17/temp with small JSON values:
           RSS growth per key against Redis's used_memory for the same keys,
           and the time from start to /ready with those keys on disk.
+  bridge  200,000 MQTT messages over 10,000 topics, at QoS 0 then QoS 1,
+          through a mosquitto broker: the rate at which almanac's bridge has
+          them committed against a bare libmosquitto subscriber counting the
+          same stream in the same run.
 
-Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory]
-Peers: wrk, nginx, redis-server, redis-cli (tests/bench/run installs them).
+Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory] [bridge]
+Peers: wrk, nginx, redis-server, redis-cli, mosquitto and mqtt_load (built
+beside almanac with libmosquitto); tests/bench/run installs them.
 """
 import argparse
 import json
@@ -253,10 +258,58 @@ def bench_memory(binary, tmp):
           f"start to /ready with {n:,} keys: {ready_s:.2f} s (goal < 1 s)")
 
 
+def info(a):
+    with urllib.request.urlopen(a.url("/api/v1/info"), timeout=5) as r:
+        return json.load(r)
+
+
+def bench_bridge(binary, tmp, messages=200_000, topics=10_000):
+    load = os.path.join(os.path.dirname(binary), "mqtt_load")
+    for qos in (0, 1):
+        port = free_port()
+        conf = os.path.join(tmp, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    "max_queued_messages 0\nmax_inflight_messages 100\n")
+        broker = subprocess.Popen(["mosquitto", "-c", conf], stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        data = os.path.join(tmp, f"bridge{qos}")
+        a = Almanac(binary, data, "--bridge_url", f"mqtt://127.0.0.1:{port}",
+                    "--bridge_map", "in bench/#", "--bridge_qos", str(qos))
+        while info(a)["bridge"]["state"] != "connected":
+            time.sleep(0.05)
+        counter = subprocess.Popen([load, "count", str(port), str(messages), str(qos)],
+                                   stdout=subprocess.PIPE, text=True)
+        assert counter.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # almanac's subscription is in place too
+        rev0 = info(a)["storage"]["committed_rev"]
+        t0 = time.time()
+        pub = subprocess.Popen([load, "pub", str(port), str(messages), str(topics), str(qos)],
+                               stdout=subprocess.PIPE, text=True)
+        # almanac: changes committed, polled until all are in or none came for 3 s.
+        got, last, t_last = 0, rev0, t0
+        while got < messages and time.time() - t_last < 3:
+            rev = info(a)["storage"]["committed_rev"]
+            if rev != last:
+                last, t_last = rev, time.time()
+            got = last - rev0
+            time.sleep(0.005)
+        pub_s = float(pub.communicate()[0])
+        n, last_us = map(int, counter.communicate()[0].split())
+        sub_rate = n / (last_us / 1e6 - t0)
+        alm_rate = got / (t_last - t0)
+        print(f"bridge qos {qos}: almanac committed {got:,} of {messages:,} at {alm_rate:,.0f}/s, "
+              f"libmosquitto subscriber counted {n:,} at {sub_rate:,.0f}/s "
+              f"(publisher {messages / pub_s:,.0f}/s): {alm_rate / sub_rate:.2f}x")
+        a.stop()
+        broker.terminate()
+        broker.wait()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--binary", required=True)
-    p.add_argument("which", nargs="*", default=["get", "put", "memory"])
+    p.add_argument("which", nargs="*", default=["get", "put", "memory", "bridge"])
     args = p.parse_args()
     binary = os.path.abspath(args.binary)
     tmp = tempfile.mkdtemp(prefix="almanac-bench-")

@@ -1,7 +1,7 @@
 /*
  * test_store.c — the store against a real SQLite database in a temporary
  * folder: writes, compare-and-set, batches, deletes, pattern walks and
- * paging, ls, reloads, migrations and the data_dir lock.
+ * paging, ls, reloads, migrations, the data_dir lock and the outbox.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -546,6 +546,132 @@ static void test_subscriptions(void **state)
     assert_int_equal(st.subscriptions, 0);
 }
 
+/* ---- the outbox ---- */
+
+struct hooks {
+    int ready;
+    char published[64];
+};
+
+/* out/X goes to t/X, unless it came from MQTT. */
+static char *outbox_topic(void *arg, const char *key, size_t klen, enum store_origin origin)
+{
+    (void)arg;
+    if (origin == STORE_ORIGIN_MQTT || klen < 4 || memcmp(key, "out/", 4) != 0)
+        return NULL;
+    char *t = malloc(klen - 4 + 3);
+    sprintf(t, "t/%.*s", (int)(klen - 4), key + 4);
+    return t;
+}
+
+static void outbox_ready(void *arg)
+{
+    ((struct hooks *)arg)->ready++;
+}
+
+static void outbox_publish(void *arg, const char *topic, const struct store_entry *e)
+{
+    (void)e;
+    snprintf(((struct hooks *)arg)->published, 64, "%s", topic);
+}
+
+static struct store *open_outbox_store(const char *dir, struct hooks *h)
+{
+    struct store_config cfg = {.data_dir = dir,
+                               .limits = {.max_key_bytes = 1024, .max_value_bytes = 1 << 20},
+                               .outbox = {outbox_topic, outbox_ready, outbox_publish, h}};
+    struct store *s = NULL;
+    char why[512];
+    if (store_open(&cfg, &s, why, sizeof why) != STORE_OK)
+        fail_msg("store_open: %s", why);
+    return s;
+}
+
+static void test_outbox(void **state)
+{
+    struct fixture *f = *state;
+    struct hooks h = {0};
+    struct store_outbox_msg m[8];
+    int64_t a1, a2, b1;
+    size_t len;
+
+    store_close(f->s);
+    f->s = open_outbox_store(f->dir, &h);
+    assert_int_equal(set(f->s, "out/a", "1", -1, &a1), STORE_OK);
+    assert_int_equal(set(f->s, "out/b", "2", -1, &b1), STORE_OK);
+    assert_int_equal(set(f->s, "out/a", "3", -1, &a2), STORE_OK);
+    assert_int_equal(set(f->s, "in/x", "4", -1, NULL), STORE_OK); /* no topic */
+    struct store_op op = {.kind = STORE_OP_SET, .key = "out/m", .klen = 5, .if_rev = -1};
+    assert_int_equal(store_entry_new("5", 1, NULL, NULL, STORE_ORIGIN_MQTT, &op.entry), STORE_OK);
+    struct store_txn t = {.ops = &op, .n = 1};
+    assert_int_equal(store_apply(f->s, &t), STORE_OK); /* from MQTT: not back out */
+    assert_int_equal(del(f->s, "out/b", false, NULL), STORE_OK);
+    assert_true(h.ready >= 1);
+
+    /* The latest change per topic, in rev order; b's is its deletion. */
+    assert_int_equal(store_outbox_next(f->s, 0, m, 8), 2);
+    assert_string_equal(m[0].topic, "t/a");
+    assert_true(m[0].rev == a2);
+    assert_memory_equal(store_entry_value(m[0].entry, &len), "3", 1);
+    assert_string_equal(m[1].topic, "t/b");
+    assert_null(m[1].entry);
+    int64_t b2 = m[1].rev;
+    assert_true(b2 > a2);
+    store_outbox_msg_clear(&m[0]);
+    store_outbox_msg_clear(&m[1]);
+    assert_int_equal(store_outbox_next(f->s, a2, m, 8), 1); /* after a cursor */
+    store_outbox_msg_clear(&m[0]);
+
+    /* A stale acknowledgement removes nothing; a current one removes its row. */
+    store_outbox_ack(f->s, "t/a", a1);
+    store_outbox_ack(f->s, "t/b", b1);
+    struct store_stats st;
+    store_stats(f->s, &st);
+    assert_int_equal(st.outbox, 2);
+    store_outbox_ack(f->s, "t/a", a2);
+    store_stats(f->s, &st);
+    assert_int_equal(st.outbox, 1);
+
+    /* The outbox survives a restart, acknowledgements included. */
+    store_close(f->s);
+    f->s = open_outbox_store(f->dir, &h);
+    assert_int_equal(store_outbox_next(f->s, 0, m, 8), 1);
+    assert_string_equal(m[0].topic, "t/b");
+    assert_true(m[0].rev == b2);
+    store_outbox_msg_clear(&m[0]);
+    store_outbox_ack(f->s, "t/b", b2);
+    store_close(f->s);
+    f->s = open_outbox_store(f->dir, &h);
+    assert_int_equal(store_outbox_next(f->s, 0, m, 8), 0);
+
+    /* A transient message goes to the publish hook, not the outbox. */
+    assert_int_equal(store_publish(f->s, "out/bell", 8, entry("1", NULL)), STORE_OK);
+    for (int i = 0; i < 200 && h.published[0] == '\0'; i++)
+        usleep(5000);
+    assert_string_equal(h.published, "t/bell");
+    assert_int_equal(store_outbox_next(f->s, 0, m, 8), 0);
+}
+
+static void test_if_changed(void **state)
+{
+    struct fixture *f = *state;
+    int64_t rev;
+    assert_int_equal(set(f->s, "same", "1", -1, &rev), STORE_OK);
+    struct store_op op = {
+        .kind = STORE_OP_SET, .key = "same", .klen = 4, .if_rev = -1, .if_changed = true};
+    op.entry = entry("1", NULL);
+    struct store_txn t = {.ops = &op, .n = 1};
+    assert_int_equal(store_apply(f->s, &t), STORE_OK);
+    assert_true(op.rev == 0); /* nothing changed */
+    struct store_entry *e;
+    assert_int_equal(store_get(f->s, "same", 4, &e), STORE_OK);
+    assert_true(store_entry_rev(e) == rev);
+    store_entry_unref(e);
+    op.entry = entry("2", NULL);
+    assert_int_equal(store_apply(f->s, &t), STORE_OK);
+    assert_true(op.rev == rev + 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -562,6 +688,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_subscriptions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_if_changed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
