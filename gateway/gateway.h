@@ -179,10 +179,11 @@ void session_free(struct session *s);
 
 struct sys;
 /* Writes $SYS/version, clears sessions a crash left, starts $SYS/uptime. */
-struct sys *sys_start(struct store *store, unsigned interval);
+struct sys *sys_start(struct store *store, struct bridge *bridge, unsigned interval);
 void sys_stop(struct sys *sys);
-/* $SYS/uptime and $SYS/store/keys, every `interval` seconds; the loop
- * calls it about once a second. */
+/* $SYS/uptime, $SYS/store/keys and $SYS/bridge/outbox every `interval`
+ * seconds, $SYS/bridge/state when it changes; the loop calls it about once
+ * a second. */
 void sys_tick(struct sys *sys);
 /* $SYS/sessions/<client_id>/{transport,address,since} and the count. */
 void sys_session_open(struct sys *sys, const char *client_id, const char *transport,

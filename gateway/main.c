@@ -66,7 +66,7 @@ static int serve(int argc, char **argv)
         log_error("almanac: %s", why);
         goto out;
     }
-    sys = sys_start(store, cfg.sys_interval);
+    sys = sys_start(store, bridge, cfg.sys_interval);
     if (loop_start(store, sys, &cfg, &loop, why, sizeof why) != 0 ||
         (strcmp(cfg.http_listen, "off") != 0 &&
          http_start(store, bridge, &cfg, loop, &http, why, sizeof why) != 0) ||

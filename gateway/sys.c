@@ -1,6 +1,7 @@
 /*
  * sys.c — the server's own keys under $SYS: its version and uptime, the
- * number of keys, and one subtree per open session. They are written like
+ * number of keys, one subtree per open session, and the MQTT bridge's state
+ * and outbox. They are written like
  * any change (origin "sys"), so they are read, listed and subscribed to as
  * every other key; clients cannot write them (store.c refuses $-keys).
  *
@@ -44,7 +45,7 @@ static void sys__set(struct store *store, const char *key, const char *value, co
     if (w == NULL)
         return;
     snprintf(w->key, sizeof w->key, "%s", key);
-    w->op = (struct store_op){.kind = STORE_OP_SET, .if_rev = STORE_ANY_REV};
+    w->op = (struct store_op){.kind = STORE_OP_SET, .if_rev = STORE_ANY_REV, .if_changed = true};
     if (store_entry_new(value, strlen(value), type, NULL, STORE_ORIGIN_SYS, &w->op.entry) !=
         STORE_OK) {
         free(w);
@@ -69,8 +70,10 @@ static int64_t sys__now(void)
 
 struct sys {
     struct store *store;
-    unsigned interval;     /* seconds between updates; 0: none */
-    int64_t started, last; /* CLOCK_MONOTONIC seconds; `last` only on the loop */
+    struct bridge *bridge;    /* NULL: off */
+    const char *bridge_state; /* as last written; only on the loop */
+    unsigned interval;        /* seconds between updates; 0: none */
+    int64_t started, last;    /* CLOCK_MONOTONIC seconds; `last` only on the loop */
 };
 
 static void sys__delete(struct store *store, const char *pattern)
@@ -87,12 +90,13 @@ static void sys__delete(struct store *store, const char *pattern)
     sys__submit(store, w);
 }
 
-struct sys *sys_start(struct store *store, unsigned interval)
+struct sys *sys_start(struct store *store, struct bridge *bridge, unsigned interval)
 {
     struct sys *sys = calloc(1, sizeof *sys);
     if (sys == NULL)
         return NULL;
     sys->store = store;
+    sys->bridge = bridge;
     sys->interval = interval;
     sys->started = sys->last = sys__now();
     /* Sessions of a previous run that ended without closing them. */
@@ -103,6 +107,7 @@ struct sys *sys_start(struct store *store, unsigned interval)
     store_stats(store, &st);
     sys__set_number(store, "$SYS/store/keys", st.keys);
     sys__set_number(store, "$SYS/sessions/count", 0);
+    sys_tick(sys);
     return sys;
 }
 
@@ -113,14 +118,23 @@ void sys_stop(struct sys *sys)
 
 void sys_tick(struct sys *sys)
 {
+    if (sys == NULL)
+        return;
+    struct bridge_stats bs;
+    bridge_stats(sys->bridge, &bs);
+    if (bs.state != sys->bridge_state) { /* at once, not at the interval */
+        sys->bridge_state = bs.state;
+        sys__set(sys->store, "$SYS/bridge/state", bs.state, "text/plain; charset=utf-8");
+    }
     int64_t now = sys__now();
-    if (sys == NULL || sys->interval == 0 || now - sys->last < sys->interval)
+    if (sys->interval == 0 || now - sys->last < sys->interval)
         return;
     sys->last = now;
     struct store_stats st;
     store_stats(sys->store, &st);
     sys__set_number(sys->store, "$SYS/uptime", (unsigned long long)(now - sys->started));
     sys__set_number(sys->store, "$SYS/store/keys", st.keys);
+    sys__set_number(sys->store, "$SYS/bridge/outbox", st.outbox);
 }
 
 void sys_session_open(struct sys *sys, const char *client_id, const char *transport,

@@ -169,6 +169,9 @@ class Directions(BridgeCase):
         self.assertIn("\nalmanac_bridge_outbox 0\n", m)
         self.assertIn("almanac_bridge_messages_out_total ", m)
         self.assertIn("almanac_bridge_reconnects_total 0", m)
+        # The state is a key too, for subscribers and the dashboard.
+        wait_for(lambda: curl(d, "GET", "/api/v1/keys/$SYS/bridge/state").body == b"connected",
+                 what="$SYS/bridge/state")
 
     def test_no_broker_configured(self):
         d = Daemon()
@@ -177,6 +180,7 @@ class Directions(BridgeCase):
         self.assertEqual(self.bridge(d), {"state": "off", "outbox": 0})
         self.assertIn(curl(d, "PUT", "/api/v1/keys/off/x", "1").status, (200, 201))
         self.assertIn("\nalmanac_bridge_connected 0\n", curl(d, "GET", "/metrics").body.decode())
+        self.assertEqual(curl(d, "GET", "/api/v1/keys/$SYS/bridge/state").body, b"off")
 
 
 class Maps(BridgeCase):

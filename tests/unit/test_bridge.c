@@ -18,8 +18,11 @@ static void test_map_check(void **state)
 {
     char why[512];
     (void)state;
-    const char *good[] = {"both #", "in sensors/# home/sensors/#", "out devices/+/set home/+/set",
-                          "in $SYS/broker/version mosquitto/version", "both a/b c/d",
+    const char *good[] = {"both #",
+                          "in sensors/# home/sensors/#",
+                          "out devices/+/set home/+/set",
+                          "in $SYS/broker/version mosquitto/version",
+                          "both a/b c/d",
                           "in  +/temp   rooms/+/temp"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         assert_int_equal(bridge_map_check(good[i], why, sizeof why), 0);
