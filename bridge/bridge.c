@@ -7,8 +7,9 @@
  * broker with it). Out: the store writes each change of a mapped key that did
  * not come from MQTT to the outbox in the change's own transaction
  * (bridge__topic); the bridge's thread publishes the outbox in rev order,
- * at most BRIDGE_WINDOW unacknowledged, and acknowledges each PUBACK back to
- * the store, which deletes the row.
+ * at most the broker's receive maximum unacknowledged, and acknowledges each
+ * PUBACK back to the store, which deletes the row. Transient messages go
+ * straight out (bridge__publish_now), and their echo is dropped.
  *
  * States (bridge__run makes the attempts, Paho's callbacks the rest):
  *   disconnected --(backoff over) bridge__connect--> connecting
@@ -364,6 +365,28 @@ static void bridge__free(struct bridge *b)
     free(b);
 }
 
+/* Parses the maps of `cfg` (none: both #) into b->maps. 0, or -1 with a
+ * sentence naming the bad map in `why`. */
+static int bridge__parse_maps(struct bridge *b, const struct bridge_config *cfg, char *why,
+                              size_t why_len)
+{
+    size_t n = cfg->nmaps ? cfg->nmaps : 1;
+    if ((b->maps = calloc(n, sizeof *b->maps)) == NULL) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char detail[1024];
+        if (map__parse(cfg->nmaps ? cfg->maps[i] : "both #", &b->maps[i], detail, sizeof detail) !=
+            0) {
+            snprintf(why, why_len, "bridge_map %s", detail);
+            return -1;
+        }
+        b->nmaps++;
+    }
+    return 0;
+}
+
 /* Copies `src` into b->cfg, filling in the defaults. */
 static int bridge__configure(struct bridge *b, const struct bridge_config *src, char *why,
                              size_t why_len)
@@ -400,19 +423,7 @@ static int bridge__configure(struct bridge *b, const struct bridge_config *src, 
             return -1;
         }
     }
-    size_t n = src->nmaps ? src->nmaps : 1;
-    if ((b->maps = calloc(n, sizeof *b->maps)) == NULL)
-        goto oom;
-    for (size_t i = 0; i < n; i++) {
-        char detail[1024];
-        if (map__parse(src->nmaps ? src->maps[i] : "both #", &b->maps[i], detail, sizeof detail) !=
-            0) {
-            snprintf(why, why_len, "bridge_map %s", detail);
-            return -1;
-        }
-        b->nmaps++;
-    }
-    return 0;
+    return bridge__parse_maps(b, src, why, why_len);
 oom:
     snprintf(why, why_len, "out of memory");
     return -1;
@@ -422,19 +433,18 @@ int bridge_new(const struct bridge_config *cfg, const struct store_limits *limit
                struct bridge **out, char *why, size_t why_len)
 {
     *out = NULL;
-    for (size_t i = 0; i < cfg->nmaps; i++) /* checked even when the bridge is off */
-        if (bridge_map_check(cfg->maps[i], why, why_len) != 0) {
-            char detail[1024];
-            snprintf(detail, sizeof detail, "bridge_map %s", why);
-            snprintf(why, why_len, "%s", detail);
-            return -1;
-        }
-    if (cfg->url == NULL)
-        return 0;
     struct bridge *b = calloc(1, sizeof *b);
     if (b == NULL) {
         snprintf(why, why_len, "out of memory");
         return -1;
+    }
+    if (cfg->url == NULL) { /* off; the maps are checked all the same */
+        int rc = bridge__parse_maps(b, cfg, why, why_len);
+        for (size_t i = 0; i < b->nmaps; i++)
+            map__free(&b->maps[i]);
+        free(b->maps);
+        free(b);
+        return rc;
     }
     pthread_mutex_init(&b->lock, NULL);
     pthread_cond_init(&b->cond, NULL);
