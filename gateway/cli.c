@@ -1,7 +1,10 @@
 /*
  * cli.c — the client commands of `almanac`: get, set, del, ls, sub, pub,
- * info. They speak the session protocol over TCP to a running server
- * (-s HOST:PORT, else ALMANAC_SERVER, else 127.0.0.1:8481).
+ * history, info. They speak the session protocol over TCP to a running
+ * server (-s HOST:PORT, else ALMANAC_SERVER, else 127.0.0.1:8481); export
+ * and import use its HTTP API (--http HOST:PORT, else ALMANAC_HTTP, else
+ * 127.0.0.1:8480), where an import is checked whole before any of it is
+ * applied.
  *
  * Output is for people by default (values as they are, one key per line);
  * --json prints the envelopes of API.md, one per line, made from the
@@ -18,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 struct cli {
@@ -36,12 +40,20 @@ static int cli__usage(void)
                     "  ls [KEY]             list the children of a key (or of the root)\n"
                     "  sub PATTERN          print the matching entries, then every change\n"
                     "  pub KEY VALUE        publish a transient value\n"
+                    "  history KEY|PATTERN [--start T] [--stop T] [--limit N] [--order asc|desc]\n"
+                    "                       [--every D]  print the changes kept in history (T: µs\n"
+                    "                       or RFC 3339; D: 10s, 5m, 1h; default limit 1000)\n"
+                    "  export               print every entry as JSON lines (HTTP)\n"
+                    "  import               apply JSON lines from standard input (HTTP)\n"
                     "  info                 print the server's $SYS keys\n"
-                    "The server is -s HOST:PORT, else $ALMANAC_SERVER, else 127.0.0.1:8481.\n");
+                    "The server is -s HOST:PORT, else $ALMANAC_SERVER, else 127.0.0.1:8481;\n"
+                    "for export and import, --http HOST:PORT, else $ALMANAC_HTTP, else\n"
+                    "127.0.0.1:8480.\n");
     return 2;
 }
 
-static int cli__connect(struct cli *c, const char *server)
+/* A connected socket to HOST:PORT, or -1 (said on stderr). */
+static int cli__dial(const char *server)
 {
     char host[256];
     const char *colon = strrchr(server, ':');
@@ -66,9 +78,52 @@ static int cli__connect(struct cli *c, const char *server)
         return -1;
     }
     freeaddrinfo(ai);
+    return fd;
+}
+
+static int cli__connect(struct cli *c, const char *server)
+{
+    int fd = cli__dial(server);
+    if (fd < 0)
+        return -1;
     c->in = fdopen(fd, "r");
     c->out = fdopen(dup(fd), "w");
     return c->in && c->out ? 0 : -1;
+}
+
+/* One HTTP/1.0 request (no chunked answer to undo); the answer's body goes
+ * to `out`. The status, or -1 when the server could not be reached. */
+static int cli__http(const char *server, const char *method, const char *path, const char *body,
+                     size_t blen, FILE *out)
+{
+    int fd = cli__dial(server);
+    if (fd < 0)
+        return -1;
+    FILE *f = fdopen(fd, "r+");
+    if (f == NULL) {
+        close(fd);
+        return -1;
+    }
+    fprintf(f, "%s %s HTTP/1.0\r\nHost: %s\r\nContent-Length: %zu\r\n\r\n", method, path, server,
+            blen);
+    if (blen > 0)
+        fwrite(body, 1, blen, f);
+    fflush(f);
+    char line[1024];
+    int status = -1;
+    if (fgets(line, sizeof line, f) == NULL || sscanf(line, "HTTP/%*s %d", &status) != 1) {
+        fprintf(stderr, "almanac: %s did not answer over HTTP\n", server);
+        fclose(f);
+        return -1;
+    }
+    while (fgets(line, sizeof line, f) != NULL && strcmp(line, "\r\n") != 0)
+        ;
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        fwrite(buf, 1, n, out);
+    fclose(f);
+    return status;
 }
 
 /* The next line from the server (malloc'd, without its newline), or NULL. */
@@ -103,7 +158,7 @@ static int cli__request(struct cli *c, json_t *req, char **text, json_t **reply)
         char *line = cli__line(c);
         if (line == NULL)
             return -1;
-        json_t *j = json_loads(line, 0, NULL);
+        json_t *j = json_loads(line, JSON_ALLOW_NUL, NULL);
         json_t *jid = json_object_get(j, "id");
         const char *type = json_string_value(json_object_get(j, "type"));
         if (json_is_integer(jid) && json_integer_value(jid) == id && type != NULL &&
@@ -151,9 +206,10 @@ static void cli__print_value(json_t *e, bool raw)
         char *s = envelope_dump_json(v);
         printf("%s\n", s ? s : "");
         free(s);
-    } else if (text != NULL)
-        printf("%s\n", text);
-    else if (b64 != NULL && raw) {
+    } else if (text != NULL) {
+        fwrite(text, 1, json_string_length(json_object_get(e, "text")), stdout);
+        putchar('\n');
+    } else if (b64 != NULL && raw) {
         size_t n = strlen(b64);
         unsigned char *bytes = malloc(n / 4 * 3 + 3);
         int len = bytes ? EVP_DecodeBlock(bytes, (const unsigned char *)b64, (int)n) : -1;
@@ -216,6 +272,53 @@ static char *cli__stdin(size_t *len)
     return buf;
 }
 
+/* Prints an entry of a session answer (content_type) as an envelope (type). */
+static void cli__print_session_envelope(json_t *e)
+{
+    json_t *copy = json_deep_copy(e);
+    if (json_object_get(copy, "content_type") != NULL) {
+        json_object_set(copy, "type", json_object_get(copy, "content_type"));
+        json_object_del(copy, "content_type");
+    }
+    char *s = envelope_dump_json(copy);
+    printf("%s\n", s ? s : "");
+    free(s);
+    json_decref(copy);
+}
+
+static int cli__export(const char *server)
+{
+    int status = cli__http(server, "GET", "/api/v1/export", NULL, 0, stdout);
+    return status == 200 ? 0 : status < 0 ? 2 : 1;
+}
+
+static int cli__import(const char *server)
+{
+    size_t len;
+    char *body = cli__stdin(&len);
+    if (body == NULL)
+        return 2;
+    char *answer = NULL;
+    size_t alen = 0;
+    FILE *mem = open_memstream(&answer, &alen);
+    int status = mem ? cli__http(server, "POST", "/api/v1/import", body, len, mem) : -1;
+    if (mem)
+        fclose(mem);
+    free(body);
+    json_t *reply = answer ? json_loadb(answer, alen, 0, NULL) : NULL;
+    int rc = status == 200 ? 0 : status < 0 ? 2 : 1;
+    if (status == 200)
+        printf("imported %lld\n",
+               (long long)json_integer_value(json_object_get(reply, "imported")));
+    else if (status > 0) /* an HTTP error: {"error","message"} */
+        fprintf(stderr, "almanac: %s: %s\n",
+                json_string_value(json_object_get(reply, "error")) ?: "error",
+                json_string_value(json_object_get(reply, "message")) ?: answer ?: "");
+    json_decref(reply);
+    free(answer);
+    return rc;
+}
+
 static int cli__get(struct cli *c, const char *arg)
 {
     char why[256], *text;
@@ -256,16 +359,9 @@ static int cli__get(struct cli *c, const char *arg)
         json_t *e;
         json_array_foreach(json_object_get(reply, "entries"), i, e)
         {
-            if (c->json) {
-                /* As an envelope: the content type is "type" again. */
-                json_t *copy = json_deep_copy(e);
-                json_object_set(copy, "type", json_object_get(copy, "content_type"));
-                json_object_del(copy, "content_type");
-                char *s = envelope_dump_json(copy);
-                printf("%s\n", s ? s : "");
-                free(s);
-                json_decref(copy);
-            } else
+            if (c->json) /* as an envelope: the content type is "type" again */
+                cli__print_session_envelope(e);
+            else
                 cli__print_entry(c, NULL, e);
         }
         const char *next = json_string_value(json_object_get(reply, "next"));
@@ -275,6 +371,59 @@ static int cli__get(struct cli *c, const char *arg)
         if (after == NULL)
             return 0;
     }
+}
+
+struct cli__history {
+    const char *start, *stop, *order, *every;
+    long long limit;
+};
+
+static int cli__history(struct cli *c, const char *pattern, const struct cli__history *o)
+{
+    long long after = 0, left = o->limit;
+    while (left > 0) {
+        char *text;
+        json_t *reply, *req = json_pack("{s:s,s:s,s:I}", "type", "history", "pattern", pattern,
+                                        "limit", (json_int_t)(left < 10000 ? left : 10000));
+        const char *names[] = {"start", "stop", "order", "every"};
+        const char *values[] = {o->start, o->stop, o->order, o->every};
+        for (size_t i = 0; i < 4; i++)
+            if (values[i] != NULL)
+                json_object_set_new(req, names[i], json_string(values[i]));
+        if (after > 0)
+            json_object_set_new(req, "after", json_integer(after));
+        if (cli__request(c, req, &text, &reply) != 0)
+            return -1;
+        int rc = cli__failed(reply);
+        size_t i;
+        json_t *e;
+        json_array_foreach(rc == 0 ? json_object_get(reply, "records") : NULL, i, e)
+        {
+            if (c->json) {
+                cli__print_session_envelope(e);
+                continue;
+            }
+            char when[64];
+            time_t sec = (time_t)(json_integer_value(json_object_get(e, "ts")) / 1000000);
+            struct tm tm;
+            gmtime_r(&sec, &tm);
+            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+            printf("%s rev %lld ", when, (long long)json_integer_value(json_object_get(e, "rev")));
+            if (json_is_true(json_object_get(e, "deleted")))
+                printf("%s deleted\n", json_string_value(json_object_get(e, "key")));
+            else
+                cli__print_entry(c, NULL, e);
+            left--;
+        }
+        after = json_integer_value(json_object_get(reply, "next"));
+        json_decref(reply);
+        free(text);
+        if (rc != 0)
+            return rc;
+        if (after == 0)
+            break;
+    }
+    return 0;
 }
 
 static int cli__simple(struct cli *c, json_t *req, const char *what)
@@ -326,7 +475,7 @@ static int cli__sub(struct cli *c, const char *pattern)
             fprintf(stderr, "almanac: the server closed the connection\n");
             return 1;
         }
-        json_t *m = json_loads(line, 0, NULL);
+        json_t *m = json_loads(line, JSON_ALLOW_NUL, NULL);
         const char *type = json_string_value(json_object_get(m, "type"));
         if (type != NULL && strcmp(type, "event") == 0)
             cli__print_entry(c, line, m);
@@ -346,13 +495,16 @@ static int cli__sub(struct cli *c, const char *pattern)
 
 int cli_main(int argc, char **argv)
 {
-    const char *server = getenv("ALMANAC_SERVER");
+    const char *server = getenv("ALMANAC_SERVER"), *http = getenv("ALMANAC_HTTP");
     struct cli c = {0};
+    struct cli__history hist = {.limit = 1000};
     int i = 1, rc;
 
     for (; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
         if ((strcmp(argv[i], "-s") == 0 || strcmp(argv[i], "--server") == 0) && i + 1 < argc)
             server = argv[++i];
+        else if (strcmp(argv[i], "--http") == 0 && i + 1 < argc)
+            http = argv[++i];
         else if (strcmp(argv[i], "--json") == 0)
             c.json = true;
         else
@@ -369,19 +521,39 @@ int cli_main(int argc, char **argv)
             c.json = true;
         else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc)
             server = argv[++i];
-        else if (n < 3)
+        else if (strcmp(argv[i], "--http") == 0 && i + 1 < argc)
+            http = argv[++i];
+        else if (strcmp(argv[i], "--start") == 0 && i + 1 < argc)
+            hist.start = argv[++i];
+        else if (strcmp(argv[i], "--stop") == 0 && i + 1 < argc)
+            hist.stop = argv[++i];
+        else if (strcmp(argv[i], "--order") == 0 && i + 1 < argc)
+            hist.order = argv[++i];
+        else if (strcmp(argv[i], "--every") == 0 && i + 1 < argc)
+            hist.every = argv[++i];
+        else if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc) {
+            char *end;
+            hist.limit = strtoll(argv[++i], &end, 10);
+            if (*end != '\0' || hist.limit < 1)
+                return cli__usage();
+        } else if (n < 3)
             args[n++] = argv[i];
         else
             return cli__usage();
     }
     bool known = strcmp(cmd, "get") == 0 || strcmp(cmd, "set") == 0 || strcmp(cmd, "del") == 0 ||
                  strcmp(cmd, "ls") == 0 || strcmp(cmd, "sub") == 0 || strcmp(cmd, "pub") == 0 ||
-                 strcmp(cmd, "info") == 0;
-    int want = strcmp(cmd, "set") == 0 || strcmp(cmd, "pub") == 0 ? 2
-               : strcmp(cmd, "info") == 0                         ? 0
-                                                                  : 1;
+                 strcmp(cmd, "info") == 0 || strcmp(cmd, "history") == 0 ||
+                 strcmp(cmd, "export") == 0 || strcmp(cmd, "import") == 0;
+    bool none =
+        strcmp(cmd, "info") == 0 || strcmp(cmd, "export") == 0 || strcmp(cmd, "import") == 0;
+    int want = strcmp(cmd, "set") == 0 || strcmp(cmd, "pub") == 0 ? 2 : none ? 0 : 1;
     if (!known || (strcmp(cmd, "ls") == 0 ? n > 1 : n != want))
         return cli__usage();
+    if (strcmp(cmd, "export") == 0)
+        return cli__export(http ? http : "127.0.0.1:8480");
+    if (strcmp(cmd, "import") == 0)
+        return cli__import(http ? http : "127.0.0.1:8480");
     if (cli__connect(&c, server ? server : "127.0.0.1:8481") != 0)
         return 2;
     char *welcome = cli__line(&c);
@@ -392,6 +564,8 @@ int cli_main(int argc, char **argv)
         rc = cli__get(&c, "$SYS/#");
     else if (strcmp(cmd, "sub") == 0)
         rc = cli__sub(&c, args[0]);
+    else if (strcmp(cmd, "history") == 0)
+        rc = cli__history(&c, args[0], &hist);
     else if (strcmp(cmd, "del") == 0)
         rc = cli__simple(&c, json_pack("{s:s,s:s}", "type", "delete", "key", args[0]), "del");
     else if (strcmp(cmd, "ls") == 0) {

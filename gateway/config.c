@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int (*config_parse_fn)(struct config *cfg, const char *value, char *why, size_t why_len);
 
@@ -322,31 +323,145 @@ static int config__bridge_status_topic(struct config *cfg, const char *value, ch
     return config__string(&cfg->bridge.status_topic, value);
 }
 
-static void config__clear_maps(struct bridge_config *b)
+static void config__list_clear(char ***list, size_t *n)
 {
-    for (size_t i = 0; i < b->nmaps; i++)
-        free(b->maps[i]);
-    free(b->maps);
-    b->maps = NULL;
-    b->nmaps = 0;
+    for (size_t i = 0; i < *n; i++)
+        free((*list)[i]);
+    free(*list);
+    *list = NULL;
+    *n = 0;
+}
+
+/* Appends to a repeatable option's list; the values of a later source (the
+ * environment after the file, flags after both) replace an earlier one's. */
+static int config__list_add(struct config *cfg, char ***list, size_t *n, int *source,
+                            const char *value)
+{
+    if (*source != cfg->source)
+        config__list_clear(list, n);
+    *source = cfg->source;
+    char **v = realloc(*list, (*n + 1) * sizeof *v);
+    if (v == NULL)
+        return -1;
+    *list = v;
+    if ((v[*n] = strdup(value)) == NULL)
+        return -1;
+    ++*n;
+    return 0;
 }
 
 static int config__bridge_map(struct config *cfg, const char *value, char *why, size_t why_len)
 {
-    struct bridge_config *b = &cfg->bridge;
     if (bridge_map_check(value, why, why_len) != 0)
         return -1;
-    if (cfg->maps_source != cfg->source)
-        config__clear_maps(b);
-    cfg->maps_source = cfg->source;
-    char **maps = realloc(b->maps, (b->nmaps + 1) * sizeof *maps);
-    if (maps == NULL)
+    return config__list_add(cfg, &cfg->bridge.maps, &cfg->bridge.nmaps, &cfg->maps_source, value);
+}
+
+/* ---- history ---- */
+
+static int config__history_keys(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    bool wild;
+    char detail[256];
+    if (store_pattern_check(value, strlen(value), 65535, &wild, detail, sizeof detail) !=
+        STORE_OK) {
+        snprintf(why, why_len, "'%s': %s", value, detail);
         return -1;
-    b->maps = maps;
-    if ((maps[b->nmaps] = strdup(value)) == NULL)
+    }
+    return config__list_add(cfg, &cfg->history_keys, &cfg->nhistory_keys, &cfg->history_keys_source,
+                            value);
+}
+
+int config_parse_duration(const char *text, int64_t *us)
+{
+    static const struct {
+        const char *suffix;
+        int64_t mult;
+    } units[] = {{"us", 1},         {"ms", 1000},       {"s", 1000000},     {"m", 60000000},
+                 {"h", 3600000000}, {"d", 86400000000}, {"w", 604800000000}};
+    char *end;
+    if (!isdigit((unsigned char)text[0]))
         return -1;
-    b->nmaps++;
+    errno = 0;
+    long long n = strtoll(text, &end, 10);
+    if (errno != 0)
+        return -1;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(end, units[i].suffix) != 0)
+            continue;
+        if (n > INT64_MAX / units[i].mult)
+            return -1;
+        *us = n * units[i].mult;
+        return 0;
+    }
+    return -1;
+}
+
+int config_parse_time(const char *text, int64_t *us)
+{
+    char *end;
+    errno = 0;
+    long long n = strtoll(text, &end, 10);
+    if (text[0] != '\0' && *end == '\0' && errno == 0) { /* µs since the epoch */
+        *us = n;
+        return 0;
+    }
+    /* RFC 3339: 2026-11-23T10:00:00[.123456](Z|+01:00) */
+    struct tm tm = {0};
+    const char *p = strptime(text, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (p == NULL)
+        p = strptime(text, "%Y-%m-%dt%H:%M:%S", &tm);
+    if (p == NULL)
+        return -1;
+    int64_t frac = 0, scale = 100000;
+    if (*p == '.') {
+        if (!isdigit((unsigned char)*++p))
+            return -1;
+        for (; isdigit((unsigned char)*p); p++, scale /= 10)
+            frac += scale > 0 ? (*p - '0') * scale : 0;
+    }
+    int64_t offset = 0;
+    if (*p == 'Z' || *p == 'z')
+        p++;
+    else if ((*p == '+' || *p == '-') && isdigit((unsigned char)p[1]) &&
+             isdigit((unsigned char)p[2]) && p[3] == ':' && isdigit((unsigned char)p[4]) &&
+             isdigit((unsigned char)p[5])) {
+        offset =
+            ((p[1] - '0') * 10 + (p[2] - '0')) * 3600 + ((p[4] - '0') * 10 + (p[5] - '0')) * 60;
+        if (*p == '+')
+            offset = -offset;
+        p += 6;
+    } else
+        return -1;
+    if (*p != '\0')
+        return -1;
+    *us = ((int64_t)timegm(&tm) + offset) * 1000000 + frac;
     return 0;
+}
+
+static int config__history_retention(struct config *cfg, const char *value, char *why,
+                                     size_t why_len)
+{
+    if (strcmp(value, "0") == 0) {
+        cfg->history_retention_us = 0;
+        return 0;
+    }
+    if (config_parse_duration(value, &cfg->history_retention_us) != 0) {
+        snprintf(why, why_len, "'%s' is not a duration (a number with s, m, h, d or w), or 0",
+                 value);
+        return -1;
+    }
+    return 0;
+}
+
+static int config__history_max_bytes(struct config *cfg, const char *value, char *why,
+                                     size_t why_len)
+{
+    if (strcmp(value, "0") == 0) {
+        cfg->history_max_bytes = 0;
+        return 0;
+    }
+    return config__size_in(value, 64 * 1024, SIZE_MAX, &cfg->history_max_bytes, why, why_len);
 }
 
 static const struct {
@@ -382,6 +497,9 @@ static const struct {
     {"bridge_session_expiry", config__bridge_session_expiry},
     {"bridge_status_topic", config__bridge_status_topic},
     {"bridge_map", config__bridge_map},
+    {"history_keys", config__history_keys},
+    {"history_retention", config__history_retention},
+    {"history_max_bytes", config__history_max_bytes},
 };
 #define CONFIG_NOPTIONS (sizeof config__options / sizeof config__options[0])
 
@@ -493,6 +611,8 @@ static void config__defaults(struct config *cfg)
     cfg->bridge.qos = 1;
     cfg->bridge.keepalive = 30;
     cfg->bridge.session_expiry = 7 * 86400;
+    cfg->history_retention_us = 7 * 86400000000ll;
+    cfg->history_max_bytes = (size_t)1 << 30;
 }
 
 int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why_len)
@@ -563,6 +683,7 @@ void config_free(struct config *cfg)
     free(cfg->unix_socket);
     cfg->http_listen = cfg->data_dir = cfg->tcp_listen = cfg->unix_socket = NULL;
     bridge_config_free(&cfg->bridge);
+    config__list_clear(&cfg->history_keys, &cfg->nhistory_keys);
 }
 
 int config_resolve(const char *option, const char *spec, struct addrinfo **ai, char *host,

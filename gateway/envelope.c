@@ -9,6 +9,7 @@
  */
 #include "gateway.h"
 
+#include <ctype.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -440,4 +441,63 @@ void envelope_failure(char *out, size_t len, const struct store_txn *t, bool ind
         snprintf(out, len, "%s%s", where, store_err_text(t->err));
     else
         snprintf(out, len, "%s", store_err_text(t->err)); /* the whole transaction */
+}
+
+/* ---- history ---- */
+
+void envelope_add_record(struct buf *b, const struct store_record *rec, const char *type_field)
+{
+    if (rec->entry == NULL)
+        envelope_add_deleted(b, rec->key, rec->klen, rec->rev, rec->ts);
+    else
+        envelope_add_as(b, rec->key, rec->klen, rec->entry, type_field);
+}
+
+int envelope_history_query(struct store_history_query *q, envelope_arg_fn get, void *arg,
+                           size_t max_limit, char *why, size_t why_len)
+{
+    const char *v;
+    char *end;
+    q->start = INT64_MIN;
+    q->stop = INT64_MAX;
+    q->limit = 1000;
+    if ((v = get(arg, "start")) != NULL && config_parse_time(v, &q->start) != 0)
+        goto time;
+    if ((v = get(arg, "stop")) != NULL && config_parse_time(v, &q->stop) != 0)
+        goto time;
+    if ((v = get(arg, "limit")) != NULL) {
+        unsigned long long n = strtoull(v, &end, 10);
+        if (!isdigit((unsigned char)v[0]) || *end != '\0' || n < 1 || n > max_limit) {
+            snprintf(why, why_len, "limit must be a number from 1 to %zu", max_limit);
+            return -1;
+        }
+        q->limit = (size_t)n;
+    }
+    if ((v = get(arg, "order")) != NULL) {
+        if (strcmp(v, "asc") != 0 && strcmp(v, "desc") != 0) {
+            snprintf(why, why_len, "order is asc or desc");
+            return -1;
+        }
+        q->desc = strcmp(v, "desc") == 0;
+    }
+    if ((v = get(arg, "after")) != NULL) {
+        long long n = strtoll(v, &end, 10);
+        if (!isdigit((unsigned char)v[0]) || *end != '\0' || n < 1) {
+            snprintf(why, why_len, "after is the \"next\" of the page before");
+            return -1;
+        }
+        q->after = n;
+    }
+    if ((v = get(arg, "every")) != NULL &&
+        (config_parse_duration(v, &q->every) != 0 || q->every <= 0)) {
+        snprintf(why, why_len, "every is a duration: a number with ms, s, m, h, d or w (10s, 5m)");
+        return -1;
+    }
+    return 0;
+time:
+    snprintf(why, why_len,
+             "'%s' is not a time: µs since the epoch, or RFC 3339 "
+             "(2026-11-23T10:00:00Z)",
+             v);
+    return -1;
 }

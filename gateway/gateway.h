@@ -30,10 +30,14 @@ struct config {
     unsigned max_subscriptions; /* per session */
     unsigned sys_interval;      /* seconds between $SYS updates; 0: none */
     struct bridge_config bridge;
+    char **history_keys; /* patterns; none: "#" */
+    size_t nhistory_keys;
+    int64_t history_retention_us; /* 0: no history */
+    size_t history_max_bytes;     /* 0: no cap */
     /* While loading: which source (file, environment, flags) is being read,
-     * and which one gave the bridge_map lines so far; a later source's maps
-     * replace an earlier one's. */
-    int source, maps_source;
+     * and which one gave the values of a repeatable option so far; a later
+     * source's replace an earlier one's. */
+    int source, maps_source, history_keys_source;
 };
 
 /* Fills `cfg` from the defaults, then the file of `-c FILE` (if any), the
@@ -44,6 +48,10 @@ int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why
 void config_free(struct config *cfg);
 /* Parses "1024", "64KiB", "1MiB", "1GiB", "10MB"; -1 when malformed. */
 int config_parse_size(const char *text, size_t *out);
+/* Parses a duration into µs: a number with us, ms, s, m, h, d or w. */
+int config_parse_duration(const char *text, int64_t *us);
+/* Parses a time into µs since the epoch: µs, or RFC 3339. */
+int config_parse_time(const char *text, int64_t *us);
 /* Resolves the HOST:PORT (or [V6]:PORT) of option `option`: the address
  * in `*ai` (freeaddrinfo it) and the bare host in `host`. Returns 0, or -1
  * with a sentence in `why`. */
@@ -124,6 +132,16 @@ struct envelope_children {
     size_t n;
 };
 void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool children);
+
+/* History: a query from a transport's arguments (HTTP's query string,
+ * a session message's fields): start, stop, limit (at most `max_limit`),
+ * order, after, every; the caller adds the label filters. 0, or -1 with a
+ * sentence in `why`. */
+typedef const char *(*envelope_arg_fn)(void *arg, const char *name);
+int envelope_history_query(struct store_history_query *q, envelope_arg_fn get, void *arg,
+                           size_t max_limit, char *why, size_t why_len);
+/* Appends a history record: its envelope, or the deletion form. */
+void envelope_add_record(struct buf *b, const struct store_record *rec, const char *type_field);
 
 /* ---- cli.c ---- */
 

@@ -34,10 +34,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HTTP_PREFIX       "/api/v1/"
-#define HTTP_LIST_DEFAULT 1000
-#define HTTP_LIST_MAX     10000
-#define HTTP_MAX_STATUS   600
+#define HTTP_PREFIX        "/api/v1/"
+#define HTTP_LIST_DEFAULT  1000
+#define HTTP_LIST_MAX      10000
+#define HTTP_HISTORY_MAX   10000000 /* records of one history answer (streamed) */
+#define HTTP_IMPORT_COMMIT 1000     /* changes per commit of an import */
+#define HTTP_MAX_STATUS    600
 
 enum route {
     ROUTE_NONE = 0,
@@ -51,6 +53,9 @@ enum route {
     ROUTE_METRICS,
     ROUTE_WS,
     ROUTE_EVENTS,
+    ROUTE_HISTORY,
+    ROUTE_EXPORT,
+    ROUTE_IMPORT,
 };
 
 enum method { M_GET = 1, M_HEAD = 2, M_PUT = 4, M_POST = 8, M_DELETE = 16, M_OTHER = 32 };
@@ -197,6 +202,9 @@ static const struct {
     {ROUTE_INFO, HTTP_PREFIX "info", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_WS, HTTP_PREFIX "ws", M_GET, "GET"},
     {ROUTE_EVENTS, HTTP_PREFIX "events/", M_GET, "GET"},
+    {ROUTE_HISTORY, HTTP_PREFIX "history/", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_EXPORT, HTTP_PREFIX "export", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_IMPORT, HTTP_PREFIX "import", M_POST, "POST"},
     {ROUTE_HEALTH, "/health", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_READY, "/ready", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_METRICS, "/metrics", M_GET | M_HEAD, "GET, HEAD"},
@@ -796,6 +804,12 @@ static enum MHD_Result http__info(struct req *r)
              (unsigned long long)st.keys, (long long)st.rev, st.schema_version,
              loop_sessions(r->h->loop), (unsigned long long)st.subscriptions);
     http__bridge_info(&b, r->h->bridge, st.outbox);
+    buf_addf(&b,
+             ",\"history\":{\"enabled\":%s,\"records\":%llu,\"bytes\":%llu,"
+             "\"since_rev\":%lld,\"pruned\":%llu}",
+             st.history ? "true" : "false", (unsigned long long)st.history_records,
+             (unsigned long long)st.history_bytes, (long long)st.history_floor,
+             (unsigned long long)st.history_pruned);
     buf_adds(&b, ",\"storage\":{\"path\":");
     buf_add_jstr(&b, st.db_path, strlen(st.db_path));
     buf_addf(&b,
@@ -853,6 +867,12 @@ static enum MHD_Result http__metrics(struct req *r)
                  "Publishes the MQTT broker refused for good.", bs.errors_out);
     http__metric(&b, "almanac_bridge_reconnects_total", "counter",
                  "Connection attempts after the first.", bs.reconnects);
+    http__metric(&b, "almanac_history_records", "gauge", "Changes kept in history.",
+                 st.history_records);
+    http__metric(&b, "almanac_history_bytes", "gauge",
+                 "Size of history as history_max_bytes counts it.", st.history_bytes);
+    http__metric(&b, "almanac_history_pruned_total", "counter",
+                 "History records removed by retention.", st.history_pruned);
     http__metric(&b, "almanac_uptime_seconds", "gauge", "Seconds since the start.",
                  (unsigned long long)((http__now_us() - r->h->started_us) / 1000000));
     buf_adds(&b, "# HELP almanac_storage_bytes Size of the database files.\n"
@@ -1000,9 +1020,19 @@ static enum MHD_Result http__events(struct req *r)
         return answer;
     const char *live = http__arg(r, "live_only");
     bool live_only = live != NULL && strcmp(live, "0") != 0 && strcmp(live, "false") != 0;
-    /* Last-Event-ID and ?since= ask for a replay from history, which this
-     * version does not keep yet: the stream starts from a fresh snapshot,
-     * which ends in the same state (and EventSource reconnects work). */
+    /* Last-Event-ID (an EventSource reconnecting) or ?since= replay the
+     * changes after that rev from history instead of the snapshot. */
+    const char *since_text = http__header(r, "Last-Event-ID");
+    if (since_text == NULL)
+        since_text = http__arg(r, "since");
+    int64_t since = -1;
+    if (since_text != NULL) {
+        char *end;
+        since = strtoll(since_text, &end, 10);
+        if (!isdigit((unsigned char)since_text[0]) || *end != '\0')
+            return http__error(r, STORE_EBADREQ, "since (or Last-Event-ID) is a rev: '%s'",
+                               since_text);
+    }
     struct sse *s = calloc(1, sizeof *s);
     if (s == NULL)
         return MHD_NO;
@@ -1011,17 +1041,25 @@ static enum MHD_Result http__events(struct req *r)
     pthread_mutex_init(&s->lock, NULL);
     struct store_snapshot snap = {0};
     int64_t rev;
-    if (store_subscribe(r->h->store, r->path, r->plen, false, sse__on_event, s,
-                        live_only ? NULL : &snap, &rev, &s->sub) != STORE_OK) {
+    int err = since >= 0 ? store_subscribe_since(r->h->store, r->path, r->plen, false,
+                                                 sse__on_event, s, since, &snap, &rev, &s->sub)
+                         : store_subscribe(r->h->store, r->path, r->plen, false, sse__on_event, s,
+                                           live_only ? NULL : &snap, &rev, &s->sub);
+    if (err != STORE_OK) {
         pthread_mutex_destroy(&s->lock);
         free(s);
-        return http__error(r, STORE_EINTERNAL, "out of memory");
+        return err == STORE_EGONE
+                   ? http__error(r, err,
+                                 "history does not hold every change of %s after rev %lld: "
+                                 "take a fresh snapshot (connect without since)",
+                                 r->path, (long long)since)
+                   : http__error(r, err, "%s", store_err_text(err));
     }
     pthread_mutex_lock(&s->lock);
     for (size_t i = 0; i < snap.n; i++) {
         struct buf b = {0};
-        sse__add_event(&b, snap.keys[i], snap.klens[i], snap.entries[i],
-                       store_entry_rev(snap.entries[i]), store_entry_ts(snap.entries[i]), false);
+        sse__add_event(&b, snap.keys[i], snap.klens[i], snap.entries[i], snap.revs[i], snap.tss[i],
+                       false);
         sse__push(s, b.p, b.len);
         buf_free(&b);
     }
@@ -1146,6 +1184,273 @@ static enum MHD_Result http__ws(struct req *r)
     return http__queue(r, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
 }
 
+/* ---- history, export and import ---- */
+
+/* A streamed answer: `fill` appends the next part to `b` and says whether
+ * more follows; MHD takes the bytes as the client reads them. */
+struct stream {
+    struct buf b;
+    size_t off;
+    bool done;
+    bool (*fill)(struct stream *st);
+    void (*end)(struct stream *st);
+    /* history */
+    struct store_history *it;
+    bool first;
+    /* export */
+    struct store *store;
+    char *after;
+};
+
+static ssize_t http__stream_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+    struct stream *st = cls;
+    (void)pos;
+    while (st->b.len - st->off < max && !st->done && !st->b.oom)
+        st->done = !st->fill(st);
+    if (st->b.oom)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t n = st->b.len - st->off < max ? st->b.len - st->off : max;
+    if (n == 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    memcpy(out, st->b.p + st->off, n);
+    st->off += n;
+    if (st->off == st->b.len)
+        st->b.len = st->off = 0;
+    return (ssize_t)n;
+}
+
+static void http__stream_free(void *cls)
+{
+    struct stream *st = cls;
+    if (st->end)
+        st->end(st);
+    buf_free(&st->b);
+    free(st);
+}
+
+static enum MHD_Result http__stream(struct req *r, struct stream *st, const char *type)
+{
+    struct MHD_Response *resp = MHD_create_response_from_callback(
+        MHD_SIZE_UNKNOWN, 65536, http__stream_read, st, http__stream_free);
+    if (resp == NULL) {
+        http__stream_free(st);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    return http__queue(r, 200, resp);
+}
+
+static bool http__history_fill(struct stream *st)
+{
+    struct store_record rec;
+    for (int i = 0; i < 256; i++) {
+        int rc = store_history_next(st->it, &rec);
+        if (rc < 0) {
+            st->b.oom = true; /* ends the answer short: the client sees it broken */
+            return false;
+        }
+        if (rc == 0) {
+            int64_t next;
+            store_history_close(st->it, &next);
+            st->it = NULL;
+            if (next > 0)
+                buf_addf(&st->b, "],\"next\":%lld}\n", (long long)next);
+            else
+                buf_adds(&st->b, "],\"next\":null}\n");
+            return false;
+        }
+        if (!st->first)
+            buf_add(&st->b, ",", 1);
+        st->first = false;
+        envelope_add_record(&st->b, &rec, "type");
+    }
+    return true;
+}
+
+static void http__history_end(struct stream *st)
+{
+    if (st->it != NULL)
+        store_history_close(st->it, NULL);
+}
+
+/* The query string's `label.<name>=<value>` arguments. */
+static enum MHD_Result http__label_arg(void *cls, enum MHD_ValueKind kind, const char *name,
+                                       const char *value)
+{
+    struct store_history_query *q = cls;
+    (void)kind;
+    if (strncmp(name, "label.", 6) != 0 || value == NULL)
+        return MHD_YES;
+    if (q->nlabels == STORE_HISTORY_MAX_LABELS) {
+        q->nlabels++; /* too many: refused by the caller */
+        return MHD_NO;
+    }
+    q->label_names[q->nlabels] = name + 6;
+    q->label_values[q->nlabels++] = value;
+    return MHD_YES;
+}
+
+static const char *http__query_arg(void *arg, const char *name)
+{
+    return http__arg(arg, name);
+}
+
+static enum MHD_Result http__history(struct req *r)
+{
+    enum MHD_Result answer;
+    bool wild;
+    char why[256];
+    struct store_history_query q = {.pattern = r->path, .plen = r->plen};
+
+    if (http__check_pattern(r, &wild, &answer) != 0)
+        return answer;
+    if (envelope_history_query(&q, http__query_arg, r, HTTP_HISTORY_MAX, why, sizeof why) != 0)
+        return http__error(r, STORE_EBADREQ, "%s", why);
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, http__label_arg, &q);
+    if (q.nlabels > STORE_HISTORY_MAX_LABELS)
+        return http__error(r, STORE_EBADREQ, "at most %d label filters", STORE_HISTORY_MAX_LABELS);
+    struct stream *st = calloc(1, sizeof *st);
+    if (st == NULL)
+        return MHD_NO;
+    int err = store_history_open(r->h->store, &q, &st->it);
+    if (err != STORE_OK) {
+        free(st);
+        return http__error(r, err, "%s",
+                           err == STORE_EUNAVAIL ? "history is off (history_retention 0)"
+                                                 : store_err_text(err));
+    }
+    st->fill = http__history_fill;
+    st->end = http__history_end;
+    st->first = true;
+    buf_adds(&st->b, "{\"records\":[");
+    return http__stream(r, st, "application/json");
+}
+
+/* export: every entry but the $-keys, one envelope a line, a page at a time. */
+static void http__export_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct stream *st = arg;
+    envelope_add(&st->b, key, klen, e);
+    buf_add(&st->b, "\n", 1);
+    free(st->after);
+    st->after = strndup(key, klen);
+    if (st->after == NULL)
+        st->b.oom = true;
+}
+
+static bool http__export_fill(struct stream *st)
+{
+    bool more = false;
+    store_pget(st->store, "#", 1, st->after, st->after ? strlen(st->after) : 0, 1000,
+               http__export_visit, st, &more);
+    return more;
+}
+
+static void http__export_end(struct stream *st)
+{
+    free(st->after);
+}
+
+static enum MHD_Result http__export(struct req *r)
+{
+    struct stream *st = calloc(1, sizeof *st);
+    if (st == NULL)
+        return MHD_NO;
+    st->store = r->h->store;
+    st->fill = http__export_fill;
+    st->end = http__export_end;
+    return http__stream(r, st, "application/x-ndjson");
+}
+
+/* import: JSON lines as export writes them. Every line is checked before
+ * anything is applied; then they go in commits of HTTP_IMPORT_COMMIT. */
+static enum MHD_Result http__import(struct req *r)
+{
+    const struct store_limits *lim = store_limits(r->h->store);
+    size_t n = 0, cap = 0, imported = 0, line = 0;
+    struct store_op *ops = NULL;
+    json_t *lines = json_array(); /* owns the keys the ops point into */
+    enum MHD_Result answer = MHD_NO;
+    char why[512];
+
+    if (r->too_large)
+        return http__error(r, STORE_ETOOLARGE, "the body is more than max_body_bytes (%zu bytes)",
+                           r->body_max);
+    for (const char *p = r->body, *end = r->body + r->blen; p != NULL && p < end && lines;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p)), *stop = nl ? nl : end;
+        line++;
+        const char *q = p;
+        p = nl ? nl + 1 : NULL;
+        while (q < stop && isspace((unsigned char)*q))
+            q++;
+        if (q == stop)
+            continue;
+        json_error_t jerr;
+        json_t *obj = json_loadb(q, (size_t)(stop - q), JSON_ALLOW_NUL, &jerr);
+        const char *key = json_string_value(json_object_get(obj, "key"));
+        if (obj == NULL || key == NULL) {
+            json_decref(obj);
+            answer = http__error(r, STORE_EBODY, "line %zu: %s", line,
+                                 obj ? "an envelope needs a \"key\"" : jerr.text);
+            goto out;
+        }
+        json_array_append_new(lines, obj);
+        if (n == cap) {
+            cap = cap ? cap * 2 : 256;
+            struct store_op *v = realloc(ops, cap * sizeof *v);
+            if (v == NULL)
+                goto out;
+            ops = v;
+        }
+        struct store_op *op = &ops[n];
+        *op = (struct store_op){.key = key, .klen = strlen(key), .if_rev = STORE_ANY_REV};
+        int err = store_key_check(key, op->klen, lim->max_key_bytes, why, sizeof why);
+        if (err == STORE_OK && store_key_reserved(key, op->klen)) {
+            err = STORE_EREADONLY;
+            snprintf(why, sizeof why, "%s is the server's own", key);
+        }
+        if (err == STORE_OK && json_is_true(json_object_get(obj, "deleted")))
+            op->kind = STORE_OP_DELETE;
+        else if (err == STORE_OK) {
+            const char *origin = json_string_value(json_object_get(obj, "origin"));
+            enum store_origin o = STORE_ORIGIN_HTTP;
+            for (int k = 0; origin != NULL && k < STORE_ORIGIN_COUNT; k++)
+                if (strcmp(origin, store_origin_name((enum store_origin)k)) == 0)
+                    o = (enum store_origin)k;
+            op->kind = STORE_OP_SET;
+            err = envelope_entry(obj, lim->max_value_bytes, true, o, &op->entry, why, sizeof why);
+        }
+        if (err != STORE_OK) {
+            answer = http__error(r, err, "line %zu: %s", line, why);
+            goto out;
+        }
+        n++;
+    }
+    for (size_t i = 0; i < n; i += HTTP_IMPORT_COMMIT) {
+        struct store_txn t = {.ops = ops + i,
+                              .n = n - i < HTTP_IMPORT_COMMIT ? n - i : HTTP_IMPORT_COMMIT};
+        int err = store_apply(r->h->store, &t);
+        for (size_t k = i; k < i + t.n; k++)
+            ops[k].entry = NULL; /* taken by the store */
+        if (err != STORE_OK) {
+            envelope_failure(why, sizeof why, &t, false);
+            answer = http__error(r, err, "after %zu imported: %s", imported, why);
+            goto out;
+        }
+        imported += t.n;
+    }
+    struct buf b = {0};
+    buf_addf(&b, "{\"imported\":%zu}", imported);
+    answer = http__json(r, 200, &b);
+out:
+    for (size_t i = 0; i < n; i++)
+        store_entry_unref(ops[i].entry);
+    free(ops);
+    json_decref(lines);
+    return answer;
+}
+
 static enum MHD_Result http__dispatch(struct req *r)
 {
     struct buf b = {0};
@@ -1179,6 +1484,12 @@ static enum MHD_Result http__dispatch(struct req *r)
         return http__ws(r);
     case ROUTE_EVENTS:
         return http__events(r);
+    case ROUTE_HISTORY:
+        return http__history(r);
+    case ROUTE_EXPORT:
+        return http__export(r);
+    case ROUTE_IMPORT:
+        return http__import(r);
     case ROUTE_NONE:
         break;
     }
@@ -1219,7 +1530,8 @@ static enum MHD_Result http__begin(struct req *r, const char *url)
     if (r->method == M_OTHER || !(http__routes[i].methods & r->method))
         return http__not_allowed(r, http__routes[i].allow);
     const struct store_limits *lim = store_limits(r->h->store);
-    r->body_max = r->route == ROUTE_BATCH ? r->h->cfg->max_body_bytes : lim->max_value_bytes;
+    r->body_max = r->route == ROUTE_BATCH || r->route == ROUTE_IMPORT ? r->h->cfg->max_body_bytes
+                                                                      : lim->max_value_bytes;
     const char *cl = http__header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl != NULL && strtoull(cl, NULL, 10) > r->body_max)
         return http__error(r, STORE_ETOOLARGE, "the body is %s bytes, more than the limit of %zu",

@@ -60,7 +60,11 @@ static int serve(int argc, char **argv)
     struct store_config scfg = {.data_dir = cfg.data_dir,
                                 .durability = cfg.durability,
                                 .max_db_bytes = cfg.max_db_bytes,
-                                .limits = cfg.limits};
+                                .limits = cfg.limits,
+                                .history_keys = cfg.history_keys,
+                                .nhistory_keys = cfg.nhistory_keys,
+                                .history_retention_us = cfg.history_retention_us,
+                                .history_max_bytes = cfg.history_max_bytes};
     bridge_outbox_hooks(bridge, &scfg.outbox);
     if (store_open(&scfg, &store, why, sizeof why) != STORE_OK) {
         log_error("almanac: %s", why);

@@ -319,6 +319,90 @@ static int session__pget(struct session *s, json_int_t id, json_t *msg)
     return 0;
 }
 
+/* A history query's fields as text, for envelope_history_query. */
+struct session__args {
+    json_t *msg;
+    char num[32];
+};
+
+static const char *session__arg(void *arg, const char *name)
+{
+    struct session__args *a = arg;
+    json_t *v = json_object_get(a->msg, name);
+    if (v == NULL || json_is_null(v))
+        return NULL;
+    if (json_is_string(v))
+        return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(a->num, sizeof a->num, "%lld", (long long)json_integer_value(v));
+        return a->num;
+    }
+    return "?"; /* of the wrong type: refused by the parser */
+}
+
+static int session__history(struct session *s, json_int_t id, json_t *msg)
+{
+    size_t plen;
+    bool wild;
+    char why[256];
+    const char *pat = session__pattern(s, id, msg, "pattern", &plen, &wild);
+    struct store_history_query q = {.pattern = pat, .plen = plen};
+    struct session__args args = {.msg = msg};
+    json_t *labels = json_object_get(msg, "labels"), *v;
+    const char *name;
+
+    if (pat == NULL)
+        return 0;
+    if (envelope_history_query(&q, session__arg, &args, SESSION_LIST_MAX, why, sizeof why) != 0) {
+        session__error(s, &id, STORE_EBADREQ, "%s", why);
+        return 0;
+    }
+    if (labels != NULL &&
+        (!json_is_object(labels) || json_object_size(labels) > STORE_HISTORY_MAX_LABELS)) {
+        session__error(s, &id, STORE_EBADREQ, "labels is an object of at most %d names",
+                       STORE_HISTORY_MAX_LABELS);
+        return 0;
+    }
+    json_object_foreach(labels, name, v)
+    {
+        if (!json_is_string(v)) {
+            session__error(s, &id, STORE_EBADREQ, "the label filter %s is not a string", name);
+            return 0;
+        }
+        q.label_names[q.nlabels] = name;
+        q.label_values[q.nlabels++] = json_string_value(v);
+    }
+    struct store_history *h;
+    int err = store_history_open(s->store, &q, &h);
+    if (err != STORE_OK) {
+        session__error(s, &id, err, "%s",
+                       err == STORE_EUNAVAIL ? "history is off (history_retention 0)"
+                                             : store_err_text(err));
+        return 0;
+    }
+    struct buf b = {0};
+    struct store_record rec;
+    int64_t next;
+    buf_addf(&b, "{\"type\":\"records\",\"id\":%lld,\"records\":[", (long long)id);
+    for (size_t n = 0; (err = store_history_next(h, &rec)) == 1; n++) {
+        if (n > 0)
+            buf_add(&b, ",", 1);
+        envelope_add_record(&b, &rec, "content_type");
+    }
+    store_history_close(h, &next);
+    if (err < 0) {
+        buf_free(&b);
+        session__error(s, &id, -err, "%s", store_err_text(-err));
+        return 0;
+    }
+    if (next > 0)
+        buf_addf(&b, "],\"next\":%lld}", (long long)next);
+    else
+        buf_adds(&b, "],\"next\":null}");
+    session__send(s, &b);
+    return 0;
+}
+
 static int session__ls(struct session *s, json_int_t id, json_t *msg)
 {
     size_t klen = 0;
@@ -546,9 +630,9 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
         session__error(s, &id, STORE_EBADREQ, "live_only and unique are true or false");
         return 0;
     }
-    if (json_object_get(msg, "since") != NULL) {
-        session__error(s, &id, STORE_EBADREQ,
-                       "since (a replay from history) is not served by this version yet");
+    json_t *jsince = json_object_get(msg, "since");
+    if (jsince != NULL && (!json_is_integer(jsince) || json_integer_value(jsince) < 0)) {
+        session__error(s, &id, STORE_EBADREQ, "since is a rev (0 or more)");
         return 0;
     }
     if (s->nsubs >= s->cfg->max_subscriptions) {
@@ -566,10 +650,21 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
     struct store_snapshot snap = {0};
     int64_t rev;
     bool with_snapshot = !json_is_true(live);
-    if (store_subscribe(s->store, pat, plen, json_is_true(unique), session__on_event, cs,
-                        with_snapshot ? &snap : NULL, &rev, &cs->sub) != STORE_OK) {
+    int err =
+        jsince != NULL
+            ? store_subscribe_since(s->store, pat, plen, json_is_true(unique), session__on_event,
+                                    cs, json_integer_value(jsince), &snap, &rev, &cs->sub)
+            : store_subscribe(s->store, pat, plen, json_is_true(unique), session__on_event, cs,
+                              with_snapshot ? &snap : NULL, &rev, &cs->sub);
+    if (err != STORE_OK) {
         free(cs);
-        session__error(s, &id, STORE_EINTERNAL, "out of memory");
+        if (err == STORE_EGONE)
+            session__error(s, &id, err,
+                           "history does not hold every change of %s after rev %lld: take a "
+                           "fresh snapshot (subscribe without since)",
+                           pat, (long long)json_integer_value(jsince));
+        else
+            session__error(s, &id, err, "%s", store_err_text(err));
         return 0;
     }
     cs->next = s->subs;
@@ -590,7 +685,15 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
             buf_add(&chunk, "\n", 1);
         else if (s->transport != CONN_WS)
             buf_reserve(&chunk, 80 * 1024);
-        session__add_envelope(&chunk, head, snap.keys[i], snap.klens[i], snap.entries[i]);
+        if (snap.entries[i] == NULL) { /* a deletion, from a replay */
+            buf_adds(&chunk, head);
+            struct buf d = {0};
+            envelope_add_deleted(&d, snap.keys[i], snap.klens[i], snap.revs[i], snap.tss[i]);
+            if (d.len > 1)
+                buf_add(&chunk, d.p + 1, d.len - 1);
+            buf_free(&d);
+        } else
+            session__add_envelope(&chunk, head, snap.keys[i], snap.klens[i], snap.entries[i]);
         if (s->transport == CONN_WS || chunk.len >= 65536) {
             session__send(s, &chunk);
             chunk = (struct buf){0};
@@ -652,6 +755,8 @@ static int session__v1(struct session *s, const char *type, json_int_t id, json_
         return session__set(s, id, msg, true);
     if (strcmp(type, "delete") == 0)
         return session__delete(s, id, msg);
+    if (strcmp(type, "history") == 0)
+        return session__history(s, id, msg);
     if (strcmp(type, "ls") == 0)
         return session__ls(s, id, msg);
     if (strcmp(type, "subscribe") == 0)

@@ -38,7 +38,7 @@ struct db {
     bool ckpt_started, ckpt_stop;
     pthread_mutex_t ckpt_lock;
     pthread_cond_t ckpt_cond;
-    sqlite3_stmt *put, *del, *rev, *obx_put, *obx_del;
+    sqlite3_stmt *put, *del, *rev, *obx_put, *obx_del, *hist_put, *hist_count;
     int schema_version;
     int lock_fd;
     char *path;
@@ -62,6 +62,15 @@ static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
           "  value BLOB, deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
           "CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;"
           "INSERT INTO meta(name, value) VALUES ('rev', 0);",
+    /* History queries by key and time; what history holds, and from where
+     * it is complete: a database of schema 1 never wrote history. */
+    [2] = "DROP INDEX history_key_rev;"
+          "CREATE INDEX history_key_ts ON history(key, ts);"
+          "INSERT INTO meta(name, value) SELECT 'history_bytes', coalesce(sum(" HISTORY_ROW_SIZE_SQL
+          "), 0) FROM history;"
+          "INSERT INTO meta(name, value) SELECT 'history_records', count(*) FROM history;"
+          "INSERT INTO meta(name, value) SELECT 'history_floor', value FROM meta WHERE name = "
+          "'rev';",
 };
 
 static int64_t db__now_us(void)
@@ -266,7 +275,16 @@ int db__open(const char *dir, enum store_durability durability, uint64_t max_byt
                            "deleted) VALUES (?, ?, ?, ?, ?, ?)",
                            -1, SQLITE_PREPARE_PERSISTENT, &db->obx_put, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn, "DELETE FROM outbox WHERE topic = ? AND rev = ?", -1,
-                           SQLITE_PREPARE_PERSISTENT, &db->obx_del, NULL) != SQLITE_OK) {
+                           SQLITE_PREPARE_PERSISTENT, &db->obx_del, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(db->conn,
+                           "INSERT INTO history(rev, key, ts, type, labels, origin, value, "
+                           "deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &db->hist_put, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(db->conn,
+                           "UPDATE meta SET value = value + (CASE name WHEN 'history_bytes' "
+                           "THEN ?1 ELSE ?2 END) WHERE name IN ('history_bytes', "
+                           "'history_records')",
+                           -1, SQLITE_PREPARE_PERSISTENT, &db->hist_count, NULL) != SQLITE_OK) {
         snprintf(why, why_len, "%s: %s", db->path, sqlite3_errmsg(db->conn));
         goto fail;
     }
@@ -297,6 +315,8 @@ void db__close(struct db *db)
     sqlite3_finalize(db->rev);
     sqlite3_finalize(db->obx_put);
     sqlite3_finalize(db->obx_del);
+    sqlite3_finalize(db->hist_put);
+    sqlite3_finalize(db->hist_count);
     if (db->conn != NULL && sqlite3_close(db->conn) != SQLITE_OK)
         log_warn("store: closing %s: %s", db->path, sqlite3_errmsg(db->conn));
     if (db->lock_fd >= 0)
@@ -358,6 +378,51 @@ fail:
 out:
     sqlite3_finalize(st);
     return err;
+}
+
+int64_t db__meta(struct db *db, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t v = 0;
+    if (sqlite3_prepare_v2(db->conn, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            v = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    return v;
+}
+
+char *db__meta_text(struct db *db, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    char *v = NULL;
+    if (sqlite3_prepare_v2(db->conn, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+            v = strdup((const char *)sqlite3_column_text(st, 0));
+    }
+    sqlite3_finalize(st);
+    return v;
+}
+
+int db__set_meta(struct db *db, const char *name, const char *text, int64_t value)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db->conn, "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)",
+                                -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        if (text != NULL)
+            sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_int64(st, 2, value);
+        rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_OK ? STORE_OK : STORE_EINTERNAL;
 }
 
 int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
@@ -423,6 +488,30 @@ static int db__write_outbox(struct db *db, const struct change *c)
     return db__step(st);
 }
 
+/* The history record of `c`; adds its size to `*bytes`. */
+static int db__write_history(struct db *db, const struct change *c, uint64_t *bytes)
+{
+    sqlite3_stmt *st = db->hist_put;
+    size_t vlen = 0, tlen = 0, llen = 0;
+    sqlite3_bind_int64(st, 1, c->rev);
+    sqlite3_bind_text(st, 2, c->key, (int)c->klen, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, c->ts);
+    if (c->entry != NULL) {
+        const void *value = store_entry_value(c->entry, &vlen);
+        const char *type = store_entry_type(c->entry), *labels = store_entry_labels(c->entry);
+        tlen = strlen(type);
+        llen = labels ? strlen(labels) : 0;
+        sqlite3_bind_text(st, 4, type, (int)tlen, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, labels, (int)llen, SQLITE_STATIC);
+        sqlite3_bind_int(st, 6, (int)store_entry_origin(c->entry));
+        sqlite3_bind_blob(st, 7, vlen ? value : "", (int)vlen, SQLITE_STATIC);
+    } else
+        sqlite3_bind_int(st, 6, (int)c->origin);
+    sqlite3_bind_int(st, 8, c->entry == NULL);
+    *bytes += c->klen + vlen + tlen + llen + HISTORY_ROW_BYTES;
+    return db__step(st);
+}
+
 static int db__write_change(struct db *db, const struct change *c)
 {
     if (c->topic != NULL) {
@@ -447,11 +536,13 @@ static int db__write_change(struct db *db, const struct change *c)
     return db__step(st);
 }
 
-int db__write(struct db *db, const struct commit *list, const struct outbox_ack *acks, size_t nacks)
+int db__write(struct db *db, const struct commit *list, const struct outbox_ack *acks, size_t nacks,
+              uint64_t *hist_bytes, uint64_t *hist_records)
 {
     int rc = sqlite3_exec(db->conn, "BEGIN", NULL, NULL, NULL);
     int64_t last = 0;
 
+    *hist_bytes = *hist_records = 0;
     for (size_t i = 0; i < nacks && rc == SQLITE_OK; i++) {
         sqlite3_bind_text(db->obx_del, 1, acks[i].topic, -1, SQLITE_STATIC);
         sqlite3_bind_int64(db->obx_del, 2, acks[i].rev);
@@ -462,8 +553,17 @@ int db__write(struct db *db, const struct commit *list, const struct outbox_ack 
             if (c->changes[i].transient)
                 continue;
             rc = db__write_change(db, &c->changes[i]);
+            if (rc == SQLITE_OK && c->changes[i].history) {
+                rc = db__write_history(db, &c->changes[i], hist_bytes);
+                ++*hist_records;
+            }
             last = c->last_rev;
         }
+    }
+    if (rc == SQLITE_OK && *hist_records > 0) {
+        sqlite3_bind_int64(db->hist_count, 1, (int64_t)*hist_bytes);
+        sqlite3_bind_int64(db->hist_count, 2, (int64_t)*hist_records);
+        rc = db__step(db->hist_count);
     }
     if (rc == SQLITE_OK && last > 0) {
         sqlite3_bind_int64(db->rev, 1, last);

@@ -57,6 +57,11 @@ struct store {
 
     struct outbox *outbox;
 
+    struct history *history; /* NULL: history is off */
+    char **hist_keys;        /* owned copies of cfg.history_keys, or "#" */
+    size_t nhist_keys;
+    int64_t last_ts; /* the ts of the last change; under `lock` */
+
     _Atomic uint64_t commits, changes, commit_failures, publishes, nsubs, events;
 };
 
@@ -170,15 +175,27 @@ static void store__finish(struct commit *list, int err)
     }
 }
 
-/* Names the outbox topic of each change of `list` that goes out. */
-static void store__outbox_topics(struct store *s, struct commit *list)
+static bool store__history_wanted(const struct store *s, const char *key, size_t klen)
+{
+    for (size_t i = 0; i < s->nhist_keys; i++)
+        if (store_pattern_match(s->hist_keys[i], strlen(s->hist_keys[i]), key, klen))
+            return true;
+    return false;
+}
+
+/* Names the outbox topic of each change of `list` that goes out, and marks
+ * those history keeps. */
+static void store__prepare(struct store *s, struct commit *list)
 {
     const struct store_outbox_hooks *h = &s->cfg.outbox;
     for (struct commit *c = list; c != NULL; c = c->next) {
         for (size_t i = 0; i < c->n; i++) {
             struct change *ch = &c->changes[i];
-            ch->topic = h->topic(h->arg, ch->key, ch->klen,
-                                 ch->entry ? store_entry_origin(ch->entry) : ch->origin);
+            if (h->topic != NULL)
+                ch->topic = h->topic(h->arg, ch->key, ch->klen,
+                                     ch->entry ? store_entry_origin(ch->entry) : ch->origin);
+            ch->history =
+                s->history != NULL && !ch->transient && store__history_wanted(s, ch->key, ch->klen);
         }
     }
 }
@@ -230,9 +247,12 @@ static void *store__committer(void *arg)
         for (struct commit *c = list; c != NULL; c = c->next)
             for (size_t i = 0; i < c->n; i++)
                 n += !c->changes[i].transient;
-        if (s->cfg.outbox.topic != NULL)
-            store__outbox_topics(s, list);
-        int err = n + nacks > 0 ? db__write(s->db, list, acks, nacks) : STORE_OK;
+        store__prepare(s, list);
+        uint64_t hist_bytes = 0, hist_records = 0;
+        int err = n + nacks > 0 ? db__write(s->db, list, acks, nacks, &hist_bytes, &hist_records)
+                                : STORE_OK;
+        if (err == STORE_OK && hist_records > 0)
+            history__added(s->history, hist_bytes, hist_records);
         for (size_t i = 0; i < nacks; i++)
             free(acks[i].topic);
         free(acks);
@@ -291,11 +311,57 @@ static int store__load_one(void *arg, const char *key, size_t klen, struct store
 {
     struct store *s = arg;
     struct store_entry *old;
+    if (store_entry_ts(e) > s->last_ts)
+        s->last_ts = store_entry_ts(e);
     int err = tree__set(s->tree, key, klen, e, &old);
     if (err != STORE_OK)
         store_entry_unref(e);
     store_entry_unref(old);
     return err;
+}
+
+/* History's patterns, the pruner, and the floor: when the patterns changed
+ * since the last run (or history was off), history is complete only from
+ * now on. */
+static int store__open_history(struct store *s, const struct store_config *cfg, char *why,
+                               size_t why_len)
+{
+    size_t n = cfg->nhistory_keys ? cfg->nhistory_keys : 1, len = 0;
+    if ((s->hist_keys = calloc(n, sizeof *s->hist_keys)) == NULL)
+        goto oom;
+    for (size_t i = 0; i < n; i++) {
+        if ((s->hist_keys[i] = strdup(cfg->nhistory_keys ? cfg->history_keys[i] : "#")) == NULL)
+            goto oom;
+        s->nhist_keys++;
+        len += strlen(s->hist_keys[i]) + 1;
+    }
+    char *joined = calloc(1, len + 1), *old = db__meta_text(s->db, "history_keys");
+    if (joined == NULL) {
+        free(old);
+        goto oom;
+    }
+    for (size_t i = 0; i < n && cfg->history_retention_us > 0; i++) {
+        strcat(joined, s->hist_keys[i]);
+        strcat(joined, "\n");
+    }
+    int err = STORE_OK;
+    if (old != NULL && strcmp(old, joined) != 0 && db__meta(s->db, "history_floor") < s->rev)
+        err = db__set_meta(s->db, "history_floor", NULL, s->rev);
+    if (err == STORE_OK)
+        err = db__set_meta(s->db, "history_keys", joined, 0);
+    free(joined);
+    free(old);
+    if (err != STORE_OK) {
+        snprintf(why, why_len, "cannot record the history settings in %s", db__path(s->db));
+        return err;
+    }
+    if (cfg->history_retention_us <= 0)
+        return STORE_OK;
+    return history__open(db__path(s->db), cfg->history_retention_us, cfg->history_max_bytes,
+                         &s->history, why, why_len);
+oom:
+    snprintf(why, why_len, "out of memory");
+    return STORE_EINTERNAL;
 }
 
 int store_open(const struct store_config *cfg, struct store **out, char *why, size_t why_len)
@@ -332,6 +398,8 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
         goto fail;
     int64_t load_ms = (store__now_us() - t0) / 1000;
     s->rev = rev;
+    if ((err = store__open_history(s, cfg, why, why_len)) != STORE_OK)
+        goto fail;
     atomic_store(&s->settled, rev);
     atomic_store(&s->committed, rev);
     atomic_store(&s->writable, true);
@@ -377,8 +445,12 @@ void store_close(struct store *s)
         pthread_join(s->committer, NULL);
         log_info("store: closed at rev %lld", (long long)atomic_load(&s->committed));
     }
+    history__close(s->history);
     db__close(s->db);
     tree__free(s->tree);
+    for (size_t i = 0; i < s->nhist_keys; i++)
+        free(s->hist_keys[i]);
+    free(s->hist_keys);
     if (s->data_dir != NULL) {
         pthread_rwlock_destroy(&s->lock);
         pthread_mutex_destroy(&s->qlock);
@@ -553,14 +625,14 @@ void store_snapshot_free(struct store_snapshot *snap)
     free(snap->keys);
     free(snap->klens);
     free(snap->entries);
+    free(snap->revs);
+    free(snap->tss);
     memset(snap, 0, sizeof *snap);
 }
 
-static void store__snap_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+int snapshot__add(struct store_snapshot *snap, const char *key, size_t klen, struct store_entry *e,
+                  int64_t rev, int64_t ts)
 {
-    struct store_snapshot *snap = arg;
-    if (snap->n == SIZE_MAX)
-        return; /* out of memory earlier */
     if (snap->n == snap->cap) {
         size_t cap = snap->cap ? snap->cap * 2 : 64;
         char **keys = realloc(snap->keys, cap * sizeof *keys);
@@ -572,7 +644,13 @@ static void store__snap_visit(void *arg, const char *key, size_t klen, const str
         struct store_entry **entries = realloc(snap->entries, cap * sizeof *entries);
         if (entries)
             snap->entries = entries;
-        if (!keys || !klens || !entries)
+        int64_t *revs = realloc(snap->revs, cap * sizeof *revs);
+        if (revs)
+            snap->revs = revs;
+        int64_t *tss = realloc(snap->tss, cap * sizeof *tss);
+        if (tss)
+            snap->tss = tss;
+        if (!keys || !klens || !entries || !revs || !tss)
             goto oom;
         snap->cap = cap;
     }
@@ -581,12 +659,25 @@ static void store__snap_visit(void *arg, const char *key, size_t klen, const str
     memcpy(snap->keys[snap->n], key, klen);
     snap->keys[snap->n][klen] = '\0';
     snap->klens[snap->n] = klen;
-    store_entry_ref((struct store_entry *)e);
-    snap->entries[snap->n++] = (struct store_entry *)e;
-    return;
+    snap->entries[snap->n] = e;
+    snap->revs[snap->n] = rev;
+    snap->tss[snap->n] = ts;
+    snap->n++;
+    return STORE_OK;
 oom:
-    snap->cap = snap->n; /* keep what is there freeable */
-    snap->n = SIZE_MAX;
+    store_entry_unref(e);
+    return STORE_EINTERNAL;
+}
+
+static void store__snap_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct store_snapshot *snap = arg;
+    if (snap->failed)
+        return;
+    store_entry_ref((struct store_entry *)e);
+    if (snapshot__add(snap, key, klen, (struct store_entry *)e, store_entry_rev(e),
+                      store_entry_ts(e)) != STORE_OK)
+        snap->failed = true;
 }
 
 static int store__apply_delete(struct store *s, struct commit *c, struct store_op *op, int64_t ts)
@@ -609,10 +700,8 @@ static int store__apply_delete(struct store *s, struct commit *c, struct store_o
     bool more;
     int err = STORE_OK;
     tree__walk(s->tree, op->key, op->klen, NULL, 0, SIZE_MAX, store__snap_visit, &k, &more);
-    if (k.n == SIZE_MAX) { /* out of memory */
-        k.n = k.cap;
+    if (k.failed) /* out of memory */
         err = STORE_EINTERNAL;
-    }
     for (size_t i = 0; i < k.n && err == STORE_OK; i++) {
         err = store__delete_one(s, c, k.keys[i], k.klens[i], ts, op);
         op->deleted += err == STORE_OK;
@@ -648,7 +737,11 @@ int store_submit(struct store *s, struct store_txn *t, store_done_fn done, void 
         err = STORE_EUNAVAIL;
         goto out;
     }
+    /* Invariant of history.c: ts only grows with rev. */
     int64_t ts = store__now_us(), rev0 = s->rev;
+    if (ts < s->last_ts)
+        ts = s->last_ts;
+    s->last_ts = ts;
     for (i = 0; i < t->n && err == STORE_OK; i++) {
         struct store_op *op = &t->ops[i];
         switch (op->kind) {
@@ -822,8 +915,7 @@ static int store__subscribe(struct store *s, const char *pat, size_t plen, bool 
     if (err == STORE_OK && snap != NULL)
         tree__walk(s->tree, pat, plen, NULL, 0, SIZE_MAX, store__snap_visit, snap, &more);
     pthread_rwlock_unlock(&s->lock);
-    if (err == STORE_OK && snap != NULL && snap->n == SIZE_MAX) {
-        snap->n = snap->cap;
+    if (err == STORE_OK && snap != NULL && snap->failed) {
         store_snapshot_free(snap);
         err = STORE_EINTERNAL;
     }
@@ -856,6 +948,69 @@ int store_subscribe(struct store *s, const char *pat, size_t plen, bool unique, 
         if (snap != NULL)
             store_snapshot_free(snap);
     }
+}
+
+/* Whether pattern `q` matches every key pattern `p` matches (MQTT's rules,
+ * `$` included). */
+static bool store__covers(const char *q, size_t qlen, const char *p, size_t plen)
+{
+    size_t i = 0, j = 0; /* where the current segments start */
+    for (bool first = true;; first = false) {
+        const char *qs = memchr(q + i, '/', qlen - i), *ps = memchr(p + j, '/', plen - j);
+        size_t qe = qs ? (size_t)(qs - q) : qlen, pe = ps ? (size_t)(ps - p) : plen;
+        bool qhash = qe - i == 1 && q[i] == '#', qplus = qe - i == 1 && q[i] == '+';
+        bool phash = pe - j == 1 && p[j] == '#', pplus = pe - j == 1 && p[j] == '+';
+        bool pdollar = first && plen > 0 && p[0] == '$';
+        if (qhash)
+            return !pdollar;
+        if (phash)
+            return false;
+        if (qplus ? pdollar : pplus || qe - i != pe - j || memcmp(q + i, p + j, qe - i) != 0)
+            return false;
+        if (qe == qlen || pe == plen) /* "a/#" covers "a" too */
+            return qe == qlen ? pe == plen : qlen - qe == 2 && q[qe + 1] == '#';
+        i = qe + 1, j = pe + 1;
+    }
+}
+
+int store_subscribe_since(struct store *s, const char *pat, size_t plen, bool unique,
+                          store_event_fn fn, void *arg, int64_t since, struct store_snapshot *snap,
+                          int64_t *sync_rev, struct store_sub **out)
+{
+    bool covered = false;
+    for (size_t i = 0; i < s->nhist_keys && s->history != NULL && !covered; i++)
+        covered = store__covers(s->hist_keys[i], strlen(s->hist_keys[i]), pat, plen);
+    pthread_rwlock_rdlock(&s->lock);
+    int64_t rev = s->rev;
+    pthread_rwlock_unlock(&s->lock);
+    *out = NULL;
+    if (since > rev || (!covered && since < rev))
+        return STORE_EGONE;
+    for (;;) {
+        uint64_t failures = atomic_load(&s->commit_failures);
+        int err = store__subscribe(s, pat, plen, unique, fn, arg, NULL, sync_rev, out);
+        if (err == STORE_OK && covered)
+            err = history__replay(s->history, pat, plen, since, *sync_rev, snap);
+        if (err != STORE_OK || atomic_load(&s->commit_failures) != failures) {
+            if (*out != NULL)
+                store_unsubscribe(s, *out);
+            *out = NULL;
+            store_snapshot_free(snap);
+            if (err != STORE_OK)
+                return err;
+            continue; /* a commit failed meanwhile: the replay may hold undone changes */
+        }
+        return STORE_OK;
+    }
+}
+
+int store_history_open(struct store *s, const struct store_history_query *q,
+                       struct store_history **out)
+{
+    *out = NULL;
+    if (s->history == NULL)
+        return STORE_EUNAVAIL;
+    return history__query(s->history, q, out);
 }
 
 void store_unsubscribe(struct store *s, struct store_sub *sub)
@@ -898,4 +1053,7 @@ void store_stats(struct store *s, struct store_stats *out)
     out->wal_bytes = store__file_size(out->db_path, "-wal");
     out->durability = s->cfg.durability;
     out->outbox = outbox__depth(s->outbox);
+    out->history = s->history != NULL;
+    if (s->history != NULL)
+        history__stats(s->history, out);
 }

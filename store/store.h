@@ -142,6 +142,13 @@ struct store_config {
     uint64_t max_db_bytes; /* 0: no cap; beyond it writes fail with STORE_EFULL */
     struct store_limits limits;
     struct store_outbox_hooks outbox; /* topic NULL: nothing goes to the outbox */
+    /* History: the changes of keys matching one of `history_keys` (none
+     * given: "#") are kept, for `history_retention_us` (0: no history) and
+     * at most about `history_max_bytes` (0: no cap), oldest first out. */
+    char *const *history_keys;
+    size_t nhistory_keys;
+    int64_t history_retention_us;
+    uint64_t history_max_bytes;
 };
 
 struct store;
@@ -248,6 +255,45 @@ void store_outbox_msg_clear(struct store_outbox_msg *m);
  * newer change of the topic waits. Any thread; does not block on SQLite. */
 void store_outbox_ack(struct store *s, const char *topic, int64_t rev);
 
+/* ---- history (history.c) ------------------------------------------------- */
+
+/* One change as history keeps it. */
+struct store_record {
+    const char *key; /* borrowed, NUL-terminated */
+    size_t klen;
+    const struct store_entry *entry; /* borrowed; NULL: a deletion */
+    int64_t rev, ts;
+};
+
+#define STORE_HISTORY_MAX_LABELS 16
+
+struct store_history_query {
+    const char *pattern; /* a key or a pattern, checked by the caller */
+    size_t plen;
+    int64_t start, stop; /* µs, the range [start, stop) */
+    size_t limit;        /* records at most */
+    bool desc;           /* newest first */
+    int64_t after;       /* the cursor of the page before (a rev), or 0 */
+    int64_t every;       /* µs: the last record of each key in each bucket; 0: all */
+    /* label filters: a record is kept when its label name[i] is value[i] */
+    const char *label_names[STORE_HISTORY_MAX_LABELS];
+    const char *label_values[STORE_HISTORY_MAX_LABELS];
+    size_t nlabels;
+};
+
+struct store_history;
+/* Starts a query. Records come in time order (with `every` and a pattern,
+ * grouped by key, each key's in time order). STORE_OK with `*out`,
+ * STORE_EINTERNAL, or STORE_EUNAVAIL when there is no history. */
+int store_history_open(struct store *s, const struct store_history_query *q,
+                       struct store_history **out);
+/* The next record (valid until the next call): 1, 0 at the end, or a
+ * negative store error. */
+int store_history_next(struct store_history *h, struct store_record *rec);
+/* Ends a query; `*next` (if not NULL) is the cursor of the next page, or 0
+ * when nothing follows. */
+void store_history_close(struct store_history *h, int64_t *next);
+
 /* ---- subscriptions (subs.c, store.c) ---------------------------------- */
 
 /* One change as subscribers see it: on the committer's thread, after the
@@ -271,12 +317,16 @@ struct store_sub;
 typedef void (*store_event_fn)(void *arg, struct store_sub *sub, struct store_event *ev);
 
 /* The state a subscription starts from: the matching entries in key order
- * (keys copied, entries new references). */
+ * (keys copied, entries new references); or, for a replay, the changes
+ * after `since` in rev order, where a NULL entry is a deletion of rev
+ * revs[i] at tss[i]. */
 struct store_snapshot {
     char **keys;
     size_t *klens;
     struct store_entry **entries;
+    int64_t *revs, *tss; /* each change's */
     size_t n, cap;
+    bool failed; /* out of memory while filling it */
 };
 void store_snapshot_free(struct store_snapshot *snap);
 
@@ -288,6 +338,14 @@ void store_snapshot_free(struct store_snapshot *snap);
 int store_subscribe(struct store *s, const char *pat, size_t plen, bool unique, store_event_fn fn,
                     void *arg, struct store_snapshot *snap, int64_t *sync_rev,
                     struct store_sub **out);
+/* The same, with `snap` filled with every change of a matching key after
+ * rev `since` up to `*sync_rev`, from history. STORE_EGONE (nothing
+ * subscribed) when history does not hold all of them: `since` is older than
+ * the kept history, history does not cover the pattern, or `since` is ahead
+ * of the store. */
+int store_subscribe_since(struct store *s, const char *pat, size_t plen, bool unique,
+                          store_event_fn fn, void *arg, int64_t since, struct store_snapshot *snap,
+                          int64_t *sync_rev, struct store_sub **out);
 /* After it returns, `fn` is not called for `sub` again; `sub` is freed. */
 void store_unsubscribe(struct store *s, struct store_sub *sub);
 /* Whether two entries hold the same value and type. */
@@ -307,7 +365,10 @@ struct store_stats {
     bool writable; /* the last commit (if any) succeeded */
     bool draining;
     int64_t db_bytes, wal_bytes;
-    uint64_t outbox; /* changes waiting for the MQTT broker */
+    uint64_t outbox;       /* changes waiting for the MQTT broker */
+    bool history;          /* history is kept */
+    int64_t history_floor; /* history holds every change after this rev */
+    uint64_t history_bytes, history_records, history_pruned;
     const char *db_path;
     enum store_durability durability;
 };

@@ -68,6 +68,7 @@ struct change {
     bool transient;           /* a publish: delivered, never written */
     enum store_origin origin; /* a deletion's; a set has its entry's */
     char *topic;              /* owned: the outbox topic, or NULL */
+    bool history;             /* kept in history */
 };
 
 struct commit {
@@ -100,9 +101,36 @@ bool outbox__ack(struct outbox *ob, const char *topic, int64_t rev);
 size_t outbox__take_acks(struct outbox *ob, struct outbox_ack **acks);
 size_t outbox__depth(struct outbox *ob);
 
+/* Appends (key, e, rev, ts) to a snapshot (taking `e`; NULL: a deletion,
+ * then with `rev` and `ts` kept). STORE_OK or STORE_EINTERNAL. */
+int snapshot__add(struct store_snapshot *snap, const char *key, size_t klen, struct store_entry *e,
+                  int64_t rev, int64_t ts);
+
+/* ---- history.c; see the file for its invariants ---- */
+
+/* What a history record counts for history_max_bytes: its lengths and this. */
+#define HISTORY_ROW_BYTES 40
+#define HISTORY_ROW_SIZE_SQL                                                                       \
+    "(length(CAST(key AS BLOB)) + coalesce(length(value), 0) + "                                   \
+    "coalesce(length(CAST(type AS BLOB)), 0) + coalesce(length(CAST(labels AS BLOB)), 0) + 40)"
+
+struct history;
+int history__open(const char *path, int64_t retention_us, uint64_t max_bytes, struct history **out,
+                  char *why, size_t why_len);
+void history__close(struct history *h);
+/* A commit added `records` records of `bytes`. */
+void history__added(struct history *h, uint64_t bytes, uint64_t records);
+void history__stats(struct history *h, struct store_stats *out);
+/* Fills `snap` with the changes of keys matching `pat` with a rev in
+ * (since, upto], in rev order; STORE_EGONE when history lacks some. */
+int history__replay(struct history *h, const char *pat, size_t plen, int64_t since, int64_t upto,
+                    struct store_snapshot *snap);
+int history__query(struct history *h, const struct store_history_query *q,
+                   struct store_history **out);
+
 /* ---- db.c: SQLite persistence ---- */
 
-#define DB_SCHEMA_VERSION 1
+#define DB_SCHEMA_VERSION 2
 
 struct db;
 int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes, struct db **out,
@@ -119,7 +147,12 @@ int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
 /* Writes every change of the list of commits (with its outbox row) and
  * deletes the acknowledged outbox rows, in one transaction.
  * STORE_OK, STORE_EFULL or STORE_EINTERNAL; on failure nothing is written. */
-int db__write(struct db *db, const struct commit *list, const struct outbox_ack *acks,
-              size_t nacks);
+int db__write(struct db *db, const struct commit *list, const struct outbox_ack *acks, size_t nacks,
+              uint64_t *hist_bytes, uint64_t *hist_records);
+/* A meta value (0 when absent), and setting one; only before the committer
+ * starts. */
+int64_t db__meta(struct db *db, const char *name);
+char *db__meta_text(struct db *db, const char *name);
+int db__set_meta(struct db *db, const char *name, const char *text, int64_t value);
 
 #endif

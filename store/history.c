@@ -1,0 +1,658 @@
+/*
+ * history.c — every change of the keys history keeps (the `history` table,
+ * written by db__write in the change's own commit): queries, the replay of a
+ * subscription's `since`, and pruning by age and size.
+ *
+ * Readers use connections of their own from a small pool (WAL: they never
+ * wait for the committer, nor it for them). The pruner has one more
+ * connection and a thread: it deletes the oldest records in batches of
+ * HISTORY_BATCH, each its own short transaction, so the committer waits at
+ * most for one batch.
+ * Invariants:
+ *   1. ts only grows with rev (store_submit), so rev order is time order and
+ *      a record's place in time is found through the (key, ts) and (ts)
+ *      indexes;
+ *   2. meta('history_floor') is a rev such that history holds every change
+ *      after it: the pruner raises it in the transaction that deletes up to
+ *      it, so a reader that reads it in its own transaction sees every
+ *      record above it;
+ *   3. meta('history_bytes') and ('history_records') are what the table
+ *      holds (the estimate HISTORY_ROW_BYTES + the lengths), moved in the
+ *      transactions that add or delete records.
+ */
+#include "store_int.h"
+#include "log.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HISTORY_POOL  8      /* idle read connections kept */
+#define HISTORY_BATCH "2000" /* records deleted per pruning transaction */
+
+struct history {
+    char *path;
+    int64_t retention_us;
+    uint64_t max_bytes;
+
+    pthread_mutex_t pool_lock;
+    sqlite3 *idle[HISTORY_POOL];
+    int nidle;
+
+    sqlite3 *conn; /* the pruner's */
+    pthread_t thread;
+    bool started, stop;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+
+    _Atomic int64_t floor;
+    _Atomic uint64_t bytes, records, pruned;
+};
+
+static int64_t history__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ---- the read pool ---- */
+
+static sqlite3 *history__get(struct history *h)
+{
+    sqlite3 *c = NULL;
+    pthread_mutex_lock(&h->pool_lock);
+    if (h->nidle > 0)
+        c = h->idle[--h->nidle];
+    pthread_mutex_unlock(&h->pool_lock);
+    if (c != NULL)
+        return c;
+    if (sqlite3_open_v2(h->path, &c, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        log_error("store: cannot open %s to read history: %s", h->path,
+                  c ? sqlite3_errmsg(c) : "out of memory");
+        sqlite3_close(c);
+        return NULL;
+    }
+    sqlite3_busy_timeout(c, 5000);
+    return c;
+}
+
+static void history__put(struct history *h, sqlite3 *c)
+{
+    pthread_mutex_lock(&h->pool_lock);
+    if (h->nidle < HISTORY_POOL) {
+        h->idle[h->nidle++] = c;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&h->pool_lock);
+    sqlite3_close(c);
+}
+
+/* ---- pruning ---- */
+
+static int64_t history__meta(sqlite3 *c, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t v = 0;
+    if (sqlite3_prepare_v2(c, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            v = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* Deletes one batch of the oldest records that are too old or over the size
+ * cap. Whether it deleted any. */
+static bool history__prune_batch(struct history *h)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t cutoff = h->retention_us > 0 ? history__now_us() - h->retention_us : INT64_MIN;
+    uint64_t bytes = atomic_load(&h->bytes), gone_bytes = 0, gone = 0;
+    int64_t upto = 0;
+    char sql[256];
+
+    if (sqlite3_exec(h->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return false;
+    if (sqlite3_prepare_v2(h->conn,
+                           "SELECT rev, ts, " HISTORY_ROW_SIZE_SQL
+                           " FROM history ORDER BY rev LIMIT " HISTORY_BATCH,
+                           -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        int64_t ts = sqlite3_column_int64(st, 1);
+        bool over = h->max_bytes > 0 && bytes - gone_bytes > h->max_bytes;
+        if (ts >= cutoff && !over)
+            break;
+        upto = sqlite3_column_int64(st, 0);
+        gone_bytes += (uint64_t)sqlite3_column_int64(st, 2);
+        gone++;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (gone == 0) {
+        sqlite3_exec(h->conn, "ROLLBACK", NULL, NULL, NULL);
+        return false;
+    }
+    snprintf(sql, sizeof sql,
+             "DELETE FROM history WHERE rev <= %lld;"
+             "UPDATE meta SET value = value - %llu WHERE name = 'history_bytes';"
+             "UPDATE meta SET value = value - %llu WHERE name = 'history_records';"
+             "UPDATE meta SET value = max(value, %lld) WHERE name = 'history_floor';"
+             "COMMIT",
+             (long long)upto, (unsigned long long)gone_bytes, (unsigned long long)gone,
+             (long long)upto);
+    if (sqlite3_exec(h->conn, sql, NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    atomic_fetch_sub(&h->bytes, gone_bytes);
+    atomic_fetch_sub(&h->records, gone);
+    atomic_fetch_add(&h->pruned, gone);
+    if (upto > atomic_load(&h->floor))
+        atomic_store(&h->floor, upto);
+    return true;
+fail:
+    log_warn("store: pruning history: %s", sqlite3_errmsg(h->conn));
+    sqlite3_finalize(st);
+    if (!sqlite3_get_autocommit(h->conn))
+        sqlite3_exec(h->conn, "ROLLBACK", NULL, NULL, NULL);
+    return false;
+}
+
+static void *history__pruner(void *arg)
+{
+    struct history *h = arg;
+    pthread_mutex_lock(&h->lock);
+    while (!h->stop) {
+        pthread_mutex_unlock(&h->lock);
+        bool more = history__prune_batch(h);
+        pthread_mutex_lock(&h->lock);
+        if (more) { /* let the committer in between batches */
+            pthread_mutex_unlock(&h->lock);
+            usleep(2000);
+            pthread_mutex_lock(&h->lock);
+            continue;
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&h->cond, &h->lock, &until);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
+}
+
+int history__open(const char *path, int64_t retention_us, uint64_t max_bytes, struct history **out,
+                  char *why, size_t why_len)
+{
+    struct history *h = calloc(1, sizeof *h);
+    *out = NULL;
+    if (h == NULL || (h->path = strdup(path)) == NULL) {
+        free(h);
+        snprintf(why, why_len, "out of memory");
+        return STORE_EINTERNAL;
+    }
+    h->retention_us = retention_us;
+    h->max_bytes = max_bytes;
+    pthread_mutex_init(&h->pool_lock, NULL);
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->cond, NULL);
+    if (sqlite3_open_v2(path, &h->conn, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(why, why_len, "cannot open %s for history", path);
+        history__close(h);
+        return STORE_EINTERNAL;
+    }
+    sqlite3_busy_timeout(h->conn, 5000);
+    atomic_store(&h->floor, history__meta(h->conn, "history_floor"));
+    atomic_store(&h->bytes, (uint64_t)history__meta(h->conn, "history_bytes"));
+    atomic_store(&h->records, (uint64_t)history__meta(h->conn, "history_records"));
+    if (pthread_create(&h->thread, NULL, history__pruner, h) != 0) {
+        snprintf(why, why_len, "cannot start the history pruner");
+        history__close(h);
+        return STORE_EINTERNAL;
+    }
+    h->started = true;
+    *out = h;
+    return STORE_OK;
+}
+
+void history__close(struct history *h)
+{
+    if (h == NULL)
+        return;
+    if (h->started) {
+        pthread_mutex_lock(&h->lock);
+        h->stop = true;
+        pthread_cond_signal(&h->cond);
+        pthread_mutex_unlock(&h->lock);
+        pthread_join(h->thread, NULL);
+    }
+    sqlite3_close(h->conn);
+    for (int i = 0; i < h->nidle; i++)
+        sqlite3_close(h->idle[i]);
+    pthread_mutex_destroy(&h->pool_lock);
+    pthread_mutex_destroy(&h->lock);
+    pthread_cond_destroy(&h->cond);
+    free(h->path);
+    free(h);
+}
+
+void history__added(struct history *h, uint64_t bytes, uint64_t records)
+{
+    atomic_fetch_add(&h->bytes, bytes);
+    atomic_fetch_add(&h->records, records);
+}
+
+void history__stats(struct history *h, struct store_stats *out)
+{
+    out->history_floor = atomic_load(&h->floor);
+    out->history_bytes = atomic_load(&h->bytes);
+    out->history_records = atomic_load(&h->records);
+    out->history_pruned = atomic_load(&h->pruned);
+}
+
+/* ---- reading records ---- */
+
+#define HISTORY_COLUMNS "rev, key, ts, type, labels, origin, value, deleted"
+
+/* The record of the current row of `st`: the key into `*key` (grown as
+ * needed), the entry a new reference (NULL: a deletion). */
+static int history__row(sqlite3_stmt *st, char **key, size_t *kcap, struct store_record *rec,
+                        struct store_entry **entry)
+{
+    size_t klen = (size_t)sqlite3_column_bytes(st, 1);
+    if (klen + 1 > *kcap) {
+        char *k = realloc(*key, klen + 1);
+        if (k == NULL)
+            return STORE_EINTERNAL;
+        *key = k;
+        *kcap = klen + 1;
+    }
+    memcpy(*key, sqlite3_column_text(st, 1), klen + 1);
+    rec->key = *key;
+    rec->klen = klen;
+    rec->rev = sqlite3_column_int64(st, 0);
+    rec->ts = sqlite3_column_int64(st, 2);
+    *entry = NULL;
+    if (!sqlite3_column_int(st, 7)) {
+        *entry = entry__load(sqlite3_column_blob(st, 6), (size_t)sqlite3_column_bytes(st, 6),
+                             (const char *)sqlite3_column_text(st, 3),
+                             (const char *)sqlite3_column_text(st, 4),
+                             (enum store_origin)sqlite3_column_int(st, 5), rec->rev, rec->ts);
+        if (*entry == NULL)
+            return STORE_EINTERNAL;
+    }
+    rec->entry = *entry;
+    return STORE_OK;
+}
+
+int history__replay(struct history *h, const char *pat, size_t plen, int64_t since, int64_t upto,
+                    struct store_snapshot *snap)
+{
+    sqlite3 *c = history__get(h);
+    sqlite3_stmt *st = NULL;
+    char *key = NULL;
+    size_t kcap = 0;
+    int err = STORE_EINTERNAL, rc;
+
+    if (c == NULL)
+        return STORE_EINTERNAL;
+    if (sqlite3_exec(c, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        goto out;
+    /* Invariant 2: the floor and the records of one snapshot. */
+    if (since < history__meta(c, "history_floor")) {
+        err = STORE_EGONE;
+        goto out;
+    }
+    if (sqlite3_prepare_v2(
+            c, "SELECT " HISTORY_COLUMNS " FROM history WHERE rev > ?1 AND rev <= ?2 ORDER BY rev",
+            -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, since);
+    sqlite3_bind_int64(st, 2, upto);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 1);
+        if (!store_pattern_match(pat, plen, k, (size_t)sqlite3_column_bytes(st, 1)))
+            continue;
+        struct store_record rec;
+        struct store_entry *e;
+        if (history__row(st, &key, &kcap, &rec, &e) != STORE_OK ||
+            snapshot__add(snap, rec.key, rec.klen, e, rec.rev, rec.ts) != STORE_OK) {
+            store_entry_unref(e);
+            goto out;
+        }
+    }
+    err = rc == SQLITE_DONE ? STORE_OK : STORE_EINTERNAL;
+out:
+    if (err == STORE_EINTERNAL)
+        log_error("store: reading history from %s: %s", h->path, sqlite3_errmsg(c));
+    sqlite3_finalize(st);
+    sqlite3_exec(c, "COMMIT", NULL, NULL, NULL);
+    history__put(h, c);
+    free(key);
+    return err;
+}
+
+/* ---- queries ---- */
+
+struct store_history {
+    struct history *h;
+    sqlite3 *conn;
+    sqlite3_stmt *st;
+    struct store_history_query q;
+    bool wild, grouped; /* grouped: a pattern with `every`, key by key */
+    size_t emitted;
+    int64_t last_rev; /* of the last record handed out */
+    bool ended;       /* the statement is done */
+    /* the record handed out */
+    char *key;
+    size_t kcap;
+    struct store_entry *entry;
+    /* `every`, oldest first: the last record of the group seen so far */
+    bool have_cand;
+    char *ckey;
+    size_t ckcap;
+    struct store_record cand;
+    struct store_entry *centry;
+    /* `every`, newest first: the group last handed out */
+    char *gkey;
+    size_t gkcap, gklen;
+    int64_t gbucket;
+    bool have_group;
+};
+
+static int64_t history__bucket(int64_t ts, int64_t every)
+{
+    int64_t b = ts / every;
+    return ts < 0 && ts % every != 0 ? b - 1 : b;
+}
+
+/* Whether the labels JSON of `e` holds every label filter of `q`. */
+static bool history__labels_match(const struct store_history_query *q, const struct store_entry *e)
+{
+    const char *labels = e ? store_entry_labels(e) : NULL;
+    if (labels == NULL)
+        return false;
+    json_t *obj = json_loads(labels, 0, NULL);
+    bool ok = obj != NULL;
+    for (size_t i = 0; i < q->nlabels && ok; i++) {
+        const char *v = json_string_value(json_object_get(obj, q->label_names[i]));
+        ok = v != NULL && strcmp(v, q->label_values[i]) == 0;
+    }
+    json_decref(obj);
+    return ok;
+}
+
+/* The (key, ts) of the record `rev`; false when it is gone. */
+static bool history__cursor(sqlite3 *c, int64_t rev, char **key, int64_t *ts)
+{
+    sqlite3_stmt *st = NULL;
+    bool found = false;
+    if (sqlite3_prepare_v2(c, "SELECT key, ts FROM history WHERE rev = ?", -1, &st, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, rev);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            *key = strdup((const char *)sqlite3_column_text(st, 0));
+            *ts = sqlite3_column_int64(st, 1);
+            found = *key != NULL;
+        }
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+static int history__prepare(struct store_history *it)
+{
+    const struct store_history_query *q = &it->q;
+    int64_t lo = q->start, hi = q->stop, crev = 0, cts = 0;
+    char *ckey = NULL, sql[512];
+    const char *cursor = "", *order;
+
+    if (q->after > 0) {
+        if (!history__cursor(it->conn, q->after, &ckey, &cts)) {
+            /* Pruned: so is all before it. Oldest first, the rest follows;
+             * newest first, nothing does. */
+            if (q->desc)
+                it->ended = true;
+        } else
+            crev = q->after;
+    }
+    if (it->grouped) {
+        order = q->desc ? " ORDER BY key DESC, ts DESC, rev DESC" : " ORDER BY key, ts, rev";
+        if (crev > 0)
+            cursor = q->desc ? " AND (key < ?5 OR (key = ?5 AND ts < ?6))"
+                             : " AND (key > ?5 OR (key = ?5 AND (ts > ?6 OR (ts = ?6 AND "
+                               "rev > ?4))))";
+    } else {
+        order = q->desc ? " ORDER BY ts DESC, rev DESC" : " ORDER BY ts, rev";
+        if (crev > 0) {
+            if (q->desc && q->every > 0) /* past the rest of the cursor's bucket */
+                hi = hi < history__bucket(cts, q->every) * q->every
+                         ? hi
+                         : history__bucket(cts, q->every) * q->every;
+            else if (q->desc) {
+                hi = hi < cts + 1 ? hi : cts + 1;
+                cursor = " AND rev < ?4";
+            } else {
+                lo = lo > cts ? lo : cts;
+                cursor = " AND rev > ?4";
+            }
+        }
+    }
+    snprintf(sql, sizeof sql,
+             "SELECT " HISTORY_COLUMNS " FROM history WHERE %s ts >= ?2 AND ts < ?3%s%s",
+             it->wild ? "" : "key = ?1 AND", cursor, order);
+    if (sqlite3_prepare_v2(it->conn, sql, -1, &it->st, NULL) != SQLITE_OK) {
+        free(ckey);
+        return STORE_EINTERNAL;
+    }
+    if (!it->wild)
+        sqlite3_bind_text(it->st, 1, q->pattern, (int)q->plen, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(it->st, 2, lo);
+    sqlite3_bind_int64(it->st, 3, hi);
+    if (crev > 0) {
+        sqlite3_bind_int64(it->st, 4, crev);
+        if (it->grouped) {
+            sqlite3_bind_text(it->st, 5, ckey, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(it->st, 6,
+                               q->desc ? history__bucket(cts, q->every) * q->every : cts);
+        }
+    }
+    free(ckey);
+    return STORE_OK;
+}
+
+int history__query(struct history *h, const struct store_history_query *q,
+                   struct store_history **out)
+{
+    struct store_history *it = calloc(1, sizeof *it);
+    *out = NULL;
+    if (it == NULL)
+        return STORE_EINTERNAL;
+    it->h = h;
+    it->q = *q;
+    /* A key holds neither wildcard. */
+    it->wild = memchr(q->pattern, '+', q->plen) != NULL || memchr(q->pattern, '#', q->plen) != NULL;
+    it->grouped = it->wild && q->every > 0;
+    if ((it->conn = history__get(h)) == NULL) {
+        free(it);
+        return STORE_EINTERNAL;
+    }
+    /* One read transaction: the pages of a long answer see one state. */
+    if (sqlite3_exec(it->conn, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+        history__prepare(it) != STORE_OK) {
+        log_error("store: querying history: %s", sqlite3_errmsg(it->conn));
+        store_history_close(it, NULL);
+        return STORE_EINTERNAL;
+    }
+    *out = it;
+    return STORE_OK;
+}
+
+/* The next row that passes the pattern and label filters: 1, 0 at the end,
+ * or a negative error. */
+static int history__step(struct store_history *it, struct store_record *rec)
+{
+    for (;;) {
+        if (it->ended)
+            return 0;
+        int rc = sqlite3_step(it->st);
+        if (rc == SQLITE_DONE) {
+            it->ended = true;
+            return 0;
+        }
+        if (rc != SQLITE_ROW)
+            return -STORE_EINTERNAL;
+        if (it->wild && !store_pattern_match(it->q.pattern, it->q.plen,
+                                             (const char *)sqlite3_column_text(it->st, 1),
+                                             (size_t)sqlite3_column_bytes(it->st, 1)))
+            continue;
+        store_entry_unref(it->entry);
+        if (history__row(it->st, &it->key, &it->kcap, rec, &it->entry) != STORE_OK)
+            return -STORE_EINTERNAL;
+        if (it->q.nlabels > 0 && !history__labels_match(&it->q, it->entry))
+            continue;
+        return 1;
+    }
+}
+
+static bool history__same_group(const struct store_record *a, const struct store_record *b,
+                                int64_t every)
+{
+    return a->klen == b->klen && memcmp(a->key, b->key, a->klen) == 0 &&
+           history__bucket(a->ts, every) == history__bucket(b->ts, every);
+}
+
+/* Keeps `rec` as the candidate of its group (oldest first, `every`). */
+static int history__keep(struct store_history *it, const struct store_record *rec)
+{
+    if (rec->klen + 1 > it->ckcap) {
+        char *k = realloc(it->ckey, rec->klen + 1);
+        if (k == NULL)
+            return -STORE_EINTERNAL;
+        it->ckey = k;
+        it->ckcap = rec->klen + 1;
+    }
+    memcpy(it->ckey, rec->key, rec->klen + 1);
+    store_entry_unref(it->centry);
+    it->centry = (struct store_entry *)rec->entry;
+    if (it->centry)
+        store_entry_ref(it->centry);
+    it->cand = *rec;
+    it->cand.key = it->ckey;
+    it->have_cand = true;
+    return 1;
+}
+
+/* The next record to hand out, not counting it against the limit. */
+static int history__produce(struct store_history *it, struct store_record *rec)
+{
+    int rc;
+    if (it->q.every <= 0)
+        return history__step(it, rec);
+    if (it->q.desc) {
+        /* Newest first: the first record of a group is its last; the rest of
+         * the group is skipped. */
+        while ((rc = history__step(it, rec)) == 1) {
+            int64_t b = history__bucket(rec->ts, it->q.every);
+            if (it->have_group && b == it->gbucket && rec->klen == it->gklen &&
+                memcmp(rec->key, it->gkey, rec->klen) == 0)
+                continue;
+            if (rec->klen + 1 > it->gkcap) {
+                char *k = realloc(it->gkey, rec->klen + 1);
+                if (k == NULL)
+                    return -STORE_EINTERNAL;
+                it->gkey = k;
+                it->gkcap = rec->klen + 1;
+            }
+            memcpy(it->gkey, rec->key, rec->klen + 1);
+            it->gklen = rec->klen;
+            it->gbucket = b;
+            it->have_group = true;
+            return 1;
+        }
+        return rc;
+    }
+    /* Oldest first: a group's last record is known when the next group
+     * starts, or at the end. */
+    while ((rc = history__step(it, rec)) == 1) {
+        if (!it->have_cand || history__same_group(&it->cand, rec, it->q.every)) {
+            if (history__keep(it, rec) < 0)
+                return -STORE_EINTERNAL;
+            continue;
+        }
+        /* Hand out the candidate; the new row becomes the next one. */
+        struct store_record out = it->cand;
+        struct store_entry *oe = it->centry;
+        char *okey = it->ckey;
+        size_t okcap = it->ckcap;
+        it->ckey = NULL, it->ckcap = 0, it->centry = NULL;
+        if (history__keep(it, rec) < 0) {
+            free(okey);
+            store_entry_unref(oe);
+            return -STORE_EINTERNAL;
+        }
+        free(it->key);
+        it->key = okey;
+        it->kcap = okcap;
+        store_entry_unref(it->entry);
+        it->entry = oe;
+        *rec = out;
+        return 1;
+    }
+    if (rc < 0 || !it->have_cand)
+        return rc;
+    /* The end: the last group's candidate. */
+    *rec = it->cand;
+    free(it->key);
+    it->key = it->ckey;
+    it->kcap = it->ckcap;
+    rec->key = it->key;
+    store_entry_unref(it->entry);
+    it->entry = it->centry;
+    it->ckey = NULL, it->ckcap = 0, it->centry = NULL;
+    it->have_cand = false;
+    return 1;
+}
+
+int store_history_next(struct store_history *it, struct store_record *rec)
+{
+    if (it->emitted >= it->q.limit)
+        return 0;
+    int rc = history__produce(it, rec);
+    if (rc == 1) {
+        it->emitted++;
+        it->last_rev = rec->rev;
+    }
+    return rc;
+}
+
+void store_history_close(struct store_history *it, int64_t *next)
+{
+    if (next != NULL) {
+        struct store_record rec;
+        /* A next page exists when one more record would follow. */
+        *next = it->emitted > 0 && it->emitted >= it->q.limit && history__produce(it, &rec) == 1
+                    ? it->last_rev
+                    : 0;
+    }
+    sqlite3_finalize(it->st);
+    if (it->conn != NULL) {
+        sqlite3_exec(it->conn, "COMMIT", NULL, NULL, NULL);
+        history__put(it->h, it->conn);
+    }
+    store_entry_unref(it->entry);
+    store_entry_unref(it->centry);
+    free(it->key);
+    free(it->ckey);
+    free(it->gkey);
+    free(it);
+}
