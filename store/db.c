@@ -62,9 +62,11 @@ static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
           "  value BLOB, deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
           "CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;"
           "INSERT INTO meta(name, value) VALUES ('rev', 0);",
-    /* History queries by key and time; what history holds, and from where
-     * it is complete: a database of schema 1 never wrote history. */
+    /* History queries by key and time (across keys, rev order is time
+     * order); what history holds, and from where it is complete: a database
+     * of schema 1 never wrote history. */
     [2] = "DROP INDEX history_key_rev;"
+          "DROP INDEX history_ts;"
           "CREATE INDEX history_key_ts ON history(key, ts);"
           "INSERT INTO meta(name, value) SELECT 'history_bytes', coalesce(sum(" HISTORY_ROW_SIZE_SQL
           "), 0) FROM history;"

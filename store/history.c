@@ -9,9 +9,9 @@
  * HISTORY_BATCH, each its own short transaction, so the committer waits at
  * most for one batch.
  * Invariants:
- *   1. ts only grows with rev (store_submit), so rev order is time order and
- *      a record's place in time is found through the (key, ts) and (ts)
- *      indexes;
+ *   1. ts only grows with rev (store_submit), so rev order is time order: a
+ *      key's records are found by time through the (key, ts) index, and a
+ *      time range of all keys is a range of revs (history__rev_at);
  *   2. meta('history_floor') is a rev such that history holds every change
  *      after it: the pruner raises it in the transaction that deletes up to
  *      it, so a reader that reads it in its own transaction sees every
@@ -80,6 +80,8 @@ static sqlite3 *history__get(struct history *h)
         return NULL;
     }
     sqlite3_busy_timeout(c, 5000);
+    /* Long scans read pages through the map, not a pread each. */
+    sqlite3_exec(c, "PRAGMA mmap_size = 1073741824", NULL, NULL, NULL);
     return c;
 }
 
@@ -409,12 +411,47 @@ static bool history__cursor(sqlite3 *c, int64_t rev, char **key, int64_t *ts)
     return found;
 }
 
+/* The smallest x such that every record of rev >= x has a ts >= `ts` and
+ * every record below it a smaller one (invariant 1), by bisection over revs. */
+static int64_t history__rev_at(sqlite3 *c, int64_t ts)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t lo = 0, hi = 0;
+    if (sqlite3_prepare_v2(c, "SELECT coalesce(max(rev), 0) + 1 FROM history", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        hi = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(c, "SELECT ts FROM history WHERE rev >= ? ORDER BY rev LIMIT 1", -1, &st,
+                           NULL) != SQLITE_OK)
+        return 0;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        sqlite3_bind_int64(st, 1, mid);
+        bool later = sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int64(st, 0) >= ts;
+        sqlite3_reset(st);
+        if (later)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    sqlite3_finalize(st);
+    return lo;
+}
+
+/* The statement of a query:
+ *   a key: the (key, ts) index, in time order;
+ *   a pattern: the revs of the time range (rev order is time order), keys
+ *     filtered in history__step;
+ *   a pattern with `every`: the (key, ts) index, key by key.
+ * A cursor resumes after the record it names. */
 static int history__prepare(struct store_history *it)
 {
     const struct store_history_query *q = &it->q;
     int64_t lo = q->start, hi = q->stop, crev = 0, cts = 0;
     char *ckey = NULL, sql[512];
-    const char *cursor = "", *order;
+    const char *where, *cursor = "", *order;
 
     if (q->after > 0) {
         if (!history__cursor(it->conn, q->after, &ckey, &cts)) {
@@ -426,12 +463,21 @@ static int history__prepare(struct store_history *it)
             crev = q->after;
     }
     if (it->grouped) {
+        where = "FROM history INDEXED BY history_key_ts WHERE ts >= ?2 AND ts < ?3";
         order = q->desc ? " ORDER BY key DESC, ts DESC, rev DESC" : " ORDER BY key, ts, rev";
         if (crev > 0)
             cursor = q->desc ? " AND (key < ?5 OR (key = ?5 AND ts < ?6))"
                              : " AND (key > ?5 OR (key = ?5 AND (ts > ?6 OR (ts = ?6 AND "
                                "rev > ?4))))";
+    } else if (it->wild) {
+        where = "FROM history WHERE rev >= ?2 AND rev < ?3";
+        order = q->desc ? " ORDER BY rev DESC" : " ORDER BY rev";
+        lo = lo == INT64_MIN ? 0 : history__rev_at(it->conn, lo);
+        hi = hi == INT64_MAX ? INT64_MAX : history__rev_at(it->conn, hi);
+        if (crev > 0)
+            cursor = q->desc ? " AND rev < ?4" : " AND rev > ?4";
     } else {
+        where = "FROM history WHERE key = ?1 AND ts >= ?2 AND ts < ?3";
         order = q->desc ? " ORDER BY ts DESC, rev DESC" : " ORDER BY ts, rev";
         if (crev > 0) {
             if (q->desc && q->every > 0) /* past the rest of the cursor's bucket */
@@ -447,9 +493,7 @@ static int history__prepare(struct store_history *it)
             }
         }
     }
-    snprintf(sql, sizeof sql,
-             "SELECT " HISTORY_COLUMNS " FROM history WHERE %s ts >= ?2 AND ts < ?3%s%s",
-             it->wild ? "" : "key = ?1 AND", cursor, order);
+    snprintf(sql, sizeof sql, "SELECT " HISTORY_COLUMNS " %s%s%s", where, cursor, order);
     if (sqlite3_prepare_v2(it->conn, sql, -1, &it->st, NULL) != SQLITE_OK) {
         free(ckey);
         return STORE_EINTERNAL;

@@ -10,12 +10,16 @@ the figures are ratios that a shared, noisy machine does not distort much.
   memory  1,000,000 keys like site/0042/sensor/17/temp with small JSON values:
           RSS growth per key against Redis's used_memory for the same keys,
           and the time from start to /ready with those keys on disk.
+  history 1,000,000 records of one key among 1,000 others: a query of 10,000
+          records from the middle and a full scan streamed over HTTP, against
+          the same reads done with raw SQLite (Python's sqlite3) on the same
+          file; and acknowledged PUTs with history on against off.
   bridge  200,000 MQTT messages over 10,000 topics, at QoS 0 then QoS 1,
           through a mosquitto broker: the rate at which almanac's bridge has
           them committed against a bare libmosquitto subscriber counting the
           same stream in the same run.
 
-Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory] [bridge]
+Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory] [history] [bridge]
 Peers: wrk, nginx, redis-server, redis-cli, mosquitto and mqtt_load (built
 beside almanac with libmosquitto); tests/bench/run installs them.
 """
@@ -258,6 +262,91 @@ def bench_memory(binary, tmp):
           f"start to /ready with {n:,} keys: {ready_s:.2f} s (goal < 1 s)")
 
 
+def http_get(conn, path):
+    conn.request("GET", path)
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status == 200, (r.status, body[:200])
+    return body
+
+
+def bench_history(binary, tmp):
+    # Writes: the same PUT load with history off, then on.
+    script = os.path.join(tmp, "put.lua")
+    with open(script, "w") as f:
+        f.write(PUT_LUA)
+    rates = {}
+    for mode, args in (("off", ["--history_retention", "0"]), ("on", [])):
+        a = Almanac(binary, os.path.join(tmp, f"hist-put-{mode}"), *args)
+        try:
+            rates[mode] = wrk(a.url("/"), script)[0]
+        finally:
+            a.stop()
+
+    # Reads: 1,000,000 records of bench/hot, 10 each of 1,000 other keys.
+    data = os.path.join(tmp, "hist-read")
+    a = Almanac(binary, data)
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", a.port)
+    try:
+        for b in range(100):
+            ops = [{"op": "set", "key": "bench/hot", "value": {"v": b * 10000 + i}}
+                   for i in range(10000)]
+            conn.request("POST", "/api/v1/batch", json.dumps({"ops": ops}),
+                         {"Content-Type": "application/json"})
+            assert conn.getresponse().read()
+        for r in range(10):
+            ops = [{"op": "set", "key": f"bench/other/{i}", "value": r} for i in range(1000)]
+            conn.request("POST", "/api/v1/batch", json.dumps({"ops": ops}),
+                         {"Content-Type": "application/json"})
+            conn.getresponse().read()
+        raw = sqlite3.connect(f"file:{data}/almanac.db?mode=ro", uri=True)
+        mid = raw.execute("SELECT ts FROM history WHERE key = 'bench/hot' ORDER BY ts "
+                          "LIMIT 1 OFFSET 500000").fetchone()[0]
+        sql = ("SELECT rev, key, ts, type, labels, origin, value FROM history "
+               "WHERE key = 'bench/hot' AND ts >= ? ORDER BY ts LIMIT ?")
+        path = f"/api/v1/history/bench/hot?start={mid}&limit=10000"
+        body = http_get(conn, path)
+        assert len(json.loads(body)["records"]) == 10000
+        times, peer = [], []
+        for _ in range(20):
+            t = time.perf_counter()
+            http_get(conn, path)
+            times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            assert len(raw.execute(sql, (mid, 10000)).fetchall()) == 10000
+            peer.append(time.perf_counter() - t)
+        q_ms, peer_ms = sorted(times)[10] * 1000, sorted(peer)[10] * 1000
+
+        # The scan as curl reads it (the median of 3): Python's own HTTP
+        # client would be the bottleneck.
+        out = os.path.join(tmp, "scan.json")
+        scans = []
+        for _ in range(3):
+            r = subprocess.run(["curl", "-s", "-o", out, "-w", "%{time_total}",
+                                a.url("/api/v1/history/bench/hot?limit=2000000")],
+                               capture_output=True, text=True, check=True)
+            scans.append(float(r.stdout))
+        scan_s = sorted(scans)[1]
+        with open(out) as f:
+            n = len(json.load(f)["records"])
+        assert n == 1_000_000, n
+        t = time.perf_counter()
+        rows = raw.execute(sql, (0, 2_000_000)).fetchall()
+        raw_s = time.perf_counter() - t
+        assert len(rows) == n
+        raw.close()
+    finally:
+        conn.close()
+        a.stop()
+    print(f"history: query of 10,000 records from the middle of 1,000,000: {q_ms:.1f} ms "
+          f"(goal < 20 ms; raw SQLite {peer_ms:.1f} ms: {q_ms / peer_ms:.2f}x); full scan "
+          f"streamed {n / scan_s:,.0f} records/s (goal >= 1,000,000/s; raw SQLite "
+          f"{n / raw_s:,.0f} rows/s: {raw_s / scan_s:.2f}x); acknowledged PUTs with history "
+          f"{rates['on']:,.0f}/s against {rates['off']:,.0f}/s without: "
+          f"{rates['on'] / rates['off']:.2f}x (goal >= 0.8)")
+
+
 def info(a):
     with urllib.request.urlopen(a.url("/api/v1/info"), timeout=5) as r:
         return json.load(r)
@@ -309,7 +398,7 @@ def bench_bridge(binary, tmp, messages=200_000, topics=10_000):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--binary", required=True)
-    p.add_argument("which", nargs="*", default=["get", "put", "memory", "bridge"])
+    p.add_argument("which", nargs="*", default=["get", "put", "memory", "history", "bridge"])
     args = p.parse_args()
     binary = os.path.abspath(args.binary)
     tmp = tempfile.mkdtemp(prefix="almanac-bench-")

@@ -13,50 +13,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from harness import Daemon, curl  # noqa: E402
-
-
-class Client:
-    def __init__(self, daemon=None, unix=None):
-        if unix:
-            self.sock = socket.socket(socket.AF_UNIX)
-            self.sock.connect(unix)
-        else:
-            self.sock = socket.create_connection(("127.0.0.1", daemon.tcp_port))
-        self.sock.settimeout(20)
-        self.file = self.sock.makefile("rb")
-        self.welcome = self.recv()
-        self.next_id = 1
-
-    def send_raw(self, data):
-        self.sock.sendall(data)
-
-    def send(self, msg):
-        self.sock.sendall((json.dumps(msg) + "\n").encode())
-
-    def recv(self):
-        line = self.file.readline()
-        if not line:
-            return None
-        return json.loads(line)
-
-    def request(self, type_, **fields):
-        """Sends a request and returns its reply (events before it are kept)."""
-        rid = self.next_id
-        self.next_id += 1
-        self.send(dict(type=type_, id=rid, **fields))
-        self.events = getattr(self, "events", [])
-        while True:
-            m = self.recv()
-            if m is None:
-                raise ConnectionError("closed")
-            if m.get("id") == rid and m["type"] != "event":
-                return m
-            self.events.append(m)
-
-    def close(self):
-        self.file.close()
-        self.sock.close()
+from harness import Client, Daemon, curl  # noqa: E402
 
 
 class Sessions(unittest.TestCase):
