@@ -1342,8 +1342,11 @@ static void http__export_visit(void *arg, const char *key, size_t klen, const st
 static bool http__export_fill(struct stream *st)
 {
     bool more = false;
-    store_pget(st->store, "#", 1, st->after, st->after ? strlen(st->after) : 0, 1000,
-               http__export_visit, st, &more);
+    char *after = st->after; /* the walk's cursor; the visits set the next one */
+    st->after = NULL;
+    store_pget(st->store, "#", 1, after, after ? strlen(after) : 0, 1000, http__export_visit, st,
+               &more);
+    free(after);
     return more;
 }
 

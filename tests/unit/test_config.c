@@ -155,6 +155,65 @@ static void test_sizes(void **state)
     assert_int_equal(config_parse_size("", &n), -1);
 }
 
+static void test_durations_and_times(void **state)
+{
+    int64_t us;
+    (void)state;
+    assert_int_equal(config_parse_duration("500ms", &us), 0);
+    assert_true(us == 500000);
+    assert_int_equal(config_parse_duration("7d", &us), 0);
+    assert_true(us == 7 * 86400000000ll);
+    assert_int_equal(config_parse_duration("2w", &us), 0);
+    assert_true(us == 14 * 86400000000ll);
+    assert_int_equal(config_parse_duration("10", &us), -1); /* a unit is needed */
+    assert_int_equal(config_parse_duration("1y", &us), -1);
+    assert_int_equal(config_parse_duration("-1s", &us), -1);
+
+    assert_int_equal(config_parse_time("1763900000123456", &us), 0);
+    assert_true(us == 1763900000123456ll);
+    assert_int_equal(config_parse_time("2025-11-23T12:13:20Z", &us), 0);
+    assert_true(us == 1763900000000000ll);
+    assert_int_equal(config_parse_time("2025-11-23T12:13:20.123456Z", &us), 0);
+    assert_true(us == 1763900000123456ll);
+    assert_int_equal(config_parse_time("2025-11-23T12:13:20.5Z", &us), 0);
+    assert_true(us == 1763900000500000ll);
+    assert_int_equal(config_parse_time("2025-11-23T13:13:20+01:00", &us), 0);
+    assert_true(us == 1763900000000000ll);
+    assert_int_equal(config_parse_time("2025-11-23T11:13:20-01:00", &us), 0);
+    assert_true(us == 1763900000000000ll);
+    assert_int_equal(config_parse_time("2025-11-23T12:13:20", &us), -1); /* no zone */
+    assert_int_equal(config_parse_time("2025-11-23", &us), -1);
+    assert_int_equal(config_parse_time("yesterday", &us), -1);
+    assert_int_equal(config_parse_time("", &us), -1);
+}
+
+static void test_repeatable_options(void **state)
+{
+    struct config cfg;
+    char why[512];
+    (void)state;
+    write_conf("history_keys a/#\nhistory_keys b/+\nbridge_map in x/#\n");
+    assert_int_equal(load(&cfg, why, sizeof why, 2, "-c", conf_path), 0);
+    assert_int_equal(cfg.nhistory_keys, 2);
+    assert_string_equal(cfg.history_keys[1], "b/+");
+    config_free(&cfg);
+    /* Flags replace the file's list. */
+    assert_int_equal(load(&cfg, why, sizeof why, 4, "-c", conf_path, "--history_keys", "c/#"), 0);
+    assert_int_equal(cfg.nhistory_keys, 1);
+    assert_string_equal(cfg.history_keys[0], "c/#");
+    assert_int_equal(cfg.bridge.nmaps, 1);
+    config_free(&cfg);
+    assert_int_equal(load(&cfg, why, sizeof why, 2, "--history_keys", "a/#/b"), -1);
+    assert_non_null(strstr(why, "--history_keys"));
+    config_free(&cfg);
+    assert_int_equal(load(&cfg, why, sizeof why, 2, "--history_retention", "forever"), -1);
+    assert_non_null(strstr(why, "not a duration"));
+    config_free(&cfg);
+    assert_int_equal(load(&cfg, why, sizeof why, 2, "--history_retention", "0"), 0);
+    assert_true(cfg.history_retention_us == 0);
+    config_free(&cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -162,6 +221,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_precedence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
         cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_durations_and_times),
+        cmocka_unit_test_setup_teardown(test_repeatable_options, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

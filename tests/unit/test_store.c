@@ -672,6 +672,56 @@ static void test_if_changed(void **state)
     assert_true(op.rev == rev + 1);
 }
 
+static void no_event(void *arg, struct store_sub *sub, struct store_event *ev)
+{
+    (void)arg, (void)sub, (void)ev;
+}
+
+/* A `since` replay is served only for patterns history_keys covers. */
+static void test_since_coverage(void **state)
+{
+    struct fixture *f = *state;
+    char *keys[] = {"a/#", "b/+/c"};
+    struct store_config cfg = {.data_dir = f->dir,
+                               .limits = {.max_key_bytes = 1024, .max_value_bytes = 1 << 20},
+                               .history_keys = keys,
+                               .nhistory_keys = 2,
+                               .history_retention_us = 3600000000};
+    char why[512];
+    int64_t rev, r1, r2;
+
+    store_close(f->s);
+    assert_int_equal(store_open(&cfg, &f->s, why, sizeof why), STORE_OK);
+    assert_int_equal(set(f->s, "a/x", "1", -1, &r1), STORE_OK);
+    assert_int_equal(set(f->s, "b/y/c", "2", -1, &r2), STORE_OK);
+    struct {
+        const char *pattern;
+        int err;
+        size_t n; /* changes replayed since r1 - 1 */
+    } cases[] = {{"a/#", STORE_OK, 1},      {"a", STORE_OK, 0},     {"a/x/+", STORE_OK, 0},
+                 {"b/y/c", STORE_OK, 1},    {"b/+/c", STORE_OK, 1}, {"b/#", STORE_EGONE, 0},
+                 {"+/x", STORE_EGONE, 0},   {"#", STORE_EGONE, 0},  {"b/y/c/d", STORE_EGONE, 0},
+                 {"$SYS/#", STORE_EGONE, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct store_snapshot snap = {0};
+        struct store_sub *sub = NULL;
+        int err = store_subscribe_since(f->s, cases[i].pattern, strlen(cases[i].pattern), false,
+                                        no_event, NULL, r1 - 1, &snap, &rev, &sub);
+        if (err != cases[i].err || snap.n != cases[i].n)
+            fail_msg("%s: error %d, %zu changes", cases[i].pattern, err, snap.n);
+        if (sub != NULL)
+            store_unsubscribe(f->s, sub);
+        store_snapshot_free(&snap);
+    }
+    /* Ahead of the store: gone too. */
+    struct store_snapshot snap = {0};
+    struct store_sub *sub = NULL;
+    assert_int_equal(
+        store_subscribe_since(f->s, "a/#", 3, false, no_event, NULL, r2 + 5, &snap, &rev, &sub),
+        STORE_EGONE);
+    assert_null(sub);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -690,6 +740,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_subscriptions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_if_changed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_since_coverage, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
