@@ -251,6 +251,11 @@ int db__open(const char *dir, enum store_durability durability, uint64_t max_byt
         goto fail;
     if ((err = db__migrate(db, why, why_len)) != STORE_OK)
         goto fail;
+    /* Pages through the map and a larger cache: an insert into a big index
+     * then costs no read system call. */
+    if (db__exec(db, "PRAGMA mmap_size = 1073741824", why, why_len) != 0 ||
+        db__exec(db, "PRAGMA cache_size = -65536", why, why_len) != 0)
+        goto fail;
     if (max_bytes > 0) {
         /* SQLite refuses to grow the file past it: SQLITE_FULL, as a full
          * disk would, and db__write answers STORE_EFULL. */

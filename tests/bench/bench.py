@@ -370,7 +370,7 @@ def bench_bridge(binary, tmp, messages=200_000, topics=10_000):
         counter = subprocess.Popen([load, "count", str(port), str(messages), str(qos)],
                                    stdout=subprocess.PIPE, text=True)
         assert counter.stdout.readline().strip() == "ready"
-        time.sleep(0.5)  # almanac's subscription is in place too
+        time.sleep(1.5)  # subscribed, and $SYS/bridge/state written
         rev0 = info(a)["storage"]["committed_rev"]
         t0 = time.time()
         pub = subprocess.Popen([load, "pub", str(port), str(messages), str(topics), str(qos)],
