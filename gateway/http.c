@@ -17,6 +17,7 @@
  */
 #include "gateway.h"
 #include "version.h"
+#include "web.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -56,6 +57,7 @@ enum route {
     ROUTE_HISTORY,
     ROUTE_EXPORT,
     ROUTE_IMPORT,
+    ROUTE_WEB,
 };
 
 enum method { M_GET = 1, M_HEAD = 2, M_PUT = 4, M_POST = 8, M_DELETE = 16, M_OTHER = 32 };
@@ -190,7 +192,7 @@ static enum method http__method(const char *m)
 
 static const struct {
     enum route route;
-    const char *path; /* exact, or a prefix when it ends in '/' */
+    const char *path; /* exact, or a prefix when it ends in '/' (but "/") */
     unsigned methods;
     const char *allow;
 } http__routes[] = {
@@ -208,6 +210,8 @@ static const struct {
     {ROUTE_HEALTH, "/health", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_READY, "/ready", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_METRICS, "/metrics", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_WEB, "/web/", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_WEB, "/", M_GET | M_HEAD, "GET, HEAD"},
 };
 
 /* Finds the route of `url`; sets r->path for the routes that carry a key.
@@ -217,10 +221,11 @@ static int http__route(struct req *r, const char *url)
     for (size_t i = 0; i < sizeof http__routes / sizeof http__routes[0]; i++) {
         const char *p = http__routes[i].path;
         size_t len = strlen(p);
-        if (p[len - 1] == '/' ? strncmp(url, p, len) != 0 : strcmp(url, p) != 0)
+        bool prefix = len > 1 && p[len - 1] == '/'; /* "/" itself is exact */
+        if (prefix ? strncmp(url, p, len) != 0 : strcmp(url, p) != 0)
             continue;
         r->route = http__routes[i].route;
-        if (p[len - 1] == '/') {
+        if (prefix) {
             r->plen = strlen(url + len);
             if ((r->path = strdup(url + len)) == NULL)
                 return -1;
@@ -1454,6 +1459,34 @@ out:
     return answer;
 }
 
+/* The dashboard: `/` is web/index.html, `/web/<file>` the rest; from the
+ * binary (web_files.c), with the build's version as ETag. */
+static enum MHD_Result http__web(struct req *r)
+{
+    const char *name = r->path != NULL ? r->path : "index.html";
+    const struct web_file *f = web_files;
+    while (f->path != NULL && strcmp(f->path + 1, name) != 0)
+        f++;
+    if (f->path == NULL)
+        return http__error(r, STORE_ENOTFOUND, "no such file: /web/%s", name);
+    const char *inm = http__header(r, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    const char *etag = "\"" ALMANAC_VERSION "\"";
+    struct MHD_Response *resp =
+        inm != NULL && strcmp(inm, etag) == 0
+            ? MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)
+            : MHD_create_response_from_buffer(f->len, (void *)f->data, MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, f->type);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "Content-Security-Policy",
+                            "default-src 'self'; connect-src 'self' ws: wss:; "
+                            "style-src 'self'; img-src 'self' data:");
+    return http__queue(r, inm != NULL && strcmp(inm, etag) == 0 ? 304 : 200, resp);
+}
+
 static enum MHD_Result http__dispatch(struct req *r)
 {
     struct buf b = {0};
@@ -1493,6 +1526,8 @@ static enum MHD_Result http__dispatch(struct req *r)
         return http__export(r);
     case ROUTE_IMPORT:
         return http__import(r);
+    case ROUTE_WEB:
+        return http__web(r);
     case ROUTE_NONE:
         break;
     }
