@@ -147,6 +147,18 @@ test('a stale-rev edit is refused in the page', async (page) => {
   assert.equal(await (await api('/api/v1/keys/home/e2e/temp')).text(), '43');
 });
 
+test('after a dropped connection it reconnects and resumes with since', async (page) => {
+  await page.evaluate(() => session.ws.close()); // the page's own connection drops
+  await page.locator('#conn[data-state="offline"]').waitFor();
+  // A change while the page is away: it must arrive through the replay.
+  const r = await api('/api/v1/keys/home/e2e/temp', { method: 'PUT', body: '77', headers: { 'Content-Type': 'application/json' } });
+  assert.equal(r.status, 200);
+  await page.locator('#conn[data-state="online"]').waitFor();
+  await page.waitForFunction(() => document.querySelector('.node[data-path="home/e2e/temp"] .val').textContent === '77');
+  await page.waitForFunction(() => document.getElementById('value').textContent === '77');
+  await shot(page, 'resumed');
+});
+
 test('100,000 keys: only the rows in view are in the DOM; a pattern filter', async (page) => {
   for (let b = 0; b < 10; b++) {
     const ops = [];
