@@ -389,9 +389,14 @@ out:
 
 int64_t db__meta(struct db *db, const char *name)
 {
+    return db__meta_of(db->conn, name);
+}
+
+int64_t db__meta_of(sqlite3 *conn, const char *name)
+{
     sqlite3_stmt *st = NULL;
     int64_t v = 0;
-    if (sqlite3_prepare_v2(db->conn, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL) ==
+    if (sqlite3_prepare_v2(conn, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL) ==
         SQLITE_OK) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_ROW)

@@ -98,20 +98,6 @@ static void history__put(struct history *h, sqlite3 *c)
 
 /* ---- pruning ---- */
 
-static int64_t history__meta(sqlite3 *c, const char *name)
-{
-    sqlite3_stmt *st = NULL;
-    int64_t v = 0;
-    if (sqlite3_prepare_v2(c, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL) ==
-        SQLITE_OK) {
-        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW)
-            v = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    return v;
-}
-
 /* Deletes one batch of the oldest records that are too old or over the size
  * cap. Whether it deleted any. */
 static bool history__prune_batch(struct history *h)
@@ -213,9 +199,9 @@ int history__open(const char *path, int64_t retention_us, uint64_t max_bytes, st
         return STORE_EINTERNAL;
     }
     sqlite3_busy_timeout(h->conn, 5000);
-    atomic_store(&h->floor, history__meta(h->conn, "history_floor"));
-    atomic_store(&h->bytes, (uint64_t)history__meta(h->conn, "history_bytes"));
-    atomic_store(&h->records, (uint64_t)history__meta(h->conn, "history_records"));
+    atomic_store(&h->floor, db__meta_of(h->conn, "history_floor"));
+    atomic_store(&h->bytes, (uint64_t)db__meta_of(h->conn, "history_bytes"));
+    atomic_store(&h->records, (uint64_t)db__meta_of(h->conn, "history_records"));
     if (pthread_create(&h->thread, NULL, history__pruner, h) != 0) {
         snprintf(why, why_len, "cannot start the history pruner");
         history__close(h);
@@ -310,7 +296,7 @@ int history__replay(struct history *h, const char *pat, size_t plen, int64_t sin
     if (sqlite3_exec(c, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
         goto out;
     /* Invariant 2: the floor and the records of one snapshot. */
-    if (since < history__meta(c, "history_floor")) {
+    if (since < db__meta_of(c, "history_floor")) {
         err = STORE_EGONE;
         goto out;
     }

@@ -933,21 +933,37 @@ static int store__subscribe(struct store *s, const char *pat, size_t plen, bool 
     return STORE_OK;
 }
 
+/* Subscribes, and fills `snap` with the state (since < 0) or with the
+ * changes after `since` from history; again when a commit fails meanwhile,
+ * as what was read may hold changes that were undone. */
+static int store__subscribe_consistent(struct store *s, const char *pat, size_t plen, bool unique,
+                                       store_event_fn fn, void *arg, int64_t since,
+                                       struct store_snapshot *snap, int64_t *sync_rev,
+                                       struct store_sub **out)
+{
+    for (;;) {
+        uint64_t failures = atomic_load(&s->commit_failures);
+        int err =
+            store__subscribe(s, pat, plen, unique, fn, arg, since < 0 ? snap : NULL, sync_rev, out);
+        if (err == STORE_OK && since >= 0 && s->history != NULL)
+            err = history__replay(s->history, pat, plen, since, *sync_rev, snap);
+        if (err == STORE_OK && atomic_load(&s->commit_failures) == failures)
+            return STORE_OK;
+        if (*out != NULL)
+            store_unsubscribe(s, *out);
+        *out = NULL;
+        if (snap != NULL)
+            store_snapshot_free(snap);
+        if (err != STORE_OK)
+            return err;
+    }
+}
+
 int store_subscribe(struct store *s, const char *pat, size_t plen, bool unique, store_event_fn fn,
                     void *arg, struct store_snapshot *snap, int64_t *sync_rev,
                     struct store_sub **out)
 {
-    for (;;) {
-        uint64_t failures = atomic_load(&s->commit_failures);
-        int err = store__subscribe(s, pat, plen, unique, fn, arg, snap, sync_rev, out);
-        if (err != STORE_OK || atomic_load(&s->commit_failures) == failures)
-            return err;
-        /* A commit failed while waiting: the snapshot may hold undone
-         * changes. Take it again. */
-        store_unsubscribe(s, *out);
-        if (snap != NULL)
-            store_snapshot_free(snap);
-    }
+    return store__subscribe_consistent(s, pat, plen, unique, fn, arg, -1, snap, sync_rev, out);
 }
 
 /* Whether pattern `q` matches every key pattern `p` matches (MQTT's rules,
@@ -986,22 +1002,9 @@ int store_subscribe_since(struct store *s, const char *pat, size_t plen, bool un
     *out = NULL;
     if (since > rev || (!covered && since < rev))
         return STORE_EGONE;
-    for (;;) {
-        uint64_t failures = atomic_load(&s->commit_failures);
-        int err = store__subscribe(s, pat, plen, unique, fn, arg, NULL, sync_rev, out);
-        if (err == STORE_OK && covered)
-            err = history__replay(s->history, pat, plen, since, *sync_rev, snap);
-        if (err != STORE_OK || atomic_load(&s->commit_failures) != failures) {
-            if (*out != NULL)
-                store_unsubscribe(s, *out);
-            *out = NULL;
-            store_snapshot_free(snap);
-            if (err != STORE_OK)
-                return err;
-            continue; /* a commit failed meanwhile: the replay may hold undone changes */
-        }
-        return STORE_OK;
-    }
+    /* Not covered, since == rev: nothing to replay, and history may be off. */
+    return store__subscribe_consistent(s, pat, plen, unique, fn, arg, covered ? since : -1,
+                                       covered ? snap : NULL, sync_rev, out);
 }
 
 int store_history_open(struct store *s, const struct store_history_query *q,

@@ -152,6 +152,8 @@ int db__write(struct db *db, const struct commit *list, const struct outbox_ack 
 /* A meta value (0 when absent), and setting one; only before the committer
  * starts. */
 int64_t db__meta(struct db *db, const char *name);
+/* The same on any connection to the database (history's). */
+int64_t db__meta_of(sqlite3 *conn, const char *name);
 char *db__meta_text(struct db *db, const char *name);
 int db__set_meta(struct db *db, const char *name, const char *text, int64_t value);
 
