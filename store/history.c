@@ -251,20 +251,29 @@ void history__stats(struct history *h, struct store_stats *out)
 
 #define HISTORY_COLUMNS "rev, key, ts, type, labels, origin, value, deleted"
 
+/* Copies `klen` bytes of `key` and a NUL into `*buf`, grown as needed. */
+static int history__copy_key(char **buf, size_t *cap, const char *key, size_t klen)
+{
+    if (klen + 1 > *cap) {
+        char *k = realloc(*buf, klen + 1);
+        if (k == NULL)
+            return STORE_EINTERNAL;
+        *buf = k;
+        *cap = klen + 1;
+    }
+    memcpy(*buf, key, klen);
+    (*buf)[klen] = '\0';
+    return STORE_OK;
+}
+
 /* The record of the current row of `st`: the key into `*key` (grown as
  * needed), the entry a new reference (NULL: a deletion). */
 static int history__row(sqlite3_stmt *st, char **key, size_t *kcap, struct store_record *rec,
                         struct store_entry **entry)
 {
     size_t klen = (size_t)sqlite3_column_bytes(st, 1);
-    if (klen + 1 > *kcap) {
-        char *k = realloc(*key, klen + 1);
-        if (k == NULL)
-            return STORE_EINTERNAL;
-        *key = k;
-        *kcap = klen + 1;
-    }
-    memcpy(*key, sqlite3_column_text(st, 1), klen + 1);
+    if (history__copy_key(key, kcap, (const char *)sqlite3_column_text(st, 1), klen) != STORE_OK)
+        return STORE_EINTERNAL;
     rec->key = *key;
     rec->klen = klen;
     rec->rev = sqlite3_column_int64(st, 0);
@@ -564,14 +573,8 @@ static bool history__same_group(const struct store_record *a, const struct store
 /* Keeps `rec` as the candidate of its group (oldest first, `every`). */
 static int history__keep(struct store_history *it, const struct store_record *rec)
 {
-    if (rec->klen + 1 > it->ckcap) {
-        char *k = realloc(it->ckey, rec->klen + 1);
-        if (k == NULL)
-            return -STORE_EINTERNAL;
-        it->ckey = k;
-        it->ckcap = rec->klen + 1;
-    }
-    memcpy(it->ckey, rec->key, rec->klen + 1);
+    if (history__copy_key(&it->ckey, &it->ckcap, rec->key, rec->klen) != STORE_OK)
+        return -STORE_EINTERNAL;
     store_entry_unref(it->centry);
     it->centry = (struct store_entry *)rec->entry;
     if (it->centry)
@@ -596,14 +599,8 @@ static int history__produce(struct store_history *it, struct store_record *rec)
             if (it->have_group && b == it->gbucket && rec->klen == it->gklen &&
                 memcmp(rec->key, it->gkey, rec->klen) == 0)
                 continue;
-            if (rec->klen + 1 > it->gkcap) {
-                char *k = realloc(it->gkey, rec->klen + 1);
-                if (k == NULL)
-                    return -STORE_EINTERNAL;
-                it->gkey = k;
-                it->gkcap = rec->klen + 1;
-            }
-            memcpy(it->gkey, rec->key, rec->klen + 1);
+            if (history__copy_key(&it->gkey, &it->gkcap, rec->key, rec->klen) != STORE_OK)
+                return -STORE_EINTERNAL;
             it->gklen = rec->klen;
             it->gbucket = b;
             it->have_group = true;
