@@ -101,12 +101,37 @@ static int config__log_level(struct config *cfg, const char *value, char *why, s
     return 0;
 }
 
+struct config__unit {
+    const char *suffix;
+    unsigned long long mult;
+};
+
+/* A decimal number followed by one of `units` (exactly), times its
+ * multiplier, at most `max`. 0, or -1 when malformed or too large. */
+static int config__number_unit(const char *text, const struct config__unit *units, size_t n,
+                               unsigned long long max, unsigned long long *out)
+{
+    char *end;
+    if (!isdigit((unsigned char)text[0]))
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(end, units[i].suffix) != 0)
+            continue;
+        if (v > max / units[i].mult)
+            return -1;
+        *out = v * units[i].mult;
+        return 0;
+    }
+    return -1;
+}
+
 int config_parse_size(const char *text, size_t *out)
 {
-    static const struct {
-        const char *suffix;
-        unsigned long long mult;
-    } units[] = {
+    static const struct config__unit units[] = {
         {"", 1},
         {"B", 1},
         {"KiB", 1ull << 10},
@@ -116,22 +141,11 @@ int config_parse_size(const char *text, size_t *out)
         {"MB", 1000000},
         {"GB", 1000000000},
     };
-    char *end;
-    if (!isdigit((unsigned char)text[0]))
+    unsigned long long v;
+    if (config__number_unit(text, units, sizeof units / sizeof units[0], SIZE_MAX, &v) != 0)
         return -1;
-    errno = 0;
-    unsigned long long n = strtoull(text, &end, 10);
-    if (errno != 0)
-        return -1;
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-        if (strcmp(end, units[i].suffix) != 0)
-            continue;
-        if (n > SIZE_MAX / units[i].mult)
-            return -1;
-        *out = (size_t)(n * units[i].mult);
-        return 0;
-    }
-    return -1;
+    *out = (size_t)v;
+    return 0;
 }
 
 static int config__size_in(const char *value, size_t lo, size_t hi, size_t *out, char *why,
@@ -374,27 +388,18 @@ static int config__history_keys(struct config *cfg, const char *value, char *why
 
 int config_parse_duration(const char *text, int64_t *us)
 {
-    static const struct {
-        const char *suffix;
-        int64_t mult;
-    } units[] = {{"us", 1},         {"ms", 1000},       {"s", 1000000},     {"m", 60000000},
-                 {"h", 3600000000}, {"d", 86400000000}, {"w", 604800000000}};
-    char *end;
-    if (!isdigit((unsigned char)text[0]))
+    static const struct config__unit units[] = {{"us", 1},
+                                                {"ms", 1000},
+                                                {"s", 1000000},
+                                                {"m", 60000000},
+                                                {"h", 3600000000ull},
+                                                {"d", 86400000000ull},
+                                                {"w", 604800000000ull}};
+    unsigned long long v;
+    if (config__number_unit(text, units, sizeof units / sizeof units[0], INT64_MAX, &v) != 0)
         return -1;
-    errno = 0;
-    long long n = strtoll(text, &end, 10);
-    if (errno != 0)
-        return -1;
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-        if (strcmp(end, units[i].suffix) != 0)
-            continue;
-        if (n > INT64_MAX / units[i].mult)
-            return -1;
-        *us = n * units[i].mult;
-        return 0;
-    }
-    return -1;
+    *us = (int64_t)v;
+    return 0;
 }
 
 int config_parse_time(const char *text, int64_t *us)

@@ -13,7 +13,7 @@
  *   3. db__write writes a whole list of commits in one transaction or
  *      nothing.
  * A lock file (flock) keeps a second almanac off the same data_dir.
- * WAL checkpoints run on a thread of their own with its own connection
+ * WAL checkpoints run on a worker (worker.c) with its own connection
  * (PASSIVE, once a second), not inside a commit: a writer never waits for
  * one.
  */
@@ -34,10 +34,7 @@
 struct db {
     sqlite3 *conn;
     sqlite3 *ckpt_conn; /* the checkpointer's */
-    pthread_t ckpt;
-    bool ckpt_started, ckpt_stop;
-    pthread_mutex_t ckpt_lock;
-    pthread_cond_t ckpt_cond;
+    struct worker ckpt;
     sqlite3_stmt *put, *del, *rev, *obx_put, *obx_del, *hist_put, *hist_count;
     int schema_version;
     int lock_fd;
@@ -172,26 +169,13 @@ static int db__lock(struct db *db, const char *dir, char *why, size_t why_len)
     return 0;
 }
 
-static void *db__checkpointer(void *arg)
+static bool db__checkpoint(void *arg)
 {
     struct db *db = arg;
-    pthread_mutex_lock(&db->ckpt_lock);
-    while (!db->ckpt_stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
-        pthread_cond_timedwait(&db->ckpt_cond, &db->ckpt_lock, &until);
-        if (db->ckpt_stop)
-            break;
-        pthread_mutex_unlock(&db->ckpt_lock);
-        int rc =
-            sqlite3_wal_checkpoint_v2(db->ckpt_conn, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-            log_warn("store: checkpoint of %s: %s", db->path, sqlite3_errmsg(db->ckpt_conn));
-        pthread_mutex_lock(&db->ckpt_lock);
-    }
-    pthread_mutex_unlock(&db->ckpt_lock);
-    return NULL;
+    int rc = sqlite3_wal_checkpoint_v2(db->ckpt_conn, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+        log_warn("store: checkpoint of %s: %s", db->path, sqlite3_errmsg(db->ckpt_conn));
+    return false;
 }
 
 static int db__start_checkpointer(struct db *db, char *why, size_t why_len)
@@ -204,13 +188,10 @@ static int db__start_checkpointer(struct db *db, char *why, size_t why_len)
         return -1;
     }
     sqlite3_busy_timeout(db->ckpt_conn, 1000);
-    pthread_mutex_init(&db->ckpt_lock, NULL);
-    pthread_cond_init(&db->ckpt_cond, NULL);
-    if (pthread_create(&db->ckpt, NULL, db__checkpointer, db) != 0) {
+    if (worker__start(&db->ckpt, db__checkpoint, db) != 0) {
         snprintf(why, why_len, "cannot start the checkpoint thread");
         return -1;
     }
-    db->ckpt_started = true;
     return 0;
 }
 
@@ -306,15 +287,7 @@ void db__close(struct db *db)
 {
     if (db == NULL)
         return;
-    if (db->ckpt_started) {
-        pthread_mutex_lock(&db->ckpt_lock);
-        db->ckpt_stop = true;
-        pthread_cond_signal(&db->ckpt_cond);
-        pthread_mutex_unlock(&db->ckpt_lock);
-        pthread_join(db->ckpt, NULL);
-        pthread_mutex_destroy(&db->ckpt_lock);
-        pthread_cond_destroy(&db->ckpt_cond);
-    }
+    worker__stop(&db->ckpt);
     if (db->ckpt_conn != NULL)
         sqlite3_close(db->ckpt_conn);
     sqlite3_finalize(db->put);

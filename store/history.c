@@ -5,8 +5,8 @@
  *
  * Readers use connections of their own from a small pool (WAL: they never
  * wait for the committer, nor it for them). The pruner has one more
- * connection and a thread: it deletes the oldest records in batches of
- * HISTORY_BATCH, each its own short transaction, so the committer waits at
+ * connection and a worker (worker.c): it deletes the oldest records in
+ * batches of HISTORY_BATCH, each its own short transaction, so the committer waits at
  * most for one batch.
  * Invariants:
  *   1. ts only grows with rev (store_submit), so rev order is time order: a
@@ -45,10 +45,7 @@ struct history {
     int nidle;
 
     sqlite3 *conn; /* the pruner's */
-    pthread_t thread;
-    bool started, stop;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
+    struct worker pruner;
 
     _Atomic int64_t floor;
     _Atomic uint64_t bytes, records, pruned;
@@ -100,8 +97,9 @@ static void history__put(struct history *h, sqlite3 *c)
 
 /* Deletes one batch of the oldest records that are too old or over the size
  * cap. Whether it deleted any. */
-static bool history__prune_batch(struct history *h)
+static bool history__prune_batch(void *arg)
 {
+    struct history *h = arg;
     sqlite3_stmt *st = NULL;
     int64_t cutoff = h->retention_us > 0 ? history__now_us() - h->retention_us : INT64_MIN;
     uint64_t bytes = atomic_load(&h->bytes), gone_bytes = 0, gone = 0;
@@ -154,29 +152,6 @@ fail:
     return false;
 }
 
-static void *history__pruner(void *arg)
-{
-    struct history *h = arg;
-    pthread_mutex_lock(&h->lock);
-    while (!h->stop) {
-        pthread_mutex_unlock(&h->lock);
-        bool more = history__prune_batch(h);
-        pthread_mutex_lock(&h->lock);
-        if (more) { /* let the committer in between batches */
-            pthread_mutex_unlock(&h->lock);
-            usleep(2000);
-            pthread_mutex_lock(&h->lock);
-            continue;
-        }
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
-        pthread_cond_timedwait(&h->cond, &h->lock, &until);
-    }
-    pthread_mutex_unlock(&h->lock);
-    return NULL;
-}
-
 int history__open(const char *path, int64_t retention_us, uint64_t max_bytes, struct history **out,
                   char *why, size_t why_len)
 {
@@ -190,8 +165,6 @@ int history__open(const char *path, int64_t retention_us, uint64_t max_bytes, st
     h->retention_us = retention_us;
     h->max_bytes = max_bytes;
     pthread_mutex_init(&h->pool_lock, NULL);
-    pthread_mutex_init(&h->lock, NULL);
-    pthread_cond_init(&h->cond, NULL);
     if (sqlite3_open_v2(path, &h->conn, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
         snprintf(why, why_len, "cannot open %s for history", path);
@@ -202,12 +175,11 @@ int history__open(const char *path, int64_t retention_us, uint64_t max_bytes, st
     atomic_store(&h->floor, db__meta_of(h->conn, "history_floor"));
     atomic_store(&h->bytes, (uint64_t)db__meta_of(h->conn, "history_bytes"));
     atomic_store(&h->records, (uint64_t)db__meta_of(h->conn, "history_records"));
-    if (pthread_create(&h->thread, NULL, history__pruner, h) != 0) {
+    if (worker__start(&h->pruner, history__prune_batch, h) != 0) {
         snprintf(why, why_len, "cannot start the history pruner");
         history__close(h);
         return STORE_EINTERNAL;
     }
-    h->started = true;
     *out = h;
     return STORE_OK;
 }
@@ -216,19 +188,11 @@ void history__close(struct history *h)
 {
     if (h == NULL)
         return;
-    if (h->started) {
-        pthread_mutex_lock(&h->lock);
-        h->stop = true;
-        pthread_cond_signal(&h->cond);
-        pthread_mutex_unlock(&h->lock);
-        pthread_join(h->thread, NULL);
-    }
+    worker__stop(&h->pruner);
     sqlite3_close(h->conn);
     for (int i = 0; i < h->nidle; i++)
         sqlite3_close(h->idle[i]);
     pthread_mutex_destroy(&h->pool_lock);
-    pthread_mutex_destroy(&h->lock);
-    pthread_cond_destroy(&h->cond);
     free(h->path);
     free(h);
 }

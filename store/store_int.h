@@ -8,6 +8,7 @@
 
 #include "store.h"
 
+#include <pthread.h>
 #include <sqlite3.h>
 
 size_t store__utf8_check(const void *buf, size_t len);
@@ -127,6 +128,21 @@ int history__replay(struct history *h, const char *pat, size_t plen, int64_t sin
                     struct store_snapshot *snap);
 int history__query(struct history *h, const struct store_history_query *q,
                    struct store_history **out);
+
+/* ---- worker.c: a task run about once a second on a thread of its own ---- */
+
+struct worker {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool started, stop;
+    bool (*task)(void *arg); /* true: more is waiting, run again soon */
+    void *arg;
+};
+/* 0, or -1 when the thread cannot start. */
+int worker__start(struct worker *w, bool (*task)(void *arg), void *arg);
+/* Waits for a running task to end; nothing when never started. */
+void worker__stop(struct worker *w);
 
 /* ---- db.c: SQLite persistence ---- */
 
