@@ -164,8 +164,11 @@ int loop_start(struct store *store, struct sys *sys, const struct config *cfg, s
                char *why, size_t why_len);
 /* Stops accepting; the sessions go on until loop_stop. */
 void loop_quiesce(struct loop *l);
-/* Closes every session and stops the thread. */
+/* Closes every session (a WebSocket's through MHD, so before http_stop)
+ * and stops the thread; WebSockets handed over later are refused. */
 void loop_stop(struct loop *l);
+/* Frees the loop, after loop_stop and http_stop. */
+void loop_free(struct loop *l);
 /* A new session number, for client ids. */
 uint64_t loop_next_id(struct loop *l);
 unsigned loop_sessions(const struct loop *l);

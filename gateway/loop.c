@@ -86,9 +86,10 @@ struct loop {
     _Atomic unsigned sessions;
     _Atomic uint64_t next_id;
 
-    pthread_mutex_t lock; /* dirty list and adoptions */
+    pthread_mutex_t lock; /* dirty list, adoptions and `closed` */
     struct conn *dirty;
     struct conn *adopted; /* WebSockets from HTTP, for the loop to take */
+    bool closed;          /* loop_stop ran: no more adoptions */
     struct conn *all;
 };
 
@@ -624,6 +625,11 @@ int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len, c
     c->ws_closed_arg = closed_arg;
     /* Invariant 1: the loop thread takes it from here (loop__take_adopted). */
     pthread_mutex_lock(&l->lock);
+    if (l->closed) { /* stopping: the caller closes the socket */
+        pthread_mutex_unlock(&l->lock);
+        conn_unref(c);
+        return -1;
+    }
     c->next = l->adopted;
     l->adopted = c;
     pthread_mutex_unlock(&l->lock);
@@ -863,6 +869,7 @@ int loop_start(struct store *store, struct sys *sys, const struct config *cfg, s
     return 0;
 fail:
     loop_stop(l);
+    loop_free(l);
     return -1;
 }
 
@@ -889,6 +896,9 @@ void loop_stop(struct loop *l)
     if (l == NULL)
         return;
     loop_quiesce(l);
+    pthread_mutex_lock(&l->lock);
+    l->closed = true;
+    pthread_mutex_unlock(&l->lock);
     if (l->started) {
         atomic_store(&l->stop, true);
         loop__wake(l);
@@ -905,6 +915,13 @@ void loop_stop(struct loop *l)
         conn_unref(l->adopted);
         l->adopted = next;
     }
+    l->started = false;
+}
+
+void loop_free(struct loop *l)
+{
+    if (l == NULL)
+        return;
     if (l->epfd >= 0)
         close(l->epfd);
     if (l->efd >= 0)

@@ -89,8 +89,9 @@ out:
     bridge_stop(bridge);
     if (store)
         store_drain(store);
+    loop_stop(loop); /* MHD must see its upgraded sockets closed before it stops */
     http_stop(http);
-    loop_stop(loop);
+    loop_free(loop);
     sys_stop(sys);
     store_close(store);
     bridge_free(bridge);
