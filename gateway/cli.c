@@ -91,10 +91,12 @@ static int cli__connect(struct cli *c, const char *server)
     return c->in && c->out ? 0 : -1;
 }
 
-/* One HTTP/1.0 request (no chunked answer to undo); the answer's body goes
- * to `out`. The status, or -1 when the server could not be reached. */
-static int cli__http(const char *server, const char *method, const char *path, const char *body,
-                     size_t blen, FILE *out)
+/* One HTTP request whose body, if any, is streamed from `in` in chunks (so
+ * an import of any size needs no memory here); the answer's body goes to
+ * `out`. HTTP/1.0 without a body, so that no chunked answer needs undoing
+ * (an answer to a body is short, with a length). The status, or -1 when the
+ * server could not be reached. */
+static int cli__http(const char *server, const char *method, const char *path, FILE *in, FILE *out)
 {
     int fd = cli__dial(server);
     if (fd < 0)
@@ -104,12 +106,24 @@ static int cli__http(const char *server, const char *method, const char *path, c
         close(fd);
         return -1;
     }
-    fprintf(f, "%s %s HTTP/1.0\r\nHost: %s\r\nContent-Length: %zu\r\n\r\n", method, path, server,
-            blen);
-    if (blen > 0)
-        fwrite(body, 1, blen, f);
-    fflush(f);
     char line[1024];
+    if (in == NULL)
+        fprintf(f, "%s %s HTTP/1.0\r\nHost: %s\r\n\r\n", method, path, server);
+    else {
+        fprintf(f,
+                "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n",
+                method, path, server);
+        char chunk[65536];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, in)) > 0 && !ferror(f)) {
+            fprintf(f, "%zx\r\n", n);
+            fwrite(chunk, 1, n, f);
+            fputs("\r\n", f);
+        }
+        fputs("0\r\n\r\n", f);
+    }
+    fflush(f);
     int status = -1;
     if (fgets(line, sizeof line, f) == NULL || sscanf(line, "HTTP/%*s %d", &status) != 1) {
         fprintf(stderr, "almanac: %s did not answer over HTTP\n", server);
@@ -288,23 +302,18 @@ static void cli__print_session_envelope(json_t *e)
 
 static int cli__export(const char *server)
 {
-    int status = cli__http(server, "GET", "/api/v1/export", NULL, 0, stdout);
+    int status = cli__http(server, "GET", "/api/v1/export", NULL, stdout);
     return status == 200 ? 0 : status < 0 ? 2 : 1;
 }
 
 static int cli__import(const char *server)
 {
-    size_t len;
-    char *body = cli__stdin(&len);
-    if (body == NULL)
-        return 2;
     char *answer = NULL;
     size_t alen = 0;
     FILE *mem = open_memstream(&answer, &alen);
-    int status = mem ? cli__http(server, "POST", "/api/v1/import", body, len, mem) : -1;
+    int status = mem ? cli__http(server, "POST", "/api/v1/import", stdin, mem) : -1;
     if (mem)
         fclose(mem);
-    free(body);
     json_t *reply = answer ? json_loadb(answer, alen, 0, NULL) : NULL;
     int rc = status == 200 ? 0 : status < 0 ? 2 : 1;
     if (status == 200)

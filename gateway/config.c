@@ -236,6 +236,81 @@ static int config__http_threads(struct config *cfg, const char *value, char *why
     return config__count(value, 0, 256, &cfg->http_threads, why, why_len);
 }
 
+/* ---- HTTP hardening ---- */
+
+static int config__duration_in(const char *value, int64_t lo, int64_t hi, int64_t *out, char *why,
+                               size_t why_len)
+{
+    int64_t us;
+    if (config_parse_duration(value, &us) != 0 || us < lo || us > hi) {
+        snprintf(why, why_len,
+                 "'%s' is not a duration from %llds to %llds (a number with ms, s, m or h)", value,
+                 (long long)(lo / 1000000), (long long)(hi / 1000000));
+        return -1;
+    }
+    *out = us;
+    return 0;
+}
+
+static int config__sse_heartbeat(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__duration_in(value, 100000, 3600000000ll, &cfg->sse_heartbeat_us, why, why_len);
+}
+
+static int config__http_header_timeout(struct config *cfg, const char *value, char *why,
+                                       size_t why_len)
+{
+    return config__duration_in(value, 1000000, 3600000000ll, &cfg->http_header_timeout_us, why,
+                               why_len);
+}
+
+static int config__http_max_connections(struct config *cfg, const char *value, char *why,
+                                        size_t why_len)
+{
+    return config__count(value, 16, 1000000, &cfg->http_max_connections, why, why_len);
+}
+
+static int config__http_max_connections_per_ip(struct config *cfg, const char *value, char *why,
+                                               size_t why_len)
+{
+    return config__count(value, 0, 1000000, &cfg->http_max_connections_per_ip, why, why_len);
+}
+
+static int config__list_add(struct config *cfg, char ***list, size_t *n, int *source,
+                            const char *value);
+
+/* A host name as a browser sends it in Host (no port), or "*". */
+static int config__http_host(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    for (const char *p = value; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '.' || *p == '_' ||
+              (*p == '*' && value[1] == '\0'))) {
+            snprintf(why, why_len, "'%s' is not a host name (without a port) or *", value);
+            return -1;
+        }
+    if (value[0] == '\0') {
+        snprintf(why, why_len, "the value is empty");
+        return -1;
+    }
+    return config__list_add(cfg, &cfg->http_hosts, &cfg->nhttp_hosts, &cfg->http_hosts_source,
+                            value);
+}
+
+/* An origin as browsers send it (scheme://host[:port], no path), or "*". */
+static int config__cors_origin(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    const char *host = strncmp(value, "http://", 7) == 0    ? value + 7
+                       : strncmp(value, "https://", 8) == 0 ? value + 8
+                                                            : NULL;
+    if (strcmp(value, "*") != 0 && (host == NULL || *host == '\0' || strchr(host, '/') != NULL)) {
+        snprintf(why, why_len, "'%s' is not an origin (http://host[:port] or https://…) or *",
+                 value);
+        return -1;
+    }
+    return config__list_add(cfg, &cfg->cors_origins, &cfg->ncors_origins, &cfg->cors_origins_source,
+                            value);
+}
+
 /* ---- the bridge ---- */
 
 static int config__bridge_url(struct config *cfg, const char *value, char *why, size_t why_len)
@@ -489,6 +564,12 @@ static const struct {
     {"max_sessions", config__max_sessions},
     {"max_subscriptions", config__max_subscriptions},
     {"sys_interval", config__sys_interval},
+    {"sse_heartbeat", config__sse_heartbeat},
+    {"http_header_timeout", config__http_header_timeout},
+    {"http_max_connections", config__http_max_connections},
+    {"http_max_connections_per_ip", config__http_max_connections_per_ip},
+    {"http_host", config__http_host},
+    {"cors_origin", config__cors_origin},
     {"bridge_url", config__bridge_url},
     {"bridge_client_id", config__bridge_client_id},
     {"bridge_username", config__bridge_username},
@@ -606,6 +687,9 @@ static void config__defaults(struct config *cfg)
     cfg->max_sessions = 10000;
     cfg->max_subscriptions = 1000;
     cfg->sys_interval = 10;
+    cfg->sse_heartbeat_us = 15000000;
+    cfg->http_header_timeout_us = 10000000;
+    cfg->http_max_connections_per_ip = 256;
     cfg->data_dir = strdup("./data");
     cfg->durability = STORE_DURABLE_COMMIT;
     cfg->log_level = LOG_INFO;
@@ -689,6 +773,8 @@ void config_free(struct config *cfg)
     cfg->http_listen = cfg->data_dir = cfg->tcp_listen = cfg->unix_socket = NULL;
     bridge_config_free(&cfg->bridge);
     config__list_clear(&cfg->history_keys, &cfg->nhistory_keys);
+    config__list_clear(&cfg->http_hosts, &cfg->nhttp_hosts);
+    config__list_clear(&cfg->cors_origins, &cfg->ncors_origins);
 }
 
 int config_resolve(const char *option, const char *spec, struct addrinfo **ai, char *host,

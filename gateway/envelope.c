@@ -216,6 +216,7 @@ bool envelope_type_ok(const char *type)
 int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len)
 {
     const char *name;
+    size_t nlen;
     json_t *value;
 
     *out = NULL;
@@ -229,15 +230,16 @@ int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len)
         snprintf(why, why_len, "at most 64 labels are allowed");
         return STORE_EBODY;
     }
-    json_object_foreach((json_t *)labels, name, value)
+    json_object_keylen_foreach((json_t *)labels, name, nlen, value)
     {
-        size_t nlen = strlen(name);
-        if (nlen == 0 || nlen > 255) {
-            snprintf(why, why_len, "a label name must be 1 to 255 bytes");
+        if (nlen == 0 || nlen > 255 || strlen(name) != nlen) {
+            snprintf(why, why_len, "a label name must be 1 to 255 bytes, without NUL");
             return STORE_EBODY;
         }
-        if (!json_is_string(value) || json_string_length(value) > 4096) {
-            snprintf(why, why_len, "label '%s' must be a string of at most 4096 bytes", name);
+        if (!json_is_string(value) || json_string_length(value) > 4096 ||
+            strlen(json_string_value(value)) != json_string_length(value)) {
+            snprintf(why, why_len, "label '%s' must be a string of at most 4096 bytes, without NUL",
+                     name);
             return STORE_EBODY;
         }
     }
@@ -327,7 +329,8 @@ int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum st
     if (jtype == NULL && type_alias)
         jtype = json_object_get(obj, "type");
     if (jtype != NULL) {
-        if (!json_is_string(jtype) || !envelope_type_ok(json_string_value(jtype))) {
+        if (!json_is_string(jtype) || !envelope_type_ok(json_string_value(jtype)) ||
+            strlen(json_string_value(jtype)) != json_string_length(jtype)) {
             snprintf(why, why_len, "content_type must be 1 to 255 printable ASCII characters");
             return STORE_EBODY;
         }
@@ -500,4 +503,51 @@ time:
              "(2026-11-23T10:00:00Z)",
              v);
     return -1;
+}
+
+int envelope_import_line(const char *text, size_t len, const struct store_limits *lim,
+                         enum store_origin origin, struct store_op *op, json_t **owner, char *why,
+                         size_t why_len)
+{
+    json_error_t jerr;
+    *op = (struct store_op){.if_rev = STORE_ANY_REV};
+    *owner = NULL;
+    while (len > 0 && isspace((unsigned char)*text)) {
+        text++;
+        len--;
+    }
+    if (len == 0)
+        return STORE_OK;
+    json_t *obj = json_loadb(text, len, JSON_ALLOW_NUL, &jerr);
+    json_t *jkey = json_object_get(obj, "key");
+    if (!json_is_object(obj) || !json_is_string(jkey)) {
+        snprintf(why, why_len, "%s", obj ? "an envelope is an object with a \"key\"" : jerr.text);
+        json_decref(obj);
+        return STORE_EBODY;
+    }
+    const char *key = json_string_value(jkey);
+    size_t klen = json_string_length(jkey);
+    int err = STORE_OK;
+    if (strlen(key) != klen) {
+        snprintf(why, why_len, "the key holds a NUL byte");
+        err = STORE_EKEY;
+    } else if ((err = store_key_check(key, klen, lim->max_key_bytes, why, why_len)) != STORE_OK)
+        ;
+    else if (store_key_reserved(key, klen)) {
+        snprintf(why, why_len, "%s is the server's own", key);
+        err = STORE_EREADONLY;
+    } else if (json_is_true(json_object_get(obj, "deleted")))
+        op->kind = STORE_OP_DELETE;
+    else {
+        op->kind = STORE_OP_SET;
+        err = envelope_entry(obj, lim->max_value_bytes, true, origin, &op->entry, why, why_len);
+    }
+    if (err != STORE_OK) {
+        json_decref(obj);
+        return err;
+    }
+    op->key = key;
+    op->klen = klen;
+    *owner = obj;
+    return STORE_OK;
 }

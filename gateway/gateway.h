@@ -32,12 +32,20 @@ struct config {
     struct bridge_config bridge;
     char **history_keys; /* patterns; none: "#" */
     size_t nhistory_keys;
-    int64_t history_retention_us; /* 0: no history */
-    size_t history_max_bytes;     /* 0: no cap */
+    int64_t history_retention_us;         /* 0: no history */
+    size_t history_max_bytes;             /* 0: no cap */
+    int64_t sse_heartbeat_us;             /* a comment line on idle SSE streams */
+    int64_t http_header_timeout_us;       /* a request's headers must be in by then */
+    unsigned http_max_connections;        /* 0: derived from the descriptor limit */
+    unsigned http_max_connections_per_ip; /* 0: no limit */
+    char **http_hosts;                    /* Host names served besides IP literals and localhost */
+    size_t nhttp_hosts;
+    char **cors_origins; /* browser origins allowed besides the server's own */
+    size_t ncors_origins;
     /* While loading: which source (file, environment, flags) is being read,
      * and which one gave the values of a repeatable option so far; a later
      * source's replace an earlier one's. */
-    int source, maps_source, history_keys_source;
+    int source, maps_source, history_keys_source, http_hosts_source, cors_origins_source;
 };
 
 /* Fills `cfg` from the defaults, then the file of `-c FILE` (if any), the
@@ -140,8 +148,46 @@ void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool c
 typedef const char *(*envelope_arg_fn)(void *arg, const char *name);
 int envelope_history_query(struct store_history_query *q, envelope_arg_fn get, void *arg,
                            size_t max_limit, char *why, size_t why_len);
+/* One line of an import: an envelope as export writes it, as a change made
+ * through `origin` (the line's own "origin" is not trusted). Returns
+ * STORE_OK with `op` filled: its key points into `*owner` (a new reference,
+ * NULL for a blank line, whose op->key is NULL), its entry a new reference;
+ * or an error with a sentence in `why`. */
+int envelope_import_line(const char *text, size_t len, const struct store_limits *lim,
+                         enum store_origin origin, struct store_op *op, json_t **owner, char *why,
+                         size_t why_len);
 /* Appends a history record: its envelope, or the deletion form. */
 void envelope_add_record(struct buf *b, const struct store_record *rec, const char *type_field);
+
+/* ---- guard.c: what browsers may ask (Host names, origins) ---- */
+
+/* Whether `host_header` (NULL: absent) names this server: an IP literal,
+ * localhost or a *.localhost name, or one of http_host. */
+bool guard_host_ok(const struct config *cfg, const char *host_header);
+/* Whether `origin` is one of cors_origin (or cors_origin is *). */
+bool guard_cors_allowed(const struct config *cfg, const char *origin);
+/* Whether a page of `origin` may open a WebSocket: the server's own origin
+ * (the Host it was reached by) or one of cors_origin. */
+bool guard_origin_ok(const struct config *cfg, const char *origin, const char *host_header);
+/* Whether a state-changing request with these headers (each NULL when
+ * absent) may go on: no Origin and no cross-site Sec-Fetch-Site, or an
+ * Origin that guard_origin_ok allows. */
+bool guard_write_ok(const struct config *cfg, const char *origin, const char *fetch_site,
+                    const char *host_header);
+
+/* ---- import.c: an import of any size, checked whole, then applied ---- */
+
+struct import;
+/* A new import through `origin`, spooling to `data_dir`. Returns STORE_OK
+ * with `*out`, or STORE_EINTERNAL. */
+int import_new(struct store *store, const char *data_dir, enum store_origin origin,
+               struct import **out);
+/* Checks the next piece of the body (any split); stops at the first bad line. */
+void import_feed(struct import *im, const char *data, size_t len);
+/* Applies every line if each was good, in bounded commits. Returns
+ * STORE_OK with the count in `*imported`, or an error with a sentence. */
+int import_finish(struct import *im, size_t *imported, char *why, size_t why_len);
+void import_free(struct import *im);
 
 /* ---- cli.c ---- */
 
@@ -218,6 +264,8 @@ struct http;
  * sentence in `why`. */
 int http_start(struct store *store, struct bridge *bridge, const struct config *cfg,
                struct loop *loop, struct http **out, char *why, size_t why_len);
+/* The port it listens on (the one the system chose for port 0). */
+unsigned short http_port(const struct http *h);
 /* Stops accepting connections; requests under way go on. */
 void http_quiesce(struct http *h);
 /* Waits (a bounded time) for requests under way to be answered, then stops. */

@@ -35,12 +35,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HTTP_PREFIX        "/api/v1/"
-#define HTTP_LIST_DEFAULT  1000
-#define HTTP_LIST_MAX      10000
-#define HTTP_HISTORY_MAX   10000000 /* records of one history answer (streamed) */
-#define HTTP_IMPORT_COMMIT 1000     /* changes per commit of an import */
-#define HTTP_MAX_STATUS    600
+#define HTTP_PREFIX       "/api/v1/"
+#define HTTP_LIST_DEFAULT 1000
+#define HTTP_LIST_MAX     10000
+#define HTTP_HISTORY_MAX  10000000 /* records of one history answer (streamed) */
+#define HTTP_MAX_STATUS   600
 
 enum route {
     ROUTE_NONE = 0,
@@ -60,9 +59,31 @@ enum route {
     ROUTE_WEB,
 };
 
-enum method { M_GET = 1, M_HEAD = 2, M_PUT = 4, M_POST = 8, M_DELETE = 16, M_OTHER = 32 };
+enum method {
+    M_GET = 1,
+    M_HEAD = 2,
+    M_PUT = 4,
+    M_POST = 8,
+    M_DELETE = 16,
+    M_OPTIONS = 32,
+    M_OTHER = 64
+};
 
 struct sse;
+
+/* A connection as the header timeout sees it (MHD's socket context). */
+struct http__conn {
+    _Atomic int fd;           /* -1 once it is a WebSocket's */
+    _Atomic int64_t since_us; /* waiting for a request's headers since; 0: not */
+    struct http__conn *prev, *next;
+};
+
+static struct http__conn *http__conn_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
 
 struct http {
     struct store *store;
@@ -71,6 +92,12 @@ struct http {
     struct loop *loop;
     pthread_mutex_t sse_lock; /* the open SSE streams, to end them at stop */
     struct sse *streams;
+    pthread_mutex_t conn_lock; /* the connections, for the header timeout */
+    struct http__conn *conns;
+    pthread_t timer;
+    pthread_mutex_t timer_lock;
+    pthread_cond_t timer_cond;
+    bool timer_started, stopping;
     struct MHD_Daemon *daemon;
     unsigned short port;
     int64_t started_us;
@@ -92,8 +119,9 @@ struct req {
     /* a write under way */
     struct store_txn txn;
     struct store_op one;
-    struct store_op *ops; /* batch ops, or &one */
-    json_t *batch;        /* owns the keys the batch ops point into */
+    struct store_op *ops;  /* batch ops, or &one */
+    json_t *batch;         /* owns the keys the batch ops point into */
+    struct import *import; /* an import's body, checked as it comes */
 };
 
 static int64_t http__now_us(void)
@@ -105,11 +133,20 @@ static int64_t http__now_us(void)
 
 /* ---- answers ---- */
 
+static const char *http__header(struct req *r, const char *name);
+
 static enum MHD_Result http__queue(struct req *r, unsigned status, struct MHD_Response *resp)
 {
     if (resp == NULL)
         return MHD_NO;
     MHD_add_response_header(resp, "Server", "almanac/" ALMANAC_VERSION);
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    const char *origin = http__header(r, "Origin");
+    if (guard_cors_allowed(r->h->cfg, origin)) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "*");
+        MHD_add_response_header(resp, "Vary", "Origin");
+    }
     if (status < HTTP_MAX_STATUS)
         atomic_fetch_add_explicit(&r->h->status_count[status], 1, memory_order_relaxed);
     enum MHD_Result rc = MHD_queue_response(r->conn, status, resp);
@@ -182,8 +219,8 @@ static enum method http__method(const char *m)
     static const struct {
         const char *name;
         enum method m;
-    } methods[] = {
-        {"GET", M_GET}, {"HEAD", M_HEAD}, {"PUT", M_PUT}, {"POST", M_POST}, {"DELETE", M_DELETE}};
+    } methods[] = {{"GET", M_GET},   {"HEAD", M_HEAD},     {"PUT", M_PUT},
+                   {"POST", M_POST}, {"DELETE", M_DELETE}, {"OPTIONS", M_OPTIONS}};
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (strcmp(m, methods[i].name) == 0)
             return methods[i].m;
@@ -531,6 +568,10 @@ static enum MHD_Result http__get_key(struct req *r)
                                                                       http__unref_entry, e);
         if (resp != NULL) {
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, store_entry_type(e));
+            /* A stored page or SVG is a client's bytes: shown, never run
+             * with this origin's rights. */
+            MHD_add_response_header(resp, "Content-Security-Policy",
+                                    "sandbox; default-src 'none'; frame-ancestors 'none'");
             const char *labels = store_entry_labels(e);
             json_t *obj = labels ? json_loads(labels, 0, NULL) : NULL;
             const char *name;
@@ -1182,6 +1223,9 @@ static enum MHD_Result http__ws(struct req *r)
         free(ws);
         return MHD_NO;
     }
+    struct http__conn *c = http__conn_of(r->conn);
+    if (c != NULL)
+        atomic_store(&c->fd, -1); /* the loop's now: no header timeout */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
     MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept);
     if (protocols != NULL)
@@ -1371,92 +1415,18 @@ static enum MHD_Result http__export(struct req *r)
     return http__stream(r, st, "application/x-ndjson");
 }
 
-/* import: JSON lines as export writes them. Every line is checked before
- * anything is applied; then they go in commits of HTTP_IMPORT_COMMIT. */
+/* import: JSON lines as export writes them, of any size: import.c checked
+ * each line as the body came in; now it applies them. */
 static enum MHD_Result http__import(struct req *r)
 {
-    const struct store_limits *lim = store_limits(r->h->store);
-    size_t n = 0, cap = 0, imported = 0, line = 0;
-    struct store_op *ops = NULL;
-    json_t *lines = json_array(); /* owns the keys the ops point into */
-    enum MHD_Result answer = MHD_NO;
-    char why[512];
-
-    if (r->too_large)
-        return http__error(r, STORE_ETOOLARGE, "the body is more than max_body_bytes (%zu bytes)",
-                           r->body_max);
-    for (const char *p = r->body, *end = r->body + r->blen; p != NULL && p < end && lines;) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p)), *stop = nl ? nl : end;
-        line++;
-        const char *q = p;
-        p = nl ? nl + 1 : NULL;
-        while (q < stop && isspace((unsigned char)*q))
-            q++;
-        if (q == stop)
-            continue;
-        json_error_t jerr;
-        json_t *obj = json_loadb(q, (size_t)(stop - q), JSON_ALLOW_NUL, &jerr);
-        const char *key = json_string_value(json_object_get(obj, "key"));
-        if (obj == NULL || key == NULL) {
-            json_decref(obj);
-            answer = http__error(r, STORE_EBODY, "line %zu: %s", line,
-                                 obj ? "an envelope needs a \"key\"" : jerr.text);
-            goto out;
-        }
-        json_array_append_new(lines, obj);
-        if (n == cap) {
-            cap = cap ? cap * 2 : 256;
-            struct store_op *v = realloc(ops, cap * sizeof *v);
-            if (v == NULL)
-                goto out;
-            ops = v;
-        }
-        struct store_op *op = &ops[n];
-        *op = (struct store_op){.key = key, .klen = strlen(key), .if_rev = STORE_ANY_REV};
-        int err = store_key_check(key, op->klen, lim->max_key_bytes, why, sizeof why);
-        if (err == STORE_OK && store_key_reserved(key, op->klen)) {
-            err = STORE_EREADONLY;
-            snprintf(why, sizeof why, "%s is the server's own", key);
-        }
-        if (err == STORE_OK && json_is_true(json_object_get(obj, "deleted")))
-            op->kind = STORE_OP_DELETE;
-        else if (err == STORE_OK) {
-            const char *origin = json_string_value(json_object_get(obj, "origin"));
-            enum store_origin o = STORE_ORIGIN_HTTP;
-            for (int k = 0; origin != NULL && k < STORE_ORIGIN_COUNT; k++)
-                if (strcmp(origin, store_origin_name((enum store_origin)k)) == 0)
-                    o = (enum store_origin)k;
-            op->kind = STORE_OP_SET;
-            err = envelope_entry(obj, lim->max_value_bytes, true, o, &op->entry, why, sizeof why);
-        }
-        if (err != STORE_OK) {
-            answer = http__error(r, err, "line %zu: %s", line, why);
-            goto out;
-        }
-        n++;
-    }
-    for (size_t i = 0; i < n; i += HTTP_IMPORT_COMMIT) {
-        struct store_txn t = {.ops = ops + i,
-                              .n = n - i < HTTP_IMPORT_COMMIT ? n - i : HTTP_IMPORT_COMMIT};
-        int err = store_apply(r->h->store, &t);
-        for (size_t k = i; k < i + t.n; k++)
-            ops[k].entry = NULL; /* taken by the store */
-        if (err != STORE_OK) {
-            envelope_failure(why, sizeof why, &t, false);
-            answer = http__error(r, err, "after %zu imported: %s", imported, why);
-            goto out;
-        }
-        imported += t.n;
-    }
+    size_t imported;
+    char why[1024];
+    int err = import_finish(r->import, &imported, why, sizeof why);
+    if (err != STORE_OK)
+        return http__error(r, err, "%s", why);
     struct buf b = {0};
     buf_addf(&b, "{\"imported\":%zu}", imported);
-    answer = http__json(r, 200, &b);
-out:
-    for (size_t i = 0; i < n; i++)
-        store_entry_unref(ops[i].entry);
-    free(ops);
-    json_decref(lines);
-    return answer;
+    return http__json(r, 200, &b);
 }
 
 /* The dashboard: `/` is web/index.html, `/web/<file>` the rest; from the
@@ -1482,8 +1452,9 @@ static enum MHD_Result http__web(struct req *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     MHD_add_response_header(resp, "Content-Security-Policy",
-                            "default-src 'self'; connect-src 'self' ws: wss:; "
-                            "style-src 'self'; img-src 'self' data:");
+                            "default-src 'self'; connect-src 'self'; style-src 'self'; "
+                            "img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                            "form-action 'self'; frame-ancestors 'none'");
     return http__queue(r, inm != NULL && strcmp(inm, etag) == 0 ? 304 : 200, resp);
 }
 
@@ -1558,18 +1529,73 @@ static void http__body_append(struct req *r, const char *data, size_t len)
     r->blen += len;
 }
 
+/* A CORS preflight: allowed origins get the methods and headers of
+ * API.md, others a 403 the browser reports as a failed request. */
+static enum MHD_Result http__preflight(struct req *r)
+{
+    const char *origin = http__header(r, "Origin");
+    if (!guard_cors_allowed(r->h->cfg, origin))
+        return http__error(r, STORE_EFORBIDDEN, "origin %s is not in cors_origin",
+                           origin ? origin : "(none)");
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, HEAD, PUT, POST, DELETE");
+    MHD_add_response_header(resp, "Access-Control-Allow-Headers", "*");
+    MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+    return http__queue(r, 204, resp);
+}
+
+/* What a browser may not ask: a Host that is not ours (DNS rebinding), a
+ * change or a WebSocket from another site's page. Returns 0, or -1 after
+ * answering. */
+static int http__guard(struct req *r, enum MHD_Result *answer)
+{
+    const char *host = http__header(r, MHD_HTTP_HEADER_HOST);
+    if (!guard_host_ok(r->h->cfg, host)) {
+        *answer = http__error(
+            r, STORE_EHOST, "Host '%s' is not a name of this server: add it with http_host", host);
+        return -1;
+    }
+    const char *origin = http__header(r, "Origin");
+    bool changes = r->method != M_GET && r->method != M_HEAD && r->method != M_OPTIONS;
+    if (r->route == ROUTE_WS && origin != NULL && !guard_origin_ok(r->h->cfg, origin, host)) {
+        *answer = http__error(r, STORE_EFORBIDDEN,
+                              "a page of %s may not open a session here: add it with cors_origin",
+                              origin);
+        return -1;
+    }
+    if (changes && !guard_write_ok(r->h->cfg, origin, http__header(r, "Sec-Fetch-Site"), host)) {
+        *answer = http__error(r, STORE_EFORBIDDEN,
+                              "a page of %s may not change anything here: add it with cors_origin",
+                              origin ? origin : "another site");
+        return -1;
+    }
+    return 0;
+}
+
 /* The first call of a request: route, method and declared size. */
 static enum MHD_Result http__begin(struct req *r, const char *url)
 {
+    enum MHD_Result answer;
     int i = http__route(r, url);
+    if (http__guard(r, &answer) != 0)
+        return answer;
+    if (r->method == M_OPTIONS)
+        return http__preflight(r);
     if (i < 0)
         return r->route == ROUTE_NONE ? http__error(r, STORE_ENOTFOUND, "no such route: %s", url)
                                       : MHD_NO;
     if (r->method == M_OTHER || !(http__routes[i].methods & r->method))
         return http__not_allowed(r, http__routes[i].allow);
+    if (r->route == ROUTE_IMPORT) { /* any size: checked line by line */
+        if (import_new(r->h->store, r->h->cfg->data_dir, STORE_ORIGIN_HTTP, &r->import) != 0)
+            return http__error(r, STORE_EINTERNAL, "cannot start an import: no spool file");
+        return MHD_YES;
+    }
     const struct store_limits *lim = store_limits(r->h->store);
-    r->body_max = r->route == ROUTE_BATCH || r->route == ROUTE_IMPORT ? r->h->cfg->max_body_bytes
-                                                                      : lim->max_value_bytes;
+    r->body_max = r->route == ROUTE_BATCH ? r->h->cfg->max_body_bytes : lim->max_value_bytes;
     const char *cl = http__header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl != NULL && strtoull(cl, NULL, 10) > r->body_max)
         return http__error(r, STORE_ETOOLARGE, "the body is %s bytes, more than the limit of %zu",
@@ -1593,10 +1619,16 @@ static enum MHD_Result http__handle(void *cls, struct MHD_Connection *conn, cons
         r->method = http__method(method);
         *con_cls = r;
         atomic_fetch_add(&h->active, 1);
+        struct http__conn *c = http__conn_of(conn);
+        if (c != NULL)
+            atomic_store(&c->since_us, 0); /* the headers are in */
         return http__begin(r, url);
     }
     if (*upload_size > 0) {
-        http__body_append(r, upload_data, *upload_size);
+        if (r->import != NULL)
+            import_feed(r->import, upload_data, *upload_size);
+        else
+            http__body_append(r, upload_data, *upload_size);
         *upload_size = 0;
         return MHD_YES;
     }
@@ -1611,8 +1643,10 @@ static void http__completed(void *cls, struct MHD_Connection *conn, void **con_c
 {
     struct http *h = cls;
     struct req *r = *con_cls;
-    (void)conn;
     (void)code;
+    struct http__conn *c = http__conn_of(conn);
+    if (c != NULL)
+        atomic_store(&c->since_us, http__now_us()); /* the next request's headers */
     if (r == NULL)
         return;
     if (r->ops != NULL) {
@@ -1621,6 +1655,7 @@ static void http__completed(void *cls, struct MHD_Connection *conn, void **con_c
             free(r->ops);
     }
     json_decref(r->batch);
+    import_free(r->import);
     free(r->path);
     free(r->body);
     free(r);
@@ -1653,6 +1688,110 @@ static size_t http__unescape(void *cls, struct MHD_Connection *c, char *s)
     return (size_t)(out - s);
 }
 
+/* ---- connections: the header timeout, and the heartbeat of SSE ----
+ *
+ * MHD's own timeout counts idleness, so a client sending a header line every
+ * few seconds would hold its connection forever (slowloris). Each connection
+ * is tracked from MHD's notification: `since_us` is set when it opens and
+ * when a request ends, cleared when a request's headers are in; the timer
+ * shuts down those waiting longer than http_header_timeout, and MHD then
+ * closes them. The list is unlinked under conn_lock before MHD closes the
+ * socket (MHD notifies CLOSED first), so the timer never touches a
+ * descriptor that was reused. */
+
+static void http__notify_conn(void *cls, struct MHD_Connection *conn, void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe)
+{
+    struct http *h = cls;
+    struct http__conn *c = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci == NULL || (c = calloc(1, sizeof *c)) == NULL)
+            return;
+        c->fd = ci->connect_fd;
+        c->since_us = http__now_us();
+        pthread_mutex_lock(&h->conn_lock);
+        c->next = h->conns;
+        if (c->next)
+            c->next->prev = c;
+        h->conns = c;
+        pthread_mutex_unlock(&h->conn_lock);
+        *socket_context = c;
+        return;
+    }
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&h->conn_lock);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        h->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    pthread_mutex_unlock(&h->conn_lock);
+    free(c);
+    *socket_context = NULL;
+}
+
+static void http__reap_slow_headers(struct http *h, int64_t now)
+{
+    int64_t limit = h->cfg->http_header_timeout_us;
+    pthread_mutex_lock(&h->conn_lock);
+    for (struct http__conn *c = h->conns; c != NULL; c = c->next) {
+        int64_t since = atomic_load(&c->since_us);
+        int fd = atomic_load(&c->fd);
+        if (since > 0 && fd >= 0 && now - since > limit) {
+            atomic_store(&c->since_us, 0);
+            shutdown(fd, SHUT_RDWR);
+        }
+    }
+    pthread_mutex_unlock(&h->conn_lock);
+}
+
+/* A comment line on every idle stream: proxies keep it, and a stream whose
+ * client went away fails to send it and is closed. */
+static void http__heartbeat(struct http *h)
+{
+    static const char beat[] = ": keepalive\n\n";
+    pthread_mutex_lock(&h->sse_lock);
+    for (struct sse *s = h->streams; s != NULL; s = s->next) {
+        pthread_mutex_lock(&s->lock);
+        if (s->active && s->q.len == s->off)
+            sse__push(s, beat, sizeof beat - 1);
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&h->sse_lock);
+}
+
+static void *http__timer(void *arg)
+{
+    struct http *h = arg;
+    int64_t beat = h->cfg->sse_heartbeat_us, next_beat = http__now_us() + beat;
+    int64_t tick = beat < 500000 ? beat : 500000;
+    pthread_mutex_lock(&h->timer_lock);
+    while (!h->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t ns = ts.tv_nsec + tick * 1000;
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        pthread_cond_timedwait(&h->timer_cond, &h->timer_lock, &ts);
+        if (h->stopping)
+            break;
+        pthread_mutex_unlock(&h->timer_lock);
+        int64_t now = http__now_us();
+        http__reap_slow_headers(h, now);
+        if (now >= next_beat) {
+            http__heartbeat(h);
+            next_beat = now + beat;
+        }
+        pthread_mutex_lock(&h->timer_lock);
+    }
+    pthread_mutex_unlock(&h->timer_lock);
+    return NULL;
+}
+
 static void http__mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char msg[512];
@@ -1660,6 +1799,15 @@ static void http__mhd_log(void *cls, const char *fmt, va_list ap)
     vsnprintf(msg, sizeof msg, fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
     log_debug("http: %s", msg);
+}
+
+static void http__free(struct http *h)
+{
+    pthread_mutex_destroy(&h->sse_lock);
+    pthread_mutex_destroy(&h->conn_lock);
+    pthread_mutex_destroy(&h->timer_lock);
+    pthread_cond_destroy(&h->timer_cond);
+    free(h);
 }
 
 int http_start(struct store *store, struct bridge *bridge, const struct config *cfg,
@@ -1684,6 +1832,9 @@ int http_start(struct store *store, struct bridge *bridge, const struct config *
     h->cfg = cfg;
     h->loop = loop;
     pthread_mutex_init(&h->sse_lock, NULL);
+    pthread_mutex_init(&h->conn_lock, NULL);
+    pthread_mutex_init(&h->timer_lock, NULL);
+    pthread_cond_init(&h->timer_cond, NULL);
     h->started_us = http__now_us();
     unsigned threads = cfg->http_threads;
     if (threads == 0) {
@@ -1698,20 +1849,37 @@ int http_start(struct store *store, struct bridge *bridge, const struct config *
         flags, 0, NULL, NULL, http__handle, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
         MHD_OPTION_UNESCAPE_CALLBACK, http__unescape, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)120, MHD_OPTION_EXTERNAL_LOGGER, http__mhd_log, NULL, MHD_OPTION_END);
+        (unsigned)120, MHD_OPTION_NOTIFY_CONNECTION, http__notify_conn, h,
+        MHD_OPTION_CONNECTION_LIMIT, cfg->http_max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        cfg->http_max_connections_per_ip, MHD_OPTION_EXTERNAL_LOGGER, http__mhd_log, NULL,
+        MHD_OPTION_END);
     freeaddrinfo(ai);
     if (h->daemon == NULL) {
         snprintf(why, why_len, "cannot listen on %s (in use, or not an address of this host)",
                  cfg->http_listen);
-        free(h);
+        http__free(h);
         return -1;
     }
+    if (pthread_create(&h->timer, NULL, http__timer, h) != 0) {
+        snprintf(why, why_len, "cannot start the HTTP timer thread");
+        MHD_stop_daemon(h->daemon);
+        http__free(h);
+        return -1;
+    }
+    h->timer_started = true;
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info ? info->port : 0;
-    log_info("http: listening on http://%s:%u/ with %u threads", host[0] ? host : "*", h->port,
-             threads);
+    log_info("http: listening on http://%s:%u/ with %u threads, at most %u connections (%u per "
+             "address)",
+             host[0] ? host : "*", h->port, threads, cfg->http_max_connections,
+             cfg->http_max_connections_per_ip);
     *out = h;
     return 0;
+}
+
+unsigned short http_port(const struct http *h)
+{
+    return h->port;
 }
 
 void http_quiesce(struct http *h)
@@ -1725,6 +1893,13 @@ void http_stop(struct http *h)
 {
     if (h == NULL)
         return;
+    if (h->timer_started) {
+        pthread_mutex_lock(&h->timer_lock);
+        h->stopping = true;
+        pthread_cond_signal(&h->timer_cond);
+        pthread_mutex_unlock(&h->timer_lock);
+        pthread_join(h->timer, NULL);
+    }
     /* End the event streams: a suspended connection must be resumed
      * before MHD stops. */
     pthread_mutex_lock(&h->sse_lock);
@@ -1742,6 +1917,5 @@ void http_stop(struct http *h)
     for (int i = 0; i < 300 && atomic_load(&h->active) > 0; i++)
         usleep(10000);
     MHD_stop_daemon(h->daemon);
-    pthread_mutex_destroy(&h->sse_lock);
-    free(h);
+    http__free(h);
 }

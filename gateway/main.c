@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static void usage(FILE *out)
 {
@@ -25,6 +26,31 @@ static void usage(FILE *out)
                  "Options are those of conf/almanac.conf; each can also be set as\n"
                  "ALMANAC_<OPTION> in the environment. A flag wins over the environment,\n"
                  "the environment over the file.\n");
+}
+
+/* Raises the descriptor limit to what the system allows (as nginx's
+ * worker_rlimit_nofile), and derives from it the HTTP connection limit when
+ * none is set: half of the descriptors, the rest for sessions, SQLite and
+ * the bridge. Past that limit MHD refuses new connections instead of
+ * failing accept() for every listener of the process. */
+static void serve__limits(struct config *cfg)
+{
+    struct rlimit rl;
+    rlim_t n = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rlim_t want = rl.rlim_max == RLIM_INFINITY ? 1 << 20 : rl.rlim_max;
+        if (want > rl.rlim_cur) {
+            rl.rlim_cur = want;
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                getrlimit(RLIMIT_NOFILE, &rl);
+        }
+        n = rl.rlim_cur;
+    }
+    if (cfg->http_max_connections == 0) {
+        rlim_t half = n > 128 ? (n - 64) / 2 : 32;
+        cfg->http_max_connections = half > 65536 ? 65536 : (unsigned)half;
+    }
+    log_info("almanac: %llu descriptors", (unsigned long long)n);
 }
 
 static int serve(int argc, char **argv)
@@ -45,6 +71,7 @@ static int serve(int argc, char **argv)
         return 2;
     }
     log_set_level(cfg.log_level);
+    serve__limits(&cfg);
     /* Blocked before any thread starts, so every thread inherits it. */
     sigemptyset(&stop);
     sigaddset(&stop, SIGTERM);

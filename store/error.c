@@ -29,6 +29,7 @@ static const struct {
     [STORE_EFULL] = {"storage_full", 507, "the disk is full: nothing was changed"},
     [STORE_EPROTO] = {"protocol_unsupported", 400, "that protocol version is not served"},
     [STORE_ESLOW] = {"too_slow", 400, "the client reads too slowly"},
+    [STORE_EHOST] = {"misdirected", 421, "the Host is not a name of this server"},
 };
 
 const char *store_err_name(int err)

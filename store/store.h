@@ -39,6 +39,7 @@ enum store_err {
     STORE_EFULL,      /* storage_full, 507 */
     STORE_EPROTO,     /* protocol_unsupported */
     STORE_ESLOW,      /* too_slow */
+    STORE_EHOST,      /* misdirected, 421: a Host that is not this server's */
     STORE_ERR_COUNT
 };
 

@@ -302,7 +302,7 @@ class HttpApi(unittest.TestCase):
     def test_body_shorter_than_content_length(self):
         before = self.rev()
         with socket.create_connection(("127.0.0.1", self.d.port)) as s:
-            s.sendall(b"PUT /api/v1/keys/short/body HTTP/1.1\r\nHost: x\r\n"
+            s.sendall(b"PUT /api/v1/keys/short/body HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       b"Content-Length: 100\r\n\r\n0123456789")
             s.shutdown(socket.SHUT_WR)
             s.settimeout(5)

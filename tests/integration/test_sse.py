@@ -114,7 +114,7 @@ class Sse(unittest.TestCase):
 
     def test_slow_reader_gets_too_slow(self):
         sock = socket.create_connection(("127.0.0.1", self.d.port))
-        sock.sendall(b"GET /api/v1/events/slowsse/%23?live_only=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /api/v1/events/slowsse/%23?live_only=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         time.sleep(0.2)  # subscribed; now it reads nothing
         big = "z" * 30000
         for i in range(400):  # 12 MB: past socket buffers and the 64 KiB queue

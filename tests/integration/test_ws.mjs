@@ -94,7 +94,7 @@ function rawSocket() {
       s.rest = buf.subarray(end + 4);
       resolve(s);
     });
-    s.write(`GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+    s.write(`GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
       `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n` +
       `Sec-WebSocket-Protocol: almanac.v1\r\n\r\n`);
   });
