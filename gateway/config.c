@@ -267,6 +267,10 @@ static int config__http_header_timeout(struct config *cfg, const char *value, ch
 static int config__http_max_connections(struct config *cfg, const char *value, char *why,
                                         size_t why_len)
 {
+    if (strcmp(value, "0") == 0) { /* derived from the descriptor limit */
+        cfg->http_max_connections = 0;
+        return 0;
+    }
     return config__count(value, 16, 1000000, &cfg->http_max_connections, why, why_len);
 }
 

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define SESSION_LIST_DEFAULT 1000
 #define SESSION_LIST_MAX     10000
@@ -197,12 +198,40 @@ static int session__hello(struct session *s, json_t *msg)
     return -1; /* API.md: the connection closes */
 }
 
+/* Whether a line of a TCP or Unix session is part of an HTTP request: a
+ * request line ("POST / HTTP/1.1") or a Host or Origin header. A web page
+ * can make a browser send those to any port (a form's text/plain body is
+ * sent as it is), so without this check a page could smuggle session
+ * requests in the body of a POST to tcp_listen (as Redis found). */
+static bool session__http_line(const char *text, size_t len)
+{
+    if ((len >= 5 && strncasecmp(text, "Host:", 5) == 0) ||
+        (len >= 7 && strncasecmp(text, "Origin:", 7) == 0))
+        return true;
+    size_t m = 0;
+    while (m < len && text[m] >= 'A' && text[m] <= 'Z')
+        m++;
+    if (m == 0 || m == len || text[m] != ' ')
+        return false;
+    const char *v = memmem(text + m, len - m, " HTTP/", 6);
+    return v != NULL;
+}
+
 int session_input(struct session *s, const char *text, size_t len)
 {
     json_error_t jerr;
-    json_t *msg = json_loadb(text, len, 0, &jerr);
+    json_t *msg = NULL;
     int rc = 0;
 
+    if (s->transport != CONN_WS && session__http_line(text, len)) {
+        log_warn("session %s: an HTTP request on the session port: closed (a web page's "
+                 "cross-protocol request?)",
+                 s->client_id);
+        session__error(s, NULL, STORE_EBADREQ,
+                       "this port speaks the session protocol, not HTTP: use http_listen");
+        return -1;
+    }
+    msg = json_loadb(text, len, 0, &jerr);
     if (msg == NULL) {
         session__error(s, NULL, STORE_EBADREQ, "the message is not valid JSON: %s", jerr.text);
         return 0;
