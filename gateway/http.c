@@ -1542,7 +1542,7 @@ static enum MHD_Result http__preflight(struct req *r)
     if (resp == NULL)
         return MHD_NO;
     MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, HEAD, PUT, POST, DELETE");
-    MHD_add_response_header(resp, "Access-Control-Allow-Headers", "*");
+    MHD_add_response_header(resp, "Access-Control-Allow-Headers", "*, Authorization");
     MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
     return http__queue(r, 204, resp);
 }

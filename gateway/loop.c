@@ -79,6 +79,8 @@ struct loop {
     struct sys *sys;
     const struct config *cfg;
     int epfd, efd, tcp_fd, unix_fd;
+    int spare_fd; /* held for refusing a connection when descriptors run out */
+    int64_t emfile_logged;
     unsigned short tcp_port;
     pthread_t thread;
     bool started;
@@ -578,6 +580,21 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
         struct sockaddr_storage sa;
         socklen_t salen = sizeof sa;
         int fd = accept4(lfd, (struct sockaddr *)&sa, &salen, SOCK_CLOEXEC);
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE) && l->spare_fd >= 0) {
+            /* Out of descriptors: a connection left pending would wake the
+             * loop forever, so free the spare one to take it and close it
+             * (libuv's way). */
+            close(l->spare_fd);
+            fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0)
+                close(fd);
+            l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            if (loop__now() - l->emfile_logged >= 1000) {
+                l->emfile_logged = loop__now();
+                log_warn("session: out of file descriptors: connections are refused");
+            }
+            continue;
+        }
         if (fd < 0)
             return;
         char address[128] = "unix";
@@ -846,6 +863,7 @@ int loop_start(struct store *store, struct sys *sys, const struct config *cfg, s
     l->sys = sys;
     l->cfg = cfg;
     l->tcp_fd = l->unix_fd = -1;
+    l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     pthread_mutex_init(&l->lock, NULL);
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
     l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -926,6 +944,8 @@ void loop_free(struct loop *l)
         close(l->epfd);
     if (l->efd >= 0)
         close(l->efd);
+    if (l->spare_fd >= 0)
+        close(l->spare_fd);
     pthread_mutex_destroy(&l->lock);
     free(l);
 }
