@@ -11,8 +11,20 @@
  *   2. meta('rev') is the highest rev ever committed, deletions included, so
  *      revs never repeat across restarts;
  *   3. db__write writes a whole list of commits in one transaction or
- *      nothing.
- * A lock file (flock) keeps a second almanac off the same data_dir.
+ *      nothing, and a failed one stays failed: after a failure it buries
+ *      the frames the commit may have left in the WAL (db__bury) before it
+ *      returns, so a crash cannot bring back a change refused to a writer.
+ *   4. every column read back is checked (type, NULL, length) before use:
+ *      a corrupt or hand-edited file gives an error naming the row, never a
+ *      NULL pointer or a wrong length handed on (db__col_*).
+ * The database file itself is locked (flock, held from before SQLite opens
+ * it until after every connection to it is closed): a second almanac on the
+ * same data_dir is refused, and no separate lock file can be deleted from
+ * under the first. On Linux flock locks and SQLite's POSIX (fcntl) locks are
+ * independent, so SQLite's own locking is undisturbed (not so on NFS, where
+ * flock is emulated with fcntl: data_dir must be local). Closing any
+ * descriptor of the file drops the process's POSIX locks on it, hence the
+ * order in db__close.
  * WAL checkpoints run on a worker (worker.c) with its own connection
  * (PASSIVE, once a second), not inside a commit: a writer never waits for
  * one.
@@ -28,6 +40,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -153,20 +166,53 @@ static int db__migrate(struct db *db, char *why, size_t why_len)
     return STORE_OK;
 }
 
+/* The pid holding a flock on the file of `fd`, from /proc/locks; 0 when
+ * unknown. */
+static long db__lock_holder(int fd)
+{
+    struct stat st;
+    char line[256];
+    long pid = 0;
+    FILE *f;
+
+    if (fstat(fd, &st) != 0 || (f = fopen("/proc/locks", "re")) == NULL)
+        return 0;
+    /* "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (major:minor:inode, hex:hex:dec) */
+    while (pid == 0 && fgets(line, sizeof line, f) != NULL) {
+        char kind[16];
+        long p;
+        unsigned maj, min;
+        unsigned long long ino;
+        if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%llu", kind, &p, &maj, &min, &ino) == 5 &&
+            strcmp(kind, "FLOCK") == 0 && ino == (unsigned long long)st.st_ino &&
+            maj == major(st.st_dev) && min == minor(st.st_dev))
+            pid = p;
+    }
+    fclose(f);
+    return pid;
+}
+
+/* Locks the database file (see the file head). 0, or -1 with `why`. */
 static int db__lock(struct db *db, const char *dir, char *why, size_t why_len)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/almanac.lock", dir);
-    db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    db->lock_fd = open(db->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (db->lock_fd < 0) {
-        snprintf(why, why_len, "cannot open %s: %s", path, strerror(errno));
+        snprintf(why, why_len, "cannot open %s: %s", db->path, strerror(errno));
         return -1;
     }
-    if (flock(db->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        snprintf(why, why_len, "%s is in use by another almanac (%s is locked)", dir, path);
+    if (flock(db->lock_fd, LOCK_EX | LOCK_NB) == 0)
+        return 0;
+    if (errno != EWOULDBLOCK) {
+        snprintf(why, why_len, "cannot lock %s: %s", db->path, strerror(errno));
         return -1;
     }
-    return 0;
+    long pid = db__lock_holder(db->lock_fd);
+    char holder[48] = "";
+    if (pid > 0)
+        snprintf(holder, sizeof holder, " (pid %ld)", pid);
+    snprintf(why, why_len, "data_dir %s is in use by another almanac%s: %s is locked", dir, holder,
+             db->path);
+    return -1;
 }
 
 static bool db__checkpoint(void *arg)
@@ -188,6 +234,15 @@ static int db__start_checkpointer(struct db *db, char *why, size_t why_len)
         return -1;
     }
     sqlite3_busy_timeout(db->ckpt_conn, 1000);
+    /* A connection learns that the file is in WAL mode on its first read;
+     * until then sqlite3_wal_checkpoint_v2 does nothing and says SQLITE_OK
+     * (so the WAL grew until the store closed). */
+    if (sqlite3_exec(db->ckpt_conn, "SELECT count(*) FROM sqlite_schema", NULL, NULL, NULL) !=
+        SQLITE_OK) {
+        snprintf(why, why_len, "cannot read %s for checkpoints: %s", db->path,
+                 sqlite3_errmsg(db->ckpt_conn));
+        return -1;
+    }
     if (worker__start(&db->ckpt, db__checkpoint, db) != 0) {
         snprintf(why, why_len, "cannot start the checkpoint thread");
         return -1;
@@ -299,6 +354,8 @@ void db__close(struct db *db)
     sqlite3_finalize(db->hist_count);
     if (db->conn != NULL && sqlite3_close(db->conn) != SQLITE_OK)
         log_warn("store: closing %s: %s", db->path, sqlite3_errmsg(db->conn));
+    /* Last: closing it drops SQLite's POSIX locks on the file too, and the
+     * store closes history's connections before this. */
     if (db->lock_fd >= 0)
         close(db->lock_fd);
     free(db->path);
@@ -315,43 +372,171 @@ const char *db__path(const struct db *db)
     return db->path;
 }
 
+/* ---- reading columns back (invariant 4) ---- */
+
+bool db__col_int(sqlite3_stmt *st, int col, int64_t *v)
+{
+    if (sqlite3_column_type(st, col) != SQLITE_INTEGER)
+        return false;
+    *v = sqlite3_column_int64(st, col);
+    return true;
+}
+
+const char *db__col_text(sqlite3_stmt *st, int col, size_t max, size_t *len)
+{
+    if (sqlite3_column_type(st, col) != SQLITE_TEXT)
+        return NULL;
+    /* The pointer first, then its length (sqlite3_column_bytes after a
+     * conversion would be the length of something else). */
+    const char *t = (const char *)sqlite3_column_text(st, col);
+    size_t n = (size_t)sqlite3_column_bytes(st, col);
+    if (t == NULL || n > max || memchr(t, '\0', n) != NULL)
+        return NULL;
+    *len = n;
+    return t;
+}
+
+const char *db__col_key(sqlite3_stmt *st, int col, size_t *len)
+{
+    char why[128];
+    const char *key = db__col_text(st, col, UINT16_MAX, len);
+    if (key == NULL || store_key_check(key, *len, UINT16_MAX, why, sizeof why) != STORE_OK)
+        return NULL;
+    return key;
+}
+
+bool db__col_origin(sqlite3_stmt *st, int col, enum store_origin *origin)
+{
+    int64_t v;
+    if (!db__col_int(st, col, &v) || v < 0 || v >= STORE_ORIGIN_COUNT)
+        return false;
+    *origin = (enum store_origin)v;
+    return true;
+}
+
+int db__col_entry(sqlite3_stmt *st, int type_col, int labels_col, int value_col,
+                  enum store_origin origin, int64_t rev, int64_t ts, struct store_entry **out,
+                  const char **bad)
+{
+    size_t tlen = 0, llen = 0, vlen;
+    const char *type = db__col_text(st, type_col, UINT8_MAX, &tlen), *labels = NULL;
+    int vtype = sqlite3_column_type(st, value_col);
+
+    *out = NULL;
+    *bad = NULL;
+    /* An empty type would read back as no type at all (entry.c). */
+    if (type == NULL || tlen == 0) {
+        *bad = "type";
+        return STORE_EINTERNAL;
+    }
+    if (sqlite3_column_type(st, labels_col) != SQLITE_NULL &&
+        ((labels = db__col_text(st, labels_col, UINT16_MAX, &llen)) == NULL || llen < 2 ||
+         labels[0] != '{' || labels[llen - 1] != '}')) {
+        *bad = "labels";
+        return STORE_EINTERNAL;
+    }
+    if (vtype != SQLITE_BLOB && vtype != SQLITE_TEXT) {
+        *bad = "value";
+        return STORE_EINTERNAL;
+    }
+    /* NULL for an empty blob, or when out of memory. */
+    const void *value = sqlite3_column_blob(st, value_col);
+    vlen = (size_t)sqlite3_column_bytes(st, value_col);
+    if (value == NULL && vlen > 0)
+        return STORE_EINTERNAL;
+    if (vlen > UINT32_MAX) {
+        *bad = "value";
+        return STORE_EINTERNAL;
+    }
+    *out = entry__load(vlen ? value : "", vlen, type, labels, origin, rev, ts);
+    return *out != NULL ? STORE_OK : STORE_EINTERNAL;
+}
+
+/* The highest rev ever committed: meta('rev'), or a history record's when
+ * that is higher (a commit reusing it would fail on history's key forever). */
+static int db__load_rev(struct db *db, int64_t *rev, char *why, size_t why_len)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t hist = 0;
+    int err = STORE_EINTERNAL;
+
+    if (sqlite3_prepare_v2(db->conn, "SELECT value FROM meta WHERE name = 'rev'", -1, &st, NULL) !=
+            SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW || !db__col_int(st, 0, rev) || *rev < 0) {
+        snprintf(why, why_len, "%s is corrupt: meta has no rev, or not a number (%s)", db->path,
+                 sqlite3_errmsg(db->conn));
+        goto out;
+    }
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(db->conn, "SELECT coalesce(max(rev), 0) FROM history", -1, &st, NULL) !=
+            SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW || !db__col_int(st, 0, &hist)) {
+        snprintf(why, why_len, "cannot load %s: %s", db->path, sqlite3_errmsg(db->conn));
+        goto out;
+    }
+    if (hist > *rev) {
+        log_warn("store: %s: history holds rev %lld, above the recorded rev %lld", db->path,
+                 (long long)hist, (long long)*rev);
+        *rev = hist;
+    }
+    err = STORE_OK;
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
 int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, size_t why_len)
 {
     sqlite3_stmt *st = NULL;
     int rc, err = STORE_EINTERNAL;
+    uint64_t row = 0;
 
     *rev = 0;
-    if (sqlite3_prepare_v2(db->conn, "SELECT coalesce(max(value), 0) FROM meta WHERE name = 'rev'",
-                           -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW)
-        goto fail;
-    *rev = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    if ((err = db__load_rev(db, rev, why, why_len)) != STORE_OK)
+        return err;
+    err = STORE_EINTERNAL;
     if (sqlite3_prepare_v2(db->conn,
                            "SELECT key, rev, ts, type, labels, origin, value FROM entries", -1, &st,
                            NULL) != SQLITE_OK)
         goto fail;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *key = (const char *)sqlite3_column_text(st, 0);
-        size_t klen = (size_t)sqlite3_column_bytes(st, 0);
-        int64_t erev = sqlite3_column_int64(st, 1);
-        const void *value = sqlite3_column_blob(st, 6);
-        size_t vlen = (size_t)sqlite3_column_bytes(st, 6);
-        struct store_entry *e = entry__load(value, vlen, (const char *)sqlite3_column_text(st, 3),
-                                            (const char *)sqlite3_column_text(st, 4),
-                                            (enum store_origin)sqlite3_column_int(st, 5), erev,
-                                            sqlite3_column_int64(st, 2));
-        if (e == NULL || fn(arg, key, klen, e) != STORE_OK) {
-            snprintf(why, why_len, "out of memory while loading %s", db->path);
-            sqlite3_finalize(st);
-            return STORE_EINTERNAL;
+        struct store_entry *e = NULL;
+        const char *bad = NULL;
+        size_t klen = 0;
+        int64_t erev = 0, ts = 0;
+        enum store_origin origin = STORE_ORIGIN_HTTP;
+        const char *key = db__col_key(st, 0, &klen);
+        row++;
+        if (key == NULL)
+            bad = "key";
+        else if (!db__col_int(st, 1, &erev) || erev <= 0)
+            bad = "rev";
+        else if (!db__col_int(st, 2, &ts))
+            bad = "ts";
+        else if (!db__col_origin(st, 5, &origin))
+            bad = "origin";
+        else if (db__col_entry(st, 3, 4, 6, origin, erev, ts, &e, &bad) != STORE_OK && bad == NULL)
+            goto oom;
+        if (bad != NULL) {
+            if (key != NULL)
+                snprintf(why, why_len, "%s is corrupt: the entry of key %.*s has a bad %s column",
+                         db->path, (int)(klen < 200 ? klen : 200), key, bad);
+            else
+                snprintf(why, why_len, "%s is corrupt: entry row %llu has a bad key column",
+                         db->path, (unsigned long long)row);
+            goto out;
         }
+        if (fn(arg, key, klen, e) != STORE_OK) /* it took `e` */
+            goto oom;
         if (erev > *rev)
             *rev = erev;
     }
     if (rc != SQLITE_DONE)
         goto fail;
     err = STORE_OK;
+    goto out;
+oom:
+    snprintf(why, why_len, "out of memory while loading %s", db->path);
     goto out;
 fail:
     snprintf(why, why_len, "cannot load %s: %s", db->path, sqlite3_errmsg(db->conn));
@@ -386,8 +571,10 @@ char *db__meta_text(struct db *db, const char *name)
     if (sqlite3_prepare_v2(db->conn, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL) ==
         SQLITE_OK) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-            v = strdup((const char *)sqlite3_column_text(st, 0));
+        const char *text;
+        if (sqlite3_step(st) == SQLITE_ROW &&
+            (text = (const char *)sqlite3_column_text(st, 0)) != NULL)
+            v = strdup(text);
     }
     sqlite3_finalize(st);
     return v;
@@ -413,7 +600,7 @@ int db__set_meta(struct db *db, const char *name, const char *text, int64_t valu
 int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
 {
     sqlite3_stmt *st = NULL;
-    int rc;
+    int rc, err = STORE_EINTERNAL;
 
     if (sqlite3_prepare_v2(db->conn,
                            "SELECT topic, rev, type, labels, value, deleted FROM outbox "
@@ -422,31 +609,42 @@ int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
         goto fail;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct store_entry *e = NULL;
-        int64_t rev = sqlite3_column_int64(st, 1);
-        if (!sqlite3_column_int(st, 5)) {
-            e = entry__load(sqlite3_column_blob(st, 4), (size_t)sqlite3_column_bytes(st, 4),
-                            (const char *)sqlite3_column_text(st, 2),
-                            (const char *)sqlite3_column_text(st, 3), STORE_ORIGIN_HTTP, rev, 0);
-            if (e == NULL)
-                goto oom;
+        const char *bad = NULL;
+        size_t tlen = 0;
+        int64_t rev = 0, deleted = 0;
+        const char *topic = db__col_text(st, 0, SIZE_MAX, &tlen);
+        if (topic == NULL || tlen == 0)
+            bad = "topic";
+        else if (!db__col_int(st, 1, &rev) || rev <= 0)
+            bad = "rev";
+        else if (!db__col_int(st, 5, &deleted) || (deleted != 0 && deleted != 1))
+            bad = "deleted";
+        else if (!deleted &&
+                 db__col_entry(st, 2, 3, 4, STORE_ORIGIN_HTTP, rev, 0, &e, &bad) != STORE_OK &&
+                 bad == NULL)
+            goto oom;
+        if (bad != NULL) {
+            snprintf(why, why_len, "%s is corrupt: an outbox row has a bad %s column", db->path,
+                     bad);
+            goto out;
         }
-        int err = outbox__put(ob, (const char *)sqlite3_column_text(st, 0), rev, e);
+        int put = outbox__put(ob, topic, rev, e);
         store_entry_unref(e);
-        if (err != STORE_OK)
+        if (put != STORE_OK)
             goto oom;
     }
     if (rc != SQLITE_DONE)
         goto fail;
-    sqlite3_finalize(st);
-    return STORE_OK;
+    err = STORE_OK;
+    goto out;
 oom:
-    sqlite3_finalize(st);
     snprintf(why, why_len, "out of memory while loading the outbox of %s", db->path);
-    return STORE_EINTERNAL;
+    goto out;
 fail:
     snprintf(why, why_len, "cannot load the outbox of %s: %s", db->path, sqlite3_errmsg(db->conn));
+out:
     sqlite3_finalize(st);
-    return STORE_EINTERNAL;
+    return err;
 }
 
 static int db__step(sqlite3_stmt *st)
@@ -521,6 +719,29 @@ static int db__write_change(struct db *db, const struct change *c)
     return db__step(st);
 }
 
+/* After a failed commit, before its writers hear of it (invariant 3). The
+ * commit may have failed after all its frames reached the WAL (an fsync
+ * error): this connection counts them as rolled back, but the recovery of
+ * the next start (after a crash) would find them whole and commit them,
+ * although every writer was told nothing changed. A commit of nothing
+ * writes from the same place in the WAL and overwrites their first frame,
+ * which breaks the checksum chain that recovery follows: it counts the
+ * failure in meta('failed_commits'), as a row rewritten unchanged would
+ * write no page at all. When even that
+ * fails, the outcome stays open until a later commit succeeds. */
+static void db__bury(struct db *db)
+{
+    if (sqlite3_exec(db->conn,
+                     "BEGIN IMMEDIATE; INSERT INTO meta(name, value) VALUES ('failed_commits', 1) "
+                     "ON CONFLICT(name) DO UPDATE SET value = value + 1; COMMIT",
+                     NULL, NULL, NULL) == SQLITE_OK)
+        return;
+    log_error("store: %s: %s; a crash before the next successful commit may keep the failed one",
+              db->path, sqlite3_errmsg(db->conn));
+    if (!sqlite3_get_autocommit(db->conn))
+        sqlite3_exec(db->conn, "ROLLBACK", NULL, NULL, NULL);
+}
+
 int db__write(struct db *db, const struct commit *list, const struct outbox_ack *acks, size_t nacks,
               uint64_t *hist_bytes, uint64_t *hist_records)
 {
@@ -562,5 +783,6 @@ int db__write(struct db *db, const struct commit *list, const struct outbox_ack 
     int full = rc == SQLITE_FULL || sqlite3_extended_errcode(db->conn) == SQLITE_FULL;
     if (!sqlite3_get_autocommit(db->conn))
         sqlite3_exec(db->conn, "ROLLBACK", NULL, NULL, NULL);
+    db__bury(db);
     return full ? STORE_EFULL : STORE_EINTERNAL;
 }

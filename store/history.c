@@ -19,6 +19,8 @@
  *   3. meta('history_bytes') and ('history_records') are what the table
  *      holds (the estimate HISTORY_ROW_BYTES + the lengths), moved in the
  *      transactions that add or delete records.
+ Rows are read through db.c's checked column readers: a corrupt record ends
+ * a query or a replay with STORE_EINTERNAL and a log line naming its rev.
  */
 #include "store_int.h"
 #include "log.h"
@@ -231,28 +233,61 @@ static int history__copy_key(char **buf, size_t *cap, const char *key, size_t kl
 }
 
 /* The record of the current row of `st`: the key into `*key` (grown as
- * needed), the entry a new reference (NULL: a deletion). */
+ * needed), the entry a new reference (NULL: a deletion). STORE_OK, or
+ * STORE_EINTERNAL with `*bad` naming a corrupt column (NULL: out of
+ * memory). */
 static int history__row(sqlite3_stmt *st, char **key, size_t *kcap, struct store_record *rec,
-                        struct store_entry **entry)
+                        struct store_entry **entry, const char **bad)
 {
-    size_t klen = (size_t)sqlite3_column_bytes(st, 1);
-    if (history__copy_key(key, kcap, (const char *)sqlite3_column_text(st, 1), klen) != STORE_OK)
+    size_t klen = 0;
+    int64_t deleted = 0;
+    enum store_origin origin;
+    const char *k = db__col_key(st, 1, &klen);
+
+    *entry = NULL;
+    *bad = NULL;
+    if (k == NULL)
+        *bad = "key";
+    else if (!db__col_int(st, 0, &rec->rev))
+        *bad = "rev";
+    else if (!db__col_int(st, 2, &rec->ts))
+        *bad = "ts";
+    else if (!db__col_int(st, 7, &deleted) || (deleted != 0 && deleted != 1))
+        *bad = "deleted";
+    else if (!db__col_origin(st, 5, &origin))
+        *bad = "origin";
+    if (*bad != NULL || history__copy_key(key, kcap, k, klen) != STORE_OK)
         return STORE_EINTERNAL;
     rec->key = *key;
     rec->klen = klen;
-    rec->rev = sqlite3_column_int64(st, 0);
-    rec->ts = sqlite3_column_int64(st, 2);
-    *entry = NULL;
-    if (!sqlite3_column_int(st, 7)) {
-        *entry = entry__load(sqlite3_column_blob(st, 6), (size_t)sqlite3_column_bytes(st, 6),
-                             (const char *)sqlite3_column_text(st, 3),
-                             (const char *)sqlite3_column_text(st, 4),
-                             (enum store_origin)sqlite3_column_int(st, 5), rec->rev, rec->ts);
-        if (*entry == NULL)
-            return STORE_EINTERNAL;
-    }
+    if (!deleted && db__col_entry(st, 3, 4, 6, origin, rec->rev, rec->ts, entry, bad) != STORE_OK)
+        return STORE_EINTERNAL;
     rec->entry = *entry;
     return STORE_OK;
+}
+
+/* Logs what is wrong with the row of `st` that history__row refused. */
+static void history__log_row(const struct history *h, sqlite3_stmt *st, const char *bad)
+{
+    if (bad == NULL)
+        log_error("store: out of memory reading history from %s", h->path);
+    else
+        log_error("store: %s is corrupt: the history record at rev %lld has a bad %s column",
+                  h->path, (long long)sqlite3_column_int64(st, 0), bad);
+}
+
+/* Whether the key of the current row of `st` matches `pat`; -1 when the key
+ * is corrupt. */
+static int history__row_matches(const struct history *h, sqlite3_stmt *st, const char *pat,
+                                size_t plen)
+{
+    size_t klen;
+    const char *k = db__col_key(st, 1, &klen);
+    if (k == NULL) {
+        history__log_row(h, st, "key");
+        return -1;
+    }
+    return store_pattern_match(pat, plen, k, klen);
 }
 
 int history__replay(struct history *h, const char *pat, size_t plen, int64_t since, int64_t upto,
@@ -263,6 +298,7 @@ int history__replay(struct history *h, const char *pat, size_t plen, int64_t sin
     char *key = NULL;
     size_t kcap = 0;
     int err = STORE_EINTERNAL, rc;
+    bool logged = false;
 
     if (c == NULL)
         return STORE_EINTERNAL;
@@ -280,20 +316,28 @@ int history__replay(struct history *h, const char *pat, size_t plen, int64_t sin
     sqlite3_bind_int64(st, 1, since);
     sqlite3_bind_int64(st, 2, upto);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *k = (const char *)sqlite3_column_text(st, 1);
-        if (!store_pattern_match(pat, plen, k, (size_t)sqlite3_column_bytes(st, 1)))
+        int match = history__row_matches(h, st, pat, plen);
+        if (match < 0) {
+            logged = true;
+            goto out;
+        }
+        if (!match)
             continue;
         struct store_record rec;
         struct store_entry *e;
-        if (history__row(st, &key, &kcap, &rec, &e) != STORE_OK ||
-            snapshot__add(snap, rec.key, rec.klen, e, rec.rev, rec.ts) != STORE_OK) {
-            store_entry_unref(e);
+        const char *bad;
+        if (history__row(st, &key, &kcap, &rec, &e, &bad) != STORE_OK) {
+            history__log_row(h, st, bad);
+            logged = true;
             goto out;
         }
+        /* snapshot__add takes `e`, even when it fails */
+        if (snapshot__add(snap, rec.key, rec.klen, e, rec.rev, rec.ts) != STORE_OK)
+            goto out;
     }
     err = rc == SQLITE_DONE ? STORE_OK : STORE_EINTERNAL;
 out:
-    if (err == STORE_EINTERNAL)
+    if (err == STORE_EINTERNAL && !logged)
         log_error("store: reading history from %s: %s", h->path, sqlite3_errmsg(c));
     sqlite3_finalize(st);
     sqlite3_exec(c, "COMMIT", NULL, NULL, NULL);
@@ -352,20 +396,31 @@ static bool history__labels_match(const struct store_history_query *q, const str
     return ok;
 }
 
-/* The (key, ts) of the record `rev`; false when it is gone. */
-static bool history__cursor(sqlite3 *c, int64_t rev, char **key, int64_t *ts)
+/* The (key, ts) of the record `rev` (the key a new string): 1, 0 when it
+ * is gone, -1 when out of memory or corrupt. */
+static int history__cursor(const struct history *h, sqlite3 *c, int64_t rev, char **key,
+                           int64_t *ts)
 {
     sqlite3_stmt *st = NULL;
-    bool found = false;
-    if (sqlite3_prepare_v2(c, "SELECT key, ts FROM history WHERE rev = ?", -1, &st, NULL) ==
-        SQLITE_OK) {
-        sqlite3_bind_int64(st, 1, rev);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            *key = strdup((const char *)sqlite3_column_text(st, 0));
-            *ts = sqlite3_column_int64(st, 1);
-            found = *key != NULL;
-        }
+    int found = -1;
+    size_t klen;
+    const char *k;
+    if (sqlite3_prepare_v2(c, "SELECT rev, key, ts FROM history WHERE rev = ?", -1, &st, NULL) !=
+        SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, rev);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        found = 0;
+    if (rc != SQLITE_ROW)
+        goto out;
+    if ((k = db__col_key(st, 1, &klen)) == NULL || !db__col_int(st, 2, ts)) {
+        history__log_row(h, st, k == NULL ? "key" : "ts");
+        goto out;
     }
+    if ((*key = strndup(k, klen)) != NULL)
+        found = 1;
+out:
     sqlite3_finalize(st);
     return found;
 }
@@ -413,7 +468,10 @@ static int history__prepare(struct store_history *it)
     const char *where, *cursor = "", *order;
 
     if (q->after > 0) {
-        if (!history__cursor(it->conn, q->after, &ckey, &cts)) {
+        int found = history__cursor(it->h, it->conn, q->after, &ckey, &cts);
+        if (found < 0)
+            return STORE_EINTERNAL;
+        if (found == 0) {
             /* Pruned: so is all before it. Oldest first, the rest follows;
              * newest first, nothing does. */
             if (q->desc)
@@ -514,13 +572,19 @@ static int history__step(struct store_history *it, struct store_record *rec)
         }
         if (rc != SQLITE_ROW)
             return -STORE_EINTERNAL;
-        if (it->wild && !store_pattern_match(it->q.pattern, it->q.plen,
-                                             (const char *)sqlite3_column_text(it->st, 1),
-                                             (size_t)sqlite3_column_bytes(it->st, 1)))
-            continue;
+        if (it->wild) {
+            int match = history__row_matches(it->h, it->st, it->q.pattern, it->q.plen);
+            if (match < 0)
+                return -STORE_EINTERNAL;
+            if (!match)
+                continue;
+        }
         store_entry_unref(it->entry);
-        if (history__row(it->st, &it->key, &it->kcap, rec, &it->entry) != STORE_OK)
+        const char *bad;
+        if (history__row(it->st, &it->key, &it->kcap, rec, &it->entry, &bad) != STORE_OK) {
+            history__log_row(it->h, it->st, bad);
             return -STORE_EINTERNAL;
+        }
         if (it->q.nlabels > 0 && !history__labels_match(&it->q, it->entry))
             continue;
         return 1;

@@ -347,7 +347,8 @@ static int store__open_history(struct store *s, const struct store_config *cfg, 
     int err = STORE_OK;
     if (old != NULL && strcmp(old, joined) != 0 && db__meta(s->db, "history_floor") < s->rev)
         err = db__set_meta(s->db, "history_floor", NULL, s->rev);
-    if (err == STORE_OK)
+    /* Written only when changed: a start on a full disk still serves. */
+    if (err == STORE_OK && (old == NULL || strcmp(old, joined) != 0))
         err = db__set_meta(s->db, "history_keys", joined, 0);
     free(joined);
     free(old);

@@ -165,6 +165,23 @@ int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
  * STORE_OK, STORE_EFULL or STORE_EINTERNAL; on failure nothing is written. */
 int db__write(struct db *db, const struct commit *list, const struct outbox_ack *acks, size_t nacks,
               uint64_t *hist_bytes, uint64_t *hist_records);
+/* Reading a column of the current row of `st` back, checked (db.c,
+ * invariant 4); each refuses what the schema never holds:
+ * an INTEGER (false otherwise); */
+bool db__col_int(sqlite3_stmt *st, int col, int64_t *v);
+/* TEXT with no NUL of at most `max` bytes: borrowed until the next step,
+ * and its length in `*len`; NULL otherwise; */
+const char *db__col_text(sqlite3_stmt *st, int col, size_t max, size_t *len);
+/* a valid key (store_key_check), as db__col_text; */
+const char *db__col_key(sqlite3_stmt *st, int col, size_t *len);
+/* an origin in range; */
+bool db__col_origin(sqlite3_stmt *st, int col, enum store_origin *origin);
+/* the entry made of the type, labels and value columns, stamped (rev, ts):
+ * STORE_OK with a new reference in `*out`, or STORE_EINTERNAL with `*bad`
+ * naming the corrupt column (NULL: out of memory). */
+int db__col_entry(sqlite3_stmt *st, int type_col, int labels_col, int value_col,
+                  enum store_origin origin, int64_t rev, int64_t ts, struct store_entry **out,
+                  const char **bad);
 /* A meta value (0 when absent), and setting one; only before the committer
  * starts. */
 int64_t db__meta(struct db *db, const char *name);

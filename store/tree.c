@@ -531,7 +531,9 @@ int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *
 }
 
 /* Merges `n` (no entry, one child) with its child into one node that takes
- * n's place under `parent`. Nothing happens when out of memory. */
+ * n's place under `parent`, and frees n, its bucket table (it keeps one
+ * after having had more than TREE_CHAIN_MAX children) and the child.
+ * Nothing happens when out of memory. */
 static void node__merge(struct tree *t, struct node *parent, struct node *n)
 {
     struct node *kid = node__only_kid(n);
@@ -552,6 +554,10 @@ static void node__merge(struct tree *t, struct node *parent, struct node *n)
     struct node **link = node__link_of(parent, n); /* same first segment: same bucket */
     m->next = n->next;
     *link = m;
+    /* n's one child had been one of many: its table goes with it (the
+     * kid's table, if any, is m's now). */
+    if (n->kbits)
+        free(n->kids.buckets);
     node__release(t, kid);
     node__release(t, n);
 }
