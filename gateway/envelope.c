@@ -310,8 +310,11 @@ static int envelope__unbase64(const char *in, size_t len, unsigned char **out, s
     return 0;
 }
 
-int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum store_origin origin,
-                   struct store_entry **out, char *why, size_t why_len)
+/* The entry of an envelope; `raw`, when not NULL, is the text of its
+ * "value" as written, kept instead of jansson's reading of it. */
+static int envelope__entry(const json_t *obj, const char *raw, size_t raw_len, size_t max_value,
+                           bool type_alias, enum store_origin origin, struct store_entry **out,
+                           char *why, size_t why_len)
 {
     json_t *value = json_object_get(obj, "value"), *text = json_object_get(obj, "text"),
            *b64 = json_object_get(obj, "base64"), *jtype = json_object_get(obj, "content_type");
@@ -336,7 +339,20 @@ int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum st
         }
         type = json_string_value(jtype);
     }
-    if (value != NULL) {
+    if (value != NULL && raw != NULL) {
+        struct buf b = {0};
+        envelope__minify(&b, raw, raw_len);
+        buf_add(&b, "", 1);
+        if (b.oom) {
+            buf_free(&b);
+            snprintf(why, why_len, "out of memory");
+            return STORE_EINTERNAL;
+        }
+        data = bytes = b.p;
+        len = b.len - 1;
+        if (type == NULL)
+            type = "application/json";
+    } else if (value != NULL) {
         if ((bytes = envelope_dump_json(value)) == NULL) {
             snprintf(why, why_len, "out of memory");
             return STORE_EINTERNAL;
@@ -382,6 +398,12 @@ out:
     free(decoded);
     free(labels);
     return err;
+}
+
+int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum store_origin origin,
+                   struct store_entry **out, char *why, size_t why_len)
+{
+    return envelope__entry(obj, NULL, 0, max_value, type_alias, origin, out, why, why_len);
 }
 
 void envelope_list_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
@@ -505,6 +527,69 @@ time:
     return -1;
 }
 
+/* The end of the JSON value at `p` (well-formed: jansson read it). */
+static const char *envelope__skip(const char *p, const char *end)
+{
+    if (*p == '"' || *p == '{' || *p == '[') {
+        int depth = 0;
+        bool in_string = false;
+        for (; p < end; p++) {
+            if (in_string) {
+                if (*p == '\\')
+                    p++;
+                else if (*p == '"') {
+                    in_string = false;
+                    if (depth == 0)
+                        return p + 1;
+                }
+            } else if (*p == '"')
+                in_string = true;
+            else if (*p == '{' || *p == '[')
+                depth++;
+            else if ((*p == '}' || *p == ']') && --depth == 0)
+                return p + 1;
+        }
+        return end;
+    }
+    while (p < end && strchr(",}] \t\r\n", *p) == NULL)
+        p++;
+    return p;
+}
+
+static const char *envelope__ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* The text of the member "value" of the JSON object `text` (well-formed;
+ * the last one, as jansson keeps the last of duplicate names), or NULL when
+ * it has none written plainly. */
+static const char *envelope__raw_value(const char *text, size_t len, size_t *raw_len)
+{
+    const char *p = envelope__ws(text, text + len), *end = text + len;
+    if (p == end || *p != '{')
+        return NULL;
+    const char *found = NULL;
+    p = envelope__ws(p + 1, end);
+    while (p < end && *p == '"') {
+        const char *name = p, *name_end = envelope__skip(p, end);
+        p = envelope__ws(name_end, end);
+        if (p == end || *p != ':')
+            return NULL;
+        const char *v = envelope__ws(p + 1, end), *v_end = envelope__skip(v, end);
+        if (name_end - name == 7 && memcmp(name, "\"value\"", 7) == 0) {
+            *raw_len = (size_t)(v_end - v);
+            found = v;
+        }
+        p = envelope__ws(v_end, end);
+        if (p < end && *p == ',')
+            p = envelope__ws(p + 1, end);
+    }
+    return found;
+}
+
 int envelope_import_line(const char *text, size_t len, const struct store_limits *lim,
                          enum store_origin origin, struct store_op *op, json_t **owner, char *why,
                          size_t why_len)
@@ -518,7 +603,9 @@ int envelope_import_line(const char *text, size_t len, const struct store_limits
     }
     if (len == 0)
         return STORE_OK;
-    json_t *obj = json_loadb(text, len, JSON_ALLOW_NUL, &jerr);
+    /* Integers beyond 64 bits are read as reals here, and the value's own
+     * text is kept (export writes stored JSON as it is: 2.50 stays 2.50). */
+    json_t *obj = json_loadb(text, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr);
     json_t *jkey = json_object_get(obj, "key");
     if (!json_is_object(obj) || !json_is_string(jkey)) {
         snprintf(why, why_len, "%s", obj ? "an envelope is an object with a \"key\"" : jerr.text);
@@ -539,8 +626,11 @@ int envelope_import_line(const char *text, size_t len, const struct store_limits
     } else if (json_is_true(json_object_get(obj, "deleted")))
         op->kind = STORE_OP_DELETE;
     else {
+        size_t raw_len = 0;
+        const char *raw = envelope__raw_value(text, len, &raw_len);
         op->kind = STORE_OP_SET;
-        err = envelope_entry(obj, lim->max_value_bytes, true, origin, &op->entry, why, why_len);
+        err = envelope__entry(obj, raw, raw_len, lim->max_value_bytes, true, origin, &op->entry,
+                              why, why_len);
     }
     if (err != STORE_OK) {
         json_decref(obj);

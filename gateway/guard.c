@@ -153,7 +153,8 @@ bool guard_write_ok(const struct config *cfg, const char *origin, const char *fe
     if (origin != NULL)
         return guard_origin_ok(cfg, origin, host_header);
     /* No Origin: a script, curl, the CLI; or an old browser, whose
-     * Sec-Fetch-Site still tells a request from another site. */
-    return fetch_site == NULL ||
+     * Sec-Fetch-Site still tells a request from another site (which
+     * cors_origin * allows, as it allows any Origin). */
+    return fetch_site == NULL || guard_cors_allowed(cfg, "*") ||
            (strcasecmp(fetch_site, "cross-site") != 0 && strcasecmp(fetch_site, "same-site") != 0);
 }

@@ -51,6 +51,9 @@ const char *store_origin_name(enum store_origin o)
 bool store_json_valid(const void *value, size_t len)
 {
     json_error_t jerr;
+    /* jansson stops at a NUL byte as at the end; JSON never holds one. */
+    if (memchr(value, '\0', len) != NULL)
+        return false;
     /* As reals, integers of any length are valid JSON, as RFC 8259 says. */
     json_t *j = json_loadb(value, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &jerr);
     bool ok = j != NULL;
