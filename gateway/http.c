@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1841,18 +1842,28 @@ int http_start(struct store *store, struct bridge *bridge, const struct config *
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 0 ? (unsigned)n : 1;
     }
+    /* Unset: half of the descriptors, the rest for sessions, SQLite and the
+     * bridge. Past it MHD refuses new connections, instead of accept()
+     * failing for every listener of the process. */
+    unsigned max_conns = cfg->http_max_connections;
+    struct rlimit rl;
+    if (max_conns == 0) {
+        rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+        rlim_t half = n > 128 ? (n - 64) / 2 : 32;
+        max_conns = half > 65536 ? 65536 : (unsigned)half;
+    }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TURBO |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    h->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, http__handle, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
-        MHD_OPTION_UNESCAPE_CALLBACK, http__unescape, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)120, MHD_OPTION_NOTIFY_CONNECTION, http__notify_conn, h,
-        MHD_OPTION_CONNECTION_LIMIT, cfg->http_max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        cfg->http_max_connections_per_ip, MHD_OPTION_EXTERNAL_LOGGER, http__mhd_log, NULL,
-        MHD_OPTION_END);
+    h->daemon =
+        MHD_start_daemon(flags, 0, NULL, NULL, http__handle, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_COMPLETED,
+                         http__completed, h, MHD_OPTION_UNESCAPE_CALLBACK, http__unescape, NULL,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_CONNECTION,
+                         http__notify_conn, h, MHD_OPTION_CONNECTION_LIMIT, max_conns,
+                         MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->http_max_connections_per_ip,
+                         MHD_OPTION_EXTERNAL_LOGGER, http__mhd_log, NULL, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (h->daemon == NULL) {
         snprintf(why, why_len, "cannot listen on %s (in use, or not an address of this host)",
@@ -1871,8 +1882,7 @@ int http_start(struct store *store, struct bridge *bridge, const struct config *
     h->port = info ? info->port : 0;
     log_info("http: listening on http://%s:%u/ with %u threads, at most %u connections (%u per "
              "address)",
-             host[0] ? host : "*", h->port, threads, cfg->http_max_connections,
-             cfg->http_max_connections_per_ip);
+             host[0] ? host : "*", h->port, threads, max_conns, cfg->http_max_connections_per_ip);
     *out = h;
     return 0;
 }

@@ -12,6 +12,7 @@
 #include "gateway.h"
 #include "version.h"
 
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -29,11 +30,8 @@ static void usage(FILE *out)
 }
 
 /* Raises the descriptor limit to what the system allows (as nginx's
- * worker_rlimit_nofile), and derives from it the HTTP connection limit when
- * none is set: half of the descriptors, the rest for sessions, SQLite and
- * the bridge. Past that limit MHD refuses new connections instead of
- * failing accept() for every listener of the process. */
-static void serve__limits(struct config *cfg)
+ * worker_rlimit_nofile); http_start derives its connection limit from it. */
+static void serve__raise_nofile(void)
 {
     struct rlimit rl;
     rlim_t n = 1024;
@@ -45,10 +43,6 @@ static void serve__limits(struct config *cfg)
                 getrlimit(RLIMIT_NOFILE, &rl);
         }
         n = rl.rlim_cur;
-    }
-    if (cfg->http_max_connections == 0) {
-        rlim_t half = n > 128 ? (n - 64) / 2 : 32;
-        cfg->http_max_connections = half > 65536 ? 65536 : (unsigned)half;
     }
     log_info("almanac: %llu descriptors", (unsigned long long)n);
 }
@@ -71,7 +65,10 @@ static int serve(int argc, char **argv)
         return 2;
     }
     log_set_level(cfg.log_level);
-    serve__limits(&cfg);
+    serve__raise_nofile();
+    /* OpenSSL's lazy start on an HTTP thread (the WebSocket handshake's
+     * SHA-1) would leave that thread's state behind at exit. */
+    OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);
     /* Blocked before any thread starts, so every thread inherits it. */
     sigemptyset(&stop);
     sigaddset(&stop, SIGTERM);
