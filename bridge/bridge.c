@@ -27,6 +27,7 @@
  *      ordered last, as each applies its own echo in the broker's order.
  */
 #include "bridge.h"
+#include "clock.h"
 #include "log.h"
 
 #include <MQTTAsync.h>
@@ -116,13 +117,6 @@ struct bridge__write {
     char key[];
 };
 
-static int64_t bridge__now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* A warning about incoming messages, at most one a second (the rest go to
  * the debug log), so a flood of bad messages cannot flood the log. */
 static void bridge__warn_in(struct bridge *b, const char *fmt, ...)
@@ -134,7 +128,7 @@ static void bridge__warn_in(struct bridge *b, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    int64_t now = bridge__now_us(), last = atomic_load(&b->last_warn_us);
+    int64_t now = now_us(), last = atomic_load(&b->last_warn_us);
     if (now - last >= 1000000 && atomic_compare_exchange_strong(&b->last_warn_us, &last, now))
         log_warn("bridge: %s", msg);
     else
@@ -571,7 +565,7 @@ static bool bridge__echo(struct bridge *b, const char *topic, size_t tlen, const
     pthread_mutex_lock(&b->echo_lock);
     if (b->echo_live > 0) {
         uint64_t h = bridge__echo_hash(topic, tlen, payload, len);
-        int64_t now = bridge__now_us();
+        int64_t now = now_us();
         for (unsigned i = 0; i < BRIDGE_ECHOES && b->echo_live > 0; i++) {
             if (b->echoes[i].until_us == 0)
                 continue;
@@ -597,7 +591,7 @@ static void bridge__expect_echo(struct bridge *b, const char *topic, const void 
     unsigned i = b->echo_next++ % BRIDGE_ECHOES;
     b->echo_live += b->echoes[i].until_us == 0;
     b->echoes[i].hash = bridge__echo_hash(topic, tlen, payload, len);
-    b->echoes[i].until_us = bridge__now_us() + 10 * 1000000;
+    b->echoes[i].until_us = now_us() + 10 * 1000000;
     pthread_mutex_unlock(&b->echo_lock);
 }
 
@@ -687,7 +681,7 @@ static void bridge__schedule(struct bridge *b, const char *what, const char *why
     pthread_mutex_lock(&b->lock);
     b->state = BS_DISCONNECTED;
     unsigned wait = b->backoff;
-    b->next_attempt_us = bridge__now_us() + (int64_t)wait * 1000000;
+    b->next_attempt_us = now_us() + (int64_t)wait * 1000000;
     b->backoff = b->backoff * 2 > BRIDGE_BACKOFF_MAX ? BRIDGE_BACKOFF_MAX : b->backoff * 2;
     snprintf(b->last_error, sizeof b->last_error, "%s %s: %s", what, b->cfg.url, why);
     bool stopping = b->stop;
@@ -828,7 +822,7 @@ static void bridge__connected(struct bridge *b, int session_present, int receive
     b->sent_rev = 0; /* invariant 2 */
     b->inflight = 0;
     b->more = true;
-    b->connected_since_us = bridge__now_us();
+    b->connected_since_us = now_us();
     pthread_cond_signal(&b->cond);
     pthread_mutex_unlock(&b->lock);
     log_info("bridge: connected to %s as %s (MQTT %s, %s session)", b->cfg.url, b->cfg.client_id,
@@ -1117,7 +1111,7 @@ static void *bridge__run(void *arg)
     struct bridge *b = arg;
     pthread_mutex_lock(&b->lock);
     while (!b->stop) {
-        int64_t now = bridge__now_us();
+        int64_t now = now_us();
         if (b->state == BS_DISCONNECTED && now >= b->next_attempt_us) {
             b->state = BS_CONNECTING;
             pthread_mutex_unlock(&b->lock);

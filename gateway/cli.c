@@ -12,6 +12,7 @@
  * Exit codes: 0 done, 1 the server said no (or went away), 2 usage or no
  * connection.
  */
+#include "envelope.h"
 #include "gateway.h"
 
 #include <errno.h>

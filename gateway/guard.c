@@ -13,6 +13,7 @@
  *      so a TLS-terminating proxy that keeps Host keeps the dashboard
  *      working.
  */
+#include "guard.h"
 #include "gateway.h"
 
 #include <arpa/inet.h>

@@ -15,8 +15,10 @@
  *   3. an imported change is the importer's: its origin is the transport's,
  *      never the line's "origin" (so it is mirrored to MQTT like any other).
  */
-#include "gateway.h"
+#include "import.h"
+#include "envelope.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -30,6 +32,8 @@
 struct import {
     struct store *store;
     enum store_origin origin;
+    import_check_fn check;
+    void *check_arg; /* owned */
     FILE *spool;
     struct buf line; /* the part of a line not yet ended by '\n' */
     size_t max_line;
@@ -39,23 +43,28 @@ struct import {
 };
 
 int import_new(struct store *store, const char *data_dir, enum store_origin origin,
-               struct import **out)
+               import_check_fn check, void *check_arg, struct import **out)
 {
     struct import *im = calloc(1, sizeof *im);
     *out = NULL;
-    if (im == NULL)
+    if (im == NULL) {
+        free(check_arg);
         return STORE_EINTERNAL;
+    }
     int fd = open(data_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     im->spool = fd >= 0 ? fdopen(fd, "w+") : tmpfile();
     if (im->spool == NULL) {
         if (fd >= 0)
             close(fd);
+        free(check_arg);
         free(im);
         return STORE_EINTERNAL;
     }
     const struct store_limits *lim = store_limits(store);
     im->store = store;
     im->origin = origin;
+    im->check = check;
+    im->check_arg = check_arg;
     /* The longest envelope of a valid entry: every byte of the value
      * escaped as \u00XX, the key likewise, and the labels. */
     im->max_line = 6 * (lim->max_value_bytes + lim->max_key_bytes) + STORE_LABELS_MAX * 6 + 4096;
@@ -70,6 +79,7 @@ void import_free(struct import *im)
     if (im->spool)
         fclose(im->spool);
     buf_free(&im->line);
+    free(im->check_arg);
     free(im);
 }
 
@@ -88,12 +98,14 @@ static void import__check(struct import *im, const char *text, size_t len)
     im->lineno++;
     int err = envelope_import_line(text, len, store_limits(im->store), im->origin, &op, &owner, why,
                                    sizeof why);
+    if (err == STORE_OK && op.key != NULL && im->check != NULL)
+        err = im->check(im->check_arg, &op, why, sizeof why);
+    store_entry_unref(op.entry);
+    json_decref(owner);
     if (err != STORE_OK) {
         import__fail(im, err, why);
         return;
     }
-    store_entry_unref(op.entry);
-    json_decref(owner);
     if (op.key == NULL) /* a blank line */
         return;
     if (fwrite(text, 1, len, im->spool) != len || fputc('\n', im->spool) == EOF) {
@@ -181,10 +193,13 @@ int import_finish(struct import *im, size_t *imported, char *why, size_t why_len
         err = STORE_EINTERNAL;
         goto out;
     }
+    assert(im->err == STORE_OK); /* invariant 1: every line was checked good */
     ssize_t len;
     while ((len = getline(&line, &cap, im->spool)) > 0) {
         err = envelope_import_line(line, (size_t)len - 1, store_limits(im->store), im->origin,
                                    &ops[n], &owners[n], why, why_len);
+        if (err == STORE_OK && im->check != NULL)
+            err = im->check(im->check_arg, &ops[n], why, why_len);
         if (err != STORE_OK) /* it was good a moment ago: the spool is damaged */
             goto out;
         size_t vlen = 0;

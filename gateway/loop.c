@@ -1,21 +1,33 @@
 /*
- * loop.c — the one event loop (epoll) that owns every session connection:
- * TCP, the Unix socket, and WebSockets handed over by the HTTP server.
+ * loop.c — the one event loop (epoll) that carries the bytes of every
+ * message connection: TCP, the Unix socket, and WebSockets handed over by
+ * the HTTP server. It frames messages (lines, or WebSocket frames through
+ * wslay) and knows nothing of what they say: a table of callbacks
+ * (struct loop_handler: open, input, close, tick), as Redis's ae.c takes an
+ * aeFileProc, gets each connection's messages.
  *
  * Other threads (the committer delivering events and answering writes)
  * never touch a socket: conn_send appends to the connection's queue under
  * its lock and marks it dirty; the loop, woken through an eventfd, writes.
  * Invariants:
- *   1. only the loop thread reads, writes or closes a connection's fd;
- *   2. a queue holds at most session_queue_bytes; one that would grow past
- *      it is dropped (but for a message partly written) and replaced by a
- *      too_slow error, and the connection closes once that is written, or
- *      after LOOP_CLOSE_GRACE seconds if the client does not read it;
+ *   1. only the loop thread reads, writes or closes a connection's fd, and
+ *      calls the handler's open, input, close and tick;
+ *   2. a queue holds at most session_queue_bytes: conn_send refuses a
+ *      message past it, and what the client is told then is the handler's
+ *      choice (conn_close_with drops the queue, but for a message partly
+ *      written, and queues a last one); a closing connection closes once its
+ *      queue is written, or after LOOP_CLOSE_GRACE seconds if the client
+ *      does not read it;
  *   3. a conn is freed when its last reference goes: the loop holds one from
  *      accept to close, each write in flight one more; after close, sends
- *      are dropped.
+ *      are dropped;
+ *   4. the handler's close runs once for each open that returned a state,
+ *      before the socket is closed.
  */
+#include "loop_int.h"
+#include "clock.h"
 #include "gateway.h"
+#include "log.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -35,252 +47,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <wslay/wslay.h>
-
-#define LOOP_CLOSE_GRACE 5
-
-struct msg {
-    struct msg *next;
-    size_t len;
-    char *data; /* `own` for a copied message, or a buffer taken over */
-    char own[];
-};
-
-struct conn {
-    _Atomic int refs;
-    struct loop *loop;
-    int fd;
-    enum conn_transport transport;
-    struct session *session;
-    char address[128];
-
-    pthread_mutex_t lock; /* the queue and the flags below */
-    struct msg *head, *tail;
-    size_t queued, head_off;
-    bool closing;     /* close once the queue is written, or at close_by */
-    int64_t close_by; /* CLOCK_MONOTONIC seconds; 0 until closing */
-    bool dead;        /* closed: sends are dropped */
-    bool dirty;       /* on the loop's dirty list */
-    struct conn *dirty_next;
-
-    struct conn *prev, *next; /* the loop's list of open connections */
-    char *in;                 /* bytes read, not yet a whole message */
-    size_t in_len, in_cap;
-    bool want_out; /* EPOLLOUT is on */
-    bool shut;     /* our side is shut: only waiting for the peer's end */
-
-    wslay_event_context_ptr ws;
-    void (*ws_closed)(void *);
-    void *ws_closed_arg;
-};
-
-struct loop {
-    struct store *store;
-    struct sys *sys;
-    const struct config *cfg;
-    int epfd, efd, tcp_fd, unix_fd;
-    int spare_fd; /* held for refusing a connection when descriptors run out */
-    int64_t emfile_logged;
-    unsigned short tcp_port;
-    pthread_t thread;
-    bool started;
-    _Atomic bool stop;
-    _Atomic unsigned sessions;
-    _Atomic uint64_t next_id;
-
-    pthread_mutex_t lock; /* dirty list, adoptions and `closed` */
-    struct conn *dirty;
-    struct conn *adopted; /* WebSockets from HTTP, for the loop to take */
-    bool closed;          /* loop_stop ran: no more adoptions */
-    struct conn *all;
-};
-
 /* epoll data: listeners and the eventfd are told apart by these. */
 static char loop__tcp_tag, loop__unix_tag, loop__wake_tag;
-
-void conn_ref(struct conn *c)
-{
-    atomic_fetch_add(&c->refs, 1);
-}
-
-static void msg__free(struct msg *m)
-{
-    if (m->data != m->own)
-        free(m->data);
-    free(m);
-}
-
-static void conn__drop_queue(struct conn *c)
-{
-    while (c->head != NULL) {
-        struct msg *next = c->head->next;
-        msg__free(c->head);
-        c->head = next;
-    }
-    c->tail = NULL;
-    c->queued = c->head_off = 0;
-}
-
-void conn_unref(struct conn *c)
-{
-    if (atomic_fetch_sub(&c->refs, 1) != 1)
-        return;
-    conn__drop_queue(c);
-    pthread_mutex_destroy(&c->lock);
-    free(c->in);
-    free(c);
-}
-
-static void loop__wake(struct loop *l)
-{
-    uint64_t one = 1;
-    if (write(l->efd, &one, sizeof one) < 0 && errno != EAGAIN)
-        log_warn("%s: eventfd: %s", __func__, strerror(errno));
-}
-
-/* Marks `c` for the loop to write; the caller holds c->lock. */
-static void conn__mark(struct conn *c)
-{
-    if (c->dirty)
-        return;
-    c->dirty = true;
-    conn_ref(c);
-    pthread_mutex_lock(&c->loop->lock);
-    c->dirty_next = c->loop->dirty;
-    c->loop->dirty = c;
-    pthread_mutex_unlock(&c->loop->lock);
-    loop__wake(c->loop);
-}
-
-static struct msg *msg__new(const char *data, size_t len, bool newline)
-{
-    struct msg *m = malloc(sizeof *m + len + 1);
-    if (m == NULL)
-        return NULL;
-    m->next = NULL;
-    m->data = m->own;
-    memcpy(m->data, data, len);
-    if (newline)
-        m->data[len++] = '\n';
-    m->len = len;
-    return m;
-}
-
-static void conn__append(struct conn *c, struct msg *m)
-{
-    if (c->tail)
-        c->tail->next = m;
-    else
-        c->head = m;
-    c->tail = m;
-    c->queued += m->len;
-}
-
-static int64_t loop__now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec;
-}
-
-/* Closes `c` once what is queued is written; the caller holds c->lock. */
-static void conn__set_closing(struct conn *c)
-{
-    if (c->closing)
-        return; /* marked when it began */
-    c->closing = true;
-    c->close_by = loop__now() + LOOP_CLOSE_GRACE;
-    conn__mark(c);
-}
-
-static void conn__close_soon(struct conn *c)
-{
-    pthread_mutex_lock(&c->lock);
-    conn__set_closing(c);
-    pthread_mutex_unlock(&c->lock);
-}
-
-/* Queues `data`: copied, or taken over (a malloc'd buffer with a spare byte
- * for the newline) when `take`. */
-static void conn__send(struct conn *c, char *data, size_t len, bool take)
-{
-    pthread_mutex_lock(&c->lock);
-    if (c->dead || c->closing) {
-        pthread_mutex_unlock(&c->lock);
-        if (take)
-            free(data);
-        return;
-    }
-    if (c->queued + len > c->loop->cfg->session_queue_bytes) {
-        /* Invariant 2: the client reads too slowly. Drop what waits, but
-         * for a message already partly written: the stream stays whole. */
-        static const char slow[] = "{\"type\":\"error\",\"id\":null,\"error\":\"too_slow\","
-                                   "\"message\":\"the session's outbound queue is full: the "
-                                   "client reads too slowly\"}";
-        struct msg *partial = NULL;
-        size_t off = c->head_off;
-        if (c->head != NULL && off > 0) {
-            partial = c->head;
-            c->head = partial->next;
-            partial->next = NULL;
-        }
-        conn__drop_queue(c);
-        if (partial != NULL) {
-            conn__append(c, partial);
-            c->head_off = off;
-        }
-        struct msg *m = msg__new(slow, sizeof slow - 1, c->transport != CONN_WS);
-        if (m != NULL)
-            conn__append(c, m);
-        log_info("session %s: closed: too slow", c->address);
-        conn__set_closing(c);
-        pthread_mutex_unlock(&c->lock);
-        if (take)
-            free(data);
-        return;
-    }
-    struct msg *m;
-    if (take && (m = malloc(sizeof *m)) != NULL) {
-        m->next = NULL;
-        m->data = data;
-        if (c->transport != CONN_WS)
-            data[len++] = '\n';
-        m->len = len;
-    } else {
-        m = msg__new(data, len, c->transport != CONN_WS);
-        if (take)
-            free(data);
-    }
-    if (m != NULL) {
-        conn__append(c, m);
-        conn__mark(c);
-    }
-    pthread_mutex_unlock(&c->lock);
-}
-
-void conn_send(struct conn *c, const char *data, size_t len)
-{
-    conn__send(c, (char *)data, len, false);
-}
-
-void conn_send_buf(struct conn *c, struct buf *b)
-{
-    if (!b->oom && buf_reserve(b, 1)) /* room for the newline */
-        conn__send(c, b->p, b->len, true);
-    else
-        buf_free(b);
-    *b = (struct buf){0};
-}
-
-/* Sends an error that ends the session, then closes it. */
-static void loop__error_close(struct conn *c, int err, const char *text)
-{
-    struct buf b = {0};
-    buf_adds(&b, "{\"type\":\"error\",\"id\":null,");
-    envelope_add_error(&b, err, text);
-    conn_send_buf(c, &b);
-    conn__close_soon(c);
-}
 
 /* ---- closing ---- */
 
@@ -295,10 +63,10 @@ static void loop__close(struct loop *l, struct conn *c)
     conn__drop_queue(c);
     pthread_mutex_unlock(&c->lock);
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    atomic_fetch_sub(&l->sessions, 1);
-    if (c->session != NULL)
-        session_free(c->session);
-    c->session = NULL;
+    atomic_fetch_sub(&l->conns, 1);
+    if (c->state != NULL)
+        l->handler->close(c->state); /* invariant 4 */
+    c->state = NULL;
     if (c->ws != NULL)
         wslay_event_context_free(c->ws);
     if (c->ws_closed != NULL)
@@ -314,15 +82,6 @@ static void loop__close(struct loop *l, struct conn *c)
         c->next->prev = c->prev;
     pthread_mutex_unlock(&l->lock);
     conn_unref(c);
-}
-
-static void loop__want_out(struct loop *l, struct conn *c, bool on)
-{
-    if (c->want_out == on)
-        return;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0u), .data.ptr = c};
-    epoll_ctl(l->epfd, EPOLL_CTL_MOD, c->fd, &ev);
-    c->want_out = on;
 }
 
 /* ---- line transports (TCP, Unix) ---- */
@@ -343,7 +102,7 @@ static int loop__flush_lines(struct loop *l, struct conn *c)
             pthread_mutex_unlock(&c->lock);
             if (!again)
                 return -1;
-            loop__want_out(l, c, true);
+            conn__want_out(l, c, true);
             return 0; /* a closing client has LOOP_CLOSE_GRACE to read the rest */
         }
         size_t done = (size_t)w;
@@ -365,7 +124,7 @@ static int loop__flush_lines(struct loop *l, struct conn *c)
     }
     bool closing = c->closing;
     pthread_mutex_unlock(&c->lock);
-    loop__want_out(l, c, false);
+    conn__want_out(l, c, false);
     if (closing && !c->shut) {
         /* All is written: end our side, and let the peer end its own, so
          * unread input does not turn the close into a reset that loses the
@@ -389,15 +148,17 @@ static int loop__lines(struct loop *l, struct conn *c)
         start += len + 1;
         if (len > 0 && line[len - 1] == '\r')
             len--;
-        if (len > 0 && session_input(c->session, line, len) != 0) {
+        if (len > 0 && l->handler->input(c->state, line, len) != 0) {
             conn__close_soon(c); /* after its last answer is written */
             break;
         }
     }
     memmove(c->in, c->in + start, c->in_len - start);
     c->in_len -= start;
-    if (c->in_len > l->cfg->max_message_bytes)
-        loop__error_close(c, STORE_ETOOLARGE, "a message is longer than max_message_bytes");
+    if (c->in_len > l->cfg->max_message_bytes) {
+        l->handler->oversize(c->state);
+        conn__close_soon(c); /* once the handler's answer is written */
+    }
     return 0;
 }
 
@@ -417,9 +178,8 @@ static int loop__read_lines(struct loop *l, struct conn *c)
             return -1;
         if (n < 0)
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
-        if (c->closing) {
-            continue; /* the session is over: what comes is dropped */
-        }
+        if (c->closing || c->state == NULL)
+            continue; /* the connection is over: what comes is dropped */
         c->in_len += (size_t)n;
         if (loop__lines(l, c) != 0)
             return -1;
@@ -428,132 +188,7 @@ static int loop__read_lines(struct loop *l, struct conn *c)
     }
 }
 
-/* ---- WebSocket transport (wslay) ---- */
-
-static ssize_t ws__recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                        void *user)
-{
-    struct conn *c = user;
-    (void)flags;
-    if (c->in_len > 0) { /* bytes read by MHD before the upgrade */
-        size_t n = c->in_len < len ? c->in_len : len;
-        memcpy(buf, c->in, n);
-        memmove(c->in, c->in + n, c->in_len - n);
-        c->in_len -= n;
-        return (ssize_t)n;
-    }
-    ssize_t n = read(c->fd, buf, len);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    if (n <= 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
-    }
-    return n;
-}
-
-static ssize_t ws__send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
-                        void *user)
-{
-    struct conn *c = user;
-    (void)flags;
-    ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
-    if (n < 0) {
-        wslay_event_set_error(ctx, errno == EAGAIN || errno == EWOULDBLOCK
-                                       ? WSLAY_ERR_WOULDBLOCK
-                                       : WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
-    }
-    return n;
-}
-
-static void ws__on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
-                       void *user)
-{
-    struct conn *c = user;
-    if (arg->opcode == WSLAY_TEXT_FRAME) {
-        if (session_input(c->session, (const char *)arg->msg, arg->msg_length) != 0)
-            conn__close_soon(c);
-    } else if (arg->opcode == WSLAY_BINARY_FRAME) {
-        static const char reason[] = "almanac.v1 takes text frames";
-        wslay_event_queue_close(ctx, WSLAY_CODE_UNSUPPORTED_DATA, (const uint8_t *)reason,
-                                sizeof reason - 1);
-    }
-}
-
-/* Moves queued messages into wslay and lets it write. -1: close now. */
-static int loop__flush_ws(struct loop *l, struct conn *c)
-{
-    /* wslay's own queue is unbounded: it gets a little at a time, and the
-     * rest waits in ours, which is bounded (invariant 2). */
-    for (;;) {
-        if (wslay_event_get_queued_msg_length(c->ws) >= 65536)
-            break;
-        pthread_mutex_lock(&c->lock);
-        struct msg *m = c->head;
-        if (m != NULL) {
-            c->head = m->next;
-            if (c->head == NULL)
-                c->tail = NULL;
-            c->queued -= m->len;
-        }
-        pthread_mutex_unlock(&c->lock);
-        if (m == NULL)
-            break;
-        struct wslay_event_msg wm = {WSLAY_TEXT_FRAME, (const uint8_t *)m->data, m->len};
-        wslay_event_queue_msg(c->ws, &wm); /* copies; refused once a close is queued */
-        msg__free(m);
-        if (wslay_event_send(c->ws) != 0)
-            return -1;
-    }
-    pthread_mutex_lock(&c->lock);
-    bool closing = c->closing, drained = c->head == NULL;
-    pthread_mutex_unlock(&c->lock);
-    if (wslay_event_send(c->ws) != 0)
-        return -1;
-    /* wslay sends control frames ahead of data: the close (1008: too_slow,
-     * or a session that ended) waits until the last message is out. */
-    if (closing && drained && !wslay_event_get_close_sent(c->ws) &&
-        wslay_event_get_queued_msg_count(c->ws) == 0) {
-        wslay_event_queue_close(c->ws, WSLAY_CODE_POLICY_VIOLATION, NULL, 0);
-        if (wslay_event_send(c->ws) != 0)
-            return -1;
-    }
-    if (wslay_event_get_close_sent(c->ws)) {
-        if (wslay_event_get_close_received(c->ws))
-            return -1; /* the closing handshake is done */
-        /* Wait for the peer's close (wslay drops what else comes) a
-         * bounded time: the sweep ends it after LOOP_CLOSE_GRACE. */
-        conn__close_soon(c);
-    }
-    loop__want_out(l, c, wslay_event_want_write(c->ws) || !drained);
-    return 0;
-}
-
-static int loop__read_ws(struct loop *l, struct conn *c)
-{
-    if (wslay_event_recv(c->ws) != 0)
-        return -1;
-    return loop__flush_ws(l, c);
-}
-
 /* ---- connections ---- */
-
-static struct conn *conn__new(struct loop *l, int fd, enum conn_transport t, const char *address)
-{
-    struct conn *c = calloc(1, sizeof *c);
-    if (c == NULL)
-        return NULL;
-    atomic_init(&c->refs, 1);
-    c->loop = l;
-    c->fd = fd;
-    c->transport = t;
-    snprintf(c->address, sizeof c->address, "%s", address);
-    pthread_mutex_init(&c->lock, NULL);
-    return c;
-}
 
 /* Makes `c` one of the loop's open connections (the loop thread only). */
 static void loop__add(struct loop *l, struct conn *c)
@@ -565,13 +200,35 @@ static void loop__add(struct loop *l, struct conn *c)
         l->all->prev = c;
     l->all = c;
     pthread_mutex_unlock(&l->lock);
-    atomic_fetch_add(&l->sessions, 1);
+    atomic_fetch_add(&l->conns, 1);
 }
 
 static int loop__watch(struct loop *l, struct conn *c)
 {
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
     return epoll_ctl(l->epfd, EPOLL_CTL_ADD, c->fd, &ev);
+}
+
+static void loop__flush(struct loop *l, struct conn *c)
+{
+    int rc = c->transport == CONN_WS ? ws__flush(l, c) : loop__flush_lines(l, c);
+    if (rc != 0)
+        loop__close(l, c);
+}
+
+/* Hands a new connection (loop__add'ed) to the handler. One it refuses (open returns NULL)
+ * is closed once what open queued (its reason) is written. */
+static int loop__open(struct loop *l, struct conn *c)
+{
+    c->state = l->handler->open(l->arg, c);
+    if (loop__watch(l, c) != 0) {
+        loop__close(l, c);
+        return -1;
+    }
+    if (c->state == NULL)
+        conn__close_soon(c);
+    loop__flush(l, c);
+    return 0;
 }
 
 static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
@@ -589,8 +246,8 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
             if (fd >= 0)
                 close(fd);
             l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-            if (loop__now() - l->emfile_logged >= 1000) {
-                l->emfile_logged = loop__now();
+            if (mono_s() - l->emfile_logged >= 1000) {
+                l->emfile_logged = mono_s();
                 log_warn("session: out of file descriptors: connections are refused");
             }
             continue;
@@ -604,23 +261,13 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
                         NI_NUMERICHOST | NI_NUMERICSERV);
             snprintf(address, sizeof address, "%s:%s", host, port);
         }
-        if (atomic_load(&l->sessions) >= l->cfg->max_sessions) {
-            static const char full[] = "{\"type\":\"error\",\"id\":null,\"error\":\"unavailable\","
-                                       "\"message\":\"max_sessions sessions are open\"}\n";
-            if (write(fd, full, sizeof full - 1) < 0)
-                log_debug("session %s: refused", address);
-            close(fd);
-            continue;
-        }
         struct conn *c = conn__new(l, fd, t, address);
         if (c == NULL) {
             close(fd);
             continue;
         }
         loop__add(l, c);
-        c->session = session_new(l, l->store, l->sys, l->cfg, c, t, address);
-        if (c->session == NULL || loop__watch(l, c) != 0)
-            loop__close(l, c);
+        loop__open(l, c);
     }
 }
 
@@ -656,8 +303,6 @@ int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len, c
 
 static void loop__take_adopted(struct loop *l)
 {
-    static const struct wslay_event_callbacks callbacks = {
-        .recv_callback = ws__recv, .send_callback = ws__send, .on_msg_recv_callback = ws__on_msg};
     pthread_mutex_lock(&l->lock);
     struct conn *list = l->adopted;
     l->adopted = NULL;
@@ -667,28 +312,16 @@ static void loop__take_adopted(struct loop *l)
         list = c->next;
         c->next = NULL;
         loop__add(l, c);
-        if (wslay_event_context_server_init(&c->ws, &callbacks, c) != 0) {
-            c->ws = NULL;
+        if (ws__init(c) != 0) {
             loop__close(l, c);
             continue;
         }
-        wslay_event_config_set_max_recv_msg_length(c->ws, l->cfg->max_message_bytes);
-        c->session = session_new(l, l->store, l->sys, l->cfg, c, CONN_WS, c->address);
-        if (c->session == NULL || loop__watch(l, c) != 0) {
-            loop__close(l, c);
+        if (loop__open(l, c) != 0 || c->state == NULL)
             continue;
-        }
         /* Bytes that came with the upgrade are read now: epoll won't say. */
-        if (c->in_len > 0 && loop__read_ws(l, c) != 0)
+        if (c->in_len > 0 && ws__read(l, c) != 0)
             loop__close(l, c);
     }
-}
-
-static void loop__flush(struct loop *l, struct conn *c)
-{
-    int rc = c->transport == CONN_WS ? loop__flush_ws(l, c) : loop__flush_lines(l, c);
-    if (rc != 0)
-        loop__close(l, c);
 }
 
 static void loop__dirty(struct loop *l)
@@ -722,7 +355,7 @@ static bool loop__is_conn(const void *p)
 /* Closes the closing connections whose clients did not read in time. */
 static void loop__sweep(struct loop *l)
 {
-    int64_t now = loop__now();
+    int64_t now = mono_s();
     struct conn *c = l->all;
     while (c != NULL) {
         struct conn *next = c->next;
@@ -739,7 +372,7 @@ static void *loop__run(void *arg)
 {
     struct loop *l = arg;
     struct epoll_event events[64];
-    int64_t swept = loop__now();
+    int64_t swept = mono_s();
 
     while (!atomic_load(&l->stop)) {
         int n = epoll_wait(l->epfd, events, 64, 1000);
@@ -765,19 +398,20 @@ static void *loop__run(void *arg)
             uint32_t e = events[i].events;
             int rc = 0;
             if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                rc = c->transport == CONN_WS ? loop__read_ws(l, c) : loop__read_lines(l, c);
+                rc = c->transport == CONN_WS ? ws__read(l, c) : loop__read_lines(l, c);
             if (rc == 0 && !c->dead)
-                rc = c->transport == CONN_WS ? loop__flush_ws(l, c) : loop__flush_lines(l, c);
+                rc = c->transport == CONN_WS ? ws__flush(l, c) : loop__flush_lines(l, c);
             if (rc != 0)
                 loop__close(l, c);
         }
         for (int i = 0; i < n; i++)
             if (loop__is_conn(events[i].data.ptr))
                 conn_unref(events[i].data.ptr);
-        if (loop__now() != swept) {
-            swept = loop__now();
+        if (mono_s() != swept) {
+            swept = mono_s();
             loop__sweep(l);
-            sys_tick(l->sys);
+            if (l->handler->tick != NULL)
+                l->handler->tick(l->arg);
         }
     }
     /* Stop: write what is queued (answers of the last writes), then close. */
@@ -850,8 +484,8 @@ static int loop__add_fd(struct loop *l, int fd, void *tag)
     return epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
-int loop_start(struct store *store, struct sys *sys, const struct config *cfg, struct loop **out,
-               char *why, size_t why_len)
+int loop_start(const struct config *cfg, const struct loop_handler *handler, void *arg,
+               struct loop **out, char *why, size_t why_len)
 {
     struct loop *l = calloc(1, sizeof *l);
     *out = NULL;
@@ -859,8 +493,8 @@ int loop_start(struct store *store, struct sys *sys, const struct config *cfg, s
         snprintf(why, why_len, "out of memory");
         return -1;
     }
-    l->store = store;
-    l->sys = sys;
+    l->handler = handler;
+    l->arg = arg;
     l->cfg = cfg;
     l->tcp_fd = l->unix_fd = -1;
     l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -950,12 +584,7 @@ void loop_free(struct loop *l)
     free(l);
 }
 
-uint64_t loop_next_id(struct loop *l)
+unsigned loop_connections(const struct loop *l)
 {
-    return atomic_fetch_add(&l->next_id, 1) + 1;
-}
-
-unsigned loop_sessions(const struct loop *l)
-{
-    return atomic_load(&l->sessions);
+    return atomic_load(&l->conns);
 }

@@ -54,6 +54,7 @@ static int serve(int argc, char **argv)
     struct http *http = NULL;
     struct loop *loop = NULL;
     struct sys *sys = NULL;
+    struct ops *ops = NULL;
     struct bridge *bridge = NULL;
     char why[1024];
     sigset_t stop;
@@ -95,9 +96,13 @@ static int serve(int argc, char **argv)
         goto out;
     }
     sys = sys_start(store, bridge, cfg.sys_interval);
-    if (loop_start(store, sys, &cfg, &loop, why, sizeof why) != 0 ||
+    if ((ops = ops_new(store, bridge, sys, &cfg)) == NULL) {
+        log_error("almanac: out of memory");
+        goto out;
+    }
+    if (session_serve(ops, &cfg, &loop, why, sizeof why) != 0 ||
         (strcmp(cfg.http_listen, "off") != 0 &&
-         http_start(store, bridge, &cfg, loop, &http, why, sizeof why) != 0) ||
+         http_start(ops, &cfg, loop, &http, why, sizeof why) != 0) ||
         (bridge != NULL && bridge_start(bridge, store, why, sizeof why) != 0)) {
         log_error("almanac: %s", why);
         goto out;
@@ -116,6 +121,7 @@ out:
     loop_stop(loop); /* MHD must see its upgraded sockets closed before it stops */
     http_stop(http);
     loop_free(loop);
+    ops_free(ops);
     sys_stop(sys);
     store_close(store);
     bridge_free(bridge);

@@ -1,26 +1,30 @@
 /*
- * session.c — the session protocol of API.md, the same on every transport:
- * the welcome, hello and version negotiation, requests and replies,
- * subscriptions with their snapshot, sync and live events.
+ * session.c — the session protocol of API.md, the same on every transport
+ * (WebSocket, TCP, the Unix socket): the welcome, hello and version
+ * negotiation, requests and their replies, subscriptions.
  *
- * Each major protocol version has its own request handler (session__v1);
- * hello picks one. Writes go to the store asynchronously and are answered
- * from the committer's thread once committed, holding a reference to the
- * connection meanwhile.
+ * The loop (loop.c) carries the bytes and calls session__handler; a
+ * request is parsed here into a call of the operations layer (ops.c), and
+ * the reply written from what it returns. A subscription is a feed
+ * (feed.c) whose sink writes events to the connection. Each major protocol
+ * version has its own request handler (session__v1); hello picks one.
+ * Writes are answered from the committer's thread once committed, holding
+ * a reference to the connection meanwhile.
  * Invariants:
- *   1. a subscription's events reach the client after its `ok` and after
- *      its snapshot and `sync`: until then they wait in `pending`, and the
- *      switch to direct delivery happens under the session's lock, which
- *      delivery also takes;
- *   2. every event after `sync` has a rev above the sync rev (the store
- *      filters), in rev order (the committer delivers in order);
- *   3. session_free unsubscribes everything before freeing: no event
- *      callback runs on freed memory.
+ *   1. the `ok` of a subscribe is queued before its snapshot, its sync and
+ *      its events (feed_start follows it);
+ *   2. session__free closes every feed before freeing: no sink call runs
+ *      on freed memory;
+ *   3. a reply the connection's queue refuses ends the session with
+ *      too_slow, as a feed's event would (the policy of feed.c).
  */
+#include "envelope.h"
 #include "gateway.h"
+#include "loop.h"
+#include "ops.h"
+#include "sys.h"
 #include "version.h"
 
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,34 +33,23 @@
 
 #define SESSION_LIST_DEFAULT 1000
 #define SESSION_LIST_MAX     10000
-
-struct pending {
-    struct pending *next;
-    size_t len;
-    char data[];
-};
+#define SESSION_CHUNK        65536 /* snapshot bytes a write on a line transport */
 
 struct csub {
     struct csub *next;
     struct session *session;
     uint64_t id;
-    struct store_sub *sub;
-    bool active; /* events go straight to the connection */
-    struct pending *head, *tail;
+    struct feed *feed;
 };
 
 struct session {
-    struct loop *loop;
-    struct store *store;
-    struct sys *sys;
+    struct ops *ops;
     const struct config *cfg;
     struct conn *conn;
-    enum conn_transport transport;
-    enum store_origin origin;
+    struct caller caller;
     char client_id[32];
     int major;
-    pthread_mutex_t lock; /* the subscriptions' pending lists and states */
-    struct csub *subs;
+    struct csub *subs; /* the loop thread's only */
     unsigned nsubs;
     uint64_t next_sub;
 };
@@ -73,9 +66,25 @@ static const struct {
 
 /* ---- replies ---- */
 
+/* Ends the session on `c` with an error message that says why. */
+static void session__end(struct conn *c, int err, const char *message)
+{
+    struct buf b = {0};
+    buf_adds(&b, "{\"type\":\"error\",\"id\":null,");
+    envelope_add_error(&b, err, message);
+    conn_close_with(c, &b);
+}
+
+/* Queues a reply (taken over); invariant 3. */
+static void session__send_on(struct conn *c, struct buf *b)
+{
+    if (!conn_send_buf(c, b))
+        session__end(c, STORE_ESLOW, feed_too_slow);
+}
+
 static void session__send(struct session *s, struct buf *b)
 {
-    conn_send_buf(s->conn, b);
+    session__send_on(s->conn, b);
 }
 
 static void session__error(struct session *s, const json_int_t *id, int err, const char *fmt, ...)
@@ -97,38 +106,40 @@ static void session__error(struct session *s, const json_int_t *id, int err, con
     session__send(s, &b);
 }
 
-/* Appends an envelope with `head` in front of its fields:
- * {"type":"entry","id":1,"key":...}. */
-static void session__add_envelope(struct buf *b, const char *head, const char *key, size_t klen,
-                                  const struct store_entry *e)
+static void session__ok(struct session *s, json_int_t id)
 {
-    buf_adds(b, head);
-    envelope_add_fields(b, key, klen, e, "content_type");
+    struct buf b = {0};
+    buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld}", (long long)id);
+    session__send(s, &b);
 }
 
-/* ---- the start ---- */
+/* ---- the connection's life, as the loop calls it ---- */
 
-struct session *session_new(struct loop *l, struct store *store, struct sys *sys,
-                            const struct config *cfg, struct conn *c, enum conn_transport t,
-                            const char *address)
+static void *session__open(void *arg, struct conn *c)
 {
-    struct session *s = calloc(1, sizeof *s);
+    struct ops *o = arg;
+    const struct config *cfg = ops_config(o);
     struct buf b = {0};
+
+    if (ops_sessions(o) >= cfg->max_sessions) {
+        session__end(c, STORE_EUNAVAIL, "max_sessions sessions are open");
+        return NULL;
+    }
+    struct session *s = calloc(1, sizeof *s);
     if (s == NULL)
         return NULL;
-    s->loop = l;
-    s->store = store;
-    s->sys = sys;
+    enum conn_transport t = conn_transport(c);
+    s->ops = o;
     s->cfg = cfg;
     s->conn = c;
-    s->transport = t;
-    s->origin = t == CONN_TCP    ? STORE_ORIGIN_TCP
-                : t == CONN_UNIX ? STORE_ORIGIN_UNIX
-                                 : STORE_ORIGIN_WS;
+    s->caller = (struct caller){.transport = t == CONN_TCP    ? STORE_ORIGIN_TCP
+                                             : t == CONN_UNIX ? STORE_ORIGIN_UNIX
+                                                              : STORE_ORIGIN_WS,
+                                .address = conn_address(c),
+                                .principal = &ops_anonymous};
     s->major =
         session__protocols[sizeof session__protocols / sizeof session__protocols[0] - 1].major;
-    snprintf(s->client_id, sizeof s->client_id, "c%llu", (unsigned long long)loop_next_id(l));
-    pthread_mutex_init(&s->lock, NULL);
+    snprintf(s->client_id, sizeof s->client_id, "c%llu", (unsigned long long)ops_next_id(o));
     buf_adds(&b,
              "{\"type\":\"welcome\",\"server\":\"almanac/" ALMANAC_VERSION "\",\"protocols\":[");
     for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++)
@@ -136,36 +147,32 @@ struct session *session_new(struct loop *l, struct store *store, struct sys *sys
                  session__protocols[i].minor);
     buf_addf(&b, "],\"client_id\":\"%s\",\"auth_required\":false}", s->client_id);
     session__send(s, &b);
-    const char *transport = t == CONN_TCP ? "tcp" : t == CONN_UNIX ? "unix" : "ws";
-    log_debug("session %s: %s from %s", s->client_id, transport, address);
-    if (sys != NULL)
-        sys_session_open(sys, s->client_id, transport, address, loop_sessions(l));
+    ops_session_open(o, &s->caller, s->client_id);
     return s;
 }
 
-static void csub__free_pending(struct csub *cs)
+static void session__free(void *state)
 {
-    while (cs->head != NULL) {
-        struct pending *next = cs->head->next;
-        free(cs->head);
-        cs->head = next;
-    }
-    cs->tail = NULL;
-}
-
-void session_free(struct session *s)
-{
+    struct session *s = state;
     while (s->subs != NULL) {
         struct csub *cs = s->subs;
         s->subs = cs->next;
-        store_unsubscribe(s->store, cs->sub); /* invariant 3 */
-        csub__free_pending(cs);
+        ops_unsubscribe(s->ops, cs->feed); /* invariant 2 */
         free(cs);
     }
-    if (s->sys != NULL)
-        sys_session_close(s->sys, s->client_id, loop_sessions(s->loop));
-    pthread_mutex_destroy(&s->lock);
+    ops_session_close(s->ops, s->client_id);
     free(s);
+}
+
+static void session__oversize(void *state)
+{
+    struct session *s = state;
+    session__error(s, NULL, STORE_ETOOLARGE, "a message is longer than max_message_bytes");
+}
+
+static void session__tick(void *arg)
+{
+    sys_tick(ops_sys(arg));
 }
 
 static int session__hello(struct session *s, json_t *msg)
@@ -217,13 +224,14 @@ static bool session__http_line(const char *text, size_t len)
     return v != NULL;
 }
 
-int session_input(struct session *s, const char *text, size_t len)
+static int session__input(void *state, const char *text, size_t len)
 {
+    struct session *s = state;
     json_error_t jerr;
     json_t *msg = NULL;
     int rc = 0;
 
-    if (s->transport != CONN_WS && session__http_line(text, len)) {
+    if (s->caller.transport != STORE_ORIGIN_WS && session__http_line(text, len)) {
         log_warn("session %s: an HTTP request on the session port: closed (a web page's "
                  "cross-protocol request?)",
                  s->client_id);
@@ -253,6 +261,18 @@ int session_input(struct session *s, const char *text, size_t len)
     return rc;
 }
 
+static const struct loop_handler session__handler = {.open = session__open,
+                                                     .input = session__input,
+                                                     .oversize = session__oversize,
+                                                     .close = session__free,
+                                                     .tick = session__tick};
+
+int session_serve(struct ops *ops, const struct config *cfg, struct loop **out, char *why,
+                  size_t why_len)
+{
+    return loop_start(cfg, &session__handler, ops, out, why, why_len);
+}
+
 /* ---- protocol 1 ---- */
 
 static const char *session__str(json_t *msg, const char *name, size_t *len)
@@ -264,57 +284,34 @@ static const char *session__str(json_t *msg, const char *name, size_t *len)
     return json_string_value(v);
 }
 
-/* The key of a request, checked; NULL after answering an error. */
-static const char *session__key(struct session *s, json_int_t id, json_t *msg, const char *name,
-                                size_t *len, bool optional)
+/* A string field of a request; NULL after answering an error. */
+static const char *session__field(struct session *s, json_int_t id, json_t *msg, const char *name,
+                                  size_t *len)
 {
-    char why[256];
-    const char *key = session__str(msg, name, len);
-    if (key == NULL) {
-        if (!optional)
-            session__error(s, &id, STORE_EBADREQ, "\"%s\" must be a string", name);
-        return NULL;
-    }
-    if (store_key_check(key, *len, store_limits(s->store)->max_key_bytes, why, sizeof why) !=
-        STORE_OK) {
-        session__error(s, &id, STORE_EKEY, "%s", why);
-        return NULL;
-    }
-    return key;
-}
-
-static const char *session__pattern(struct session *s, json_int_t id, json_t *msg, const char *name,
-                                    size_t *len, bool *wild)
-{
-    char why[256];
-    const char *pat = session__str(msg, name, len);
-    if (pat == NULL) {
+    const char *v = session__str(msg, name, len);
+    if (v == NULL)
         session__error(s, &id, STORE_EBADREQ, "\"%s\" must be a string", name);
-        return NULL;
-    }
-    if (store_pattern_check(pat, *len, store_limits(s->store)->max_key_bytes, wild, why,
-                            sizeof why) != STORE_OK) {
-        session__error(s, &id, STORE_EPATTERN, "%s", why);
-        return NULL;
-    }
-    return pat;
+    return v;
 }
 
 static int session__get(struct session *s, json_int_t id, json_t *msg)
 {
     size_t klen;
     struct store_entry *e;
-    const char *key = session__key(s, id, msg, "key", &klen, false);
+    char why[512];
+    const char *key = session__field(s, id, msg, "key", &klen);
     if (key == NULL)
         return 0;
-    if (store_get(s->store, key, klen, &e) != STORE_OK) {
-        session__error(s, &id, STORE_ENOTFOUND, "key %s does not exist", key);
+    int err = ops_get(s->ops, &s->caller, key, klen, &e, why, sizeof why);
+    if (err != STORE_OK) {
+        session__error(s, &id, err, "%s", why);
         return 0;
     }
     struct buf b = {0};
     char head[64];
     snprintf(head, sizeof head, "{\"type\":\"entry\",\"id\":%lld,", (long long)id);
-    session__add_envelope(&b, head, key, klen, e);
+    buf_adds(&b, head);
+    envelope_add_fields(&b, key, klen, e, "content_type");
     store_entry_unref(e);
     session__send(s, &b);
     return 0;
@@ -323,8 +320,9 @@ static int session__get(struct session *s, json_int_t id, json_t *msg)
 static int session__pget(struct session *s, json_int_t id, json_t *msg)
 {
     size_t plen, alen = 0;
-    bool wild, more;
-    const char *pat = session__pattern(s, id, msg, "pattern", &plen, &wild);
+    bool more = false;
+    char why[512];
+    const char *pat = session__field(s, id, msg, "pattern", &plen);
     json_t *jlimit = json_object_get(msg, "limit");
     const char *after = session__str(msg, "after", &alen);
     json_int_t limit = SESSION_LIST_DEFAULT;
@@ -341,8 +339,14 @@ static int session__pget(struct session *s, json_int_t id, json_t *msg)
     struct buf b = {0};
     struct envelope_list l = {.b = &b, .type_field = "content_type"};
     buf_addf(&b, "{\"type\":\"entries\",\"id\":%lld,\"entries\":[", (long long)id);
-    store_pget(s->store, pat, plen, after, alen, (size_t)limit, envelope_list_visit, &l, &more);
+    int err = ops_pget(s->ops, &s->caller, pat, plen, after, alen, (size_t)limit,
+                       envelope_list_visit, &l, &more, why, sizeof why);
     envelope_list_end(&l, more);
+    if (err != STORE_OK) {
+        buf_free(&b);
+        session__error(s, &id, err, "%s", why);
+        return 0;
+    }
     buf_adds(&b, "}");
     session__send(s, &b);
     return 0;
@@ -372,9 +376,8 @@ static const char *session__arg(void *arg, const char *name)
 static int session__history(struct session *s, json_int_t id, json_t *msg)
 {
     size_t plen;
-    bool wild;
-    char why[256];
-    const char *pat = session__pattern(s, id, msg, "pattern", &plen, &wild);
+    char why[512];
+    const char *pat = session__field(s, id, msg, "pattern", &plen);
     struct store_history_query q = {.pattern = pat, .plen = plen};
     struct session__args args = {.msg = msg};
     json_t *labels = json_object_get(msg, "labels"), *v;
@@ -402,11 +405,9 @@ static int session__history(struct session *s, json_int_t id, json_t *msg)
         q.label_values[q.nlabels++] = json_string_value(v);
     }
     struct store_history *h;
-    int err = store_history_open(s->store, &q, &h);
+    int err = ops_history(s->ops, &s->caller, &q, &h, why, sizeof why);
     if (err != STORE_OK) {
-        session__error(s, &id, err, "%s",
-                       err == STORE_EUNAVAIL ? "history is off (history_retention 0)"
-                                             : store_err_text(err));
+        session__error(s, &id, err, "%s", why);
         return 0;
     }
     struct buf b = {0};
@@ -435,16 +436,18 @@ static int session__history(struct session *s, json_int_t id, json_t *msg)
 static int session__ls(struct session *s, json_int_t id, json_t *msg)
 {
     size_t klen = 0;
+    char why[512];
     const char *key = NULL;
     if (json_object_get(msg, "key") != NULL &&
-        (key = session__key(s, id, msg, "key", &klen, false)) == NULL)
+        (key = session__field(s, id, msg, "key", &klen)) == NULL)
         return 0;
     struct buf b = {0};
     struct envelope_children l = {.b = &b};
     buf_addf(&b, "{\"type\":\"children\",\"id\":%lld,\"children\":[", (long long)id);
-    if (store_ls(s->store, key == NULL, key, klen, envelope_child, &l) != STORE_OK) {
+    int err = ops_ls(s->ops, &s->caller, key, klen, envelope_child, &l, why, sizeof why);
+    if (err != STORE_OK) {
         buf_free(&b);
-        session__error(s, &id, STORE_ENOTFOUND, "key %s does not exist", key);
+        session__error(s, &id, err, "%s", why);
         return 0;
     }
     buf_adds(&b, "]}");
@@ -458,18 +461,17 @@ struct session__write {
     struct conn *conn; /* a reference, for the answer */
     json_int_t id;
     json_t *msg; /* keeps the key alive */
-    struct store_txn txn;
-    struct store_op op;
+    struct ops_write w;
 };
 
 static void session__write_done(void *arg, struct store_txn *t)
 {
-    struct session__write *w = arg;
-    struct store_op *op = &w->op;
+    struct session__write *sw = arg;
+    struct store_op *op = &sw->w.one;
     struct buf b = {0};
 
     if (t->err == STORE_OK) {
-        buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld", (long long)w->id);
+        buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld", (long long)sw->id);
         if (op->kind == STORE_OP_SET)
             buf_addf(&b, ",\"rev\":%lld,\"ts\":%lld,\"created\":%s", (long long)op->rev,
                      (long long)op->ts, op->created ? "true" : "false");
@@ -482,36 +484,44 @@ static void session__write_done(void *arg, struct store_txn *t)
     } else {
         char msg[512];
         envelope_failure(msg, sizeof msg, t, false);
-        buf_addf(&b, "{\"type\":\"error\",\"id\":%lld,", (long long)w->id);
+        buf_addf(&b, "{\"type\":\"error\",\"id\":%lld,", (long long)sw->id);
         envelope_add_error(&b, t->err, msg);
     }
-    if (!b.oom)
-        conn_send(w->conn, b.p, b.len);
-    buf_free(&b);
-    conn_unref(w->conn);
-    json_decref(w->msg);
-    free(w);
+    session__send_on(sw->conn, &b);
+    conn_unref(sw->conn);
+    json_decref(sw->msg);
+    free(sw);
 }
 
-/* Submits `op` (whose key lives in `msg`) and answers request `id` once it
- * is committed. The store takes op.entry whatever happens. */
-static void session__submit(struct session *s, json_int_t id, json_t *msg, struct store_op op)
+/* A write under way for request `id`, whose key lives in `msg`; NULL after
+ * answering (and releasing `e`). */
+static struct session__write *session__write_new(struct session *s, json_int_t id, json_t *msg,
+                                                 struct store_entry *e)
 {
-    struct session__write *w = calloc(1, sizeof *w);
-    if (w == NULL) {
-        store_entry_unref(op.entry);
+    struct session__write *sw = calloc(1, sizeof *sw);
+    if (sw == NULL) {
+        store_entry_unref(e);
         session__error(s, &id, STORE_EINTERNAL, "out of memory");
-        return;
+        return NULL;
     }
-    w->id = id;
-    w->msg = json_incref(msg);
-    w->op = op;
-    w->txn.ops = &w->op;
-    w->txn.n = 1;
+    sw->id = id;
+    sw->msg = json_incref(msg);
     conn_ref(s->conn);
-    w->conn = s->conn;
-    if (store_submit(s->store, &w->txn, session__write_done, w) != STORE_OK)
-        session__write_done(w, &w->txn);
+    sw->conn = s->conn;
+    return sw;
+}
+
+/* After ops_set or ops_delete: an error is answered here, and `sw` freed;
+ * otherwise session__write_done answers. */
+static void session__submitted(struct session *s, struct session__write *sw, int err,
+                               const char *why)
+{
+    if (err == STORE_OK)
+        return;
+    session__error(s, &sw->id, err, "%s", why);
+    conn_unref(sw->conn);
+    json_decref(sw->msg);
+    free(sw);
 }
 
 /* if_rev of a request: absent (any), 0 (must not exist) or a rev. */
@@ -532,134 +542,108 @@ static int session__if_rev(struct session *s, json_int_t id, json_t *msg, int64_
 static int session__set(struct session *s, json_int_t id, json_t *msg, bool publish)
 {
     size_t klen;
-    char why[256];
+    char why[512];
     struct store_entry *e;
     int64_t if_rev;
-    const char *key = session__key(s, id, msg, "key", &klen, false);
+    const char *key = session__field(s, id, msg, "key", &klen);
     if (key == NULL || session__if_rev(s, id, msg, &if_rev) != 0)
         return 0;
-    int err = envelope_entry(msg, store_limits(s->store)->max_value_bytes, false, s->origin, &e,
-                             why, sizeof why);
+    int err = envelope_entry(msg, store_limits(ops_store(s->ops))->max_value_bytes, false,
+                             s->caller.transport, &e, why, sizeof why);
     if (err != STORE_OK) {
         session__error(s, &id, err, "%s", why);
         return 0;
     }
     if (publish) {
-        err = store_publish(s->store, key, klen, e);
+        err = ops_publish(s->ops, &s->caller, key, klen, e, why, sizeof why);
         if (err != STORE_OK)
-            session__error(s, &id, err, "%s", store_err_text(err));
-        else {
-            struct buf b = {0};
-            buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld}", (long long)id);
-            session__send(s, &b);
-        }
+            session__error(s, &id, err, "%s", why);
+        else
+            session__ok(s, id);
         return 0;
     }
-    session__submit(
-        s, id, msg,
-        (struct store_op){
-            .kind = STORE_OP_SET, .key = key, .klen = klen, .entry = e, .if_rev = if_rev});
+    struct session__write *sw = session__write_new(s, id, msg, e);
+    if (sw == NULL)
+        return 0;
+    err = ops_set(s->ops, &s->caller, &sw->w, key, klen, e, if_rev, session__write_done, sw, why,
+                  sizeof why);
+    session__submitted(s, sw, err, why);
     return 0;
 }
 
 static int session__delete(struct session *s, json_int_t id, json_t *msg)
 {
     size_t len;
-    bool wild;
     int64_t if_rev;
-    const char *key = session__pattern(s, id, msg, "key", &len, &wild);
+    char why[512];
+    const char *key = session__field(s, id, msg, "key", &len);
     if (key == NULL || session__if_rev(s, id, msg, &if_rev) != 0)
         return 0;
-    if (wild && if_rev != STORE_ANY_REV) {
-        session__error(s, &id, STORE_EBADREQ, "if_rev applies to a key, not a pattern");
+    struct session__write *sw = session__write_new(s, id, msg, NULL);
+    if (sw == NULL)
         return 0;
-    }
-    session__submit(s, id, msg,
-                    (struct store_op){.kind = STORE_OP_DELETE,
-                                      .key = key,
-                                      .klen = len,
-                                      .pattern = wild,
-                                      .if_rev = if_rev,
-                                      .origin = s->origin});
+    int err = ops_delete(s->ops, &s->caller, &sw->w, key, len, if_rev, false, session__write_done,
+                         sw, why, sizeof why);
+    session__submitted(s, sw, err, why);
     return 0;
 }
 
-/* ---- subscriptions ---- */
+/* ---- subscriptions: a feed each, written to the connection ---- */
 
-/* The text of an event for subscription `sub`: {"type":"event","sub":S,...}.
- * The envelope part is made once per event and shared (ev->cache). */
-static void session__event_text(struct buf *b, uint64_t sub, struct store_event *ev)
-{
-    if (ev->cache == NULL) {
-        struct buf env = {0};
-        if (ev->entry == NULL)
-            envelope_add_deleted(&env, ev->key, ev->klen, ev->rev, ev->ts);
-        else
-            envelope_add_as(&env, ev->key, ev->klen, ev->entry, "content_type");
-        if (ev->transient && !env.oom) {
-            env.len--; /* the closing brace */
-            buf_adds(&env, ",\"transient\":true}");
-        }
-        if (env.oom) {
-            buf_free(&env);
-            b->oom = true;
-            return;
-        }
-        ev->cache = env.p;
-        ev->cache_len = env.len;
-    }
-    buf_addf(b, "{\"type\":\"event\",\"sub\":%llu,", (unsigned long long)sub);
-    buf_add(b, ev->cache + 1, ev->cache_len - 1);
-}
-
-static void csub__queue(struct csub *cs, const char *data, size_t len)
-{
-    struct pending *p = malloc(sizeof *p + len);
-    if (p == NULL)
-        return;
-    p->next = NULL;
-    p->len = len;
-    memcpy(p->data, data, len);
-    if (cs->tail)
-        cs->tail->next = p;
-    else
-        cs->head = p;
-    cs->tail = p;
-}
-
-static void session__on_event(void *arg, struct store_sub *sub, struct store_event *ev)
+static void session__add_event(void *arg, struct buf *b, const struct feed_event *ev)
 {
     struct csub *cs = arg;
-    struct session *s = cs->session;
-    struct buf b = {0};
-    (void)sub;
-    session__event_text(&b, cs->id, ev);
-    if (b.oom) {
-        buf_free(&b);
-        return;
-    }
-    pthread_mutex_lock(&s->lock);
-    if (cs->active)
-        conn_send(s->conn, b.p, b.len);
-    else
-        csub__queue(cs, b.p, b.len); /* invariant 1 */
-    pthread_mutex_unlock(&s->lock);
-    buf_free(&b);
+    char head[64];
+    if (b->len > 0) /* a snapshot's chunk: one message a line */
+        buf_add(b, "\n", 1);
+    snprintf(head, sizeof head, "{\"type\":\"event\",\"sub\":%llu,", (unsigned long long)cs->id);
+    feed_add_envelope(b, ev, "content_type", head);
 }
+
+static void session__add_sync(void *arg, struct buf *b, int64_t rev)
+{
+    struct csub *cs = arg;
+    buf_addf(b, "{\"type\":\"sync\",\"sub\":%llu,\"rev\":%lld}", (unsigned long long)cs->id,
+             (long long)rev);
+}
+
+static bool session__write(void *arg, struct buf *b)
+{
+    struct csub *cs = arg;
+    return conn_send_buf(cs->session->conn, b);
+}
+
+static void session__fail(void *arg, int err, const char *message)
+{
+    struct csub *cs = arg;
+    session__end(cs->session->conn, err, message);
+}
+
+/* Over a line transport the snapshot goes in chunks of many lines; a
+ * WebSocket takes one message a frame. */
+static const struct feed_sink session__lines_sink = {.add_event = session__add_event,
+                                                     .add_sync = session__add_sync,
+                                                     .write = session__write,
+                                                     .fail = session__fail,
+                                                     .chunk = SESSION_CHUNK};
+static const struct feed_sink session__ws_sink = {.add_event = session__add_event,
+                                                  .add_sync = session__add_sync,
+                                                  .write = session__write,
+                                                  .fail = session__fail};
 
 static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
 {
     size_t plen;
-    bool wild;
-    const char *pat = session__pattern(s, id, msg, "pattern", &plen, &wild);
+    char why[512];
+    const char *pat = session__field(s, id, msg, "pattern", &plen);
     json_t *live = json_object_get(msg, "live_only"), *unique = json_object_get(msg, "unique");
+    json_t *jsince = json_object_get(msg, "since");
     if (pat == NULL)
         return 0;
     if ((live && !json_is_boolean(live)) || (unique && !json_is_boolean(unique))) {
         session__error(s, &id, STORE_EBADREQ, "live_only and unique are true or false");
         return 0;
     }
-    json_t *jsince = json_object_get(msg, "since");
     if (jsince != NULL && (!json_is_integer(jsince) || json_integer_value(jsince) < 0)) {
         session__error(s, &id, STORE_EBADREQ, "since is a rev (0 or more)");
         return 0;
@@ -675,73 +659,30 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
         return 0;
     }
     cs->session = s;
-    cs->id = ++s->next_sub;
-    struct store_snapshot snap = {0};
-    int64_t rev;
-    bool with_snapshot = !json_is_true(live);
-    int err =
-        jsince != NULL
-            ? store_subscribe_since(s->store, pat, plen, json_is_true(unique), session__on_event,
-                                    cs, json_integer_value(jsince), &snap, &rev, &cs->sub)
-            : store_subscribe(s->store, pat, plen, json_is_true(unique), session__on_event, cs,
-                              with_snapshot ? &snap : NULL, &rev, &cs->sub);
+    cs->id = s->next_sub + 1;
+    struct feed_request rq = {.pattern = pat,
+                              .plen = plen,
+                              .unique = json_is_true(unique),
+                              .live_only = json_is_true(live),
+                              .since = jsince ? json_integer_value(jsince) : -1};
+    int err = ops_subscribe(s->ops, &s->caller, &rq,
+                            s->caller.transport == STORE_ORIGIN_WS ? &session__ws_sink
+                                                                   : &session__lines_sink,
+                            cs, &cs->feed, why, sizeof why);
     if (err != STORE_OK) {
         free(cs);
-        if (err == STORE_EGONE)
-            session__error(s, &id, err,
-                           "history does not hold every change of %s after rev %lld: take a "
-                           "fresh snapshot (subscribe without since)",
-                           pat, (long long)json_integer_value(jsince));
-        else
-            session__error(s, &id, err, "%s", store_err_text(err));
+        session__error(s, &id, err, "%s", why);
         return 0;
     }
+    s->next_sub++;
     cs->next = s->subs;
     s->subs = cs;
     s->nsubs++;
-
     struct buf b = {0};
     buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld,\"sub\":%llu}", (long long)id,
              (unsigned long long)cs->id);
     session__send(s, &b);
-    char head[64];
-    snprintf(head, sizeof head, "{\"type\":\"event\",\"sub\":%llu,", (unsigned long long)cs->id);
-    /* Over a line transport the snapshot goes in chunks of many lines; a
-     * WebSocket takes one message a frame. */
-    struct buf chunk = {0};
-    for (size_t i = 0; i < snap.n; i++) {
-        if (chunk.len > 0)
-            buf_add(&chunk, "\n", 1);
-        else if (s->transport != CONN_WS)
-            buf_reserve(&chunk, 80 * 1024);
-        if (snap.entries[i] == NULL) { /* a deletion, from a replay */
-            buf_adds(&chunk, head);
-            struct buf d = {0};
-            envelope_add_deleted(&d, snap.keys[i], snap.klens[i], snap.revs[i], snap.tss[i]);
-            if (d.len > 1)
-                buf_add(&chunk, d.p + 1, d.len - 1);
-            buf_free(&d);
-        } else
-            session__add_envelope(&chunk, head, snap.keys[i], snap.klens[i], snap.entries[i]);
-        if (s->transport == CONN_WS || chunk.len >= 65536) {
-            session__send(s, &chunk);
-            chunk = (struct buf){0};
-        }
-    }
-    if (chunk.len > 0)
-        session__send(s, &chunk);
-    buf_free(&chunk);
-    store_snapshot_free(&snap);
-    buf_addf(&b, "{\"type\":\"sync\",\"sub\":%llu,\"rev\":%lld}", (unsigned long long)cs->id,
-             (long long)rev);
-    /* Invariant 1: what arrived meanwhile follows the sync, in order. */
-    pthread_mutex_lock(&s->lock);
-    session__send(s, &b);
-    for (struct pending *p = cs->head; p != NULL; p = p->next)
-        conn_send(s->conn, p->data, p->len);
-    csub__free_pending(cs);
-    cs->active = true;
-    pthread_mutex_unlock(&s->lock);
+    feed_start(cs->feed); /* invariant 1 */
     return 0;
 }
 
@@ -763,12 +704,9 @@ static int session__unsubscribe(struct session *s, json_int_t id, json_t *msg)
     struct csub *cs = *p;
     *p = cs->next;
     s->nsubs--;
-    store_unsubscribe(s->store, cs->sub);
-    csub__free_pending(cs);
+    ops_unsubscribe(s->ops, cs->feed);
     free(cs);
-    struct buf b = {0};
-    buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld}", (long long)id);
-    session__send(s, &b);
+    session__ok(s, id);
     return 0;
 }
 

@@ -8,7 +8,9 @@
  * Writes are submitted without waiting: the callers are the session loop,
  * which must not block on a commit.
  */
+#include "sys.h"
 #include "gateway.h"
+#include "clock.h"
 #include "version.h"
 
 #include <stdio.h>
@@ -61,13 +63,6 @@ static void sys__set_number(struct store *store, const char *key, unsigned long 
     sys__set(store, key, text, "application/json");
 }
 
-static int64_t sys__now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec;
-}
-
 struct sys {
     struct store *store;
     struct bridge *bridge;    /* NULL: off */
@@ -98,7 +93,7 @@ struct sys *sys_start(struct store *store, struct bridge *bridge, unsigned inter
     sys->store = store;
     sys->bridge = bridge;
     sys->interval = interval;
-    sys->started = sys->last = sys__now();
+    sys->started = sys->last = mono_s();
     /* Sessions of a previous run that ended without closing them. */
     sys__delete(store, "$SYS/sessions/#");
     sys__set(store, "$SYS/version", ALMANAC_VERSION, "text/plain; charset=utf-8");
@@ -126,7 +121,7 @@ void sys_tick(struct sys *sys)
         sys->bridge_state = bs.state;
         sys__set(sys->store, "$SYS/bridge/state", bs.state, "text/plain; charset=utf-8");
     }
-    int64_t now = sys__now();
+    int64_t now = mono_s();
     if (sys->interval == 0 || now - sys->last < sys->interval)
         return;
     sys->last = now;

@@ -30,6 +30,7 @@
  * one.
  */
 #include "store_int.h"
+#include "clock.h"
 #include "log.h"
 
 #include <errno.h>
@@ -84,13 +85,6 @@ static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
           "INSERT INTO meta(name, value) SELECT 'history_floor', value FROM meta WHERE name = "
           "'rev';",
 };
-
-static int64_t db__now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static int db__exec(struct db *db, const char *sql, char *why, size_t why_len)
 {
@@ -151,7 +145,7 @@ static int db__migrate(struct db *db, char *why, size_t why_len)
     for (int v = version + 1; v <= DB_SCHEMA_VERSION; v++) {
         char record[128];
         snprintf(record, sizeof record, "INSERT INTO schema_version VALUES (%d, %lld)", v,
-                 (long long)db__now_us());
+                 (long long)now_us());
         if (db__exec(db, "BEGIN IMMEDIATE", why, why_len) != 0)
             return STORE_EINTERNAL;
         if (db__exec(db, db__migrations[v], why, why_len) != 0 ||

@@ -23,6 +23,7 @@
  * a query or a replay with STORE_EINTERNAL and a log line naming its rev.
  */
 #include "store_int.h"
+#include "clock.h"
 #include "log.h"
 
 #include <jansson.h>
@@ -52,13 +53,6 @@ struct history {
     _Atomic int64_t floor;
     _Atomic uint64_t bytes, records, pruned;
 };
-
-static int64_t history__now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 /* ---- the read pool ---- */
 
@@ -103,7 +97,7 @@ static bool history__prune_batch(void *arg)
 {
     struct history *h = arg;
     sqlite3_stmt *st = NULL;
-    int64_t cutoff = h->retention_us > 0 ? history__now_us() - h->retention_us : INT64_MIN;
+    int64_t cutoff = h->retention_us > 0 ? now_us() - h->retention_us : INT64_MIN;
     uint64_t bytes = atomic_load(&h->bytes), gone_bytes = 0, gone = 0;
     int64_t upto = 0;
     char sql[256];

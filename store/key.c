@@ -78,8 +78,7 @@ static int key__check_text(const char *s, size_t len, size_t max_len, const char
                  max_len);
         return -1;
     }
-    /* "\xC0\x80" is how the HTTP layer hands on a percent-encoded NUL. */
-    if (memchr(s, '\0', len) != NULL || memmem(s, len, "\xC0\x80", 2) != NULL) {
+    if (memchr(s, '\0', len) != NULL) {
         snprintf(why, why_len, "the %s contains a NUL byte", what);
         return -1;
     }
@@ -173,6 +172,27 @@ bool store_pattern_match(const char *pat, size_t plen, const char *key, size_t k
             key_done = true;
         else
             ki = ke + 1;
+    }
+}
+
+bool store_pattern_covers(const char *q, size_t qlen, const char *p, size_t plen)
+{
+    size_t i = 0, j = 0; /* where the current segments start */
+    for (bool first = true;; first = false) {
+        const char *qs = memchr(q + i, '/', qlen - i), *ps = memchr(p + j, '/', plen - j);
+        size_t qe = qs ? (size_t)(qs - q) : qlen, pe = ps ? (size_t)(ps - p) : plen;
+        bool qhash = qe - i == 1 && q[i] == '#', qplus = qe - i == 1 && q[i] == '+';
+        bool phash = pe - j == 1 && p[j] == '#', pplus = pe - j == 1 && p[j] == '+';
+        bool pdollar = first && plen > 0 && p[0] == '$';
+        if (qhash)
+            return !pdollar;
+        if (phash)
+            return false;
+        if (qplus ? pdollar : pplus || qe - i != pe - j || memcmp(q + i, p + j, qe - i) != 0)
+            return false;
+        if (qe == qlen || pe == plen) /* "a/#" covers "a" too */
+            return qe == qlen ? pe == plen : qlen - qe == 2 && q[qe + 1] == '#';
+        i = qe + 1, j = pe + 1;
     }
 }
 

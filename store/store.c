@@ -19,8 +19,10 @@
  *      committed state and every writer of those changes gets the error.
  */
 #include "store_int.h"
+#include "clock.h"
 #include "log.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -65,15 +67,9 @@ struct store {
     _Atomic uint64_t commits, changes, commit_failures, publishes, nsubs, events;
 };
 
-static int64_t store__now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void store__settle(struct store *s, int64_t rev)
 {
+    assert(rev >= 0);
     pthread_mutex_lock(&s->slock);
     if (rev > atomic_load(&s->settled))
         atomic_store(&s->settled, rev);
@@ -393,11 +389,11 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
     if ((err = db__open(cfg->data_dir, cfg->durability, cfg->max_db_bytes, &s->db, why, why_len)) !=
         STORE_OK)
         goto fail;
-    int64_t t0 = store__now_us();
+    int64_t t0 = now_us();
     if ((err = db__load(s->db, store__load_one, s, &rev, why, why_len)) != STORE_OK ||
         (err = db__load_outbox(s->db, s->outbox, why, why_len)) != STORE_OK)
         goto fail;
-    int64_t load_ms = (store__now_us() - t0) / 1000;
+    int64_t load_ms = (now_us() - t0) / 1000;
     s->rev = rev;
     if ((err = store__open_history(s, cfg, why, why_len)) != STORE_OK)
         goto fail;
@@ -544,6 +540,7 @@ static struct change *commit__add(struct commit *c, const char *key, size_t klen
 static void store__enqueue(struct store *s, struct commit *c)
 {
     pthread_mutex_lock(&s->qlock);
+    assert(s->tail == NULL || s->tail->last_rev <= c->last_rev); /* invariant 1 */
     if (s->tail)
         s->tail->next = c;
     else
@@ -612,62 +609,6 @@ static int store__delete_one(struct store *s, struct commit *c, const char *key,
     ch->ts = ts;
     ch->old = tree__del(s->tree, key, klen);
     return STORE_OK;
-}
-
-/* Snapshots: the entries a walk visits, keys copied (subscriptions, and the
- * keys a pattern delete removes). */
-
-void store_snapshot_free(struct store_snapshot *snap)
-{
-    for (size_t i = 0; i < snap->n; i++) {
-        free(snap->keys[i]);
-        store_entry_unref(snap->entries[i]);
-    }
-    free(snap->keys);
-    free(snap->klens);
-    free(snap->entries);
-    free(snap->revs);
-    free(snap->tss);
-    memset(snap, 0, sizeof *snap);
-}
-
-int snapshot__add(struct store_snapshot *snap, const char *key, size_t klen, struct store_entry *e,
-                  int64_t rev, int64_t ts)
-{
-    if (snap->n == snap->cap) {
-        size_t cap = snap->cap ? snap->cap * 2 : 64;
-        char **keys = realloc(snap->keys, cap * sizeof *keys);
-        if (keys)
-            snap->keys = keys;
-        size_t *klens = realloc(snap->klens, cap * sizeof *klens);
-        if (klens)
-            snap->klens = klens;
-        struct store_entry **entries = realloc(snap->entries, cap * sizeof *entries);
-        if (entries)
-            snap->entries = entries;
-        int64_t *revs = realloc(snap->revs, cap * sizeof *revs);
-        if (revs)
-            snap->revs = revs;
-        int64_t *tss = realloc(snap->tss, cap * sizeof *tss);
-        if (tss)
-            snap->tss = tss;
-        if (!keys || !klens || !entries || !revs || !tss)
-            goto oom;
-        snap->cap = cap;
-    }
-    if ((snap->keys[snap->n] = malloc(klen + 1)) == NULL)
-        goto oom;
-    memcpy(snap->keys[snap->n], key, klen);
-    snap->keys[snap->n][klen] = '\0';
-    snap->klens[snap->n] = klen;
-    snap->entries[snap->n] = e;
-    snap->revs[snap->n] = rev;
-    snap->tss[snap->n] = ts;
-    snap->n++;
-    return STORE_OK;
-oom:
-    store_entry_unref(e);
-    return STORE_EINTERNAL;
 }
 
 static void store__snap_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
@@ -739,7 +680,7 @@ int store_submit(struct store *s, struct store_txn *t, store_done_fn done, void 
         goto out;
     }
     /* Invariant of history.c: ts only grows with rev. */
-    int64_t ts = store__now_us(), rev0 = s->rev;
+    int64_t ts = now_us(), rev0 = s->rev;
     if (ts < s->last_ts)
         ts = s->last_ts;
     s->last_ts = ts;
@@ -841,7 +782,7 @@ int store_publish(struct store *s, const char *key, size_t klen, struct store_en
         goto fail;
     }
     ch->transient = true;
-    ch->ts = store__now_us();
+    ch->ts = now_us();
     ch->entry = e;
     e = NULL;
     /* Queued under the write lock, as changes are: subscribers get it in
@@ -967,36 +908,13 @@ int store_subscribe(struct store *s, const char *pat, size_t plen, bool unique, 
     return store__subscribe_consistent(s, pat, plen, unique, fn, arg, -1, snap, sync_rev, out);
 }
 
-/* Whether pattern `q` matches every key pattern `p` matches (MQTT's rules,
- * `$` included). */
-static bool store__covers(const char *q, size_t qlen, const char *p, size_t plen)
-{
-    size_t i = 0, j = 0; /* where the current segments start */
-    for (bool first = true;; first = false) {
-        const char *qs = memchr(q + i, '/', qlen - i), *ps = memchr(p + j, '/', plen - j);
-        size_t qe = qs ? (size_t)(qs - q) : qlen, pe = ps ? (size_t)(ps - p) : plen;
-        bool qhash = qe - i == 1 && q[i] == '#', qplus = qe - i == 1 && q[i] == '+';
-        bool phash = pe - j == 1 && p[j] == '#', pplus = pe - j == 1 && p[j] == '+';
-        bool pdollar = first && plen > 0 && p[0] == '$';
-        if (qhash)
-            return !pdollar;
-        if (phash)
-            return false;
-        if (qplus ? pdollar : pplus || qe - i != pe - j || memcmp(q + i, p + j, qe - i) != 0)
-            return false;
-        if (qe == qlen || pe == plen) /* "a/#" covers "a" too */
-            return qe == qlen ? pe == plen : qlen - qe == 2 && q[qe + 1] == '#';
-        i = qe + 1, j = pe + 1;
-    }
-}
-
 int store_subscribe_since(struct store *s, const char *pat, size_t plen, bool unique,
                           store_event_fn fn, void *arg, int64_t since, struct store_snapshot *snap,
                           int64_t *sync_rev, struct store_sub **out)
 {
     bool covered = false;
     for (size_t i = 0; i < s->nhist_keys && s->history != NULL && !covered; i++)
-        covered = store__covers(s->hist_keys[i], strlen(s->hist_keys[i]), pat, plen);
+        covered = store_pattern_covers(s->hist_keys[i], strlen(s->hist_keys[i]), pat, plen);
     pthread_rwlock_rdlock(&s->lock);
     int64_t rev = s->rev;
     pthread_rwlock_unlock(&s->lock);

@@ -62,6 +62,10 @@ int store_pattern_check(const char *pat, size_t len, size_t max_len, bool *wild,
                         size_t why_len);
 /* Whether a valid key matches a valid pattern (MQTT's rules, `$` included). */
 bool store_pattern_match(const char *pat, size_t plen, const char *key, size_t klen);
+/* Whether pattern `q` matches every key that pattern `p` matches (MQTT's
+ * rules, `$` included): "a/#" covers "a/+/b" and "a", "+" does not cover
+ * "$SYS/x". Both valid. */
+bool store_pattern_covers(const char *q, size_t qlen, const char *p, size_t plen);
 /* Whether a key is reserved for the server (first segment starts with `$`). */
 bool store_key_reserved(const char *key, size_t len);
 /* Compares two keys in the store's order: segment by segment, each segment

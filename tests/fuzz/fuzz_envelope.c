@@ -14,6 +14,7 @@
  * back as import parses a line of export, gives an entry whose envelope is
  * the same bytes, with the same value, type and labels.
  */
+#include "envelope.h"
 #include "gateway.h"
 
 #include <stdint.h>

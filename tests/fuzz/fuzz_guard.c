@@ -11,6 +11,7 @@
  *     server's own origin (http://<Host>) is always allowed for an allowed
  *     Host that is a plain authority.
  */
+#include "guard.h"
 #include "gateway.h"
 
 #include <stdint.h>

@@ -8,6 +8,7 @@
  * as MHD does. Besides memory and UB errors it checks that an accepted query
  * is within its bounds and that a refusal says why.
  */
+#include "envelope.h"
 #include "gateway.h"
 
 #include <stdint.h>

@@ -9,6 +9,7 @@
  * a set's envelope, written back with envelope_add and read again, gives
  * the same bytes (export then import changes nothing).
  */
+#include "envelope.h"
 #include "gateway.h"
 
 #include <stdint.h>

@@ -49,6 +49,7 @@ static struct {
     struct config cfg;
     struct store *store;
     struct sys *sys;
+    struct ops *ops;
     struct loop *loop;
     struct http *http;
 } fuzz__srv;
@@ -91,6 +92,7 @@ static void fuzz__stop(void)
     loop_stop(fuzz__srv.loop);
     http_stop(fuzz__srv.http);
     loop_free(fuzz__srv.loop);
+    ops_free(fuzz__srv.ops);
     sys_stop(fuzz__srv.sys);
     store_close(fuzz__srv.store);
     config_free(&fuzz__srv.cfg);
@@ -146,11 +148,12 @@ const struct fuzz_server *fuzz_server_start(bool unix_socket, bool http)
     if (store_open(&scfg, &fuzz__srv.store, why, sizeof why) != STORE_OK)
         goto fail;
     fuzz__srv.sys = sys_start(fuzz__srv.store, NULL, fuzz__srv.cfg.sys_interval);
-    if (loop_start(fuzz__srv.store, fuzz__srv.sys, &fuzz__srv.cfg, &fuzz__srv.loop, why,
-                   sizeof why) != 0)
+    fuzz__srv.ops = ops_new(fuzz__srv.store, NULL, fuzz__srv.sys, &fuzz__srv.cfg);
+    if (fuzz__srv.ops == NULL ||
+        session_serve(fuzz__srv.ops, &fuzz__srv.cfg, &fuzz__srv.loop, why, sizeof why) != 0)
         goto fail;
     if (http) {
-        if (http_start(fuzz__srv.store, NULL, &fuzz__srv.cfg, fuzz__srv.loop, &fuzz__srv.http, why,
+        if (http_start(fuzz__srv.ops, &fuzz__srv.cfg, fuzz__srv.loop, &fuzz__srv.http, why,
                        sizeof why) != 0)
             goto fail;
         pub->port = http_port(fuzz__srv.http);

@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "envelope.h"
 #include "gateway.h"
 
 static char *envelope_of(const void *value, size_t len, const char *type, const char *labels)

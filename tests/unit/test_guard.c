@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "guard.h"
 #include "gateway.h"
 
 static char *hosts[] = {"almanac.example.com"};

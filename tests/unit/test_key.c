@@ -155,6 +155,37 @@ static void test_match(void **state)
     }
 }
 
+/* Containment: q covers p when every key p matches, q matches too. Checked
+ * against store_pattern_match on sample keys as well as by example. */
+static void test_covers(void **state)
+{
+    static const struct {
+        const char *q, *p;
+        bool covers;
+    } cases[] = {
+        {"#", "a/b", true},       {"#", "+/b", true},
+        {"#", "$SYS/x", false},   {"a/#", "a", true},
+        {"a/#", "a/+/c", true},   {"a/#", "b/#", false},
+        {"a/+", "a/b", true},     {"a/+", "a/#", false},
+        {"a/+", "a/b/c", false},  {"+/+", "+/b", true},
+        {"+", "$SYS", false},     {"$SYS/#", "$SYS/x/y", true},
+        {"a/b", "a/b", true},     {"a/b", "a/+", false},
+        {"a/+/c", "a/b/c", true}, {"site/+/temp", "site/#", false},
+    };
+    static const char *keys[] = {"a",      "a/b",      "a/b/c",       "b",  "$SYS",
+                                 "$SYS/x", "$SYS/x/y", "site/1/temp", "x/b"};
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *q = cases[i].q, *p = cases[i].p;
+        assert_int_equal(store_pattern_covers(q, strlen(q), p, strlen(p)), cases[i].covers);
+        if (!cases[i].covers)
+            continue;
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+            if (store_pattern_match(p, strlen(p), keys[k], strlen(keys[k])))
+                assert_true(store_pattern_match(q, strlen(q), keys[k], strlen(keys[k])));
+    }
+}
+
 static void test_order(void **state)
 {
     /* Segment by segment: a key sorts right before its children. */
@@ -173,9 +204,8 @@ static void test_order(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_keys),
-        cmocka_unit_test(test_patterns),
-        cmocka_unit_test(test_match),
+        cmocka_unit_test(test_keys),  cmocka_unit_test(test_patterns),
+        cmocka_unit_test(test_match), cmocka_unit_test(test_covers),
         cmocka_unit_test(test_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

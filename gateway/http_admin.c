@@ -1,0 +1,154 @@
+/*
+ * http_admin.c — what operators ask of the server: /health, /ready,
+ * /api/v1/info and the Prometheus /metrics.
+ */
+#include "http_int.h"
+#include "clock.h"
+#include "version.h"
+
+#include <string.h>
+
+enum MHD_Result http__health(struct req *r)
+{
+    struct buf b = {0};
+    buf_adds(&b, "{\"status\":\"ok\"}");
+    return http__json(r, 200, &b);
+}
+
+enum MHD_Result http__ready(struct req *r)
+{
+    struct store_stats st;
+    struct buf b = {0};
+    store_stats(r->h->store, &st);
+    if (st.draining)
+        return http__error(r, STORE_EUNAVAIL, "the server is shutting down");
+    if (!st.writable)
+        return http__error(r, STORE_EUNAVAIL, "the last commit to storage failed");
+    buf_adds(&b, "{\"status\":\"ready\"}");
+    return http__json(r, 200, &b);
+}
+
+/* The bridge's object of /api/v1/info. */
+static void http__bridge_info(struct buf *b, struct bridge *bridge, uint64_t outbox)
+{
+    struct bridge_stats bs;
+    bridge_stats(bridge, &bs);
+    buf_addf(b, "{\"state\":\"%s\"", bs.state);
+    if (bridge != NULL) {
+        buf_adds(b, ",\"url\":");
+        buf_add_jstr(b, bs.url, strlen(bs.url));
+        buf_adds(b, ",\"client_id\":");
+        buf_add_jstr(b, bs.client_id, strlen(bs.client_id));
+        buf_adds(b, ",\"last_error\":");
+        if (bs.last_error[0])
+            buf_add_jstr(b, bs.last_error, strlen(bs.last_error));
+        else
+            buf_adds(b, "null");
+        buf_addf(b,
+                 ",\"connected_since\":%lld,\"messages_in\":%llu,\"messages_out\":%llu,"
+                 "\"errors_in\":%llu,\"errors_out\":%llu,\"reconnects\":%llu",
+                 (long long)bs.connected_since_us, (unsigned long long)bs.messages_in,
+                 (unsigned long long)bs.messages_out, (unsigned long long)bs.errors_in,
+                 (unsigned long long)bs.errors_out, (unsigned long long)bs.reconnects);
+    }
+    buf_addf(b, ",\"outbox\":%llu}", (unsigned long long)outbox);
+}
+
+enum MHD_Result http__info(struct req *r)
+{
+    struct store_stats st;
+    struct buf b = {0};
+    store_stats(r->h->store, &st);
+    buf_addf(&b,
+             "{\"version\":\"%s\",\"uptime_s\":%lld,\"keys\":%llu,\"rev\":%lld,"
+             "\"schema_version\":%d,\"protocols\":[\"1.0\"],\"sessions\":%u,"
+             "\"subscriptions\":%llu,\"bridge\":",
+             ALMANAC_VERSION, (long long)((now_us() - r->h->started_us) / 1000000),
+             (unsigned long long)st.keys, (long long)st.rev, st.schema_version,
+             ops_sessions(r->h->ops), (unsigned long long)st.subscriptions);
+    http__bridge_info(&b, ops_bridge(r->h->ops), st.outbox);
+    buf_addf(&b,
+             ",\"history\":{\"enabled\":%s,\"records\":%llu,\"bytes\":%llu,"
+             "\"since_rev\":%lld,\"pruned\":%llu}",
+             st.history ? "true" : "false", (unsigned long long)st.history_records,
+             (unsigned long long)st.history_bytes, (long long)st.history_floor,
+             (unsigned long long)st.history_pruned);
+    buf_adds(&b, ",\"storage\":{\"path\":");
+    buf_add_jstr(&b, st.db_path, strlen(st.db_path));
+    buf_addf(&b,
+             ",\"durability\":\"%s\",\"db_bytes\":%lld,\"wal_bytes\":%lld,"
+             "\"committed_rev\":%lld,\"commits\":%llu,\"writable\":%s}}",
+             st.durability == STORE_DURABLE_FSYNC ? "fsync" : "commit", (long long)st.db_bytes,
+             (long long)st.wal_bytes, (long long)st.committed_rev, (unsigned long long)st.commits,
+             st.writable ? "true" : "false");
+    return http__json(r, 200, &b);
+}
+
+static void http__metric(struct buf *b, const char *name, const char *type, const char *help,
+                         unsigned long long value)
+{
+    buf_addf(b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name, value);
+}
+
+enum MHD_Result http__metrics(struct req *r)
+{
+    struct store_stats st;
+    struct buf b = {0};
+    store_stats(r->h->store, &st);
+    http__metric(&b, "almanac_keys", "gauge", "Keys in the store.", st.keys);
+    http__metric(&b, "almanac_rev", "gauge", "The last rev assigned.", (unsigned long long)st.rev);
+    http__metric(&b, "almanac_committed_rev", "gauge", "The last rev committed to storage.",
+                 (unsigned long long)st.committed_rev);
+    http__metric(&b, "almanac_commits_total", "counter", "SQLite transactions committed.",
+                 st.commits);
+    http__metric(&b, "almanac_changes_total", "counter", "Changes committed.", st.changes);
+    http__metric(&b, "almanac_commit_failures_total", "counter",
+                 "Commits that failed and were undone.", st.commit_failures);
+    http__metric(&b, "almanac_publishes_total", "counter", "Transient messages published.",
+                 st.publishes);
+    http__metric(&b, "almanac_storage_writable", "gauge", "1 while the last commit succeeded.",
+                 st.writable);
+    http__metric(&b, "almanac_sessions", "gauge", "Open sessions (WebSocket, TCP, Unix).",
+                 ops_sessions(r->h->ops));
+    http__metric(&b, "almanac_subscriptions", "gauge", "Live subscriptions, SSE included.",
+                 st.subscriptions);
+    http__metric(&b, "almanac_events_total", "counter", "Changes handed to subscriptions.",
+                 st.events);
+    struct bridge_stats bs;
+    bridge_stats(ops_bridge(r->h->ops), &bs);
+    http__metric(&b, "almanac_bridge_connected", "gauge", "1 while the MQTT bridge is connected.",
+                 strcmp(bs.state, "connected") == 0);
+    http__metric(&b, "almanac_bridge_outbox", "gauge", "Changes waiting for the MQTT broker.",
+                 st.outbox);
+    http__metric(&b, "almanac_bridge_messages_in_total", "counter",
+                 "MQTT messages received on mapped topics.", bs.messages_in);
+    http__metric(&b, "almanac_bridge_messages_out_total", "counter",
+                 "Publishes the MQTT broker acknowledged.", bs.messages_out);
+    http__metric(&b, "almanac_bridge_errors_in_total", "counter",
+                 "MQTT messages that could not become a change.", bs.errors_in);
+    http__metric(&b, "almanac_bridge_errors_out_total", "counter",
+                 "Publishes the MQTT broker refused for good.", bs.errors_out);
+    http__metric(&b, "almanac_bridge_reconnects_total", "counter",
+                 "Connection attempts after the first.", bs.reconnects);
+    http__metric(&b, "almanac_history_records", "gauge", "Changes kept in history.",
+                 st.history_records);
+    http__metric(&b, "almanac_history_bytes", "gauge",
+                 "Size of history as history_max_bytes counts it.", st.history_bytes);
+    http__metric(&b, "almanac_history_pruned_total", "counter",
+                 "History records removed by retention.", st.history_pruned);
+    http__metric(&b, "almanac_uptime_seconds", "gauge", "Seconds since the start.",
+                 (unsigned long long)((now_us() - r->h->started_us) / 1000000));
+    buf_adds(&b, "# HELP almanac_storage_bytes Size of the database files.\n"
+                 "# TYPE almanac_storage_bytes gauge\n");
+    buf_addf(&b, "almanac_storage_bytes{file=\"db\"} %lld\n", (long long)st.db_bytes);
+    buf_addf(&b, "almanac_storage_bytes{file=\"wal\"} %lld\n", (long long)st.wal_bytes);
+    buf_adds(&b, "# HELP almanac_http_responses_total HTTP responses by status.\n"
+                 "# TYPE almanac_http_responses_total counter\n");
+    for (unsigned s = 100; s < HTTP_MAX_STATUS; s++) {
+        uint64_t n = atomic_load_explicit(&r->h->status_count[s], memory_order_relaxed);
+        if (n)
+            buf_addf(&b, "almanac_http_responses_total{code=\"%u\"} %llu\n", s,
+                     (unsigned long long)n);
+    }
+    return http__text(r, 200, &b, "text/plain; version=0.0.4");
+}

@@ -1,0 +1,509 @@
+/*
+ * http_stream.c — the HTTP routes that stream: Server-Sent Events (a feed
+ * through a sink of their own), the WebSocket upgrade (the loop takes the
+ * socket), history and export (read as the client reads), and import.
+ *
+ * An SSE stream's events gather in `q`, bounded by session_queue_bytes
+ * (past it, feed.c's too_slow policy ends the stream with an error event);
+ * MHD's content reader takes them and, when there are none, suspends the
+ * connection, which the next event resumes.
+ * Invariants:
+ *   1. `q` changes only under the stream's lock, and a suspended stream is
+ *      resumed by whoever queues to it (the feed, the heartbeat, the stop);
+ *   2. a stream is on h->streams from its answer to sse__free, which closes
+ *      its feed first: no sink call after it.
+ */
+#include "http_int.h"
+#include "import.h"
+#include "loop.h"
+
+#include <ctype.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* ---- Server-Sent Events ---- */
+
+struct sse {
+    struct http *h;
+    struct MHD_Connection *conn;
+    struct feed *feed;
+    pthread_mutex_t lock;
+    struct buf q;
+    size_t off; /* bytes of q already handed to MHD */
+    bool suspended, ended;
+    struct sse *prev, *next;
+};
+
+/* Wakes a stream that waits for bytes; the caller holds s->lock. */
+static void sse__wake(struct sse *s)
+{
+    if (s->suspended) {
+        s->suspended = false;
+        MHD_resume_connection(s->conn);
+    }
+}
+
+static void sse__add_event(void *arg, struct buf *b, const struct feed_event *ev)
+{
+    (void)arg;
+    if (ev->entry == NULL)
+        buf_addf(b, "event: delete\nid: %lld\ndata: ", (long long)ev->rev);
+    else if (ev->transient) /* no rev of its own: no id to resume from */
+        buf_adds(b, "event: put\ndata: ");
+    else
+        buf_addf(b, "event: put\nid: %lld\ndata: ", (long long)ev->rev);
+    feed_add_envelope(b, ev, "type", "{");
+    buf_adds(b, "\n\n");
+}
+
+static void sse__add_sync(void *arg, struct buf *b, int64_t rev)
+{
+    (void)arg;
+    buf_addf(b, "event: sync\nid: %lld\ndata: {\"rev\":%lld}\n\n", (long long)rev, (long long)rev);
+}
+
+static bool sse__write(void *arg, struct buf *b)
+{
+    struct sse *s = arg;
+    bool queued = true; /* an ended stream drops what comes */
+    pthread_mutex_lock(&s->lock);
+    if (!s->ended) {
+        queued = s->q.len - s->off + b->len <= s->h->cfg->session_queue_bytes;
+        if (queued) {
+            buf_add(&s->q, b->p, b->len);
+            sse__wake(s);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    buf_free(b);
+    return queued;
+}
+
+/* The stream's last event: an error, after what MHD already has. */
+static void sse__fail(void *arg, int err, const char *message)
+{
+    struct sse *s = arg;
+    pthread_mutex_lock(&s->lock);
+    s->q.len = s->off = 0;
+    buf_adds(&s->q, "event: error\ndata: {");
+    envelope_add_error(&s->q, err, message);
+    buf_adds(&s->q, "\n\n");
+    s->ended = true;
+    sse__wake(s);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static const struct feed_sink sse__sink = {.add_event = sse__add_event,
+                                           .add_sync = sse__add_sync,
+                                           .write = sse__write,
+                                           .fail = sse__fail,
+                                           .chunk = 65536};
+
+static ssize_t sse__read(void *cls, uint64_t pos, char *out, size_t max)
+{
+    struct sse *s = cls;
+    (void)pos;
+    pthread_mutex_lock(&s->lock);
+    size_t avail = s->q.len - s->off;
+    if (avail > 0) {
+        size_t n = avail < max ? avail : max;
+        memcpy(out, s->q.p + s->off, n);
+        s->off += n;
+        if (s->off == s->q.len)
+            s->q.len = s->off = 0;
+        pthread_mutex_unlock(&s->lock);
+        return (ssize_t)n;
+    }
+    if (s->ended) {
+        pthread_mutex_unlock(&s->lock);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    /* Nothing to send: sleep until a write resumes us. */
+    s->suspended = true;
+    MHD_suspend_connection(s->conn);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static void sse__free(void *cls)
+{
+    struct sse *s = cls;
+    struct http *h = s->h;
+    ops_unsubscribe(h->ops, s->feed); /* invariant 2 */
+    pthread_mutex_lock(&h->sse_lock);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        h->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    pthread_mutex_unlock(&h->sse_lock);
+    buf_free(&s->q);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+enum MHD_Result http__events(struct req *r)
+{
+    const char *live = http__arg(r, "live_only");
+    struct feed_request rq = {.pattern = r->path,
+                              .plen = r->plen,
+                              .live_only = live != NULL && strcmp(live, "0") != 0 &&
+                                           strcmp(live, "false") != 0,
+                              .since = -1};
+    char why[512];
+    /* Last-Event-ID (an EventSource reconnecting) or ?since= replay the
+     * changes after that rev from history instead of the snapshot. */
+    const char *since_text = http__header(r, "Last-Event-ID");
+    if (since_text == NULL)
+        since_text = http__arg(r, "since");
+    if (since_text != NULL) {
+        char *end;
+        rq.since = strtoll(since_text, &end, 10);
+        if (!isdigit((unsigned char)since_text[0]) || *end != '\0')
+            return http__error(r, STORE_EBADREQ, "since (or Last-Event-ID) is a rev: '%s'",
+                               since_text);
+    }
+    struct sse *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return MHD_NO;
+    s->h = r->h;
+    s->conn = r->conn;
+    pthread_mutex_init(&s->lock, NULL);
+    int err = ops_subscribe(r->h->ops, &r->caller, &rq, &sse__sink, s, &s->feed, why, sizeof why);
+    if (err != STORE_OK) {
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        return http__error(r, err, "%s", why);
+    }
+    feed_start(s->feed); /* into q, before MHD reads */
+
+    pthread_mutex_lock(&r->h->sse_lock);
+    s->next = r->h->streams;
+    if (s->next)
+        s->next->prev = s;
+    r->h->streams = s;
+    pthread_mutex_unlock(&r->h->sse_lock);
+
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse__read, s, sse__free);
+    if (resp == NULL) {
+        sse__free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    return http__queue(r, 200, resp);
+}
+
+/* A comment line on every idle stream: proxies keep it, and a stream whose
+ * client went away fails to send it and is closed. */
+void http__sse_heartbeat(struct http *h)
+{
+    static const char beat[] = ": keepalive\n\n";
+    pthread_mutex_lock(&h->sse_lock);
+    for (struct sse *s = h->streams; s != NULL; s = s->next) {
+        pthread_mutex_lock(&s->lock);
+        if (!s->ended && s->q.len == s->off) {
+            buf_add(&s->q, beat, sizeof beat - 1);
+            sse__wake(s);
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&h->sse_lock);
+}
+
+void http__sse_end_all(struct http *h)
+{
+    pthread_mutex_lock(&h->sse_lock);
+    for (struct sse *s = h->streams; s != NULL; s = s->next) {
+        pthread_mutex_lock(&s->lock);
+        s->ended = true;
+        sse__wake(s);
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&h->sse_lock);
+}
+
+/* ---- WebSocket upgrade (RFC 6455); the loop takes the socket over ---- */
+
+struct http__ws {
+    struct http *h;
+    char address[64];
+};
+
+static void http__ws_closed(void *arg)
+{
+    MHD_upgrade_action(arg, MHD_UPGRADE_ACTION_CLOSE);
+}
+
+static void http__ws_upgraded(void *cls, struct MHD_Connection *conn, void *req_cls,
+                              const char *extra, size_t extra_len, MHD_socket sock,
+                              struct MHD_UpgradeResponseHandle *urh)
+{
+    struct http__ws *ws = cls;
+    (void)conn;
+    (void)req_cls;
+    if (loop_adopt_ws(ws->h->loop, sock, extra, extra_len, ws->address, http__ws_closed, urh) != 0)
+        MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+    free(ws);
+}
+
+/* Whether the comma-separated header value `list` holds `token`. */
+static bool http__has_token(const char *list, const char *token)
+{
+    size_t n = strlen(token);
+    for (const char *p = list; p && *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t len = strcspn(p, ",");
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (len == n && strncasecmp(p, token, n) == 0)
+            return true;
+        p = strchr(p, ',');
+    }
+    return false;
+}
+
+enum MHD_Result http__ws(struct req *r)
+{
+    static const char magic[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    const char *upgrade = http__header(r, "Upgrade"), *connection = http__header(r, "Connection");
+    const char *key = http__header(r, "Sec-WebSocket-Key");
+    const char *version = http__header(r, "Sec-WebSocket-Version");
+    const char *protocols = http__header(r, "Sec-WebSocket-Protocol");
+
+    if (upgrade == NULL || !http__has_token(upgrade, "websocket") || connection == NULL ||
+        !http__has_token(connection, "upgrade") || key == NULL || strlen(key) > 64)
+        return http__error(r, STORE_EBADREQ, "this is a WebSocket endpoint: send an upgrade");
+    if (version == NULL || strcmp(version, "13") != 0)
+        return http__error(r, STORE_EBADREQ, "WebSocket version 13 is served");
+    if (protocols != NULL && !http__has_token(protocols, "almanac.v1"))
+        return http__error(r, STORE_EPROTO, "the subprotocol is almanac.v1");
+    if (ops_sessions(r->h->ops) >= r->h->cfg->max_sessions)
+        return http__error(r, STORE_EUNAVAIL, "max_sessions sessions are open");
+
+    char text[128], accept[64];
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    snprintf(text, sizeof text, "%s%s", key, magic);
+    SHA1((const unsigned char *)text, strlen(text), digest);
+    EVP_EncodeBlock((unsigned char *)accept, digest, SHA_DIGEST_LENGTH);
+
+    struct http__ws *ws = calloc(1, sizeof *ws);
+    if (ws == NULL)
+        return MHD_NO;
+    ws->h = r->h;
+    snprintf(ws->address, sizeof ws->address, "%s", r->caller.address);
+    struct MHD_Response *resp = MHD_create_response_for_upgrade(http__ws_upgraded, ws);
+    if (resp == NULL) {
+        free(ws);
+        return MHD_NO;
+    }
+    http__conn_handed_over(r); /* the loop's now: no header timeout */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
+    MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept);
+    if (protocols != NULL)
+        MHD_add_response_header(resp, "Sec-WebSocket-Protocol", "almanac.v1");
+    return http__queue(r, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
+}
+
+/* ---- history, export and import ---- */
+
+/* A streamed answer: `fill` appends the next part to `b` and says whether
+ * more follows; MHD takes the bytes as the client reads them. */
+struct stream {
+    struct buf b;
+    size_t off;
+    bool done;
+    bool (*fill)(struct stream *st);
+    void (*end)(struct stream *st);
+    /* history */
+    struct store_history *it;
+    bool first;
+    /* export */
+    struct ops *ops;
+    struct caller caller;
+    char *after;
+};
+
+static ssize_t http__stream_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+    struct stream *st = cls;
+    (void)pos;
+    while (st->b.len - st->off < max && !st->done && !st->b.oom)
+        st->done = !st->fill(st);
+    if (st->b.oom)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t n = st->b.len - st->off < max ? st->b.len - st->off : max;
+    if (n == 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    memcpy(out, st->b.p + st->off, n);
+    st->off += n;
+    if (st->off == st->b.len)
+        st->b.len = st->off = 0;
+    return (ssize_t)n;
+}
+
+static void http__stream_free(void *cls)
+{
+    struct stream *st = cls;
+    if (st->end)
+        st->end(st);
+    buf_free(&st->b);
+    free(st);
+}
+
+static enum MHD_Result http__stream(struct req *r, struct stream *st, const char *type)
+{
+    struct MHD_Response *resp = MHD_create_response_from_callback(
+        MHD_SIZE_UNKNOWN, 65536, http__stream_read, st, http__stream_free);
+    if (resp == NULL) {
+        http__stream_free(st);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    return http__queue(r, 200, resp);
+}
+
+static bool http__history_fill(struct stream *st)
+{
+    struct store_record rec;
+    for (int i = 0; i < 256; i++) {
+        int rc = store_history_next(st->it, &rec);
+        if (rc < 0) {
+            st->b.oom = true; /* ends the answer short: the client sees it broken */
+            return false;
+        }
+        if (rc == 0) {
+            int64_t next;
+            store_history_close(st->it, &next);
+            st->it = NULL;
+            if (next > 0)
+                buf_addf(&st->b, "],\"next\":%lld}\n", (long long)next);
+            else
+                buf_adds(&st->b, "],\"next\":null}\n");
+            return false;
+        }
+        if (!st->first)
+            buf_add(&st->b, ",", 1);
+        st->first = false;
+        envelope_add_record(&st->b, &rec, "type");
+    }
+    return true;
+}
+
+static void http__history_end(struct stream *st)
+{
+    if (st->it != NULL)
+        store_history_close(st->it, NULL);
+}
+
+/* The query string's `label.<name>=<value>` arguments. */
+static enum MHD_Result http__label_arg(void *cls, enum MHD_ValueKind kind, const char *name,
+                                       const char *value)
+{
+    struct store_history_query *q = cls;
+    (void)kind;
+    if (strncmp(name, "label.", 6) != 0 || value == NULL)
+        return MHD_YES;
+    if (q->nlabels == STORE_HISTORY_MAX_LABELS) {
+        q->nlabels++; /* too many: refused by the caller */
+        return MHD_NO;
+    }
+    q->label_names[q->nlabels] = name + 6;
+    q->label_values[q->nlabels++] = value;
+    return MHD_YES;
+}
+
+static const char *http__query_arg(void *arg, const char *name)
+{
+    return http__arg(arg, name);
+}
+
+enum MHD_Result http__history(struct req *r)
+{
+    char why[512];
+    struct store_history_query q = {.pattern = r->path, .plen = r->plen};
+
+    if (envelope_history_query(&q, http__query_arg, r, HTTP_HISTORY_MAX, why, sizeof why) != 0)
+        return http__error(r, STORE_EBADREQ, "%s", why);
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, http__label_arg, &q);
+    if (q.nlabels > STORE_HISTORY_MAX_LABELS)
+        return http__error(r, STORE_EBADREQ, "at most %d label filters", STORE_HISTORY_MAX_LABELS);
+    struct stream *st = calloc(1, sizeof *st);
+    if (st == NULL)
+        return MHD_NO;
+    int err = ops_history(r->h->ops, &r->caller, &q, &st->it, why, sizeof why);
+    if (err != STORE_OK) {
+        free(st);
+        return http__error(r, err, "%s", why);
+    }
+    st->fill = http__history_fill;
+    st->end = http__history_end;
+    st->first = true;
+    buf_adds(&st->b, "{\"records\":[");
+    return http__stream(r, st, "application/json");
+}
+
+/* export: every entry but the $-keys, one envelope a line, a page at a time. */
+static void http__export_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    struct stream *st = arg;
+    envelope_add(&st->b, key, klen, e);
+    buf_add(&st->b, "\n", 1);
+    free(st->after);
+    st->after = strndup(key, klen);
+    if (st->after == NULL)
+        st->b.oom = true;
+}
+
+static bool http__export_fill(struct stream *st)
+{
+    bool more = false;
+    char *after = st->after; /* the walk's cursor; the visits set the next one */
+    st->after = NULL;
+    char why[256];
+    int err = ops_export(st->ops, &st->caller, after, after ? strlen(after) : 0, 1000,
+                         http__export_visit, st, &more, why, sizeof why);
+    free(after);
+    if (err != STORE_OK)
+        st->b.oom = true; /* ends the answer short: the client sees it broken */
+    return more;
+}
+
+static void http__export_end(struct stream *st)
+{
+    free(st->after);
+}
+
+enum MHD_Result http__export(struct req *r)
+{
+    struct stream *st = calloc(1, sizeof *st);
+    if (st == NULL)
+        return MHD_NO;
+    st->ops = r->h->ops;
+    st->caller = r->caller;
+    st->fill = http__export_fill;
+    st->end = http__export_end;
+    return http__stream(r, st, "application/x-ndjson");
+}
+
+/* import: JSON lines as export writes them, of any size: import.c checked
+ * each line as the body came in; now it applies them. */
+enum MHD_Result http__import(struct req *r)
+{
+    size_t imported;
+    char why[1024];
+    int err = import_finish(r->import, &imported, why, sizeof why);
+    if (err != STORE_OK)
+        return http__error(r, err, "%s", why);
+    struct buf b = {0};
+    buf_addf(&b, "{\"imported\":%zu}", imported);
+    return http__json(r, 200, &b);
+}

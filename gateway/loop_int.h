@@ -1,0 +1,100 @@
+/*
+ * loop_int.h — what the files of the event loop share, private to them:
+ * loop.c (the thread, listeners, line transports), conn.c (a connection's
+ * queue, filled from any thread) and loop_ws.c (WebSocket framing).
+ */
+#ifndef ALMANAC_LOOP_INT_H
+#define ALMANAC_LOOP_INT_H
+
+#include "gateway.h"
+#include "loop.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <wslay/wslay.h>
+
+#define LOOP_CLOSE_GRACE 5
+
+struct msg {
+    struct msg *next;
+    size_t len;
+    char *data; /* `own` for a copied message, or a buffer taken over */
+    char own[];
+};
+
+struct conn {
+    _Atomic int refs;
+    struct loop *loop;
+    int fd;
+    enum conn_transport transport;
+    void *state; /* the handler's, from open to close */
+    char address[128];
+
+    pthread_mutex_t lock; /* the queue and the flags below */
+    struct msg *head, *tail;
+    size_t queued, head_off;
+    bool closing;     /* close once the queue is written, or at close_by */
+    int64_t close_by; /* CLOCK_MONOTONIC seconds; 0 until closing */
+    bool dead;        /* closed: sends are dropped */
+    bool dirty;       /* on the loop's dirty list */
+    struct conn *dirty_next;
+
+    struct conn *prev, *next; /* the loop's list of open connections */
+    char *in;                 /* bytes read, not yet a whole message */
+    size_t in_len, in_cap;
+    bool want_out; /* EPOLLOUT is on */
+    bool shut;     /* our side is shut: only waiting for the peer's end */
+
+    wslay_event_context_ptr ws;
+    void (*ws_closed)(void *);
+    void *ws_closed_arg;
+};
+
+struct loop {
+    const struct loop_handler *handler;
+    void *arg;
+    const struct config *cfg;
+    int epfd, efd, tcp_fd, unix_fd;
+    int spare_fd; /* held for refusing a connection when descriptors run out */
+    int64_t emfile_logged;
+    unsigned short tcp_port;
+    pthread_t thread;
+    bool started;
+    _Atomic bool stop;
+    _Atomic unsigned conns;
+
+    pthread_mutex_t lock; /* dirty list, adoptions and `closed` */
+    struct conn *dirty;
+    struct conn *adopted; /* WebSockets from HTTP, for the loop to take */
+    bool closed;          /* loop_stop ran: no more adoptions */
+    struct conn *all;
+};
+
+/* ---- conn.c ---- */
+
+/* A new connection on `fd` (not yet one of the loop's). */
+struct conn *conn__new(struct loop *l, int fd, enum conn_transport t, const char *address);
+/* Frees a message taken off a queue. */
+void msg__free(struct msg *m);
+/* Drops every queued message; the caller holds c->lock. */
+void conn__drop_queue(struct conn *c);
+/* Closes `c` once what is queued is written (or after LOOP_CLOSE_GRACE). */
+void conn__close_soon(struct conn *c);
+/* Whether epoll also tells when `c` can be written (the loop thread). */
+void conn__want_out(struct loop *l, struct conn *c, bool on);
+/* Wakes the loop thread. */
+void loop__wake(struct loop *l);
+
+/* ---- loop_ws.c ---- */
+
+/* Starts the WebSocket framing of an adopted connection; 0 or -1. */
+int ws__init(struct conn *c);
+/* Reads what came (then writes); -1: close now. */
+int ws__read(struct loop *l, struct conn *c);
+/* Moves queued messages into wslay and lets it write; -1: close now. */
+int ws__flush(struct loop *l, struct conn *c);
+
+#endif

@@ -1,0 +1,338 @@
+/*
+ * ops.c — the operations layer: one entry point per operation, called by
+ * every transport (HTTP and SSE, WebSocket, TCP and Unix sessions) after it
+ * has parsed its wire, and answered by the transport from what it returns.
+ *
+ * A request is checked here, once, before the store sees it: keys and
+ * patterns (store/key.c's rules, with the message a client reads), the
+ * combinations that make no sense (if_rev on a pattern), and who is asking
+ * (the caller's principal; anonymous for now, with every right). So a new
+ * rule, or the access check, lands in one place for every transport.
+ * Invariants:
+ *   1. nothing reaches the store from a request that fails a check: an
+ *      error return means nothing was submitted, subscribed or applied;
+ *   2. a change carries its caller's transport as its origin;
+ *   3. a write is checked whole (every op of a batch, every line of an
+ *      import) before any of it is submitted.
+ */
+#include "ops.h"
+#include "envelope.h"
+#include "gateway.h"
+#include "import.h"
+#include "log.h"
+#include "sys.h"
+
+#include <assert.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const struct principal ops_anonymous = {.name = "anonymous"};
+
+struct ops {
+    struct store *store;
+    struct bridge *bridge;
+    struct sys *sys;
+    const struct config *cfg;
+    _Atomic unsigned sessions;
+    _Atomic uint64_t next_id;
+};
+
+struct ops *ops_new(struct store *store, struct bridge *bridge, struct sys *sys,
+                    const struct config *cfg)
+{
+    struct ops *o = calloc(1, sizeof *o);
+    if (o == NULL)
+        return NULL;
+    o->store = store;
+    o->bridge = bridge;
+    o->sys = sys;
+    o->cfg = cfg;
+    return o;
+}
+
+void ops_free(struct ops *o)
+{
+    free(o);
+}
+
+struct store *ops_store(const struct ops *o)
+{
+    return o->store;
+}
+
+const struct config *ops_config(const struct ops *o)
+{
+    return o->cfg;
+}
+
+struct bridge *ops_bridge(const struct ops *o)
+{
+    return o->bridge;
+}
+
+struct sys *ops_sys(const struct ops *o)
+{
+    return o->sys;
+}
+
+/* ---- checks ---- */
+
+static size_t ops__max_key(const struct ops *o)
+{
+    return store_limits(o->store)->max_key_bytes;
+}
+
+static int ops__key(struct ops *o, const char *key, size_t klen, char *why, size_t why_len)
+{
+    return store_key_check(key, klen, ops__max_key(o), why, why_len);
+}
+
+int ops_pattern(struct ops *o, const struct caller *c, const char *pat, size_t plen, bool *wild,
+                char *why, size_t why_len)
+{
+    (void)c;
+    int err = store_pattern_check(pat, plen, ops__max_key(o), wild, why, why_len);
+    if (err == STORE_OK)
+        return STORE_OK;
+    /* Without '+' or '#' it was meant as a key: say what is wrong with it. */
+    if (memchr(pat, '+', plen) != NULL || memchr(pat, '#', plen) != NULL)
+        return err;
+    store_key_check(pat, plen, ops__max_key(o), why, why_len);
+    return STORE_EKEY;
+}
+
+/* Checks one op of a write and fills what follows from it (a delete's
+ * `pattern`). Where the access check of a principal goes. */
+static int ops__check_op(struct ops *o, const struct caller *c, struct store_op *op, char *why,
+                         size_t why_len)
+{
+    /* invariant 2: the transport made the entry with its own origin */
+    assert(op->entry == NULL || store_entry_origin(op->entry) == c->transport);
+    if (op->kind != STORE_OP_DELETE)
+        return ops__key(o, op->key, op->klen, why, why_len);
+    bool wild;
+    int err = ops_pattern(o, c, op->key, op->klen, &wild, why, why_len);
+    if (err != STORE_OK)
+        return err;
+    op->pattern = wild;
+    op->origin = c->transport; /* invariant 2 (a set's is its entry's) */
+    if (wild && op->if_rev != STORE_ANY_REV) {
+        snprintf(why, why_len, "if_rev (If-Match) applies to a key, not a pattern");
+        return STORE_EBADREQ;
+    }
+    return STORE_OK;
+}
+
+/* ---- reads ---- */
+
+int ops_get(struct ops *o, const struct caller *c, const char *key, size_t klen,
+            struct store_entry **out, char *why, size_t why_len)
+{
+    (void)c;
+    int err = ops__key(o, key, klen, why, why_len);
+    if (err != STORE_OK)
+        return err;
+    if (store_get(o->store, key, klen, out) == STORE_OK)
+        return STORE_OK;
+    snprintf(why, why_len, "key %.*s does not exist", (int)klen, key);
+    return STORE_ENOTFOUND;
+}
+
+int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen, const char *after,
+             size_t alen, size_t limit, store_visit_fn visit, void *arg, bool *more, char *why,
+             size_t why_len)
+{
+    bool wild;
+    *more = false;
+    int err = ops_pattern(o, c, pat, plen, &wild, why, why_len);
+    if (err != STORE_OK)
+        return err;
+    return store_pget(o->store, pat, plen, after, alen, limit, visit, arg, more);
+}
+
+int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
+           store_child_fn child, void *arg, char *why, size_t why_len)
+{
+    (void)c;
+    int err;
+    if (key != NULL && (err = ops__key(o, key, klen, why, why_len)) != STORE_OK)
+        return err;
+    if (store_ls(o->store, key == NULL, key, klen, child, arg) == STORE_OK)
+        return STORE_OK;
+    snprintf(why, why_len, "key %.*s does not exist", (int)klen, key);
+    return STORE_ENOTFOUND;
+}
+
+int ops_history(struct ops *o, const struct caller *c, const struct store_history_query *q,
+                struct store_history **out, char *why, size_t why_len)
+{
+    bool wild;
+    int err = ops_pattern(o, c, q->pattern, q->plen, &wild, why, why_len);
+    if (err != STORE_OK)
+        return err;
+    err = store_history_open(o->store, q, out);
+    if (err != STORE_OK)
+        snprintf(why, why_len, "%s",
+                 err == STORE_EUNAVAIL ? "history is off (history_retention 0)"
+                                       : store_err_text(err));
+    return err;
+}
+
+int ops_export(struct ops *o, const struct caller *c, const char *after, size_t alen, size_t limit,
+               store_visit_fn visit, void *arg, bool *more, char *why, size_t why_len)
+{
+    return ops_pget(o, c, "#", 1, after, alen, limit, visit, arg, more, why, why_len);
+}
+
+/* ---- writes ---- */
+
+static int ops__submit(struct ops *o, struct ops_write *w, store_done_fn done, void *arg, char *why,
+                       size_t why_len)
+{
+    int err = store_submit(o->store, &w->txn, done, arg);
+    if (err != STORE_OK)
+        envelope_failure(why, why_len, &w->txn, w->txn.ops != &w->one);
+    return err;
+}
+
+/* A write of one op that failed its check: the store takes its entry. */
+static int ops__refuse(struct store_op *op, int err)
+{
+    store_entry_unref(op->entry);
+    op->entry = NULL;
+    return err;
+}
+
+int ops_set(struct ops *o, const struct caller *c, struct ops_write *w, const char *key,
+            size_t klen, struct store_entry *e, int64_t if_rev, store_done_fn done, void *arg,
+            char *why, size_t why_len)
+{
+    w->one = (struct store_op){
+        .kind = STORE_OP_SET, .key = key, .klen = klen, .entry = e, .if_rev = if_rev};
+    w->txn = (struct store_txn){.ops = &w->one, .n = 1};
+    int err = ops__check_op(o, c, &w->one, why, why_len);
+    if (err != STORE_OK)
+        return ops__refuse(&w->one, err);
+    return ops__submit(o, w, done, arg, why, why_len);
+}
+
+int ops_delete(struct ops *o, const struct caller *c, struct ops_write *w, const char *pat,
+               size_t plen, int64_t if_rev, bool must_exist, store_done_fn done, void *arg,
+               char *why, size_t why_len)
+{
+    w->one = (struct store_op){.kind = STORE_OP_DELETE, .key = pat, .klen = plen, .if_rev = if_rev};
+    w->txn = (struct store_txn){.ops = &w->one, .n = 1};
+    int err = ops__check_op(o, c, &w->one, why, why_len);
+    if (err != STORE_OK)
+        return err;
+    w->one.must_exist = must_exist && !w->one.pattern;
+    return ops__submit(o, w, done, arg, why, why_len);
+}
+
+int ops_batch(struct ops *o, const struct caller *c, struct ops_write *w, struct store_op *ops,
+              size_t n, store_done_fn done, void *arg, char *why, size_t why_len)
+{
+    char one[400];
+    w->txn = (struct store_txn){.ops = ops, .n = n};
+    for (size_t i = 0; i < n; i++) { /* invariant 3 */
+        int err = ops__check_op(o, c, &ops[i], one, sizeof one);
+        if (err != STORE_OK) {
+            snprintf(why, why_len, "ops[%zu]: %s", i, one);
+            for (size_t k = 0; k < n; k++)
+                ops__refuse(&ops[k], err);
+            return err;
+        }
+    }
+    return ops__submit(o, w, done, arg, why, why_len);
+}
+
+int ops_publish(struct ops *o, const struct caller *c, const char *key, size_t klen,
+                struct store_entry *e, char *why, size_t why_len)
+{
+    (void)c;
+    int err = ops__key(o, key, klen, why, why_len);
+    if (err != STORE_OK) {
+        store_entry_unref(e);
+        return err;
+    }
+    err = store_publish(o->store, key, klen, e);
+    if (err != STORE_OK)
+        snprintf(why, why_len, "%s", store_err_text(err));
+    return err;
+}
+
+/* Each line of an import is checked as an op of a batch by its caller. */
+struct ops__importer {
+    struct ops *ops;
+    struct caller caller;
+};
+
+static int ops__import_check(void *arg, struct store_op *op, char *why, size_t why_len)
+{
+    struct ops__importer *im = arg;
+    return ops__check_op(im->ops, &im->caller, op, why, why_len);
+}
+
+int ops_import(struct ops *o, const struct caller *c, struct import **out, char *why,
+               size_t why_len)
+{
+    struct ops__importer *im = malloc(sizeof *im);
+    if (im == NULL) {
+        snprintf(why, why_len, "out of memory");
+        return STORE_EINTERNAL;
+    }
+    im->ops = o;
+    im->caller = *c;
+    int err = import_new(o->store, o->cfg->data_dir, c->transport, ops__import_check, im, out);
+    if (err != STORE_OK)
+        snprintf(why, why_len, "cannot start an import: no spool file in data_dir");
+    return err;
+}
+
+/* ---- live ---- */
+
+int ops_subscribe(struct ops *o, const struct caller *c, const struct feed_request *rq,
+                  const struct feed_sink *sink, void *sink_arg, struct feed **out, char *why,
+                  size_t why_len)
+{
+    bool wild;
+    int err = ops_pattern(o, c, rq->pattern, rq->plen, &wild, why, why_len);
+    if (err != STORE_OK)
+        return err;
+    return feed_open(o->store, rq, sink, sink_arg, out, why, why_len);
+}
+
+void ops_unsubscribe(struct ops *o, struct feed *f)
+{
+    (void)o;
+    feed_close(f);
+}
+
+/* ---- sessions ---- */
+
+void ops_session_open(struct ops *o, const struct caller *c, const char *client_id)
+{
+    unsigned n = atomic_fetch_add(&o->sessions, 1) + 1;
+    log_debug("session %s: %s from %s", client_id, store_origin_name(c->transport), c->address);
+    if (o->sys != NULL)
+        sys_session_open(o->sys, client_id, store_origin_name(c->transport), c->address, n);
+}
+
+void ops_session_close(struct ops *o, const char *client_id)
+{
+    unsigned n = atomic_fetch_sub(&o->sessions, 1) - 1;
+    if (o->sys != NULL)
+        sys_session_close(o->sys, client_id, n);
+}
+
+unsigned ops_sessions(const struct ops *o)
+{
+    return atomic_load(&o->sessions);
+}
+
+uint64_t ops_next_id(struct ops *o)
+{
+    return atomic_fetch_add(&o->next_id, 1) + 1;
+}
