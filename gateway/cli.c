@@ -34,7 +34,7 @@ struct cli {
 
 static int cli__usage(void)
 {
-    fprintf(stderr, "usage: almanac [-s HOST:PORT] [--json] COMMAND ...\n"
+    fprintf(stderr, "usage: almanac [-s HOST:PORT] [--token T] [--json] COMMAND ...\n"
                     "  get KEY|PATTERN      print a value, or every entry matching a pattern\n"
                     "  set KEY VALUE|-      set a key (- reads the value from standard input)\n"
                     "  del KEY|PATTERN      delete a key, or every key matching a pattern\n"
@@ -49,7 +49,7 @@ static int cli__usage(void)
                     "  info                 print the server's $SYS keys\n"
                     "The server is -s HOST:PORT, else $ALMANAC_SERVER, else 127.0.0.1:8481;\n"
                     "for export and import, --http HOST:PORT, else $ALMANAC_HTTP, else\n"
-                    "127.0.0.1:8480.\n");
+                    "127.0.0.1:8480. --token T (else $ALMANAC_TOKEN) is the credential.\n");
     return 2;
 }
 
@@ -97,7 +97,8 @@ static int cli__connect(struct cli *c, const char *server)
  * `out`. HTTP/1.0 without a body, so that no chunked answer needs undoing
  * (an answer to a body is short, with a length). The status, or -1 when the
  * server could not be reached. */
-static int cli__http(const char *server, const char *method, const char *path, FILE *in, FILE *out)
+static int cli__http(const char *server, const char *token, const char *method, const char *path,
+                     FILE *in, FILE *out)
 {
     int fd = cli__dial(server);
     if (fd < 0)
@@ -108,13 +109,13 @@ static int cli__http(const char *server, const char *method, const char *path, F
         return -1;
     }
     char line[1024];
+    fprintf(f, "%s %s HTTP/1.%d\r\nHost: %s\r\n", method, path, in ? 1 : 0, server);
+    if (token != NULL)
+        fprintf(f, "Authorization: Bearer %s\r\n", token);
     if (in == NULL)
-        fprintf(f, "%s %s HTTP/1.0\r\nHost: %s\r\n\r\n", method, path, server);
+        fputs("\r\n", f);
     else {
-        fprintf(f,
-                "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
-                "Transfer-Encoding: chunked\r\n\r\n",
-                method, path, server);
+        fputs("Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n", f);
         char chunk[65536];
         size_t n;
         while ((n = fread(chunk, 1, sizeof chunk, in)) > 0 && !ferror(f)) {
@@ -301,18 +302,18 @@ static void cli__print_session_envelope(json_t *e)
     json_decref(copy);
 }
 
-static int cli__export(const char *server)
+static int cli__export(const char *server, const char *token)
 {
-    int status = cli__http(server, "GET", "/api/v1/export", NULL, stdout);
+    int status = cli__http(server, token, "GET", "/api/v1/export", NULL, stdout);
     return status == 200 ? 0 : status < 0 ? 2 : 1;
 }
 
-static int cli__import(const char *server)
+static int cli__import(const char *server, const char *token)
 {
     char *answer = NULL;
     size_t alen = 0;
     FILE *mem = open_memstream(&answer, &alen);
-    int status = mem ? cli__http(server, "POST", "/api/v1/import", stdin, mem) : -1;
+    int status = mem ? cli__http(server, token, "POST", "/api/v1/import", stdin, mem) : -1;
     if (mem)
         fclose(mem);
     json_t *reply = answer ? json_loadb(answer, alen, 0, NULL) : NULL;
@@ -466,6 +467,19 @@ static int cli__simple(struct cli *c, json_t *req, const char *what)
     return rc;
 }
 
+/* Presents the token: 0, 1 when refused (said on stderr), -1 when gone. */
+static int cli__auth(struct cli *c, const char *token)
+{
+    char *text;
+    json_t *reply;
+    if (cli__request(c, json_pack("{s:s,s:s}", "type", "auth", "token", token), &text, &reply) != 0)
+        return -1;
+    int rc = cli__failed(reply);
+    json_decref(reply);
+    free(text);
+    return rc;
+}
+
 static int cli__sub(struct cli *c, const char *pattern)
 {
     char *text;
@@ -506,6 +520,7 @@ static int cli__sub(struct cli *c, const char *pattern)
 int cli_main(int argc, char **argv)
 {
     const char *server = getenv("ALMANAC_SERVER"), *http = getenv("ALMANAC_HTTP");
+    const char *token = getenv("ALMANAC_TOKEN");
     struct cli c = {0};
     struct cli__history hist = {.limit = 1000};
     int i = 1, rc;
@@ -515,6 +530,8 @@ int cli_main(int argc, char **argv)
             server = argv[++i];
         else if (strcmp(argv[i], "--http") == 0 && i + 1 < argc)
             http = argv[++i];
+        else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
+            token = argv[++i];
         else if (strcmp(argv[i], "--json") == 0)
             c.json = true;
         else
@@ -533,6 +550,8 @@ int cli_main(int argc, char **argv)
             server = argv[++i];
         else if (strcmp(argv[i], "--http") == 0 && i + 1 < argc)
             http = argv[++i];
+        else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
+            token = argv[++i];
         else if (strcmp(argv[i], "--start") == 0 && i + 1 < argc)
             hist.start = argv[++i];
         else if (strcmp(argv[i], "--stop") == 0 && i + 1 < argc)
@@ -561,14 +580,16 @@ int cli_main(int argc, char **argv)
     if (!known || (strcmp(cmd, "ls") == 0 ? n > 1 : n != want))
         return cli__usage();
     if (strcmp(cmd, "export") == 0)
-        return cli__export(http ? http : "127.0.0.1:8480");
+        return cli__export(http ? http : "127.0.0.1:8480", token);
     if (strcmp(cmd, "import") == 0)
-        return cli__import(http ? http : "127.0.0.1:8480");
+        return cli__import(http ? http : "127.0.0.1:8480", token);
     if (cli__connect(&c, server ? server : "127.0.0.1:8481") != 0)
         return 2;
     char *welcome = cli__line(&c);
     free(welcome);
-    if (strcmp(cmd, "get") == 0)
+    if (token != NULL && (rc = cli__auth(&c, token)) != 0)
+        ; /* said on stderr */
+    else if (strcmp(cmd, "get") == 0)
         rc = cli__get(&c, args[0]);
     else if (strcmp(cmd, "info") == 0)
         rc = cli__get(&c, "$SYS/#");

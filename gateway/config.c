@@ -266,6 +266,55 @@ static int config__cors_origin(struct config *cfg, const char *value, char *why,
                             value);
 }
 
+/* ---- access control ---- */
+
+static int config__nonempty(char **slot, const char *value, char *why, size_t why_len);
+
+static int config__http_tls_cert(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->http_tls_cert, value, why, why_len);
+}
+
+static int config__http_tls_key(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->http_tls_key, value, why, why_len);
+}
+
+static int config__admin_token(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (strlen(value) < 16) { /* the value itself is never echoed */
+        snprintf(why, why_len, "admin_token must be at least 16 characters");
+        return -1;
+    }
+    if (cfg->admin_token != NULL)
+        explicit_bzero(cfg->admin_token, strlen(cfg->admin_token));
+    return config__nonempty(&cfg->admin_token, value, why, why_len);
+}
+
+static int config__pattern_list(struct config *cfg, char ***list, size_t *n, int *source,
+                                const char *value, char *why, size_t why_len)
+{
+    bool wild;
+    char what[256];
+    if (store_pattern_check(value, strlen(value), SIZE_MAX, &wild, what, sizeof what) != STORE_OK) {
+        snprintf(why, why_len, "%s", what);
+        return -1;
+    }
+    return config__list_add(cfg, list, n, source, value);
+}
+
+static int config__anonymous_read(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__pattern_list(cfg, &cfg->anonymous_read, &cfg->nanonymous_read,
+                                &cfg->anonymous_read_source, value, why, why_len);
+}
+
+static int config__anonymous_write(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__pattern_list(cfg, &cfg->anonymous_write, &cfg->nanonymous_write,
+                                &cfg->anonymous_write_source, value, why, why_len);
+}
+
 /* ---- the bridge ---- */
 
 static int config__bridge_url(struct config *cfg, const char *value, char *why, size_t why_len)
@@ -467,6 +516,11 @@ static const struct {
     {"http_max_connections_per_ip", config__http_max_connections_per_ip},
     {"http_host", config__http_host},
     {"cors_origin", config__cors_origin},
+    {"http_tls_cert", config__http_tls_cert},
+    {"http_tls_key", config__http_tls_key},
+    {"admin_token", config__admin_token},
+    {"anonymous_read", config__anonymous_read},
+    {"anonymous_write", config__anonymous_write},
     {"bridge_url", config__bridge_url},
     {"bridge_client_id", config__bridge_client_id},
     {"bridge_username", config__bridge_username},
@@ -672,4 +726,12 @@ void config_free(struct config *cfg)
     config__list_clear(&cfg->history_keys, &cfg->nhistory_keys);
     config__list_clear(&cfg->http_hosts, &cfg->nhttp_hosts);
     config__list_clear(&cfg->cors_origins, &cfg->ncors_origins);
+    config__list_clear(&cfg->anonymous_read, &cfg->nanonymous_read);
+    config__list_clear(&cfg->anonymous_write, &cfg->nanonymous_write);
+    if (cfg->admin_token != NULL)
+        explicit_bzero(cfg->admin_token, strlen(cfg->admin_token));
+    free(cfg->admin_token);
+    free(cfg->http_tls_cert);
+    free(cfg->http_tls_key);
+    cfg->admin_token = cfg->http_tls_cert = cfg->http_tls_key = NULL;
 }

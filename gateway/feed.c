@@ -45,7 +45,8 @@ struct feed {
     void *arg;
     struct store_snapshot snap; /* from feed_open to feed_start */
     int64_t sync_rev;
-    pthread_mutex_t lock; /* pending, active, failed */
+    pthread_mutex_t lock;       /* pending, active, failed, filter */
+    struct store_filter filter; /* keep NULL: every key */
     struct feed__pending *head, *tail;
     bool active, failed;
 };
@@ -135,7 +136,8 @@ static void feed__on_event(void *arg, struct store_sub *sub, struct store_event 
     struct buf b = {0};
     (void)sub;
     pthread_mutex_lock(&f->lock);
-    if (!f->failed) {
+    if (!f->failed &&
+        (f->filter.keep == NULL || f->filter.keep(f->filter.arg, ev->key, ev->klen))) {
         f->sink->add_event(f->arg, &b, &fe);
         if (f->active)
             feed__write(f, &b);
@@ -172,6 +174,8 @@ int feed_open(struct store *store, const struct feed_request *rq, const struct f
     f->store = store;
     f->sink = sink;
     f->arg = arg;
+    if (rq->filter != NULL)
+        f->filter = *rq->filter;
     pthread_mutex_init(&f->lock, NULL);
     if (rq->since >= 0)
         err = store_subscribe_since(store, rq->pattern, rq->plen, rq->unique, feed__on_event, f,
@@ -203,6 +207,9 @@ void feed_start(struct feed *f)
     bool failed = snap->failed;
 
     assert(!f->active && !f->failed); /* started once */
+    pthread_mutex_lock(&f->lock);
+    struct store_filter filter = f->filter;
+    pthread_mutex_unlock(&f->lock);
 
     /* Without the lock: events wait in pending meanwhile (invariant 1), so
      * no other thread writes, and the committer is not held up. */
@@ -212,8 +219,9 @@ void feed_start(struct feed *f)
                                 .entry = snap->entries[i],
                                 .rev = snap->revs[i],
                                 .ts = snap->tss[i]};
-        sink->add_event(f->arg, &b, &fe);
-        if (sink->chunk == 0 || b.len >= sink->chunk || i + 1 == snap->n) {
+        if (filter.keep == NULL || filter.keep(filter.arg, fe.key, fe.klen))
+            sink->add_event(f->arg, &b, &fe);
+        if (b.len > 0 && (sink->chunk == 0 || b.len >= sink->chunk || i + 1 == snap->n)) {
             failed = b.oom || !sink->write(f->arg, &b);
             b = (struct buf){0};
         }
@@ -234,6 +242,13 @@ void feed_start(struct feed *f)
     f->tail = NULL;
     f->active = true;
     assert(f->head == NULL); /* invariant 1: nothing waits once live */
+    pthread_mutex_unlock(&f->lock);
+}
+
+void feed_refilter(struct feed *f, const struct store_filter *filter)
+{
+    pthread_mutex_lock(&f->lock);
+    f->filter = filter != NULL ? *filter : (struct store_filter){0};
     pthread_mutex_unlock(&f->lock);
 }
 

@@ -40,9 +40,10 @@ struct feed_sink {
 struct feed_request {
     const char *pattern; /* checked by the caller */
     size_t plen;
-    bool unique;    /* drop events that leave value and type as they were */
-    bool live_only; /* no snapshot */
-    int64_t since;  /* replay the changes after this rev instead; -1: none */
+    bool unique;                       /* drop events that leave value and type as they were */
+    bool live_only;                    /* no snapshot */
+    int64_t since;                     /* replay the changes after this rev instead; -1: none */
+    const struct store_filter *filter; /* the keys the client may see; NULL: all */
 };
 
 struct feed;
@@ -59,6 +60,8 @@ int feed_open(struct store *store, const struct feed_request *rq, const struct f
 /* Writes the snapshot (or replay), the sync and the events that came
  * meanwhile; then events go out as they come. */
 void feed_start(struct feed *f);
+/* Replaces the feed's filter (NULL: every key), for the events that follow. */
+void feed_refilter(struct feed *f, const struct store_filter *filter);
 /* Unsubscribes and frees; no sink call follows. */
 void feed_close(struct feed *f);
 

@@ -42,10 +42,18 @@ struct config {
     size_t nhttp_hosts;
     char **cors_origins; /* browser origins allowed besides the server's own */
     size_t ncors_origins;
+    char *http_tls_cert; /* PEM files: HTTPS and wss on http_listen */
+    char *http_tls_key;
+    char *admin_token;     /* a built-in admin credential, or NULL */
+    char **anonymous_read; /* patterns anonymous clients may read */
+    size_t nanonymous_read;
+    char **anonymous_write; /* patterns anonymous clients may write */
+    size_t nanonymous_write;
     /* While loading: which source (file, environment, flags) is being read,
      * and which one gave the values of a repeatable option so far; a later
      * source's replace an earlier one's. */
-    int source, maps_source, history_keys_source, http_hosts_source, cors_origins_source;
+    int source, maps_source, history_keys_source, http_hosts_source, cors_origins_source,
+        anonymous_read_source, anonymous_write_source;
 };
 
 /* Fills `cfg` from the defaults, then the file of `-c FILE` (if any), the
@@ -83,9 +91,10 @@ void sys_stop(struct sys *sys);
 /* ---- ops.c: the operations every transport calls ---- */
 
 struct ops;
-/* Borrowed: store, bridge (NULL: off), sys and cfg live longer. */
+/* Borrowed: store, bridge (NULL: off), sys and cfg live longer. NULL with
+ * a sentence in `why` (a bad anonymous_read pattern, say). */
 struct ops *ops_new(struct store *store, struct bridge *bridge, struct sys *sys,
-                    const struct config *cfg);
+                    const struct config *cfg, char *why, size_t why_len);
 void ops_free(struct ops *o);
 
 /* ---- session.c on loop.c: the sessions of TCP, Unix and WebSockets ---- */

@@ -26,6 +26,7 @@
 #include "version.h"
 
 #include <arpa/inet.h>
+#include <openssl/crypto.h>
 #include <ctype.h>
 #include <netdb.h>
 #include <stdarg.h>
@@ -226,6 +227,30 @@ static int http__guard(struct req *r, enum MHD_Result *answer)
     return 0;
 }
 
+/* Who is asking: the token of `Authorization: Bearer`, or for a GET (an
+ * EventSource, a download) of `?access_token=`. Returns 0, or -1 after
+ * answering 401. */
+static int http__authenticate(struct req *r, enum MHD_Result *answer)
+{
+    const char *auth = http__header(r, MHD_HTTP_HEADER_AUTHORIZATION), *token = NULL;
+    char why[256];
+    if (auth != NULL) {
+        if (strncasecmp(auth, "Bearer ", 7) != 0) {
+            *answer = http__error(r, STORE_EUNAUTH, "use Authorization: Bearer <token>");
+            return -1;
+        }
+        for (token = auth + 7; *token == ' ';)
+            token++;
+    } else if (r->method == M_GET || r->method == M_HEAD)
+        token = http__arg(r, "access_token");
+    int err = ops_authenticate(r->h->ops, r->caller.address, token, &r->caller.principal, why,
+                               sizeof why);
+    if (err == STORE_OK)
+        return 0;
+    *answer = http__error(r, err, "%s", why);
+    return -1;
+}
+
 /* The first call of a request: route, method and declared size. */
 static enum MHD_Result http__begin(struct req *r, const char *url)
 {
@@ -243,6 +268,9 @@ static enum MHD_Result http__begin(struct req *r, const char *url)
                                       : MHD_NO;
     if (r->method == M_OTHER || !(http__routes[i].methods & r->method))
         return http__not_allowed(r, http__routes[i].allow);
+    bool open = r->route == ROUTE_HEALTH || r->route == ROUTE_READY || r->route == ROUTE_WEB;
+    if (!open && http__authenticate(r, &answer) != 0)
+        return answer;
     if (r->route == ROUTE_IMPORT) { /* any size: checked line by line */
         char why[256];
         int err = ops_import(r->h->ops, &r->caller, &r->import, why, sizeof why);
@@ -275,8 +303,7 @@ static enum MHD_Result http__handle(void *cls, struct MHD_Connection *conn, cons
         atomic_fetch_add(&h->active, 1);
         struct http__conn *c = http__conn_of(conn);
         r->caller = (struct caller){.transport = STORE_ORIGIN_HTTP,
-                                    .address = c != NULL ? c->address : "?",
-                                    .principal = &ops_anonymous};
+                                    .address = c != NULL ? c->address : "?"};
         if (c != NULL)
             atomic_store(&c->since_us, 0); /* the headers are in */
         return http__begin(r, url);
@@ -455,8 +482,31 @@ static void http__mhd_log(void *cls, const char *fmt, va_list ap)
     log_debug("http: %s", msg);
 }
 
+/* The text of the PEM file `path` (malloc'd), or NULL with a sentence. */
+static char *http__pem(const char *option, const char *path, char *why, size_t why_len)
+{
+    FILE *f = fopen(path, "r");
+    char *text = NULL;
+    size_t len = 0;
+    if (f != NULL) {
+        text = calloc(1, 1 << 20);
+        len = text ? fread(text, 1, (1 << 20) - 1, f) : 0;
+        fclose(f);
+    }
+    if (text == NULL || len == 0 || strstr(text, "-----BEGIN") == NULL) {
+        snprintf(why, why_len, "%s %s: cannot read a PEM file there", option, path);
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
 static void http__free(struct http *h)
 {
+    if (h->tls_key != NULL)
+        OPENSSL_cleanse(h->tls_key, strlen(h->tls_key));
+    free(h->tls_key);
+    free(h->tls_cert);
     pthread_mutex_destroy(&h->sse_lock);
     pthread_mutex_destroy(&h->conn_lock);
     pthread_mutex_destroy(&h->timer_lock);
@@ -509,17 +559,39 @@ int http_start(struct ops *ops, const struct config *cfg, struct loop *loop, str
                      MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    h->daemon =
-        MHD_start_daemon(flags, 0, NULL, NULL, http__handle, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_COMPLETED,
-                         http__completed, h, MHD_OPTION_UNESCAPE_CALLBACK, http__unescape, NULL,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_CONNECTION,
-                         http__notify_conn, h, MHD_OPTION_CONNECTION_LIMIT, max_conns,
-                         MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->http_max_connections_per_ip,
-                         MHD_OPTION_EXTERNAL_LOGGER, http__mhd_log, NULL, MHD_OPTION_END);
+    /* HTTPS (and wss: MHD carries the upgraded socket's TLS) with both. */
+    struct MHD_OptionItem tls[] = {
+        {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
+    if ((cfg->http_tls_cert == NULL) != (cfg->http_tls_key == NULL)) {
+        snprintf(why, why_len, "http_tls_cert and http_tls_key go together: give both");
+        freeaddrinfo(ai);
+        http__free(h);
+        return -1;
+    }
+    if (cfg->http_tls_cert != NULL) {
+        if ((h->tls_cert = http__pem("http_tls_cert", cfg->http_tls_cert, why, why_len)) == NULL ||
+            (h->tls_key = http__pem("http_tls_key", cfg->http_tls_key, why, why_len)) == NULL) {
+            freeaddrinfo(ai);
+            http__free(h);
+            return -1;
+        }
+        flags |= MHD_USE_TLS;
+        tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
+        tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
+    }
+    h->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, http__handle, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
+        MHD_OPTION_UNESCAPE_CALLBACK, http__unescape, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)120, MHD_OPTION_NOTIFY_CONNECTION, http__notify_conn, h,
+        MHD_OPTION_CONNECTION_LIMIT, max_conns, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        cfg->http_max_connections_per_ip, MHD_OPTION_EXTERNAL_LOGGER, http__mhd_log, NULL,
+        MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (h->daemon == NULL) {
-        snprintf(why, why_len, "cannot listen on %s (in use, or not an address of this host)",
+        snprintf(why, why_len,
+                 "cannot listen on %s (in use, not an address of this host, or a certificate "
+                 "and key that do not go together)",
                  cfg->http_listen);
         http__free(h);
         return -1;
@@ -533,9 +605,10 @@ int http_start(struct ops *ops, const struct config *cfg, struct loop *loop, str
     h->timer_started = true;
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info ? info->port : 0;
-    log_info("http: listening on http://%s:%u/ with %u threads, at most %u connections (%u per "
+    log_info("http: listening on %s://%s:%u/ with %u threads, at most %u connections (%u per "
              "address)",
-             host[0] ? host : "*", h->port, threads, max_conns, cfg->http_max_connections_per_ip);
+             h->tls_cert ? "https" : "http", host[0] ? host : "*", h->port, threads, max_conns,
+             cfg->http_max_connections_per_ip);
     *out = h;
     return 0;
 }

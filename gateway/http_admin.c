@@ -56,6 +56,10 @@ static void http__bridge_info(struct buf *b, struct bridge *bridge, uint64_t out
 
 enum MHD_Result http__info(struct req *r)
 {
+    char why[256];
+    int err = ops_server(r->h->ops, &r->caller, why, sizeof why);
+    if (err != STORE_OK)
+        return http__error(r, err, "%s", why);
     struct store_stats st;
     struct buf b = {0};
     store_stats(r->h->store, &st);
@@ -92,6 +96,10 @@ static void http__metric(struct buf *b, const char *name, const char *type, cons
 
 enum MHD_Result http__metrics(struct req *r)
 {
+    char why[256];
+    int err = ops_server(r->h->ops, &r->caller, why, sizeof why);
+    if (err != STORE_OK)
+        return http__error(r, err, "%s", why);
     struct store_stats st;
     struct buf b = {0};
     store_stats(r->h->store, &st);

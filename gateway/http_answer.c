@@ -40,6 +40,8 @@ enum MHD_Result http__queue(struct req *r, unsigned status, struct MHD_Response 
         MHD_add_response_header(resp, "Access-Control-Expose-Headers", "*");
         MHD_add_response_header(resp, "Vary", "Origin");
     }
+    if (status == 401)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"almanac\"");
     if (status < HTTP_MAX_STATUS)
         atomic_fetch_add_explicit(&r->h->status_count[status], 1, memory_order_relaxed);
     enum MHD_Result rc = MHD_queue_response(r->conn, status, resp);

@@ -74,6 +74,7 @@ struct http {
     pthread_cond_t timer_cond;
     bool timer_started, stopping;
     struct MHD_Daemon *daemon;
+    char *tls_cert, *tls_key; /* PEM text, while the daemon runs (the key wiped at the end) */
     unsigned short port;
     int64_t started_us;
     _Atomic int64_t active; /* requests between their first call and completion */

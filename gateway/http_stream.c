@@ -323,12 +323,12 @@ struct stream {
     bool done;
     bool (*fill)(struct stream *st);
     void (*end)(struct stream *st);
+    struct ops *ops;
+    struct caller caller; /* whose reads these are */
     /* history */
     struct store_history *it;
     bool first;
     /* export */
-    struct ops *ops;
-    struct caller caller;
     char *after;
 };
 
@@ -375,7 +375,7 @@ static bool http__history_fill(struct stream *st)
 {
     struct store_record rec;
     for (int i = 0; i < 256; i++) {
-        int rc = store_history_next(st->it, &rec);
+        int rc = ops_history_next(&st->caller, st->it, &rec);
         if (rc < 0) {
             st->b.oom = true; /* ends the answer short: the client sees it broken */
             return false;
@@ -444,6 +444,8 @@ enum MHD_Result http__history(struct req *r)
         free(st);
         return http__error(r, err, "%s", why);
     }
+    st->ops = r->h->ops;
+    st->caller = r->caller;
     st->fill = http__history_fill;
     st->end = http__history_end;
     st->first = true;

@@ -96,8 +96,8 @@ static int serve(int argc, char **argv)
         goto out;
     }
     sys = sys_start(store, bridge, cfg.sys_interval);
-    if ((ops = ops_new(store, bridge, sys, &cfg)) == NULL) {
-        log_error("almanac: out of memory");
+    if ((ops = ops_new(store, bridge, sys, &cfg, why, sizeof why)) == NULL) {
+        log_error("almanac: %s", why);
         goto out;
     }
     if (session_serve(ops, &cfg, &loop, why, sizeof why) != 0 ||

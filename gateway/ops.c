@@ -6,11 +6,14 @@
  * A request is checked here, once, before the store sees it: keys and
  * patterns (store/key.c's rules, with the message a client reads), the
  * combinations that make no sense (if_rev on a pattern), and who is asking
- * (the caller's principal; anonymous for now, with every right). So a new
- * rule, or the access check, lands in one place for every transport.
+ * (the caller's principal, auth.c): read of a key, or of some key of a
+ * pattern, whose other keys are then filtered out, never widened; write of
+ * a key, or of every key a pattern delete can match. So a new rule lands in
+ * one place for every transport.
  * Invariants:
  *   1. nothing reaches the store from a request that fails a check: an
  *      error return means nothing was submitted, subscribed or applied;
+ *      nothing is answered of a key the caller may not read;
  *   2. a change carries its caller's transport as its origin;
  *   3. a write is checked whole (every op of a batch, every line of an
  *      import) before any of it is submitted.
@@ -28,9 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-const struct principal ops_anonymous = {.name = "anonymous"};
-
 struct ops {
+    struct auth *auth;
     struct store *store;
     struct bridge *bridge;
     struct sys *sys;
@@ -40,11 +42,13 @@ struct ops {
 };
 
 struct ops *ops_new(struct store *store, struct bridge *bridge, struct sys *sys,
-                    const struct config *cfg)
+                    const struct config *cfg, char *why, size_t why_len)
 {
     struct ops *o = calloc(1, sizeof *o);
-    if (o == NULL)
+    if (o == NULL || (o->auth = auth_new(cfg, why, why_len)) == NULL) {
+        free(o);
         return NULL;
+    }
     o->store = store;
     o->bridge = bridge;
     o->sys = sys;
@@ -54,6 +58,9 @@ struct ops *ops_new(struct store *store, struct bridge *bridge, struct sys *sys,
 
 void ops_free(struct ops *o)
 {
+    if (o == NULL)
+        return;
+    auth_free(o->auth);
     free(o);
 }
 
@@ -75,6 +82,80 @@ struct bridge *ops_bridge(const struct ops *o)
 struct sys *ops_sys(const struct ops *o)
 {
     return o->sys;
+}
+
+/* ---- who is asking ---- */
+
+int ops_authenticate(struct ops *o, const char *address, const char *token,
+                     const struct principal **out, char *why, size_t why_len)
+{
+    int err = auth_principal(o->auth, address, token, out);
+    if (err == STORE_ERATE)
+        snprintf(why, why_len, "too many failed credentials from this address: wait a second");
+    else if (err != STORE_OK) /* the token itself is never repeated */
+        snprintf(why, why_len, "the token is not valid: it names no one (or no longer)");
+    return err;
+}
+
+bool ops_auth_required(struct ops *o, const char *address)
+{
+    return auth_required(o->auth, address);
+}
+
+/* A refusal: unauthorized for a caller who presented no credential (they
+ * may have one), forbidden for one who did. */
+static int ops__refuse(const struct caller *c, char *why, size_t why_len, const char *what,
+                       const char *key, size_t klen)
+{
+    const struct principal *p = c->principal;
+    if (!p->authenticated) {
+        snprintf(why, why_len, "%s %.*s needs a credential (Authorization: Bearer, or a token)",
+                 what, (int)klen, key);
+        return STORE_EUNAUTH;
+    }
+    snprintf(why, why_len, "%s may not %s %.*s", p->name, what, (int)klen, key);
+    return STORE_EFORBIDDEN;
+}
+
+static bool ops__reads(const struct principal *p, const char *key, size_t klen)
+{
+    return p->admin || privs_match(p->read, key, klen);
+}
+
+static bool ops__writes(const struct principal *p, const char *key, size_t klen)
+{
+    return p->admin || privs_match(p->write, key, klen);
+}
+
+/* The store_filter of a principal's reads. */
+static bool ops__keep(void *arg, const char *key, size_t klen)
+{
+    return ops__reads(arg, key, klen);
+}
+
+/* May the caller read some key of `pat`? Then `*filter` is what keeps the
+ * others out (keep NULL: no need, every key of `pat` is readable). */
+static int ops__read_pattern(const struct caller *c, const char *pat, size_t plen,
+                             struct store_filter *filter, char *why, size_t why_len)
+{
+    const struct principal *p = c->principal;
+    *filter = (struct store_filter){0};
+    if (p->admin || privs_cover(p->read, pat, plen))
+        return STORE_OK;
+    if (!privs_meet(p->read, pat, plen))
+        return ops__refuse(c, why, why_len, "read", pat, plen);
+    *filter = (struct store_filter){.keep = ops__keep, .arg = (void *)p};
+    return STORE_OK;
+}
+
+int ops_server(struct ops *o, const struct caller *c, char *why, size_t why_len)
+{
+    (void)o;
+    struct store_filter filter;
+    int err = ops__read_pattern(c, "$SYS/#", 6, &filter, why, why_len);
+    if (err == STORE_OK && filter.keep != NULL) /* all of it, or nothing */
+        err = ops__refuse(c, why, why_len, "read", "$SYS/#", 6);
+    return err;
 }
 
 /* ---- checks ---- */
@@ -103,15 +184,24 @@ int ops_pattern(struct ops *o, const struct caller *c, const char *pat, size_t p
     return STORE_EKEY;
 }
 
-/* Checks one op of a write and fills what follows from it (a delete's
- * `pattern`). Where the access check of a principal goes. */
+/* Checks one op of a write, and who may make it, and fills what follows
+ * from it (a delete's `pattern`). */
 static int ops__check_op(struct ops *o, const struct caller *c, struct store_op *op, char *why,
                          size_t why_len)
 {
+    const struct principal *p = c->principal;
     /* invariant 2: the transport made the entry with its own origin */
     assert(op->entry == NULL || store_entry_origin(op->entry) == c->transport);
-    if (op->kind != STORE_OP_DELETE)
-        return ops__key(o, op->key, op->klen, why, why_len);
+    if (op->kind != STORE_OP_DELETE) {
+        int err = ops__key(o, op->key, op->klen, why, why_len);
+        if (err != STORE_OK)
+            return err;
+        if (op->kind == STORE_OP_GET ? !ops__reads(p, op->key, op->klen)
+                                     : !ops__writes(p, op->key, op->klen))
+            return ops__refuse(c, why, why_len, op->kind == STORE_OP_GET ? "read" : "write",
+                               op->key, op->klen);
+        return STORE_OK;
+    }
     bool wild;
     int err = ops_pattern(o, c, op->key, op->klen, &wild, why, why_len);
     if (err != STORE_OK)
@@ -122,6 +212,10 @@ static int ops__check_op(struct ops *o, const struct caller *c, struct store_op 
         snprintf(why, why_len, "if_rev (If-Match) applies to a key, not a pattern");
         return STORE_EBADREQ;
     }
+    /* A pattern delete needs write of every key it can match. */
+    if (!(p->admin || (wild ? privs_cover(p->write, op->key, op->klen)
+                            : privs_match(p->write, op->key, op->klen))))
+        return ops__refuse(c, why, why_len, "delete", op->key, op->klen);
     return STORE_OK;
 }
 
@@ -130,10 +224,11 @@ static int ops__check_op(struct ops *o, const struct caller *c, struct store_op 
 int ops_get(struct ops *o, const struct caller *c, const char *key, size_t klen,
             struct store_entry **out, char *why, size_t why_len)
 {
-    (void)c;
     int err = ops__key(o, key, klen, why, why_len);
     if (err != STORE_OK)
         return err;
+    if (!ops__reads(c->principal, key, klen))
+        return ops__refuse(c, why, why_len, "read", key, klen);
     if (store_get(o->store, key, klen, out) == STORE_OK)
         return STORE_OK;
     snprintf(why, why_len, "key %.*s does not exist", (int)klen, key);
@@ -145,20 +240,58 @@ int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen
              size_t why_len)
 {
     bool wild;
+    struct store_filter filter;
     *more = false;
     int err = ops_pattern(o, c, pat, plen, &wild, why, why_len);
-    if (err != STORE_OK)
+    if (err != STORE_OK || (err = ops__read_pattern(c, pat, plen, &filter, why, why_len)) != 0)
         return err;
-    return store_pget(o->store, pat, plen, after, alen, limit, visit, arg, more);
+    return store_pget(o->store, pat, plen, filter.keep ? &filter : NULL, after, alen, limit, visit,
+                      arg, more);
+}
+
+/* ls through a filter: a child is listed when the caller may read it or
+ * some key below it. */
+struct ops__ls {
+    const struct principal *p;
+    store_child_fn child;
+    void *arg;
+    char path[2048]; /* the parent's key and a '/', then the child's name */
+    size_t plen;
+};
+
+static void ops__ls_child(void *arg, const char *name, size_t nlen, bool value, bool children)
+{
+    struct ops__ls *l = arg;
+    if (l->plen + nlen + 2 > sizeof l->path)
+        return;
+    memcpy(l->path + l->plen, name, nlen);
+    memcpy(l->path + l->plen + nlen, "/#", 2);
+    bool holds = value && privs_match(l->p->read, l->path, l->plen + nlen);
+    bool below = children && privs_meet(l->p->read, l->path, l->plen + nlen + 2);
+    if (holds || below)
+        l->child(l->arg, name, nlen, holds, below);
 }
 
 int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
            store_child_fn child, void *arg, char *why, size_t why_len)
 {
-    (void)c;
+    const struct principal *p = c->principal;
+    struct ops__ls l = {.p = p, .child = child, .arg = arg};
     int err;
     if (key != NULL && (err = ops__key(o, key, klen, why, why_len)) != STORE_OK)
         return err;
+    if (!p->admin) {
+        if (key != NULL && klen + 2 <= sizeof l.path) {
+            memcpy(l.path, key, klen);
+            l.path[klen] = '/';
+            l.plen = klen + 1;
+        }
+        memcpy(l.path + l.plen, "#", 1);
+        if (!privs_meet(p->read, l.path, l.plen + 1))
+            return ops__refuse(c, why, why_len, "list", key ? key : "", key ? klen : 0);
+        child = ops__ls_child;
+        arg = &l;
+    }
     if (store_ls(o->store, key == NULL, key, klen, child, arg) == STORE_OK)
         return STORE_OK;
     snprintf(why, why_len, "key %.*s does not exist", (int)klen, key);
@@ -169,8 +302,10 @@ int ops_history(struct ops *o, const struct caller *c, const struct store_histor
                 struct store_history **out, char *why, size_t why_len)
 {
     bool wild;
+    struct store_filter filter;
     int err = ops_pattern(o, c, q->pattern, q->plen, &wild, why, why_len);
-    if (err != STORE_OK)
+    if (err != STORE_OK ||
+        (err = ops__read_pattern(c, q->pattern, q->plen, &filter, why, why_len)) != STORE_OK)
         return err;
     err = store_history_open(o->store, q, out);
     if (err != STORE_OK)
@@ -178,6 +313,14 @@ int ops_history(struct ops *o, const struct caller *c, const struct store_histor
                  err == STORE_EUNAVAIL ? "history is off (history_retention 0)"
                                        : store_err_text(err));
     return err;
+}
+
+int ops_history_next(const struct caller *c, struct store_history *h, struct store_record *rec)
+{
+    int rc;
+    while ((rc = store_history_next(h, rec)) == 1 && !ops__reads(c->principal, rec->key, rec->klen))
+        ; /* a page may come short; its cursor still moves on */
+    return rc;
 }
 
 int ops_export(struct ops *o, const struct caller *c, const char *after, size_t alen, size_t limit,
@@ -198,7 +341,7 @@ static int ops__submit(struct ops *o, struct ops_write *w, store_done_fn done, v
 }
 
 /* A write of one op that failed its check: the store takes its entry. */
-static int ops__refuse(struct store_op *op, int err)
+static int ops__drop(struct store_op *op, int err)
 {
     store_entry_unref(op->entry);
     op->entry = NULL;
@@ -214,7 +357,7 @@ int ops_set(struct ops *o, const struct caller *c, struct ops_write *w, const ch
     w->txn = (struct store_txn){.ops = &w->one, .n = 1};
     int err = ops__check_op(o, c, &w->one, why, why_len);
     if (err != STORE_OK)
-        return ops__refuse(&w->one, err);
+        return ops__drop(&w->one, err);
     return ops__submit(o, w, done, arg, why, why_len);
 }
 
@@ -241,7 +384,7 @@ int ops_batch(struct ops *o, const struct caller *c, struct ops_write *w, struct
         if (err != STORE_OK) {
             snprintf(why, why_len, "ops[%zu]: %s", i, one);
             for (size_t k = 0; k < n; k++)
-                ops__refuse(&ops[k], err);
+                ops__drop(&ops[k], err);
             return err;
         }
     }
@@ -251,8 +394,9 @@ int ops_batch(struct ops *o, const struct caller *c, struct ops_write *w, struct
 int ops_publish(struct ops *o, const struct caller *c, const char *key, size_t klen,
                 struct store_entry *e, char *why, size_t why_len)
 {
-    (void)c;
     int err = ops__key(o, key, klen, why, why_len);
+    if (err == STORE_OK && !ops__writes(c->principal, key, klen))
+        err = ops__refuse(c, why, why_len, "write", key, klen);
     if (err != STORE_OK) {
         store_entry_unref(e);
         return err;
@@ -298,10 +442,25 @@ int ops_subscribe(struct ops *o, const struct caller *c, const struct feed_reque
                   size_t why_len)
 {
     bool wild;
+    struct store_filter filter;
     int err = ops_pattern(o, c, rq->pattern, rq->plen, &wild, why, why_len);
-    if (err != STORE_OK)
+    if (err != STORE_OK ||
+        (err = ops__read_pattern(c, rq->pattern, rq->plen, &filter, why, why_len)) != STORE_OK)
         return err;
-    return feed_open(o->store, rq, sink, sink_arg, out, why, why_len);
+    struct feed_request frq = *rq;
+    frq.filter = filter.keep ? &filter : NULL;
+    return feed_open(o->store, &frq, sink, sink_arg, out, why, why_len);
+}
+
+int ops_resubscribe(struct ops *o, const struct caller *c, struct feed *f, const char *pat,
+                    size_t plen, char *why, size_t why_len)
+{
+    struct store_filter filter;
+    (void)o;
+    int err = ops__read_pattern(c, pat, plen, &filter, why, why_len);
+    if (err == STORE_OK)
+        feed_refilter(f, filter.keep ? &filter : NULL);
+    return err;
 }
 
 void ops_unsubscribe(struct ops *o, struct feed *f)

@@ -10,6 +10,7 @@
 #ifndef ALMANAC_OPS_H
 #define ALMANAC_OPS_H
 
+#include "auth.h"
 #include "feed.h"
 #include "store.h"
 
@@ -17,12 +18,6 @@ struct bridge;
 struct config;
 struct import;
 struct sys;
-
-/* Who is asking. For now everyone is anonymous. */
-struct principal {
-    const char *name;
-};
-extern const struct principal ops_anonymous;
 
 /* The caller of an operation: its transport (as the origin its changes
  * carry), its address and its principal. */
@@ -41,6 +36,18 @@ const struct config *ops_config(const struct ops *o);
 struct bridge *ops_bridge(const struct ops *o);
 struct sys *ops_sys(const struct ops *o);
 
+/* ---- who is asking ---- */
+
+/* The principal of a client at `address` presenting `token` (NULL: none).
+ * STORE_OK, or STORE_EUNAUTH with a sentence (and `*out` anonymous). */
+int ops_authenticate(struct ops *o, const char *address, const char *token,
+                     const struct principal **out, char *why, size_t why_len);
+/* Whether anonymous clients at `address` may do nothing at all. */
+bool ops_auth_required(struct ops *o, const char *address);
+/* Whether the caller may see the server's state (info, metrics): read of
+ * all of $SYS/#, or admin. */
+int ops_server(struct ops *o, const struct caller *c, char *why, size_t why_len);
+
 /* ---- reads ---- */
 
 /* Checks `pat` as a key or a pattern of a read; `*wild` tells which. A
@@ -58,9 +65,11 @@ int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen
 /* The children of `key` (NULL: of the root). */
 int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
            store_child_fn child, void *arg, char *why, size_t why_len);
-/* A history query of q->pattern; `*out` for store_history_next. */
+/* A history query of q->pattern; `*out` for ops_history_next. */
 int ops_history(struct ops *o, const struct caller *c, const struct store_history_query *q,
                 struct store_history **out, char *why, size_t why_len);
+/* The next record the caller may read, as store_history_next. */
+int ops_history_next(const struct caller *c, struct store_history *h, struct store_record *rec);
 /* A page of at most `limit` entries of the export (every key but the
  * $-keys) after `after`. */
 int ops_export(struct ops *o, const struct caller *c, const char *after, size_t alen, size_t limit,
@@ -99,11 +108,16 @@ int ops_import(struct ops *o, const struct caller *c, struct import **out, char 
 
 /* ---- live ---- */
 
-/* A live feed of rq->pattern through `sink`; feed_start it once the
- * transport has said yes, ops_unsubscribe it when done. */
+/* A live feed of rq->pattern through `sink`, of the keys the caller may
+ * read; feed_start it once the transport has said yes, ops_unsubscribe it
+ * when done. */
 int ops_subscribe(struct ops *o, const struct caller *c, const struct feed_request *rq,
                   const struct feed_sink *sink, void *sink_arg, struct feed **out, char *why,
                   size_t why_len);
+/* After the caller's principal changed: the feed of `pat` goes on with
+ * what it may read now, or is refused (and left to the caller to end). */
+int ops_resubscribe(struct ops *o, const struct caller *c, struct feed *f, const char *pat,
+                    size_t plen, char *why, size_t why_len);
 void ops_unsubscribe(struct ops *o, struct feed *f);
 
 /* ---- sessions ---- */

@@ -40,6 +40,8 @@ struct csub {
     struct session *session;
     uint64_t id;
     struct feed *feed;
+    char *pattern; /* for a change of principal */
+    size_t plen;
 };
 
 struct session {
@@ -135,8 +137,9 @@ static void *session__open(void *arg, struct conn *c)
     s->caller = (struct caller){.transport = t == CONN_TCP    ? STORE_ORIGIN_TCP
                                              : t == CONN_UNIX ? STORE_ORIGIN_UNIX
                                                               : STORE_ORIGIN_WS,
-                                .address = conn_address(c),
-                                .principal = &ops_anonymous};
+                                .address = conn_address(c)};
+    char why[256];
+    ops_authenticate(o, s->caller.address, NULL, &s->caller.principal, why, sizeof why);
     s->major =
         session__protocols[sizeof session__protocols / sizeof session__protocols[0] - 1].major;
     snprintf(s->client_id, sizeof s->client_id, "c%llu", (unsigned long long)ops_next_id(o));
@@ -145,10 +148,19 @@ static void *session__open(void *arg, struct conn *c)
     for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++)
         buf_addf(&b, "%s\"%d.%d\"", i ? "," : "", session__protocols[i].major,
                  session__protocols[i].minor);
-    buf_addf(&b, "],\"client_id\":\"%s\",\"auth_required\":false}", s->client_id);
+    buf_addf(&b, "],\"client_id\":\"%s\",\"auth_required\":%s}", s->client_id,
+             ops_auth_required(o, s->caller.address) ? "true" : "false");
     session__send(s, &b);
     ops_session_open(o, &s->caller, s->client_id);
     return s;
+}
+
+/* Ends a subscription taken off s->subs: no sink call after it. */
+static void csub__free(struct session *s, struct csub *cs)
+{
+    ops_unsubscribe(s->ops, cs->feed); /* invariant 2 */
+    free(cs->pattern);
+    free(cs);
 }
 
 static void session__free(void *state)
@@ -157,8 +169,7 @@ static void session__free(void *state)
     while (s->subs != NULL) {
         struct csub *cs = s->subs;
         s->subs = cs->next;
-        ops_unsubscribe(s->ops, cs->feed); /* invariant 2 */
-        free(cs);
+        csub__free(s, cs);
     }
     ops_session_close(s->ops, s->client_id);
     free(s);
@@ -175,6 +186,42 @@ static void session__tick(void *arg)
     sys_tick(ops_sys(arg));
 }
 
+/* The principal the token `token` names replaces the session's; a
+ * subscription it may no longer read ends with an error carrying its sub.
+ * Returns 0, or -1 after answering unauthorized (nothing changed). */
+static int session__auth(struct session *s, const json_int_t *id, json_t *token)
+{
+    const struct principal *p;
+    char why[512];
+    if (!json_is_string(token)) {
+        session__error(s, id, STORE_EBADREQ, "\"token\" must be a string");
+        return -1;
+    }
+    int err =
+        ops_authenticate(s->ops, s->caller.address, json_string_value(token), &p, why, sizeof why);
+    if (err != STORE_OK) {
+        session__error(s, id, err, "%s", why);
+        return -1;
+    }
+    s->caller.principal = p;
+    for (struct csub **cp = &s->subs; *cp != NULL;) {
+        struct csub *cs = *cp;
+        if (ops_resubscribe(s->ops, &s->caller, cs->feed, cs->pattern, cs->plen, why, sizeof why) ==
+            STORE_OK) {
+            cp = &cs->next;
+            continue;
+        }
+        struct buf b = {0};
+        buf_addf(&b, "{\"type\":\"error\",\"id\":null,\"sub\":%llu,", (unsigned long long)cs->id);
+        envelope_add_error(&b, STORE_EFORBIDDEN, why);
+        *cp = cs->next;
+        s->nsubs--;
+        csub__free(s, cs);
+        session__send(s, &b);
+    }
+    return 0;
+}
+
 static int session__hello(struct session *s, json_t *msg)
 {
     json_t *jid = json_object_get(msg, "id");
@@ -187,6 +234,9 @@ static int session__hello(struct session *s, json_t *msg)
         session__error(s, pid, STORE_EBADREQ, "hello needs \"protocol\": \"MAJOR.MINOR\"");
         return 0;
     }
+    json_t *token = json_object_get(msg, "token");
+    if (token != NULL && session__auth(s, pid, token) != 0)
+        return 0; /* answered: unauthorized, and the protocol stays as it was */
     for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++) {
         if (session__protocols[i].major != major)
             continue;
@@ -414,7 +464,7 @@ static int session__history(struct session *s, json_int_t id, json_t *msg)
     struct store_record rec;
     int64_t next;
     buf_addf(&b, "{\"type\":\"records\",\"id\":%lld,\"records\":[", (long long)id);
-    for (size_t n = 0; (err = store_history_next(h, &rec)) == 1; n++) {
+    for (size_t n = 0; (err = ops_history_next(&s->caller, h, &rec)) == 1; n++) {
         if (n > 0)
             buf_add(&b, ",", 1);
         envelope_add_record(&b, &rec, "content_type");
@@ -660,6 +710,14 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
     }
     cs->session = s;
     cs->id = s->next_sub + 1;
+    if ((cs->pattern = malloc(plen + 1)) == NULL) {
+        free(cs);
+        session__error(s, &id, STORE_EINTERNAL, "out of memory");
+        return 0;
+    }
+    memcpy(cs->pattern, pat, plen);
+    cs->pattern[plen] = '\0';
+    cs->plen = plen;
     struct feed_request rq = {.pattern = pat,
                               .plen = plen,
                               .unique = json_is_true(unique),
@@ -670,6 +728,7 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
                                                                    : &session__lines_sink,
                             cs, &cs->feed, why, sizeof why);
     if (err != STORE_OK) {
+        free(cs->pattern);
         free(cs);
         session__error(s, &id, err, "%s", why);
         return 0;
@@ -704,8 +763,7 @@ static int session__unsubscribe(struct session *s, json_int_t id, json_t *msg)
     struct csub *cs = *p;
     *p = cs->next;
     s->nsubs--;
-    ops_unsubscribe(s->ops, cs->feed);
-    free(cs);
+    csub__free(s, cs);
     session__ok(s, id);
     return 0;
 }
@@ -730,6 +788,16 @@ static int session__v1(struct session *s, const char *type, json_int_t id, json_
         return session__subscribe(s, id, msg);
     if (strcmp(type, "unsubscribe") == 0)
         return session__unsubscribe(s, id, msg);
+    if (strcmp(type, "auth") == 0) {
+        if (session__auth(s, &id, json_object_get(msg, "token")) == 0) {
+            struct buf b = {0};
+            buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld,\"principal\":", (long long)id);
+            buf_add_jstr(&b, s->caller.principal->name, strlen(s->caller.principal->name));
+            buf_adds(&b, "}");
+            session__send(s, &b);
+        }
+        return 0;
+    }
     if (strcmp(type, "ping") == 0) {
         struct buf b = {0};
         buf_addf(&b, "{\"type\":\"pong\",\"id\":%lld}", (long long)id);

@@ -196,6 +196,45 @@ bool store_pattern_covers(const char *q, size_t qlen, const char *p, size_t plen
     }
 }
 
+bool store_pattern_intersects(const char *a, size_t alen, const char *b, size_t blen)
+{
+    size_t i = 0, j = 0; /* where the current segments start */
+    bool adone = false, bdone = false;
+    for (bool first = true;; first = false) {
+        if (adone && bdone)
+            return true;
+        size_t ae = adone ? i : key__seg_end(a, alen, i), be = bdone ? j : key__seg_end(b, blen, j);
+        bool ahash = !adone && ae - i == 1 && a[i] == '#',
+             bhash = !bdone && be - j == 1 && b[j] == '#';
+        if (ahash || bhash) {
+            /* '#' takes whatever the other has left ("a/#" meets "a" too),
+             * but never a first segment starting with '$'. */
+            const char *o = ahash ? b : a;
+            size_t os = ahash ? j : i, oe = ahash ? be : ae;
+            bool odone = ahash ? bdone : adone;
+            return !first || odone || !(oe > os && o[os] == '$');
+        }
+        if (adone || bdone)
+            return false;
+        bool aplus = ae - i == 1 && a[i] == '+', bplus = be - j == 1 && b[j] == '+';
+        if (aplus || bplus) {
+            const char *lit = aplus ? b + j : a + i;
+            size_t litlen = aplus ? be - j : ae - i;
+            if (first && !(aplus && bplus) && litlen > 0 && lit[0] == '$')
+                return false; /* a wildcard never matches a $-key */
+        } else if (ae - i != be - j || memcmp(a + i, b + j, ae - i) != 0)
+            return false;
+        if (ae == alen)
+            adone = true;
+        else
+            i = ae + 1;
+        if (be == blen)
+            bdone = true;
+        else
+            j = be + 1;
+    }
+}
+
 int store_key_cmp(const char *a, size_t alen, const char *b, size_t blen)
 {
     size_t n = alen < blen ? alen : blen, i = 0;

@@ -480,8 +480,9 @@ int store_get(struct store *s, const char *key, size_t klen, struct store_entry 
     return e ? STORE_OK : STORE_ENOTFOUND;
 }
 
-int store_pget(struct store *s, const char *pat, size_t plen, const char *after, size_t alen,
-               size_t limit, store_visit_fn visit, void *arg, bool *more)
+int store_pget(struct store *s, const char *pat, size_t plen, const struct store_filter *filter,
+               const char *after, size_t alen, size_t limit, store_visit_fn visit, void *arg,
+               bool *more)
 {
     /* Wait first, so the answer holds nothing unsettled but what arrives
      * during the walk; then wait for that too before the caller answers. */
@@ -490,7 +491,7 @@ int store_pget(struct store *s, const char *pat, size_t plen, const char *after,
     pthread_rwlock_unlock(&s->lock);
     store__await(s, seen);
     pthread_rwlock_rdlock(&s->lock);
-    tree__walk(s->tree, pat, plen, after, alen, limit, visit, arg, more);
+    tree__walk(s->tree, pat, plen, filter, after, alen, limit, visit, arg, more);
     seen = s->rev;
     pthread_rwlock_unlock(&s->lock);
     store__await(s, seen);
@@ -641,7 +642,7 @@ static int store__apply_delete(struct store *s, struct commit *c, struct store_o
     struct store_snapshot k = {0};
     bool more;
     int err = STORE_OK;
-    tree__walk(s->tree, op->key, op->klen, NULL, 0, SIZE_MAX, store__snap_visit, &k, &more);
+    tree__walk(s->tree, op->key, op->klen, NULL, NULL, 0, SIZE_MAX, store__snap_visit, &k, &more);
     if (k.failed) /* out of memory */
         err = STORE_EINTERNAL;
     for (size_t i = 0; i < k.n && err == STORE_OK; i++) {
@@ -855,7 +856,7 @@ static int store__subscribe(struct store *s, const char *pat, size_t plen, bool 
     err = subs__add(s->subs, sub, pat, plen);
     pthread_mutex_unlock(&s->sublock);
     if (err == STORE_OK && snap != NULL)
-        tree__walk(s->tree, pat, plen, NULL, 0, SIZE_MAX, store__snap_visit, snap, &more);
+        tree__walk(s->tree, pat, plen, NULL, NULL, 0, SIZE_MAX, store__snap_visit, snap, &more);
     pthread_rwlock_unlock(&s->lock);
     if (err == STORE_OK && snap != NULL && snap->failed) {
         store_snapshot_free(snap);

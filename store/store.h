@@ -66,6 +66,9 @@ bool store_pattern_match(const char *pat, size_t plen, const char *key, size_t k
  * rules, `$` included): "a/#" covers "a/+/b" and "a", "+" does not cover
  * "$SYS/x". Both valid. */
 bool store_pattern_covers(const char *q, size_t qlen, const char *p, size_t plen);
+/* Whether some key matches both patterns (MQTT's rules, `$` included):
+ * "a/+" meets "+/b", "#" does not meet "$SYS/x". Both valid. */
+bool store_pattern_intersects(const char *a, size_t alen, const char *b, size_t blen);
 /* Whether a key is reserved for the server (first segment starts with `$`). */
 bool store_key_reserved(const char *key, size_t len);
 /* Compares two keys in the store's order: segment by segment, each segment
@@ -178,11 +181,19 @@ int store_get(struct store *s, const char *key, size_t klen, struct store_entry 
  * and entry (valid during the call only). */
 typedef void (*store_visit_fn)(void *arg, const char *key, size_t klen,
                                const struct store_entry *e);
-/* Visits at most `limit` entries matching `pat` whose key sorts after `after`
- * (NULL: from the start). `*more` tells whether further entries follow. The
- * visit runs under the tree's read lock: it must not call the store. */
-int store_pget(struct store *s, const char *pat, size_t plen, const char *after, size_t alen,
-               size_t limit, store_visit_fn visit, void *arg, bool *more);
+/* Which keys a walk may return: those `keep` says yes to (under the tree's
+ * read lock: it must not call the store). */
+struct store_filter {
+    bool (*keep)(void *arg, const char *key, size_t klen);
+    void *arg;
+};
+/* Visits at most `limit` entries matching `pat` (and `filter`, if not NULL)
+ * whose key sorts after `after` (NULL: from the start). `*more` tells
+ * whether further entries follow. The visit runs under the tree's read
+ * lock: it must not call the store. */
+int store_pget(struct store *s, const char *pat, size_t plen, const struct store_filter *filter,
+               const char *after, size_t alen, size_t limit, store_visit_fn visit, void *arg,
+               bool *more);
 
 /* Called for each child of a node in name order: its name, whether it holds
  * a value and whether it has children. */

@@ -35,8 +35,9 @@ int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *
 /* Removes `key`; returns its reference (the caller owns it) or NULL. */
 struct store_entry *tree__del(struct tree *t, const char *key, size_t klen);
 /* Visits matching entries in key order after the cursor; see store_pget. */
-void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *after, size_t alen,
-                size_t limit, store_visit_fn visit, void *arg, bool *more);
+void tree__walk(const struct tree *t, const char *pat, size_t plen,
+                const struct store_filter *filter, const char *after, size_t alen, size_t limit,
+                store_visit_fn visit, void *arg, bool *more);
 int tree__ls(const struct tree *t, bool root, const char *key, size_t klen, store_child_fn child,
              void *arg);
 

@@ -604,9 +604,10 @@ struct walk {
     const struct tree *t;
     const char *pat;
     size_t plen;
-    const char *after; /* NULL: no cursor */
+    const struct store_filter *filter; /* NULL: every key */
+    const char *after;                 /* NULL: no cursor */
     size_t alen;
-    size_t limit, count;
+    size_t limit, count; /* count: the visited (kept) ones */
     bool more, stop;
     store_visit_fn visit;
     void *arg;
@@ -653,6 +654,8 @@ static void walk__emit(struct walk *w, struct pos p)
         return;
     if (w->after && store_key_cmp(w->buf, w->len, w->after, w->alen) <= 0)
         return;
+    if (w->filter != NULL && !w->filter->keep(w->filter->arg, w->buf, w->len))
+        return; /* neither visited nor counted: the cursor stays a kept key */
     if (w->count == w->limit) {
         w->more = true;
         w->stop = true;
@@ -731,13 +734,15 @@ static void walk__at(struct walk *w, struct pos p, size_t pi, bool root)
     }
 }
 
-void tree__walk(const struct tree *t, const char *pat, size_t plen, const char *after, size_t alen,
-                size_t limit, store_visit_fn visit, void *arg, bool *more)
+void tree__walk(const struct tree *t, const char *pat, size_t plen,
+                const struct store_filter *filter, const char *after, size_t alen, size_t limit,
+                store_visit_fn visit, void *arg, bool *more)
 {
     struct walk w = {
         .t = t,
         .pat = pat,
         .plen = plen,
+        .filter = filter,
         .after = after,
         .alen = alen,
         .limit = limit,

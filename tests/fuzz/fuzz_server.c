@@ -148,7 +148,7 @@ const struct fuzz_server *fuzz_server_start(bool unix_socket, bool http)
     if (store_open(&scfg, &fuzz__srv.store, why, sizeof why) != STORE_OK)
         goto fail;
     fuzz__srv.sys = sys_start(fuzz__srv.store, NULL, fuzz__srv.cfg.sys_interval);
-    fuzz__srv.ops = ops_new(fuzz__srv.store, NULL, fuzz__srv.sys, &fuzz__srv.cfg);
+    fuzz__srv.ops = ops_new(fuzz__srv.store, NULL, fuzz__srv.sys, &fuzz__srv.cfg, why, sizeof why);
     if (fuzz__srv.ops == NULL ||
         session_serve(fuzz__srv.ops, &fuzz__srv.cfg, &fuzz__srv.loop, why, sizeof why) != 0)
         goto fail;

@@ -43,7 +43,7 @@ class Daemon:
         deadline = time.time() + timeout
         while time.time() < deadline:
             text = self.log_text()[offset:]
-            ports = re.findall(r"listening on http://127\.0\.0\.1:(\d+)/", text)
+            ports = re.findall(r"listening on https?://127\.0\.0\.1:(\d+)/", text)
             if ports and "ready" in text.split("listening on")[-1]:
                 self.port = int(ports[-1])
                 tcp = re.findall(r"listening on tcp://127\.0\.0\.1:(\d+)/", text)

@@ -41,9 +41,11 @@ static int setup(void **state)
                                 .limits = {.max_key_bytes = 64, .max_value_bytes = 4096}};
     if (store_open(&scfg, &f->s, why, sizeof why) != STORE_OK)
         fail_msg("store_open: %s", why);
-    f->o = ops_new(f->s, NULL, NULL, &f->cfg);
-    f->caller = (struct caller){
-        .transport = STORE_ORIGIN_TCP, .address = "127.0.0.1:1", .principal = &ops_anonymous};
+    f->o = ops_new(f->s, NULL, NULL, &f->cfg, why, sizeof why);
+    f->caller = (struct caller){.transport = STORE_ORIGIN_TCP, .address = "127.0.0.1:1"};
+    assert_int_equal(
+        ops_authenticate(f->o, "127.0.0.1:1", NULL, &f->caller.principal, why, sizeof why),
+        STORE_OK);
     *state = f;
     return 0;
 }

@@ -278,6 +278,15 @@ static int cmp_keys(const void *a, const void *b)
     return store_key_cmp(a, strlen(a), b, strlen(b));
 }
 
+/* Keeps the keys whose second segment is odd (s/1/t, s/3/t, ...). */
+static bool keep_odd(void *arg, const char *key, size_t klen)
+{
+    (void)arg;
+    const char *slash = memchr(key + 2, '/', klen - 2);
+    size_t end = slash ? (size_t)(slash - key) : klen;
+    return (key[end - 1] - '0') % 2 == 1;
+}
+
 static void test_pattern_paging(void **state)
 {
     struct fixture *f = *state;
@@ -302,7 +311,8 @@ static void test_pattern_paging(void **state)
     bool more = true;
     while (more) {
         struct collected page = {0};
-        store_pget(f->s, "#", 1, after[0] ? after : NULL, strlen(after), 7, collect, &page, &more);
+        store_pget(f->s, "#", 1, NULL, after[0] ? after : NULL, strlen(after), 7, collect, &page,
+                   &more);
         assert_true(page.n <= 7);
         assert_true(page.n == 7 || !more);
         for (size_t i = 0; i < page.n; i++)
@@ -316,17 +326,36 @@ static void test_pattern_paging(void **state)
 
     /* '+' patterns, and '#' matching the parent. */
     struct collected c = {0};
-    store_pget(f->s, "s/+/t", 5, NULL, 0, 1000, collect, &c, &more);
+    store_pget(f->s, "s/+/t", 5, NULL, NULL, 0, 1000, collect, &c, &more);
     assert_int_equal(c.n, 100);
     assert_false(more);
     struct collected d = {0};
-    store_pget(f->s, "s/7/#", 5, NULL, 0, 1000, collect, &d, &more);
+    store_pget(f->s, "s/7/#", 5, NULL, NULL, 0, 1000, collect, &d, &more);
     assert_int_equal(d.n, 2);
     assert_string_equal(d.keys[0], "s/7");
     assert_string_equal(d.keys[1], "s/7/t");
     struct collected e = {0};
-    store_pget(f->s, "s/7", 3, NULL, 0, 1000, collect, &e, &more);
+    store_pget(f->s, "s/7", 3, NULL, NULL, 0, 1000, collect, &e, &more);
     assert_int_equal(e.n, 1);
+
+    /* A filter: pages hold only kept keys, are full while more follow, and
+     * the cursor moves past what was left out. */
+    struct store_filter odd = {.keep = keep_odd};
+    struct collected kept = {0};
+    after[0] = '\0';
+    for (more = true; more;) {
+        struct collected page = {0};
+        store_pget(f->s, "s/+/t", 5, &odd, after[0] ? after : NULL, strlen(after), 3, collect,
+                   &page, &more);
+        assert_true(page.n == 3 || !more);
+        for (size_t i = 0; i < page.n; i++) {
+            assert_true(keep_odd(NULL, page.keys[i], strlen(page.keys[i])));
+            memcpy(kept.keys[kept.n++], page.keys[i], 32);
+        }
+        if (page.n)
+            strcpy(after, page.keys[page.n - 1]);
+    }
+    assert_int_equal(kept.n, 50);
 }
 
 struct children {

@@ -84,8 +84,8 @@ static void check_walk(struct tree *t, const struct model *m, const char *pat)
     bool more = true, first = true;
     while (more) {
         struct seen page = {0};
-        tree__walk(t, pat, strlen(pat), first ? NULL : after, strlen(after), 3, on_visit, &page,
-                   &more);
+        tree__walk(t, pat, strlen(pat), NULL, first ? NULL : after, strlen(after), 3, on_visit,
+                   &page, &more);
         first = false;
         for (size_t i = 0; i < page.n; i++)
             strcpy(all.keys[all.n++], page.keys[i]);
@@ -249,7 +249,7 @@ static void test_wide_node(void **state)
      * must invalidate it. */
     struct seen *first = calloc(1, sizeof *first);
     bool more;
-    tree__walk(t, "w/+/t", 5, NULL, 0, 100, on_visit, first, &more);
+    tree__walk(t, "w/+/t", 5, NULL, NULL, 0, 100, on_visit, first, &more);
     assert_true(more);
     assert_string_equal(first->keys[0], "w/0/t");
     for (int i = 0; i < 5000; i += 2) {
@@ -257,7 +257,7 @@ static void test_wide_node(void **state)
         store_entry_unref(tree__del(t, key, strlen(key)));
     }
     struct seen *again = calloc(1, sizeof *again);
-    tree__walk(t, "w/+/t", 5, NULL, 0, 100, on_visit, again, &more);
+    tree__walk(t, "w/+/t", 5, NULL, NULL, 0, 100, on_visit, again, &more);
     assert_string_equal(again->keys[0], "w/1/t");    /* not the deleted w/0/t */
     assert_string_equal(again->keys[1], "w/1001/t"); /* segment order */
     free(first);

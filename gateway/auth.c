@@ -1,0 +1,383 @@
+/*
+ * auth.c — principals and their privileges.
+ *
+ * A principal's `read` and `write` privileges are MQTT-style patterns,
+ * compiled into a tree of segments (struct pnode: literal children sorted
+ * by name and found by binary search, a '+' child and a '#' flag), so
+ * matching a key walks its segments once along the literal and '+'
+ * branches: the cost is the key's depth, not the number of patterns. The
+ * patterns are also kept as text for the questions about patterns (does a
+ * request's pattern meet or lie within a privilege), asked once a request.
+ *
+ * Protected by default (Redis's protected mode): with no credential
+ * configured (admin_token), a client on loopback or the Unix socket is
+ * "local", with every right; any other is anonymous, with anonymous_read
+ * and anonymous_write only.
+ * More than AUTH_FAILS_PER_SECOND failed credentials in one second from
+ * one address (its host, any port) are answered rate_limited, without
+ * looking at the credential, until the next second.
+ * Invariants:
+ *   1. principals and their trees do not change once auth_new returns, so
+ *      any thread may read them without a lock; the failure counts change
+ *      under `lock` only;
+ *   2. at the root, '+' and '#' never match a key starting with '$'
+ *      (store/key.c's rule), in the tree as in the text;
+ *   3. a token is compared in constant time, as a SHA-256 hash: the
+ *      secret itself is not kept.
+ */
+#include "auth.h"
+#include "clock.h"
+#include "gateway.h"
+
+#include <arpa/inet.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <pthread.h>
+#include <string.h>
+
+#define AUTH_FAILS_PER_SECOND 10
+#define AUTH_FAIL_SLOTS       256 /* addresses tracked at once (a hash table) */
+
+struct pnode {
+    char *name; /* the segment (NULL at the root) */
+    size_t nlen;
+    struct pnode **kids; /* literal children, sorted by name */
+    size_t nkids;
+    struct pnode *plus;
+    bool hash; /* a pattern ends here with '#' */
+    bool end;  /* a pattern ends here */
+};
+
+struct privs {
+    struct pnode root;
+    char **pats; /* the patterns as text */
+    size_t npats;
+};
+
+/* Failed credentials from one host in one second. */
+struct auth__fails {
+    char host[48];
+    int64_t second;
+    unsigned count;
+};
+
+struct auth {
+    struct principal anonymous, local, admin;
+    pthread_mutex_t lock; /* fails */
+    struct auth__fails fails[AUTH_FAIL_SLOTS];
+    bool has_admin_token;
+    unsigned char admin_hash[SHA256_DIGEST_LENGTH]; /* of admin_token */
+    bool protected_mode;
+};
+
+/* ---- privileges ---- */
+
+static size_t seg_end(const char *s, size_t len, size_t from)
+{
+    const char *slash = memchr(s + from, '/', len - from);
+    return slash ? (size_t)(slash - s) : len;
+}
+
+static int pnode__cmp(const char *a, size_t alen, const struct pnode *n)
+{
+    size_t m = alen < n->nlen ? alen : n->nlen;
+    int c = memcmp(a, n->name, m);
+    return c ? c : (alen > n->nlen) - (alen < n->nlen);
+}
+
+/* The index of the child named `seg`, or where it would go (`*found`). */
+static size_t pnode__find(const struct pnode *n, const char *seg, size_t len, bool *found)
+{
+    size_t lo = 0, hi = n->nkids;
+    *found = false;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = pnode__cmp(seg, len, n->kids[mid]);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+static struct pnode *pnode__child(struct pnode *n, const char *seg, size_t len)
+{
+    bool found;
+    size_t at = pnode__find(n, seg, len, &found);
+    if (found)
+        return n->kids[at];
+    struct pnode *c = calloc(1, sizeof *c),
+                 **kids = realloc(n->kids, (n->nkids + 1) * sizeof *kids);
+    if (kids != NULL)
+        n->kids = kids;
+    if (c == NULL || kids == NULL || (c->name = malloc(len + 1)) == NULL) {
+        free(c);
+        return NULL;
+    }
+    memcpy(c->name, seg, len);
+    c->name[len] = '\0';
+    c->nlen = len;
+    memmove(n->kids + at + 1, n->kids + at, (n->nkids - at) * sizeof *kids);
+    n->kids[at] = c;
+    n->nkids++;
+    return c;
+}
+
+static void pnode__free(struct pnode *n)
+{
+    for (size_t i = 0; i < n->nkids; i++) {
+        pnode__free(n->kids[i]);
+        free(n->kids[i]);
+    }
+    if (n->plus != NULL) {
+        pnode__free(n->plus);
+        free(n->plus);
+    }
+    free(n->kids);
+    free(n->name);
+}
+
+static void privs__free(struct privs *p)
+{
+    if (p == NULL)
+        return;
+    pnode__free(&p->root);
+    for (size_t i = 0; i < p->npats; i++)
+        free(p->pats[i]);
+    free(p->pats);
+    free(p);
+}
+
+/* Adds the valid pattern `pat`; -1 when out of memory. */
+static int privs__add(struct privs *p, const char *pat)
+{
+    size_t len = strlen(pat), at = 0;
+    char **pats = realloc(p->pats, (p->npats + 1) * sizeof *pats);
+    if (pats == NULL)
+        return -1;
+    p->pats = pats;
+    if ((p->pats[p->npats] = strdup(pat)) == NULL)
+        return -1;
+    p->npats++;
+    struct pnode *n = &p->root;
+    for (;;) {
+        size_t e = seg_end(pat, len, at);
+        if (e - at == 1 && pat[at] == '#') {
+            n->hash = true;
+            return 0;
+        }
+        if (e - at == 1 && pat[at] == '+') {
+            if (n->plus == NULL && (n->plus = calloc(1, sizeof *n->plus)) == NULL)
+                return -1;
+            n = n->plus;
+        } else if ((n = pnode__child(n, pat + at, e - at)) == NULL)
+            return -1;
+        if (e == len) {
+            n->end = true;
+            return 0;
+        }
+        at = e + 1;
+    }
+}
+
+/* Compiles `pats` (checked valid here); NULL when there are none, or with
+ * a sentence in `why` (`*failed`). */
+static struct privs *privs__new(const char *option, char *const *pats, size_t n, bool *failed,
+                                char *why, size_t why_len)
+{
+    char what[256];
+    bool wild;
+    *failed = false;
+    if (n == 0)
+        return NULL;
+    struct privs *p = calloc(1, sizeof *p);
+    for (size_t i = 0; p != NULL && i < n; i++) {
+        if (store_pattern_check(pats[i], strlen(pats[i]), SIZE_MAX, &wild, what, sizeof what) !=
+            STORE_OK) {
+            snprintf(why, why_len, "%s %s: %s", option, pats[i], what);
+            privs__free(p);
+            *failed = true;
+            return NULL;
+        }
+        if (privs__add(p, pats[i]) != 0) {
+            privs__free(p);
+            p = NULL;
+        }
+    }
+    if (p == NULL) {
+        snprintf(why, why_len, "out of memory");
+        *failed = true;
+    }
+    return p;
+}
+
+/* `n` matched the key up to the segment at `at` (> klen: all of it). */
+static bool pnode__match(const struct pnode *n, const char *key, size_t klen, size_t at, bool root)
+{
+    bool dollar = root && klen > 0 && key[0] == '$'; /* invariant 2 */
+    if (n->hash && !dollar)
+        return true; /* "a/#" matches "a" and all below */
+    if (at > klen)
+        return n->end;
+    size_t e = seg_end(key, klen, at);
+    bool found;
+    size_t i = pnode__find(n, key + at, e - at, &found);
+    if (found && pnode__match(n->kids[i], key, klen, e + 1, false))
+        return true;
+    return n->plus != NULL && !dollar && pnode__match(n->plus, key, klen, e + 1, false);
+}
+
+bool privs_match(const struct privs *p, const char *key, size_t klen)
+{
+    return p != NULL && pnode__match(&p->root, key, klen, 0, true);
+}
+
+bool privs_meet(const struct privs *p, const char *pat, size_t plen)
+{
+    for (size_t i = 0; p != NULL && i < p->npats; i++)
+        if (store_pattern_intersects(p->pats[i], strlen(p->pats[i]), pat, plen))
+            return true;
+    return false;
+}
+
+bool privs_cover(const struct privs *p, const char *pat, size_t plen)
+{
+    for (size_t i = 0; p != NULL && i < p->npats; i++)
+        if (store_pattern_covers(p->pats[i], strlen(p->pats[i]), pat, plen))
+            return true;
+    return false;
+}
+
+/* ---- principals ---- */
+
+struct auth *auth_new(const struct config *cfg, char *why, size_t why_len)
+{
+    struct auth *a = calloc(1, sizeof *a);
+    bool failed_read, failed_write;
+    if (a == NULL) {
+        snprintf(why, why_len, "out of memory");
+        return NULL;
+    }
+    a->anonymous = (struct principal){.name = "anonymous"};
+    a->local = (struct principal){.name = "local", .admin = true};
+    a->admin = (struct principal){.name = "admin", .admin = true, .authenticated = true};
+    a->anonymous.read = privs__new("anonymous_read", cfg->anonymous_read, cfg->nanonymous_read,
+                                   &failed_read, why, why_len);
+    a->anonymous.write = privs__new("anonymous_write", cfg->anonymous_write, cfg->nanonymous_write,
+                                    &failed_write, why, why_len);
+    if (failed_read || failed_write) {
+        privs__free(a->anonymous.read);
+        privs__free(a->anonymous.write);
+        free(a);
+        return NULL;
+    }
+    if (cfg->admin_token != NULL) { /* kept as a hash only */
+        SHA256((const unsigned char *)cfg->admin_token, strlen(cfg->admin_token), a->admin_hash);
+        a->has_admin_token = true;
+    }
+    a->protected_mode = !a->has_admin_token;
+    pthread_mutex_init(&a->lock, NULL);
+    return a;
+}
+
+void auth_free(struct auth *a)
+{
+    if (a == NULL)
+        return;
+    privs__free(a->anonymous.read);
+    privs__free(a->anonymous.write);
+    OPENSSL_cleanse(a->admin_hash, sizeof a->admin_hash);
+    pthread_mutex_destroy(&a->lock);
+    free(a);
+}
+
+/* The host of `address` ("host:port", or "unix") into `host`; false when
+ * it does not fit. */
+static bool auth__host(const char *address, char *host, size_t size)
+{
+    const char *colon = strrchr(address, ':');
+    size_t len = colon ? (size_t)(colon - address) : strlen(address);
+    if (len >= size)
+        return false;
+    memcpy(host, address, len);
+    host[len] = '\0';
+    return true;
+}
+
+/* The failure count of `host` this second, after adding `add`; a slot
+ * taken by another host, or by an older second, starts over. */
+static unsigned auth__fails(struct auth *a, const char *host, unsigned add)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = host; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    int64_t second = mono_s();
+    pthread_mutex_lock(&a->lock);
+    struct auth__fails *f = &a->fails[h % AUTH_FAIL_SLOTS];
+    if (f->second != second || strcmp(f->host, host) != 0) {
+        snprintf(f->host, sizeof f->host, "%s", host);
+        f->second = second;
+        f->count = 0;
+    }
+    f->count += add;
+    unsigned n = f->count;
+    pthread_mutex_unlock(&a->lock);
+    return n;
+}
+
+/* Whether `address` ("host:port", "[v6]:port" or "unix") is this machine's
+ * own: the Unix socket, 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104. */
+static bool auth__loopback(const char *address)
+{
+    char host[64];
+    unsigned char addr[16];
+    if (strcmp(address, "unix") == 0)
+        return true;
+    if (!auth__host(address, host, sizeof host))
+        return false;
+    if (inet_pton(AF_INET, host, addr) == 1)
+        return addr[0] == 127;
+    if (inet_pton(AF_INET6, host, addr) != 1)
+        return false;
+    static const unsigned char loop6[16] = {[15] = 1};
+    static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
+    return memcmp(addr, loop6, 16) == 0 || (memcmp(addr, mapped, 12) == 0 && addr[12] == 127);
+}
+
+int auth_principal(struct auth *a, const char *address, const char *token,
+                   const struct principal **out)
+{
+    char host[48];
+    if (token != NULL && auth__host(address, host, sizeof host) &&
+        auth__fails(a, host, 0) >= AUTH_FAILS_PER_SECOND) {
+        *out = &a->anonymous;
+        return STORE_ERATE;
+    }
+    if (token != NULL) {
+        /* Hashes of equal length, compared in constant time (invariant 3). */
+        unsigned char h[SHA256_DIGEST_LENGTH];
+        SHA256((const unsigned char *)token, strlen(token), h);
+        bool admin = a->has_admin_token && CRYPTO_memcmp(h, a->admin_hash, sizeof h) == 0;
+        OPENSSL_cleanse(h, sizeof h);
+        *out = admin ? &a->admin : &a->anonymous;
+        if (!admin && auth__host(address, host, sizeof host))
+            auth__fails(a, host, 1);
+        return admin ? STORE_OK : STORE_EUNAUTH;
+    }
+    *out = a->protected_mode && auth__loopback(address) ? &a->local : &a->anonymous;
+    return STORE_OK;
+}
+
+bool auth_required(struct auth *a, const char *address)
+{
+    const struct principal *p;
+    auth_principal(a, address, NULL, &p);
+    return !p->admin && p->read == NULL && p->write == NULL;
+}

@@ -1,0 +1,327 @@
+"""Access control against the real daemon: the principals (anonymous with
+anonymous_read/anonymous_write, the admin_token, a bad token), every route
+and session request they may and may not make, patterns filtered to what is
+readable, protected mode for a fresh install reached from another address,
+and secrets kept out of logs, metrics and info.
+
+Every refused write is checked to have changed nothing."""
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+from harness import Client, Daemon, curl, free_port, wait_for  # noqa: E402
+
+K = "/api/v1/keys/"
+TOKEN = "t0ps3cret-admin-token-4711"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+BAD = {"Authorization": "Bearer not-the-token-at-all"}
+
+
+def own_address():
+    """This machine's address on a non-loopback interface, or None."""
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(("10.255.255.255", 1))  # no packet is sent
+        ip = s.getsockname()[0]
+        s.close()
+    except OSError:
+        return None
+    return None if ip.startswith("127.") else ip
+
+
+class Auth(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon(["--admin_token", TOKEN, "--anonymous_read", "home/#",
+                        "--anonymous_write", "home/lights/#"]).start()
+        for key, value in [("home/lights/1", "on"), ("home/temp", "21"), ("work/desk", "x"),
+                           ("work/door", "shut")]:
+            r = curl(cls.d, "PUT", K + key, value, ADMIN)
+            assert r.status == 201, r
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.d.stop()
+        log = cls.d.log_text()
+        cls.d.cleanup()
+        assert rc == 0, rc
+        assert TOKEN not in log, "the admin token is in the log"
+
+    def value(self, key):
+        r = curl(self.d, "GET", K + key, headers=ADMIN)
+        return r.body if r.status == 200 else None
+
+    def assert_refused(self, r, status=401, code="unauthorized"):
+        self.assertEqual(r.status, status, r)
+        self.assertEqual(r.json()["error"], code, r)
+        if status == 401:
+            self.assertTrue(r.headers.get("www-authenticate", "").startswith("Bearer"), r.headers)
+
+    def test_anonymous_reads_what_anonymous_read_opens(self):
+        self.assertEqual(curl(self.d, "GET", K + "home/temp").body, b"21")
+        self.assert_refused(curl(self.d, "GET", K + "work/desk"))
+        self.assertEqual(curl(self.d, "HEAD", K + "work/desk").status, 401)
+        r = curl(self.d, "GET", K + "%23")  # "#": only the readable keys
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([e["key"] for e in r.json()["entries"]], ["home/lights/1", "home/temp"])
+        r = curl(self.d, "GET", K + "+/desk")  # meets home/#: filtered to nothing
+        self.assertEqual(r.json()["entries"], [])
+        self.assert_refused(curl(self.d, "GET", K + "work/%23"))
+        r = curl(self.d, "GET", "/api/v1/ls")
+        self.assertEqual([c["name"] for c in r.json()["children"]], ["home"])
+        self.assert_refused(curl(self.d, "GET", "/api/v1/ls/work"))
+        exported = curl(self.d, "GET", "/api/v1/export").body.decode().splitlines()
+        self.assertEqual(sorted(json.loads(x)["key"] for x in exported),
+                         ["home/lights/1", "home/temp"])
+        history = curl(self.d, "GET", "/api/v1/history/%23").json()["records"]
+        self.assertTrue(history)
+        self.assertTrue(all(rec["key"].startswith("home/") for rec in history), history)
+        self.assert_refused(curl(self.d, "GET", "/api/v1/info"))
+        self.assert_refused(curl(self.d, "GET", "/metrics"))
+        self.assertEqual(curl(self.d, "GET", "/health").status, 200)  # open
+        self.assertEqual(curl(self.d, "GET", "/ready").status, 200)
+
+    def test_anonymous_writes_only_what_anonymous_write_opens(self):
+        self.assertEqual(curl(self.d, "PUT", K + "home/lights/2", "off").status, 201)
+        self.assert_refused(curl(self.d, "PUT", K + "home/temp", "99"))
+        self.assert_refused(curl(self.d, "PUT", K + "work/desk", "99"))
+        self.assert_refused(curl(self.d, "POST", "/api/v1/publish/work/desk", "1"))
+        self.assert_refused(curl(self.d, "DELETE", K + "work/door"))
+        self.assert_refused(curl(self.d, "DELETE", K + "home/%23"))  # not all of home/ is writable
+        batch = {"ops": [{"op": "set", "key": "home/lights/3", "value": 1},
+                         {"op": "set", "key": "work/desk", "value": 2}]}
+        self.assert_refused(curl(self.d, "POST", "/api/v1/batch", json.dumps(batch)))
+        imp = ('{"key":"home/lights/4","value":1}\n{"key":"work/new","value":1}\n')
+        self.assert_refused(curl(self.d, "POST", "/api/v1/import", imp))
+        # nothing changed by any refusal
+        self.assertEqual(self.value("home/temp"), b"21")
+        self.assertEqual(self.value("work/desk"), b"x")
+        self.assertEqual(self.value("work/door"), b"shut")
+        self.assertIsNone(self.value("home/lights/3"))
+        self.assertIsNone(self.value("home/lights/4"))
+        self.assertIsNone(self.value("work/new"))
+        # a pattern delete within what anonymous may write
+        curl(self.d, "PUT", K + "home/lights/9", "on")
+        r = curl(self.d, "DELETE", K + "home/lights/9")
+        self.assertEqual(r.status, 200, r)
+
+    def test_tokens(self):
+        self.assertEqual(curl(self.d, "GET", K + "work/desk", headers=ADMIN).status, 200)
+        self.assertEqual(curl(self.d, "GET", "/api/v1/info", headers=ADMIN).status, 200)
+        metrics = curl(self.d, "GET", "/metrics", headers=ADMIN).body.decode()
+        self.assertIn("almanac_keys", metrics)
+        self.assertNotIn(TOKEN, metrics)
+        self.assertNotIn(TOKEN, curl(self.d, "GET", "/api/v1/info", headers=ADMIN).body.decode())
+        # a bad token is refused even where anonymous could read
+        self.assert_refused(curl(self.d, "GET", K + "home/temp", headers=BAD))
+        self.assert_refused(curl(self.d, "GET", K + "home/temp", headers={"Authorization": "Basic x"}))
+        # ?access_token for GETs (EventSource, downloads), not for writes
+        before = self.value("work/desk")
+        self.assertEqual(curl(self.d, "GET", K + "work/desk?access_token=" + TOKEN).status, 200)
+        self.assert_refused(curl(self.d, "PUT", K + "work/desk?access_token=" + TOKEN, "9"))
+        self.assertEqual(self.value("work/desk"), before)
+
+    def test_failed_credentials_are_rate_limited(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.d.port, timeout=20)
+        statuses = []
+        for _ in range(30):  # within two seconds at most: one holds 15
+            conn.request("GET", K + "home/temp", headers=BAD)
+            r = conn.getresponse()
+            r.read()
+            statuses.append(r.status)
+        conn.close()
+        self.assertIn(429, statuses)
+        self.assertEqual(set(statuses), {401, 429})
+        time.sleep(1.1)  # the next second starts over
+        self.assertEqual(curl(self.d, "GET", K + "work/desk", headers=ADMIN).status, 200)
+
+    def test_sessions(self):
+        c = Client(self.d)
+        self.assertFalse(c.welcome["auth_required"])  # anonymous may read home/#
+        m = c.request("get", key="work/desk")
+        self.assertEqual((m["type"], m["error"]), ("error", "unauthorized"), m)
+        self.assertEqual(c.request("get", key="home/temp")["value"], 21)
+        m = c.request("set", key="work/desk", text="no")
+        self.assertEqual(m["error"], "unauthorized", m)
+        ok = c.request("subscribe", pattern="#")
+        self.assertEqual(ok["type"], "ok", ok)
+        sub = ok["sub"]
+        while True:  # the snapshot holds only readable keys
+            m = c.recv()
+            if m["type"] == "sync":
+                break
+            self.assertTrue(m["key"].startswith("home/"), m)
+        curl(self.d, "PUT", K + "work/desk", "y", ADMIN)
+        curl(self.d, "PUT", K + "home/temp", "22", ADMIN)
+        m = c.recv()  # the work/ change is not delivered
+        self.assertEqual((m["type"], m["key"], m["value"]), ("event", "home/temp", 22), m)
+        self.assertEqual(m["sub"], sub)
+        # a wrong token changes nothing; the admin token opens everything
+        m = c.request("auth", token="wrong")
+        self.assertEqual(m["error"], "unauthorized", m)
+        m = c.request("auth", token=TOKEN)
+        self.assertEqual((m["type"], m["principal"]), ("ok", "admin"), m)
+        self.assertEqual(c.request("get", key="work/desk")["text"], "y")
+        curl(self.d, "PUT", K + "work/door", "open", ADMIN)
+        m = c.recv()  # now work/ changes reach the same subscription
+        self.assertEqual((m["key"], m["sub"]), ("work/door", sub), m)
+        c.close()
+
+    def test_cli(self):
+        env = dict(os.environ, ALMANAC_SERVER=f"127.0.0.1:{self.d.tcp_port}",
+                   ALMANAC_HTTP=f"127.0.0.1:{self.d.port}")
+        env.pop("ALMANAC_TOKEN", None)
+        run = lambda *a, **kw: subprocess.run([harness.BINARY, *a], capture_output=True, env=kw.get("env", env), timeout=20)  # noqa: E731
+        r = run("get", "work/desk")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"unauthorized", r.stderr)
+        curl(self.d, "PUT", K + "work/cli", "open", ADMIN)
+        r = run("--token", TOKEN, "get", "work/cli")
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, b"open"), r.stderr)
+        r = run("export", env=dict(env, ALMANAC_TOKEN=TOKEN))
+        self.assertIn(b"work/cli", r.stdout)
+        self.assertNotIn(b"work/cli", run("export").stdout)  # anonymous: home/ only
+        r = run("--token", "wrong", "get", "home/temp")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"unauthorized", r.stderr)
+
+
+class Required(unittest.TestCase):
+    def test_auth_required_and_hello_token(self):
+        d = Daemon(["--admin_token", TOKEN]).start()
+        try:
+            c = Client(d)
+            self.assertTrue(c.welcome["auth_required"])
+            self.assertEqual(c.request("get", key="a")["error"], "unauthorized")
+            c.send({"type": "hello", "id": 7, "protocol": "1.0", "token": TOKEN})
+            self.assertEqual(c.recv()["type"], "ok")
+            self.assertEqual(c.request("set", key="a", text="1")["type"], "ok")
+            c.close()
+            self.assertEqual(curl(d, "GET", K + "a").status, 401)
+        finally:
+            d.stop()
+            d.cleanup()
+
+    def test_bad_options_stop_the_start(self):
+        for args, text in [(["--anonymous_read", "a/#/b"], b"anonymous_read"),
+                           (["--admin_token", "short"], b"16 characters")]:
+            r = subprocess.run([harness.BINARY, "serve", "--http_listen", "127.0.0.1:0",
+                                "--tcp_listen", "off", "--data_dir", "/nonexistent/x", *args],
+                               capture_output=True, timeout=20)
+            self.assertEqual(r.returncode, 2, r)
+            self.assertIn(text, r.stderr)
+            self.assertNotIn(b"short", r.stderr)  # a secret is never echoed
+
+
+class Tls(unittest.TestCase):
+    """HTTPS and wss on http_listen with a certificate made by the test."""
+
+    def test_https_and_wss(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out",
+                            cert, "-days", "1", "-subj", "/CN=localhost", "-addext",
+                            "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                           check=True, capture_output=True, timeout=60)
+            d = Daemon(["--http_tls_cert", cert, "--http_tls_key", key,
+                        "--admin_token", TOKEN]).start()
+            try:
+                base = f"https://127.0.0.1:{d.port}"
+                def curl_tls(*args):
+                    r = subprocess.run(["curl", "-sS", "--cacert", cert, "-w", "\n%{http_code}",
+                                        *args], capture_output=True, timeout=20)
+                    return r.stdout.decode().rsplit("\n", 1)
+                body, code = curl_tls("-X", "PUT", "-H", f"Authorization: Bearer {TOKEN}",
+                                      "-d", "on", base + K + "tls/lamp")
+                self.assertEqual(code, "201", body)
+                body, code = curl_tls("-H", f"Authorization: Bearer {TOKEN}", base + K + "tls/lamp")
+                self.assertEqual((code, body), ("200", "on"))
+                # plain HTTP to the TLS port gets no answer
+                r = subprocess.run(["curl", "-sS", f"http://127.0.0.1:{d.port}/health"],
+                                   capture_output=True, timeout=20)
+                self.assertNotEqual(r.returncode, 0)
+                # a WebSocket session over TLS (wss), authenticated in hello
+                ctx = ssl.create_default_context(cafile=cert)
+                raw = socket.create_connection(("127.0.0.1", d.port), timeout=20)
+                s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+                s.sendall(b"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                f = s.makefile("rb")
+                self.assertIn(b" 101 ", f.readline())
+                while f.readline() not in (b"\r\n", b""):
+                    pass
+
+                def frame():
+                    head = f.read(2)
+                    n = head[1] & 0x7F
+                    if n == 126:
+                        n = int.from_bytes(f.read(2), "big")
+                    return json.loads(f.read(n))
+
+                def send(msg):
+                    data = json.dumps(msg).encode()
+                    mask = os.urandom(4)
+                    hdr = bytes([0x81, 0x80 | len(data)]) if len(data) < 126 else \
+                        bytes([0x81, 0x80 | 126]) + len(data).to_bytes(2, "big")
+                    s.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+                self.assertTrue(frame()["auth_required"])
+                send({"type": "hello", "id": 1, "protocol": "1.0", "token": TOKEN})
+                self.assertEqual(frame()["type"], "ok")
+                send({"type": "get", "id": 2, "key": "tls/lamp"})
+                self.assertEqual(frame()["text"], "on")
+                s.close()
+            finally:
+                d.stop()
+                d.cleanup()
+
+
+class ProtectedMode(unittest.TestCase):
+    """No credential configured: loopback has every right, another address
+    none (Redis's protected mode), on HTTP and sessions alike."""
+
+    def test_fresh_install_refuses_other_addresses(self):
+        ip = own_address()
+        if ip is None:
+            self.skipTest("this machine has no non-loopback IPv4 address")
+        http, tcp = free_port(), free_port()
+        d = Daemon(["--http_listen", f"0.0.0.0:{http}", "--tcp_listen", f"0.0.0.0:{tcp}"])
+        d.log = open(d.log_path, "ab")
+        d.proc = subprocess.Popen([harness.BINARY, "serve", "--data_dir", d.data_dir, *d.args],
+                                  stdout=d.log, stderr=d.log)
+        try:
+            d.port = http
+            wait_for(lambda: "ready" in d.log_text(), what="the start")
+            self.assertEqual(curl(d, "PUT", K + "k", "1").status, 201)  # loopback: local
+            r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                f"http://{ip}:{http}/api/v1/keys/k"], capture_output=True,
+                               timeout=20)
+            self.assertEqual(r.stdout, b"401", r)
+            r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                f"http://{ip}:{http}/health"], capture_output=True, timeout=20)
+            self.assertEqual(r.stdout, b"200", r)
+            s = socket.create_connection((ip, tcp), timeout=10)
+            f = s.makefile("rb")
+            self.assertTrue(json.loads(f.readline())["auth_required"])
+            s.sendall(b'{"type":"set","id":1,"key":"k","text":"2"}\n')
+            self.assertEqual(json.loads(f.readline())["error"], "unauthorized")
+            s.close()
+            self.assertEqual(curl(d, "GET", K + "k").body, b"1")
+        finally:
+            d.stop()
+            d.cleanup()
+
+
+if __name__ == "__main__":
+    harness.main()
