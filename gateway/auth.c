@@ -10,16 +10,21 @@
  * request's pattern meet or lie within a privilege), asked once a request.
  *
  * Protected by default (Redis's protected mode): with no credential
- * configured (admin_token), a client on loopback or the Unix socket is
- * "local", with every right; any other is anonymous, with anonymous_read
- * and anonymous_write only.
+ * configured (admin_token, or a token), a client on loopback or the Unix
+ * socket is "local", with every right; any other is anonymous, with
+ * anonymous_read and anonymous_write only.
+ *
+ * Tokens live in the store (tokens.c, as SHA-256 hashes) and in memory, in
+ * a list read under `tokens_lock`. A removed token is marked revoked, not
+ * freed: requests and feeds that hold its principal check it (auth_live).
  * More than AUTH_FAILS_PER_SECOND failed credentials in one second from
  * one address (its host, any port) are answered rate_limited, without
  * looking at the credential, until the next second.
  * Invariants:
- *   1. principals and their trees do not change once auth_new returns, so
- *      any thread may read them without a lock; the failure counts change
- *      under `lock` only;
+ *   1. a principal and its trees do not change once made (but for the
+ *      atomic `revoked`), and are freed only by auth_free, so any thread
+ *      may read them without a lock; the token list changes under
+ *      `tokens_lock`, the failure counts under `lock`;
  *   2. at the root, '+' and '#' never match a key starting with '$'
  *      (store/key.c's rule), in the tree as in the text;
  *   3. a token is compared in constant time, as a SHA-256 hash: the
@@ -30,15 +35,20 @@
 #include "gateway.h"
 
 #include <arpa/inet.h>
+#include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <pthread.h>
 #include <string.h>
 
 #define AUTH_FAILS_PER_SECOND 10
-#define AUTH_FAIL_SLOTS       256 /* addresses tracked at once (a hash table) */
+#define AUTH_FAIL_SLOTS       1024 /* hosts tracked at once (open addressing) */
+#define AUTH_FAIL_PROBES      16
 
 struct pnode {
     char *name; /* the segment (NULL at the root) */
@@ -58,13 +68,25 @@ struct privs {
 
 /* Failed credentials from one host in one second. */
 struct auth__fails {
-    char host[48];
+    char host[64];
     int64_t second;
     unsigned count;
 };
 
+struct auth__token {
+    struct auth__token *next;
+    struct principal p; /* p.name is `name` */
+    unsigned char hash[SHA256_DIGEST_LENGTH];
+    char *name, *read, *write; /* read, write: JSON arrays, as stored */
+    int64_t created;
+    _Atomic int64_t last_used;
+};
+
 struct auth {
     struct principal anonymous, local, admin;
+    pthread_rwlock_t tokens_lock; /* tokens */
+    struct auth__token *tokens;
+    _Atomic unsigned live_tokens;
     pthread_mutex_t lock; /* fails */
     struct auth__fails fails[AUTH_FAIL_SLOTS];
     bool has_admin_token;
@@ -255,6 +277,223 @@ bool privs_cover(const struct privs *p, const char *pat, size_t plen)
     return false;
 }
 
+/* ---- tokens ---- */
+
+static void auth__token_free(struct auth__token *t)
+{
+    privs__free(t->p.read);
+    privs__free(t->p.write);
+    OPENSSL_cleanse(t->hash, sizeof t->hash);
+    free(t->name);
+    free(t->read);
+    free(t->write);
+    free(t);
+}
+
+/* The patterns of a JSON array as privileges; `*failed` on a bad one. */
+static struct privs *auth__privs_json(const char *what, const char *text, bool *failed, char *why,
+                                      size_t why_len)
+{
+    json_t *arr = json_loads(text, 0, NULL), *v;
+    size_t n = json_array_size(arr), i;
+    char **pats = calloc(n + 1, sizeof *pats);
+    struct privs *p = NULL;
+    *failed = !json_is_array(arr) || pats == NULL;
+    json_array_foreach(arr, i, v)
+    {
+        if (!json_is_string(v))
+            *failed = true;
+        else
+            pats[i] = (char *)json_string_value(v);
+    }
+    if (*failed)
+        snprintf(why, why_len, "%s must be an array of patterns", what);
+    else
+        p = privs__new(what, pats, n, failed, why, why_len);
+    free(pats);
+    json_decref(arr);
+    return p;
+}
+
+/* A token in memory from what the store keeps; NULL with a sentence. */
+static struct auth__token *auth__token_new(const struct store_token *st, char *why, size_t why_len)
+{
+    struct auth__token *t = calloc(1, sizeof *t);
+    bool bad_read = false, bad_write = false;
+    if (t == NULL || (t->name = strdup(st->name)) == NULL || (t->read = strdup(st->read)) == NULL ||
+        (t->write = strdup(st->write)) == NULL) {
+        snprintf(why, why_len, "out of memory");
+        if (t != NULL)
+            auth__token_free(t);
+        return NULL;
+    }
+    t->p.read = auth__privs_json("read", st->read, &bad_read, why, why_len);
+    if (!bad_read)
+        t->p.write = auth__privs_json("write", st->write, &bad_write, why, why_len);
+    if (bad_read || bad_write) {
+        auth__token_free(t);
+        return NULL;
+    }
+    t->p.name = t->name;
+    t->p.admin = st->admin;
+    t->p.authenticated = true;
+    t->p.expires = st->expires;
+    t->created = st->created;
+    memcpy(t->hash, st->hash, sizeof t->hash);
+    return t;
+}
+
+static void auth__insert(struct auth *a, struct auth__token *t)
+{
+    pthread_rwlock_wrlock(&a->tokens_lock);
+    t->next = a->tokens;
+    a->tokens = t;
+    atomic_fetch_add(&a->live_tokens, 1);
+    pthread_rwlock_unlock(&a->tokens_lock);
+}
+
+struct auth__loading {
+    struct auth *a;
+    int err;
+    char *why;
+    size_t why_len;
+};
+
+static void auth__load_one(void *arg, const struct store_token *st)
+{
+    struct auth__loading *l = arg;
+    char why[256];
+    struct auth__token *t = auth__token_new(st, why, sizeof why);
+    if (t != NULL)
+        auth__insert(l->a, t);
+    else if (l->err == STORE_OK) {
+        l->err = STORE_EINTERNAL;
+        snprintf(l->why, l->why_len, "token %s: %s", st->name, why);
+    }
+}
+
+int auth_load(struct auth *a, struct store *s, char *why, size_t why_len)
+{
+    struct auth__loading l = {a, STORE_OK, why, why_len};
+    if (store_tokens(s, auth__load_one, &l) != STORE_OK) {
+        snprintf(why, why_len, "the stored tokens cannot be read");
+        return STORE_EINTERNAL;
+    }
+    return l.err;
+}
+
+/* A JSON array of `n` strings, as text (malloc'd), or NULL. */
+static char *auth__json_list(char *const *v, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_string(v[i]));
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    return text;
+}
+
+static bool auth__name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_' || *p == '.'))
+            return false;
+    return n >= 1 && n <= 64;
+}
+
+int auth_token_add(struct auth *a, struct store *s, const char *name, char *const *read,
+                   size_t nread, char *const *write, size_t nwrite, bool admin, int64_t expires,
+                   char secret[64], char *why, size_t why_len)
+{
+    unsigned char random[32];
+    if (!auth__name_ok(name)) {
+        snprintf(why, why_len, "a token's name is 1 to 64 letters, digits, '-', '_' or '.'");
+        return STORE_EBODY;
+    }
+    /* The secret: 32 random bytes in base64url, with a prefix that says
+     * what it is (so a leaked one is recognised by secret scanners). */
+    if (RAND_bytes(random, sizeof random) != 1) {
+        snprintf(why, why_len, "no random bytes for a secret");
+        return STORE_EINTERNAL;
+    }
+    char b64[48];
+    int n = EVP_EncodeBlock((unsigned char *)b64, random, sizeof random);
+    OPENSSL_cleanse(random, sizeof random);
+    while (n > 0 && b64[n - 1] == '=')
+        n--;
+    for (int i = 0; i < n; i++)
+        b64[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
+    snprintf(secret, 64, "alm_%.*s", n, b64);
+    OPENSSL_cleanse(b64, sizeof b64);
+
+    struct store_token st = {.name = name,
+                             .read = auth__json_list(read, nread),
+                             .write = auth__json_list(write, nwrite),
+                             .admin = admin,
+                             .created = now_us(),
+                             .expires = expires};
+    SHA256((const unsigned char *)secret, strlen(secret), st.hash);
+    int err = STORE_EINTERNAL;
+    struct auth__token *t = NULL;
+    if (st.read == NULL || st.write == NULL)
+        snprintf(why, why_len, "out of memory");
+    else if ((t = auth__token_new(&st, why, why_len)) == NULL) /* checks the patterns */
+        err = STORE_EBODY;
+    else if ((err = store_token_add(s, &st, why, why_len)) == STORE_OK) {
+        auth__insert(a, t);
+        t = NULL;
+    }
+    if (t != NULL)
+        auth__token_free(t);
+    free((char *)st.read);
+    free((char *)st.write);
+    OPENSSL_cleanse(st.hash, sizeof st.hash);
+    if (err != STORE_OK)
+        OPENSSL_cleanse(secret, 64);
+    return err;
+}
+
+int auth_token_remove(struct auth *a, struct store *s, const char *name)
+{
+    int err = store_token_remove(s, name);
+    if (err != STORE_OK)
+        return err;
+    pthread_rwlock_wrlock(&a->tokens_lock);
+    for (struct auth__token *t = a->tokens; t != NULL; t = t->next)
+        if (!atomic_load(&t->p.revoked) && strcmp(t->name, name) == 0) {
+            atomic_store(&t->p.revoked, true); /* kept: others may hold it */
+            atomic_fetch_sub(&a->live_tokens, 1);
+        }
+    pthread_rwlock_unlock(&a->tokens_lock);
+    return STORE_OK;
+}
+
+void auth_tokens(struct auth *a, void (*fn)(void *arg, const struct auth_token_info *t), void *arg)
+{
+    pthread_rwlock_rdlock(&a->tokens_lock);
+    for (struct auth__token *t = a->tokens; t != NULL; t = t->next) {
+        if (atomic_load(&t->p.revoked))
+            continue;
+        struct auth_token_info info = {t->name,
+                                       t->read,
+                                       t->write,
+                                       t->p.admin,
+                                       t->created,
+                                       t->p.expires,
+                                       atomic_load(&t->last_used)};
+        fn(arg, &info);
+    }
+    pthread_rwlock_unlock(&a->tokens_lock);
+}
+
+bool auth_live(const struct principal *p)
+{
+    return !atomic_load(&((struct principal *)p)->revoked) &&
+           (p->expires == 0 || now_us() < p->expires);
+}
+
 /* ---- principals ---- */
 
 struct auth *auth_new(const struct config *cfg, char *why, size_t why_len)
@@ -284,6 +523,7 @@ struct auth *auth_new(const struct config *cfg, char *why, size_t why_len)
     }
     a->protected_mode = !a->has_admin_token;
     pthread_mutex_init(&a->lock, NULL);
+    pthread_rwlock_init(&a->tokens_lock, NULL);
     return a;
 }
 
@@ -294,6 +534,12 @@ void auth_free(struct auth *a)
     privs__free(a->anonymous.read);
     privs__free(a->anonymous.write);
     OPENSSL_cleanse(a->admin_hash, sizeof a->admin_hash);
+    while (a->tokens != NULL) {
+        struct auth__token *t = a->tokens;
+        a->tokens = t->next;
+        auth__token_free(t);
+    }
+    pthread_rwlock_destroy(&a->tokens_lock);
     pthread_mutex_destroy(&a->lock);
     free(a);
 }
@@ -311,23 +557,37 @@ static bool auth__host(const char *address, char *host, size_t size)
     return true;
 }
 
-/* The failure count of `host` this second, after adding `add`; a slot
- * taken by another host, or by an older second, starts over. */
+/* The failure count of `host` this second, after adding `add`. A host
+ * keeps its slot for the second (another host probes on, and takes only a
+ * slot of an older second), so no host can wipe another's count; a host
+ * that finds no slot in AUTH_FAIL_PROBES is counted as over the limit. */
 static unsigned auth__fails(struct auth *a, const char *host, unsigned add)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
     for (const char *p = host; *p; p++)
         h = (h ^ (unsigned char)*p) * 16777619u;
     int64_t second = mono_s();
+    unsigned n = AUTH_FAILS_PER_SECOND;
     pthread_mutex_lock(&a->lock);
-    struct auth__fails *f = &a->fails[h % AUTH_FAIL_SLOTS];
-    if (f->second != second || strcmp(f->host, host) != 0) {
-        snprintf(f->host, sizeof f->host, "%s", host);
-        f->second = second;
-        f->count = 0;
+    struct auth__fails *free_slot = NULL;
+    for (unsigned i = 0; i < AUTH_FAIL_PROBES; i++) {
+        struct auth__fails *f = &a->fails[(h + i) % AUTH_FAIL_SLOTS];
+        if (f->second == second && strcmp(f->host, host) == 0) {
+            free_slot = f;
+            break;
+        }
+        if (f->second != second && free_slot == NULL)
+            free_slot = f; /* stale: this second's counts are elsewhere */
     }
-    f->count += add;
-    unsigned n = f->count;
+    if (free_slot != NULL) {
+        if (free_slot->second != second || strcmp(free_slot->host, host) != 0) {
+            snprintf(free_slot->host, sizeof free_slot->host, "%s", host);
+            free_slot->second = second;
+            free_slot->count = 0;
+        }
+        free_slot->count += add;
+        n = free_slot->count;
+    }
     pthread_mutex_unlock(&a->lock);
     return n;
 }
@@ -354,9 +614,10 @@ static bool auth__loopback(const char *address)
 int auth_principal(struct auth *a, const char *address, const char *token,
                    const struct principal **out)
 {
-    char host[48];
-    if (token != NULL && auth__host(address, host, sizeof host) &&
-        auth__fails(a, host, 0) >= AUTH_FAILS_PER_SECOND) {
+    char host[64];
+    if (!auth__host(address, host, sizeof host)) /* too long: its start counts */
+        snprintf(host, sizeof host, "%s", address);
+    if (token != NULL && auth__fails(a, host, 0) >= AUTH_FAILS_PER_SECOND) {
         *out = &a->anonymous;
         return STORE_ERATE;
     }
@@ -364,14 +625,24 @@ int auth_principal(struct auth *a, const char *address, const char *token,
         /* Hashes of equal length, compared in constant time (invariant 3). */
         unsigned char h[SHA256_DIGEST_LENGTH];
         SHA256((const unsigned char *)token, strlen(token), h);
-        bool admin = a->has_admin_token && CRYPTO_memcmp(h, a->admin_hash, sizeof h) == 0;
+        const struct principal *p = NULL;
+        if (a->has_admin_token && CRYPTO_memcmp(h, a->admin_hash, sizeof h) == 0)
+            p = &a->admin;
+        pthread_rwlock_rdlock(&a->tokens_lock);
+        for (struct auth__token *t = a->tokens; t != NULL; t = t->next)
+            if (CRYPTO_memcmp(h, t->hash, sizeof h) == 0 && auth_live(&t->p)) {
+                p = &t->p;
+                atomic_store(&t->last_used, now_us());
+            }
+        pthread_rwlock_unlock(&a->tokens_lock);
         OPENSSL_cleanse(h, sizeof h);
-        *out = admin ? &a->admin : &a->anonymous;
-        if (!admin && auth__host(address, host, sizeof host))
+        *out = p != NULL ? p : &a->anonymous;
+        if (p == NULL)
             auth__fails(a, host, 1);
-        return admin ? STORE_OK : STORE_EUNAUTH;
+        return p != NULL ? STORE_OK : STORE_EUNAUTH;
     }
-    *out = a->protected_mode && auth__loopback(address) ? &a->local : &a->anonymous;
+    bool protect = a->protected_mode && atomic_load(&a->live_tokens) == 0;
+    *out = protect && auth__loopback(address) ? &a->local : &a->anonymous;
     return STORE_OK;
 }
 

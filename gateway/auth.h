@@ -8,22 +8,26 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct config;
+struct store;
 
 /* Patterns compiled into a tree (one node per segment, as the subscription
  * tree): whether a key matches one of them costs the key's depth, not the
  * number of patterns. */
 struct privs;
 
-/* A principal: immutable once made, and living as long as the auth that
- * made it. */
+/* A principal: immutable once made but for `revoked`, and living as long
+ * as the auth that made it (a revoked token's too). */
 struct principal {
-    const char *name;    /* "anonymous", "local", "admin" */
-    bool admin;          /* everything, $SYS reads included */
+    const char *name;    /* "anonymous", "local", "admin", or a token's name */
+    bool admin;          /* everything, $SYS reads and tokens included */
     bool authenticated;  /* a credential named it: refusals are forbidden */
     struct privs *read;  /* NULL: none */
     struct privs *write; /* NULL: none */
+    int64_t expires;     /* µs; 0: never */
+    _Atomic bool revoked;
 };
 
 struct auth;
@@ -41,6 +45,28 @@ int auth_principal(struct auth *a, const char *address, const char *token,
                    const struct principal **out);
 /* Whether anonymous clients at `address` may do nothing at all. */
 bool auth_required(struct auth *a, const char *address);
+/* Whether `p` may still act: not revoked, not expired. */
+bool auth_live(const struct principal *p);
+
+/* ---- tokens: kept in the store, checked from memory ---- */
+
+/* Loads the stored tokens. STORE_OK or an error with a sentence. */
+int auth_load(struct auth *a, struct store *s, char *why, size_t why_len);
+/* A new token `name` with these privileges, expiring at `expires` (µs; 0:
+ * never). Its secret goes to `secret` (shown once, never kept). STORE_OK,
+ * STORE_EBODY for a bad name or pattern, STORE_EREV for a name in use. */
+int auth_token_add(struct auth *a, struct store *s, const char *name, char *const *read,
+                   size_t nread, char *const *write, size_t nwrite, bool admin, int64_t expires,
+                   char secret[64], char *why, size_t why_len);
+/* Revokes `name` at once: STORE_OK or STORE_ENOTFOUND. */
+int auth_token_remove(struct auth *a, struct store *s, const char *name);
+/* What a token list shows: never its secret. */
+struct auth_token_info {
+    const char *name, *read, *write; /* read, write: JSON arrays */
+    bool admin;
+    int64_t created, expires, last_used;
+};
+void auth_tokens(struct auth *a, void (*fn)(void *arg, const struct auth_token_info *t), void *arg);
 
 /* Whether the privileges `p` (NULL: none) hold a pattern matching `key`. */
 bool privs_match(const struct privs *p, const char *key, size_t klen);

@@ -47,6 +47,9 @@ static int cli__usage(void)
                     "  export               print every entry as JSON lines (HTTP)\n"
                     "  import               apply JSON lines from standard input (HTTP)\n"
                     "  info                 print the server's $SYS keys\n"
+                    "  token create NAME [--read P]... [--write P]... [--admin] [--expires D]\n"
+                    "                       make an access token, print its secret (HTTP)\n"
+                    "  token ls | token rm NAME   list tokens, revoke one (HTTP)\n"
                     "The server is -s HOST:PORT, else $ALMANAC_SERVER, else 127.0.0.1:8481;\n"
                     "for export and import, --http HOST:PORT, else $ALMANAC_HTTP, else\n"
                     "127.0.0.1:8480. --token T (else $ALMANAC_TOKEN) is the credential.\n");
@@ -467,6 +470,93 @@ static int cli__simple(struct cli *c, json_t *req, const char *what)
     return rc;
 }
 
+/* One HTTP request with a JSON answer: 0 with `*reply` (a new reference),
+ * 1 after saying the server's error on stderr, 2 when unreachable. */
+static int cli__http_json(const char *http, const char *token, const char *method, const char *path,
+                          const char *body, json_t **reply)
+{
+    char *answer = NULL;
+    size_t alen = 0;
+    FILE *mem = open_memstream(&answer, &alen);
+    FILE *in = body ? fmemopen((void *)body, strlen(body), "r") : NULL;
+    int status = mem && (body == NULL || in) ? cli__http(http, token, method, path, in, mem) : -1;
+    if (in)
+        fclose(in);
+    if (mem)
+        fclose(mem);
+    *reply = answer ? json_loadb(answer, alen, 0, NULL) : NULL;
+    free(answer);
+    if (status >= 200 && status < 300)
+        return 0;
+    if (status > 0)
+        fprintf(stderr, "almanac: %s: %s\n",
+                json_string_value(json_object_get(*reply, "error")) ?: "error",
+                json_string_value(json_object_get(*reply, "message")) ?: "");
+    json_decref(*reply);
+    *reply = NULL;
+    return status < 0 ? 2 : 1;
+}
+
+/* almanac token create NAME [--read P]... [--write P]... [--admin]
+ * [--expires D] | ls | rm NAME, over HTTP. */
+static int cli__token(const char *http, const char *token, bool json, int argc, char **argv)
+{
+    json_t *reply = NULL;
+    int rc;
+    if (argc >= 1 && strcmp(argv[0], "ls") == 0 && argc == 1) {
+        if ((rc = cli__http_json(http, token, "GET", "/api/v1/tokens", NULL, &reply)) != 0)
+            return rc;
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(reply, "tokens"), i, t)
+        {
+            char *read = json_dumps(json_object_get(t, "read"), JSON_COMPACT);
+            char *write = json_dumps(json_object_get(t, "write"), JSON_COMPACT);
+            if (json)
+                json_dumpf(t, stdout, JSON_COMPACT), putchar('\n');
+            else
+                printf("%s read %s write %s%s\n", json_string_value(json_object_get(t, "name")),
+                       read, write, json_is_true(json_object_get(t, "admin")) ? " admin" : "");
+            free(read);
+            free(write);
+        }
+    } else if (argc == 2 && strcmp(argv[0], "rm") == 0) {
+        char path[512];
+        snprintf(path, sizeof path, "/api/v1/tokens/%s", argv[1]);
+        if ((rc = cli__http_json(http, token, "DELETE", path, NULL, &reply)) != 0)
+            return rc;
+        printf("revoked %s\n", argv[1]);
+    } else if (argc >= 2 && strcmp(argv[0], "create") == 0) {
+        json_t *req =
+            json_pack("{s:s,s:[],s:[],s:b}", "name", argv[1], "read", "write", "admin", 0);
+        for (int i = 2; i < argc; i++) {
+            if ((strcmp(argv[i], "--read") == 0 || strcmp(argv[i], "--write") == 0) &&
+                i + 1 < argc) {
+                json_array_append_new(json_object_get(req, argv[i] + 2), json_string(argv[i + 1]));
+                i++;
+            } else if (strcmp(argv[i], "--admin") == 0)
+                json_object_set_new(req, "admin", json_true());
+            else if (strcmp(argv[i], "--expires") == 0 && i + 1 < argc)
+                json_object_set_new(req, "expires", json_string(argv[++i]));
+            else {
+                json_decref(req);
+                return cli__usage();
+            }
+        }
+        char *body = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+        rc = body ? cli__http_json(http, token, "POST", "/api/v1/tokens", body, &reply) : 2;
+        free(body);
+        if (rc != 0)
+            return rc;
+        /* The secret, once: the only line on stdout, for a script to keep. */
+        printf("%s\n", json_string_value(json_object_get(reply, "token")));
+    } else
+        return cli__usage();
+    json_decref(reply);
+    return 0;
+}
+
 /* Presents the token: 0, 1 when refused (said on stderr), -1 when gone. */
 static int cli__auth(struct cli *c, const char *token)
 {
@@ -540,6 +630,8 @@ int cli_main(int argc, char **argv)
     if (i == argc)
         return cli__usage();
     const char *cmd = argv[i++];
+    if (strcmp(cmd, "token") == 0)
+        return cli__token(http ? http : "127.0.0.1:8480", token, c.json, argc - i, argv + i);
     /* Flags may follow the command too: almanac get --json a/b. */
     int n = 0;
     char *args[3];

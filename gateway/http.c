@@ -91,6 +91,8 @@ static const struct {
     {ROUTE_HISTORY, HTTP_PREFIX "history/", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_EXPORT, HTTP_PREFIX "export", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_IMPORT, HTTP_PREFIX "import", M_POST, "POST"},
+    {ROUTE_TOKENS, HTTP_PREFIX "tokens/", M_DELETE, "DELETE"},
+    {ROUTE_TOKENS, HTTP_PREFIX "tokens", M_GET | M_HEAD | M_POST, "GET, HEAD, POST"},
     {ROUTE_HEALTH, "/health", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_READY, "/ready", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_METRICS, "/metrics", M_GET | M_HEAD, "GET, HEAD"},
@@ -151,6 +153,8 @@ static enum MHD_Result http__dispatch(struct req *r)
         return http__import(r);
     case ROUTE_WEB:
         return http__web(r);
+    case ROUTE_TOKENS:
+        return http__tokens(r);
     case ROUTE_NONE:
         break;
     }

@@ -1,11 +1,13 @@
 /*
  * http_admin.c — what operators ask of the server: /health, /ready,
- * /api/v1/info and the Prometheus /metrics.
+ * /api/v1/info, the Prometheus /metrics, and the access tokens.
  */
 #include "http_int.h"
 #include "clock.h"
 #include "version.h"
 
+#include <openssl/crypto.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum MHD_Result http__health(struct req *r)
@@ -159,4 +161,155 @@ enum MHD_Result http__metrics(struct req *r)
                      (unsigned long long)n);
     }
     return http__text(r, 200, &b, "text/plain; version=0.0.4");
+}
+
+/* ---- tokens: GET lists, POST creates (the secret shown once), DELETE
+ * /tokens/{name} revokes ---- */
+
+static void http__token_visit(void *arg, const struct auth_token_info *t)
+{
+    struct buf *b = arg;
+    if (b->len > 0 && b->p[b->len - 1] == '}')
+        buf_adds(b, ",");
+    buf_adds(b, "{\"name\":");
+    buf_add_jstr(b, t->name, strlen(t->name));
+    buf_addf(b, ",\"read\":%s,\"write\":%s,\"admin\":%s,\"created\":%lld,\"expires\":", t->read,
+             t->write, t->admin ? "true" : "false", (long long)t->created);
+    if (t->expires)
+        buf_add_i64(b, t->expires);
+    else
+        buf_adds(b, "null");
+    buf_adds(b, ",\"last_used\":");
+    if (t->last_used)
+        buf_add_i64(b, t->last_used);
+    else
+        buf_adds(b, "null");
+    buf_adds(b, "}");
+}
+
+/* The strings of a JSON array (borrowed from it) in `*out`; -1 when it is
+ * not an array of strings. */
+static int http__strings(json_t *arr, const char ***out, size_t *n)
+{
+    size_t i;
+    json_t *v;
+    *n = json_array_size(arr);
+    *out = NULL;
+    if (arr == NULL)
+        return 0;
+    if (!json_is_array(arr) || (*out = calloc(*n + 1, sizeof **out)) == NULL)
+        return -1;
+    json_array_foreach(arr, i, v)
+    {
+        if (!json_is_string(v))
+            return -1;
+        (*out)[i] = json_string_value(v);
+    }
+    return 0;
+}
+
+/* expires: a duration from now ("30d"), a time (µs or RFC 3339), or absent. */
+static int http__expires(json_t *v, int64_t *out)
+{
+    int64_t d;
+    *out = 0;
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (json_is_integer(v) && json_integer_value(v) > 0) {
+        *out = json_integer_value(v);
+        return 0;
+    }
+    if (!json_is_string(v))
+        return -1;
+    if (config_parse_duration(json_string_value(v), &d) == 0 && d > 0) {
+        *out = now_us() + d;
+        return 0;
+    }
+    return config_parse_time(json_string_value(v), out) == 0 && *out > now_us() ? 0 : -1;
+}
+
+static void http__free_secret(void *cls)
+{
+    char *text = cls;
+    OPENSSL_cleanse(text, strlen(text));
+    free(text);
+}
+
+static enum MHD_Result http__token_create(struct req *r)
+{
+    json_error_t jerr;
+    json_t *body = json_loadb(r->body ? r->body : "", r->blen, 0, &jerr);
+    const char **read = NULL, **write = NULL;
+    size_t nread, nwrite;
+    int64_t expires;
+    char why[512], secret[64];
+    json_t *name = json_object_get(body, "name"), *admin = json_object_get(body, "admin");
+    enum MHD_Result answer;
+
+    if (!json_is_object(body) || !json_is_string(name) || (admin && !json_is_boolean(admin)) ||
+        http__strings(json_object_get(body, "read"), &read, &nread) != 0 ||
+        http__strings(json_object_get(body, "write"), &write, &nwrite) != 0 ||
+        http__expires(json_object_get(body, "expires"), &expires) != 0) {
+        answer = http__error(r, STORE_EBODY,
+                             "the body is {\"name\", \"read\": [patterns], \"write\": [patterns], "
+                             "\"admin\": bool, \"expires\": \"30d\" or a future time}");
+        goto out;
+    }
+    int err = ops_token_add(r->h->ops, &r->caller, json_string_value(name), (char *const *)read,
+                            nread, (char *const *)write, nwrite, json_is_true(admin), expires,
+                            secret, why, sizeof why);
+    if (err != STORE_OK) {
+        answer = http__error(r, err, "%s", why);
+        goto out;
+    }
+    struct buf b = {0};
+    buf_adds(&b, "{\"name\":");
+    buf_add_jstr(&b, json_string_value(name), json_string_length(name));
+    buf_addf(&b, ",\"token\":\"%s\"}\n", secret);
+    OPENSSL_cleanse(secret, sizeof secret);
+    struct MHD_Response *resp = b.oom ? NULL
+                                      : MHD_create_response_from_buffer_with_free_callback_cls(
+                                            b.len, b.p, http__free_secret, b.p);
+    if (resp == NULL) {
+        if (b.p)
+            OPENSSL_cleanse(b.p, b.len);
+        buf_free(&b);
+        answer = MHD_NO;
+        goto out;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    answer = http__queue(r, 201, resp);
+out:
+    free(read);
+    free(write);
+    json_decref(body);
+    return answer;
+}
+
+enum MHD_Result http__tokens(struct req *r)
+{
+    char why[512];
+    int err;
+    if (r->method == M_POST)
+        return http__token_create(r);
+    if (r->method == M_DELETE) {
+        err = ops_token_remove(r->h->ops, &r->caller, r->path, why, sizeof why);
+        if (err != STORE_OK)
+            return http__error(r, err, "%s", why);
+        struct buf b = {0};
+        buf_adds(&b, "{\"deleted\":");
+        buf_add_jstr(&b, r->path, r->plen);
+        buf_adds(&b, "}");
+        return http__json(r, 200, &b);
+    }
+    struct buf b = {0};
+    buf_adds(&b, "{\"tokens\":[");
+    err = ops_tokens(r->h->ops, &r->caller, http__token_visit, &b, why, sizeof why);
+    if (err != STORE_OK) {
+        buf_free(&b);
+        return http__error(r, err, "%s", why);
+    }
+    buf_adds(&b, "]}");
+    return http__json(r, 200, &b);
 }

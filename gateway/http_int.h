@@ -38,6 +38,7 @@ enum route {
     ROUTE_EXPORT,
     ROUTE_IMPORT,
     ROUTE_WEB,
+    ROUTE_TOKENS,
 };
 
 enum method {
@@ -141,6 +142,7 @@ enum MHD_Result http__health(struct req *r);
 enum MHD_Result http__ready(struct req *r);
 enum MHD_Result http__info(struct req *r);
 enum MHD_Result http__metrics(struct req *r);
+enum MHD_Result http__tokens(struct req *r);
 enum MHD_Result http__web(struct req *r);
 
 /* ---- http_stream.c: the SSE streams, for the timer and the stop ---- */

@@ -375,7 +375,7 @@ static bool http__history_fill(struct stream *st)
 {
     struct store_record rec;
     for (int i = 0; i < 256; i++) {
-        int rc = ops_history_next(&st->caller, st->it, &rec);
+        int rc = store_history_next(st->it, &rec);
         if (rc < 0) {
             st->b.oom = true; /* ends the answer short: the client sees it broken */
             return false;
@@ -444,8 +444,6 @@ enum MHD_Result http__history(struct req *r)
         free(st);
         return http__error(r, err, "%s", why);
     }
-    st->ops = r->h->ops;
-    st->caller = r->caller;
     st->fill = http__history_fill;
     st->end = http__history_end;
     st->first = true;

@@ -13,7 +13,8 @@
  * Invariants:
  *   1. nothing reaches the store from a request that fails a check: an
  *      error return means nothing was submitted, subscribed or applied;
- *      nothing is answered of a key the caller may not read;
+ *      nothing is answered of a key the caller may not read (but a write
+ *      says, as any write does, whether its key was there);
  *   2. a change carries its caller's transport as its origin;
  *   3. a write is checked whole (every op of a batch, every line of an
  *      import) before any of it is submitted.
@@ -46,6 +47,11 @@ struct ops *ops_new(struct store *store, struct bridge *bridge, struct sys *sys,
 {
     struct ops *o = calloc(1, sizeof *o);
     if (o == NULL || (o->auth = auth_new(cfg, why, why_len)) == NULL) {
+        free(o);
+        return NULL;
+    }
+    if (auth_load(o->auth, store, why, why_len) != STORE_OK) {
+        auth_free(o->auth);
         free(o);
         return NULL;
     }
@@ -113,18 +119,29 @@ static int ops__refuse(const struct caller *c, char *why, size_t why_len, const 
                  what, (int)klen, key);
         return STORE_EUNAUTH;
     }
+    if (!auth_live(p)) {
+        snprintf(why, why_len, "the token %s was revoked or has expired", p->name);
+        return STORE_EUNAUTH;
+    }
     snprintf(why, why_len, "%s may not %s %.*s", p->name, what, (int)klen, key);
     return STORE_EFORBIDDEN;
 }
 
+/* A revoked or expired token may do nothing, from its next request (and
+ * its feeds' next event) on. */
 static bool ops__reads(const struct principal *p, const char *key, size_t klen)
 {
-    return p->admin || privs_match(p->read, key, klen);
+    return (p->admin || privs_match(p->read, key, klen)) && (!p->authenticated || auth_live(p));
 }
 
 static bool ops__writes(const struct principal *p, const char *key, size_t klen)
 {
-    return p->admin || privs_match(p->write, key, klen);
+    return (p->admin || privs_match(p->write, key, klen)) && (!p->authenticated || auth_live(p));
+}
+
+static bool ops__admin(const struct principal *p)
+{
+    return p->admin && (!p->authenticated || auth_live(p));
 }
 
 /* The store_filter of a principal's reads. */
@@ -140,7 +157,9 @@ static int ops__read_pattern(const struct caller *c, const char *pat, size_t ple
 {
     const struct principal *p = c->principal;
     *filter = (struct store_filter){0};
-    if (p->admin || privs_cover(p->read, pat, plen))
+    if (p->authenticated && !auth_live(p))
+        return ops__refuse(c, why, why_len, "read", pat, plen);
+    if (ops__admin(p) || privs_cover(p->read, pat, plen))
         return STORE_OK;
     if (!privs_meet(p->read, pat, plen))
         return ops__refuse(c, why, why_len, "read", pat, plen);
@@ -213,8 +232,9 @@ static int ops__check_op(struct ops *o, const struct caller *c, struct store_op 
         return STORE_EBADREQ;
     }
     /* A pattern delete needs write of every key it can match. */
-    if (!(p->admin || (wild ? privs_cover(p->write, op->key, op->klen)
-                            : privs_match(p->write, op->key, op->klen))))
+    if (!(wild ? ops__admin(p) || privs_cover(p->write, op->key, op->klen)
+               : ops__writes(p, op->key, op->klen)) ||
+        (p->authenticated && !auth_live(p)))
         return ops__refuse(c, why, why_len, "delete", op->key, op->klen);
     return STORE_OK;
 }
@@ -249,49 +269,124 @@ int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen
                       arg, more);
 }
 
-/* ls through a filter: a child is listed when the caller may read it or
- * some key below it. */
-struct ops__ls {
-    const struct principal *p;
-    store_child_fn child;
-    void *arg;
-    char path[2048]; /* the parent's key and a '/', then the child's name */
-    size_t plen;
+/* ls for a caller who does not read everything: the children are
+ * gathered first (store_ls holds the tree's lock), then each is shown when
+ * the caller may read it, or a key below it that exists (a filtered look,
+ * so no name is shown for keys the caller may not read). */
+struct ops__kid {
+    char *name;
+    size_t nlen;
+    bool value, children;
 };
 
-static void ops__ls_child(void *arg, const char *name, size_t nlen, bool value, bool children)
+struct ops__kids {
+    struct ops__kid *v;
+    size_t n, cap;
+    bool oom;
+};
+
+static void ops__gather(void *arg, const char *name, size_t nlen, bool value, bool children)
 {
-    struct ops__ls *l = arg;
-    if (l->plen + nlen + 2 > sizeof l->path)
+    struct ops__kids *k = arg;
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? k->cap * 2 : 16;
+        struct ops__kid *v = realloc(k->v, cap * sizeof *v);
+        if (v == NULL) {
+            k->oom = true;
+            return;
+        }
+        k->v = v;
+        k->cap = cap;
+    }
+    struct ops__kid *kid = &k->v[k->n];
+    if ((kid->name = malloc(nlen + 1)) == NULL) {
+        k->oom = true;
         return;
-    memcpy(l->path + l->plen, name, nlen);
-    memcpy(l->path + l->plen + nlen, "/#", 2);
-    bool holds = value && privs_match(l->p->read, l->path, l->plen + nlen);
-    bool below = children && privs_meet(l->p->read, l->path, l->plen + nlen + 2);
-    if (holds || below)
-        l->child(l->arg, name, nlen, holds, below);
+    }
+    memcpy(kid->name, name, nlen);
+    kid->name[nlen] = '\0';
+    kid->nlen = nlen;
+    kid->value = value;
+    kid->children = children;
+    k->n++;
+}
+
+static void ops__found(void *arg, const char *key, size_t klen, const struct store_entry *e)
+{
+    (void)key, (void)klen, (void)e;
+    *(bool *)arg = true;
+}
+
+static int ops__ls_filtered(struct ops *o, const struct caller *c, const char *key, size_t klen,
+                            store_child_fn child, void *arg, char *why, size_t why_len)
+{
+    const struct principal *p = c->principal;
+    size_t max = ops__max_key(o);
+    char *path = malloc(klen + max + 4); /* key, '/', a child's name, "/#" */
+    struct ops__kids kids = {0};
+    struct store_filter filter = {.keep = ops__keep, .arg = (void *)p};
+    int err = STORE_OK;
+    size_t at = 0;
+
+    if (path == NULL) {
+        snprintf(why, why_len, "out of memory");
+        return STORE_EINTERNAL;
+    }
+    if (key != NULL) {
+        memcpy(path, key, klen);
+        path[klen] = '/';
+        at = klen + 1;
+    }
+    path[at] = '#';
+    if (!privs_meet(p->read, path, at + 1)) {
+        err = ops__refuse(c, why, why_len, "list", key ? key : "", key ? klen : 0);
+        goto out;
+    }
+    bool covered = privs_cover(p->read, path, at + 1);
+    if (store_ls(o->store, key == NULL, key, klen, ops__gather, &kids) != STORE_OK && covered) {
+        snprintf(why, why_len, "key %.*s does not exist", (int)klen, key);
+        err = STORE_ENOTFOUND; /* not covered: as empty, so no name is probed */
+        goto out;
+    }
+    for (size_t i = 0; i < kids.n && !kids.oom; i++) {
+        struct ops__kid *k = &kids.v[i];
+        if (k->nlen > max)
+            continue;
+        memcpy(path + at, k->name, k->nlen);
+        bool holds = k->value && privs_match(p->read, path, at + k->nlen);
+        memcpy(path + at + k->nlen, "/#", 2);
+        size_t plen = at + k->nlen + 2;
+        bool below = false;
+        if (k->children && privs_meet(p->read, path, plen)) {
+            bool more;
+            store_pget(o->store, path, plen, &filter, NULL, 0, 1, ops__found, &below, &more);
+        }
+        if (holds || below)
+            child(arg, k->name, k->nlen, holds, below);
+    }
+    if (kids.oom) {
+        snprintf(why, why_len, "out of memory");
+        err = STORE_EINTERNAL;
+    }
+out:
+    for (size_t i = 0; i < kids.n; i++)
+        free(kids.v[i].name);
+    free(kids.v);
+    free(path);
+    return err;
 }
 
 int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
            store_child_fn child, void *arg, char *why, size_t why_len)
 {
     const struct principal *p = c->principal;
-    struct ops__ls l = {.p = p, .child = child, .arg = arg};
     int err;
     if (key != NULL && (err = ops__key(o, key, klen, why, why_len)) != STORE_OK)
         return err;
-    if (!p->admin) {
-        if (key != NULL && klen + 2 <= sizeof l.path) {
-            memcpy(l.path, key, klen);
-            l.path[klen] = '/';
-            l.plen = klen + 1;
-        }
-        memcpy(l.path + l.plen, "#", 1);
-        if (!privs_meet(p->read, l.path, l.plen + 1))
-            return ops__refuse(c, why, why_len, "list", key ? key : "", key ? klen : 0);
-        child = ops__ls_child;
-        arg = &l;
-    }
+    if (p->authenticated && !auth_live(p))
+        return ops__refuse(c, why, why_len, "list", key ? key : "", key ? klen : 0);
+    if (!ops__admin(p))
+        return ops__ls_filtered(o, c, key, klen, child, arg, why, why_len);
     if (store_ls(o->store, key == NULL, key, klen, child, arg) == STORE_OK)
         return STORE_OK;
     snprintf(why, why_len, "key %.*s does not exist", (int)klen, key);
@@ -307,20 +402,14 @@ int ops_history(struct ops *o, const struct caller *c, const struct store_histor
     if (err != STORE_OK ||
         (err = ops__read_pattern(c, q->pattern, q->plen, &filter, why, why_len)) != STORE_OK)
         return err;
-    err = store_history_open(o->store, q, out);
+    struct store_history_query fq = *q;
+    fq.filter = filter;
+    err = store_history_open(o->store, &fq, out);
     if (err != STORE_OK)
         snprintf(why, why_len, "%s",
                  err == STORE_EUNAVAIL ? "history is off (history_retention 0)"
                                        : store_err_text(err));
     return err;
-}
-
-int ops_history_next(const struct caller *c, struct store_history *h, struct store_record *rec)
-{
-    int rc;
-    while ((rc = store_history_next(h, rec)) == 1 && !ops__reads(c->principal, rec->key, rec->klen))
-        ; /* a page may come short; its cursor still moves on */
-    return rc;
 }
 
 int ops_export(struct ops *o, const struct caller *c, const char *after, size_t alen, size_t limit,
@@ -467,6 +556,53 @@ void ops_unsubscribe(struct ops *o, struct feed *f)
 {
     (void)o;
     feed_close(f);
+}
+
+/* ---- tokens (admin) ---- */
+
+static int ops__need_admin(const struct caller *c, char *why, size_t why_len)
+{
+    return ops__admin(c->principal) ? STORE_OK
+                                    : ops__refuse(c, why, why_len, "manage", "tokens", 6);
+}
+
+int ops_token_add(struct ops *o, const struct caller *c, const char *name, char *const *read,
+                  size_t nread, char *const *write, size_t nwrite, bool admin, int64_t expires,
+                  char secret[64], char *why, size_t why_len)
+{
+    int err = ops__need_admin(c, why, why_len);
+    if (err != STORE_OK)
+        return err;
+    err = auth_token_add(o->auth, o->store, name, read, nread, write, nwrite, admin, expires,
+                         secret, why, why_len);
+    if (err == STORE_OK)
+        log_info("auth: token %s created by %s", name, c->principal->name);
+    return err;
+}
+
+int ops_token_remove(struct ops *o, const struct caller *c, const char *name, char *why,
+                     size_t why_len)
+{
+    int err = ops__need_admin(c, why, why_len);
+    if (err != STORE_OK)
+        return err;
+    if ((err = auth_token_remove(o->auth, o->store, name)) == STORE_ENOTFOUND)
+        snprintf(why, why_len, "no token is named %s", name);
+    else if (err != STORE_OK)
+        snprintf(why, why_len, "the token cannot be removed from the database");
+    else
+        log_info("auth: token %s revoked by %s", name, c->principal->name);
+    return err;
+}
+
+int ops_tokens(struct ops *o, const struct caller *c,
+               void (*fn)(void *arg, const struct auth_token_info *t), void *arg, char *why,
+               size_t why_len)
+{
+    int err = ops__need_admin(c, why, why_len);
+    if (err == STORE_OK)
+        auth_tokens(o->auth, fn, arg);
+    return err;
 }
 
 /* ---- sessions ---- */

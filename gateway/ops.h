@@ -65,11 +65,10 @@ int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen
 /* The children of `key` (NULL: of the root). */
 int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
            store_child_fn child, void *arg, char *why, size_t why_len);
-/* A history query of q->pattern; `*out` for ops_history_next. */
+/* A history query of q->pattern, of the records the caller may read;
+ * `*out` for store_history_next. */
 int ops_history(struct ops *o, const struct caller *c, const struct store_history_query *q,
                 struct store_history **out, char *why, size_t why_len);
-/* The next record the caller may read, as store_history_next. */
-int ops_history_next(const struct caller *c, struct store_history *h, struct store_record *rec);
 /* A page of at most `limit` entries of the export (every key but the
  * $-keys) after `after`. */
 int ops_export(struct ops *o, const struct caller *c, const char *after, size_t alen, size_t limit,
@@ -119,6 +118,20 @@ int ops_subscribe(struct ops *o, const struct caller *c, const struct feed_reque
 int ops_resubscribe(struct ops *o, const struct caller *c, struct feed *f, const char *pat,
                     size_t plen, char *why, size_t why_len);
 void ops_unsubscribe(struct ops *o, struct feed *f);
+
+/* ---- tokens: admin only ---- */
+
+/* A new token (auth_token_add); its secret in `secret`, shown once. */
+int ops_token_add(struct ops *o, const struct caller *c, const char *name, char *const *read,
+                  size_t nread, char *const *write, size_t nwrite, bool admin, int64_t expires,
+                  char secret[64], char *why, size_t why_len);
+/* Revokes a token at once. */
+int ops_token_remove(struct ops *o, const struct caller *c, const char *name, char *why,
+                     size_t why_len);
+/* Lists the tokens, never their secrets. */
+int ops_tokens(struct ops *o, const struct caller *c,
+               void (*fn)(void *arg, const struct auth_token_info *t), void *arg, char *why,
+               size_t why_len);
 
 /* ---- sessions ---- */
 

@@ -464,7 +464,7 @@ static int session__history(struct session *s, json_int_t id, json_t *msg)
     struct store_record rec;
     int64_t next;
     buf_addf(&b, "{\"type\":\"records\",\"id\":%lld,\"records\":[", (long long)id);
-    for (size_t n = 0; (err = ops_history_next(&s->caller, h, &rec)) == 1; n++) {
+    for (size_t n = 0; (err = store_history_next(h, &rec)) == 1; n++) {
         if (n > 0)
             buf_add(&b, ",", 1);
         envelope_add_record(&b, &rec, "content_type");

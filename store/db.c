@@ -84,6 +84,11 @@ static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
           "INSERT INTO meta(name, value) SELECT 'history_records', count(*) FROM history;"
           "INSERT INTO meta(name, value) SELECT 'history_floor', value FROM meta WHERE name = "
           "'rev';",
+    /* Access tokens: the secret is kept only as its SHA-256. */
+    [3] = "CREATE TABLE tokens ("
+          "  name TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, read TEXT NOT NULL,"
+          "  write TEXT NOT NULL, admin INTEGER NOT NULL, created INTEGER NOT NULL,"
+          "  expires INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;",
 };
 
 static int db__exec(struct db *db, const char *sql, char *why, size_t why_len)

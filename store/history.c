@@ -581,6 +581,8 @@ static int history__step(struct store_history *it, struct store_record *rec)
         }
         if (it->q.nlabels > 0 && !history__labels_match(&it->q, it->entry))
             continue;
+        if (it->q.filter.keep != NULL && !it->q.filter.keep(it->q.filter.arg, rec->key, rec->klen))
+            continue; /* not the reader's: neither handed out nor counted */
         return 1;
     }
 }

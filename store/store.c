@@ -462,6 +462,11 @@ void store_close(struct store *s)
     free(s);
 }
 
+const char *store__db_path(const struct store *s)
+{
+    return db__path(s->db);
+}
+
 const struct store_limits *store_limits(const struct store *s)
 {
     return &s->cfg.limits;

@@ -295,6 +295,9 @@ struct store_history_query {
     const char *label_names[STORE_HISTORY_MAX_LABELS];
     const char *label_values[STORE_HISTORY_MAX_LABELS];
     size_t nlabels;
+    /* the keys the reader may see (keep NULL: all); applied before `limit`
+     * and the cursor count, so a page says nothing of the others */
+    struct store_filter filter;
 };
 
 struct store_history;
@@ -366,6 +369,24 @@ int store_subscribe_since(struct store *s, const char *pat, size_t plen, bool un
 void store_unsubscribe(struct store *s, struct store_sub *sub);
 /* Whether two entries hold the same value and type. */
 bool store_entry_same(const struct store_entry *a, const struct store_entry *b);
+
+/* ---- access tokens (tokens.c) --------------------------------------------- */
+
+/* A token as stored: its secret only as a SHA-256 hash. */
+struct store_token {
+    const char *name;
+    unsigned char hash[32];
+    const char *read, *write; /* JSON arrays of patterns */
+    bool admin;
+    int64_t created, expires; /* µs; expires 0: never */
+};
+/* Adds a token. STORE_OK, STORE_EREV when the name is taken, or an error
+ * with a sentence in `why`. Any thread; a connection of its own. */
+int store_token_add(struct store *s, const struct store_token *t, char *why, size_t why_len);
+/* Removes the token `name`: STORE_OK or STORE_ENOTFOUND. */
+int store_token_remove(struct store *s, const char *name);
+/* Calls `fn` for every stored token (borrowed for the call). */
+int store_tokens(struct store *s, void (*fn)(void *arg, const struct store_token *t), void *arg);
 
 struct store_stats {
     uint64_t keys;

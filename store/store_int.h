@@ -12,6 +12,8 @@
 #include <sqlite3.h>
 
 size_t store__utf8_check(const void *buf, size_t len);
+/* The path of the store's database file (store.c). */
+const char *store__db_path(const struct store *s);
 
 /* Sets the rev and ts of an entry that no other thread holds yet. */
 void entry__stamp(struct store_entry *e, int64_t rev, int64_t ts);
@@ -147,7 +149,7 @@ void worker__stop(struct worker *w);
 
 /* ---- db.c: SQLite persistence ---- */
 
-#define DB_SCHEMA_VERSION 2
+#define DB_SCHEMA_VERSION 3
 
 struct db;
 int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes, struct db **out,

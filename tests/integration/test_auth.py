@@ -8,6 +8,7 @@ Every refused write is checked to have changed nothing."""
 import http.client
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -193,6 +194,153 @@ class Auth(unittest.TestCase):
         r = run("--token", "wrong", "get", "home/temp")
         self.assertEqual(r.returncode, 1)
         self.assertIn(b"unauthorized", r.stderr)
+
+
+class Leaks(unittest.TestCase):
+    """What the first attack on access control found: a history page that
+    hinted at hidden records, and ls that named branches with nothing
+    readable below."""
+
+    def test_history_and_ls_say_nothing_of_hidden_keys(self):
+        d = Daemon(["--admin_token", TOKEN, "--anonymous_read", "+/public/#"]).start()
+        try:
+            for key in ("alice/public/p", "bob/private/x", "bob/private/x", "carol/y"):
+                self.assertEqual(curl(d, "PUT", K + key, "1", ADMIN).status // 100, 2)
+            r = curl(d, "GET", "/api/v1/history/%2B/private/x?limit=1")
+            self.assertEqual(r.status, 401, r)  # meets nothing readable
+            r = curl(d, "GET", "/api/v1/history/%23?limit=1&order=desc")
+            self.assertEqual([x["key"] for x in r.json()["records"]], ["alice/public/p"], r)
+            self.assertIsNone(r.json()["next"], r)  # no hint of bob's or carol's records
+            r = curl(d, "GET", "/api/v1/history/%2B/%2B/%2B?limit=1")
+            self.assertEqual(r.json()["records"][0]["key"], "alice/public/p")
+            self.assertIsNone(r.json()["next"], r)
+            self.assertEqual([c["name"] for c in curl(d, "GET", "/api/v1/ls").json()["children"]],
+                             ["alice"])
+            # a branch with nothing readable answers as one that does not exist
+            self.assertEqual(curl(d, "GET", "/api/v1/ls/bob").json(), {"children": []})
+            self.assertEqual(curl(d, "GET", "/api/v1/ls/dave").json(), {"children": []})
+            r = curl(d, "GET", "/api/v1/ls/alice")
+            self.assertEqual(r.json()["children"],
+                             [{"name": "public", "value": False, "children": True}])
+        finally:
+            d.stop()
+            d.cleanup()
+
+
+class Tokens(unittest.TestCase):
+    """Tokens made by an admin over /api/v1/tokens: their privileges on HTTP
+    and sessions, revocation and expiry at once, restarts, the CLI, and a
+    schema-2 database taking them after its migration."""
+
+    def setUp(self):
+        self.d = Daemon(["--admin_token", TOKEN]).start()
+        self.addCleanup(self.d.cleanup)
+        for key in ("home/temp", "work/desk"):
+            curl(self.d, "PUT", K + key, "1", ADMIN)
+
+    def make(self, name, **privs):
+        r = curl(self.d, "POST", "/api/v1/tokens", json.dumps(dict(name=name, **privs)), ADMIN)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.json()["name"], name)
+        self.assertTrue(r.json()["token"].startswith("alm_"))
+        return r.json()["token"]
+
+    def test_privileges_revocation_expiry_restart(self):
+        reader = self.make("reader", read=["home/#"])
+        writer = self.make("writer", read=["work/#"], write=["work/#"])
+        brief = self.make("brief", read=["#"], expires="1s")
+        R, W = {"Authorization": f"Bearer {reader}"}, {"Authorization": f"Bearer {writer}"}
+        self.assertEqual(curl(self.d, "GET", K + "home/temp", headers=R).status, 200)
+        r = curl(self.d, "GET", K + "work/desk", headers=R)
+        self.assertEqual((r.status, r.json()["error"]), (403, "forbidden"))
+        self.assertIn("work/desk", r.json()["message"])
+        self.assertEqual(curl(self.d, "PUT", K + "home/temp", "2", R).status, 403)
+        self.assertEqual(curl(self.d, "PUT", K + "work/new", "2", W).status, 201)
+        self.assertEqual(curl(self.d, "PUT", K + "home/new", "2", W).status, 403)
+        self.assertEqual(curl(self.d, "DELETE", K + "work/%23", headers=W).status, 200)
+        self.assertEqual(curl(self.d, "GET", K + "work/desk", headers=ADMIN).status, 404)
+        self.assertEqual(curl(self.d, "GET", K + "x?access_token=" + brief).status, 404)
+        # tokens are the admin's to list, without their secrets
+        listed = curl(self.d, "GET", "/api/v1/tokens", headers=ADMIN)
+        self.assertEqual(sorted(t["name"] for t in listed.json()["tokens"]),
+                         ["brief", "reader", "writer"])
+        for secret in (reader, writer, brief):
+            self.assertNotIn(secret, listed.body.decode())
+        self.assertEqual(curl(self.d, "GET", "/api/v1/tokens", headers=R).status, 403)
+        self.assertEqual(curl(self.d, "POST", "/api/v1/tokens", '{"name":"x"}', W).status, 403)
+        r = curl(self.d, "POST", "/api/v1/tokens", '{"name":"reader"}', ADMIN)
+        self.assertEqual(r.status, 412, r)  # the name is taken
+        r = curl(self.d, "POST", "/api/v1/tokens", '{"name":"bad","read":["a/#/b"]}', ADMIN)
+        self.assertEqual((r.status, r.json()["error"]), (400, "invalid_body"), r)
+        # a session with the reader sees home/ only; revoked, it sees nothing more
+        c = Client(self.d)
+        self.assertEqual(c.request("auth", token=reader)["principal"], "reader")
+        sub = c.request("subscribe", pattern="#")["sub"]
+        while c.recv()["type"] != "sync":
+            pass
+        curl(self.d, "PUT", K + "work/new", "3", ADMIN)
+        curl(self.d, "PUT", K + "home/temp", "4", ADMIN)
+        m = c.recv()
+        self.assertEqual((m["key"], m["sub"]), ("home/temp", sub), m)
+        r = curl(self.d, "DELETE", "/api/v1/tokens/reader", headers=ADMIN)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(curl(self.d, "GET", K + "home/temp", headers=R).status, 401)
+        self.assertEqual(c.request("get", key="home/temp")["error"], "unauthorized")
+        curl(self.d, "PUT", K + "home/temp", "5", ADMIN)
+        c.sock.settimeout(0.5)
+        with self.assertRaises(socket.timeout):
+            c.recv()  # no event for a revoked token
+        c.close()
+        self.assertEqual(curl(self.d, "DELETE", "/api/v1/tokens/reader", headers=ADMIN).status, 404)
+        time.sleep(1.2)  # brief has expired
+        self.assertEqual(curl(self.d, "GET", K + "home/temp", headers={
+            "Authorization": f"Bearer {brief}"}).status, 401)
+        # a restart keeps the tokens (and the revocation)
+        self.assertEqual(self.d.stop(), 0)
+        self.d.start()
+        self.assertEqual(curl(self.d, "GET", K + "work/new", headers=W).status, 200)
+        self.assertEqual(curl(self.d, "GET", K + "home/temp", headers=R).status, 401)
+        log = self.d.log_text()
+        for secret in (TOKEN, reader, writer, brief):
+            self.assertNotIn(secret, log)
+
+    def test_cli(self):
+        env = dict(os.environ, ALMANAC_HTTP=f"127.0.0.1:{self.d.port}", ALMANAC_TOKEN=TOKEN,
+                   ALMANAC_SERVER=f"127.0.0.1:{self.d.tcp_port}")
+        run = lambda *a: subprocess.run([harness.BINARY, *a], capture_output=True, env=env, timeout=20)  # noqa: E731
+        r = run("token", "create", "dash", "--read", "home/#", "--write", "home/lights/#")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        secret = r.stdout.decode().strip()
+        self.assertTrue(secret.startswith("alm_"))
+        self.assertEqual(run("token", "ls").stdout.decode(),
+                         'dash read ["home/#"] write ["home/lights/#"]\n')
+        r = subprocess.run([harness.BINARY, "--token", secret, "get", "home/temp"],
+                           capture_output=True, env=dict(env, ALMANAC_TOKEN=""), timeout=20)
+        self.assertEqual((r.returncode, r.stdout), (0, b"1\n"), r.stderr)
+        self.assertEqual(run("token", "rm", "dash").stdout, b"revoked dash\n")
+        self.assertEqual(run("token", "ls").stdout, b"")
+        self.assertEqual(run("token", "rm", "dash").returncode, 1)
+
+    def test_schema_2_database_takes_tokens(self):
+        data = tempfile.mkdtemp(prefix="almanac-schema2-")
+        self.addCleanup(shutil.rmtree, data, True)
+        shutil.copy(os.path.join(harness.ROOT, "tests", "fixtures", "schema-2.db"),
+                    os.path.join(data, "almanac.db"))
+        d = Daemon(["--admin_token", TOKEN], data_dir=data).start()
+        self.addCleanup(d.cleanup)
+        self.assertIn("applied schema migration 3", d.log_text())
+        self.assertNotIn("applied schema migration 2", d.log_text())
+        info = curl(d, "GET", "/api/v1/info", headers=ADMIN).json()
+        self.assertEqual(info["schema_version"], 3)
+        e = curl(d, "GET", K + "home/kitchen/temp?envelope=1", headers=ADMIN).json()
+        self.assertEqual((e["rev"], e["value"]), (6, {"v": 21.5}))
+        e = curl(d, "GET", K + "home/kitchen/mood?envelope=1", headers=ADMIN).json()
+        self.assertEqual((e["text"], e["labels"]), ("warm", {"unit": "C"}))
+        self.assertEqual(curl(d, "GET", K + "bin/blob", headers=ADMIN).body, b"\x00\x01\xfe\xff")
+        r = curl(d, "POST", "/api/v1/tokens", '{"name":"t","read":["home/#"]}', ADMIN)
+        self.assertEqual(r.status, 201, r)
+        h = {"Authorization": f"Bearer {r.json()['token']}"}
+        self.assertEqual(curl(d, "GET", K + "home/kitchen/mood", headers=h).body, b"warm")
 
 
 class Required(unittest.TestCase):

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "gateway.h"
 
 /* Every pattern and key of up to three segments over these. */
@@ -154,6 +155,23 @@ static void principals(void **state)
     assert_int_equal(rc, STORE_ERATE);
     assert_int_equal(auth_principal(a, "10.2.2.2:2", "0123456789abcdef-secret", &p), STORE_ERATE);
     assert_int_equal(auth_principal(a, "10.3.3.3:1", "0123456789abcdef-secret", &p), STORE_OK);
+    /* Failures of many other hosts in the same second do not wipe a limited
+     * host's count (they once shared its slot). */
+    for (int round = 0; round < 3; round++) {
+        int64_t second = mono_s();
+        for (int i = 0; i < 12; i++)
+            auth_principal(a, "10.4.4.4:1", "guess", &p);
+        char other[32];
+        for (int i = 0; i < 3000; i++) {
+            snprintf(other, sizeof other, "10.5.%d.%d:1", i / 250, i % 250);
+            auth_principal(a, other, "guess", &p);
+        }
+        rc = auth_principal(a, "10.4.4.4:1", "0123456789abcdef-secret", &p);
+        if (mono_s() == second) { /* all within one second: decisive */
+            assert_int_equal(rc, STORE_ERATE);
+            break;
+        }
+    }
     auth_free(a);
 
     /* A bad pattern names its option. */

@@ -437,7 +437,7 @@ static void test_newer_schema_refused(void **state)
     assert_int_not_equal(store_open(&cfg, &f->s, why, sizeof why), STORE_OK);
     assert_null(f->s);
     assert_non_null(strstr(why, "version 99"));
-    assert_non_null(strstr(why, "up to 2"));
+    assert_non_null(strstr(why, "up to 3"));
 }
 
 static void test_lock(void **state)
