@@ -17,6 +17,15 @@
  * Tokens live in the store (tokens.c, as SHA-256 hashes) and in memory, in
  * a list read under `tokens_lock`. A removed token is marked revoked, not
  * freed: requests and feeds that hold its principal check it (auth_live).
+ *
+ * A JWT (when jwt_key is set) is verified by libjwt with the one algorithm
+ * family the key allows (HMAC for a secret; RSA or ECDSA by the PEM key's
+ * type, so a token signed with HS256 over the public key's text is
+ * refused), then its claims are checked here: exp, nbf, iss, aud, and the
+ * privileges of "almanac". Each verified JWT gets a principal of its own,
+ * counted (refs) and freed by its last holder; the last AUTH_JWT_CACHE
+ * ones are kept, so a client sending the same JWT with every request is
+ * verified once.
  * More than AUTH_FAILS_PER_SECOND failed credentials in one second from
  * one address (its host, any port) are answered rate_limited, without
  * looking at the credential, until the next second.
@@ -28,7 +37,9 @@
  *   2. at the root, '+' and '#' never match a key starting with '$'
  *      (store/key.c's rule), in the tree as in the text;
  *   3. a token is compared in constant time, as a SHA-256 hash: the
- *      secret itself is not kept.
+ *      secret itself is not kept;
+ *   4. a JWT's principal is freed only when its refs reach 0: each request,
+ *      session, stream and cache slot that holds it counts one.
  */
 #include "auth.h"
 #include "clock.h"
@@ -36,8 +47,10 @@
 
 #include <arpa/inet.h>
 #include <jansson.h>
+#include <jwt.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <stdatomic.h>
@@ -49,6 +62,8 @@
 #define AUTH_FAILS_PER_SECOND 10
 #define AUTH_FAIL_SLOTS       1024 /* hosts tracked at once (open addressing) */
 #define AUTH_FAIL_PROBES      16
+#define AUTH_JWT_CACHE        64   /* verified JWTs kept (direct-mapped by hash) */
+#define AUTH_JWT_MAX_BYTES    8192 /* a longer credential is no JWT we take */
 
 struct pnode {
     char *name; /* the segment (NULL at the root) */
@@ -82,6 +97,16 @@ struct auth__token {
     _Atomic int64_t last_used;
 };
 
+/* A verified JWT's principal (invariant 4). */
+struct auth__jwt {
+    struct principal p; /* first: a principal is its auth__jwt */
+    char *name;
+    unsigned char hash[SHA256_DIGEST_LENGTH];
+};
+
+/* The algorithms jwt_key verifies: HMAC for a secret, else the PEM key's. */
+enum auth__jwt_kind { JWT_KIND_NONE, JWT_KIND_HMAC, JWT_KIND_RSA, JWT_KIND_EC };
+
 struct auth {
     struct principal anonymous, local, admin;
     pthread_rwlock_t tokens_lock; /* tokens */
@@ -92,6 +117,12 @@ struct auth {
     bool has_admin_token;
     unsigned char admin_hash[SHA256_DIGEST_LENGTH]; /* of admin_token */
     bool protected_mode;
+    enum auth__jwt_kind jwt_kind;
+    unsigned char *jwt_key; /* the secret, or the PEM text */
+    size_t jwt_key_len;
+    const char *jwt_issuer, *jwt_audience; /* the config's, or NULL */
+    pthread_mutex_t jwt_lock;              /* jwt_cache */
+    struct auth__jwt *jwt_cache[AUTH_JWT_CACHE];
 };
 
 /* ---- privileges ---- */
@@ -335,6 +366,7 @@ static struct auth__token *auth__token_new(const struct store_token *st, char *w
         return NULL;
     }
     t->p.name = t->name;
+    t->p.refs = -1;
     t->p.admin = st->admin;
     t->p.authenticated = true;
     t->p.expires = st->expires;
@@ -494,6 +526,220 @@ bool auth_live(const struct principal *p)
            (p->expires == 0 || now_us() < p->expires);
 }
 
+/* ---- JWTs ---- */
+
+const struct principal *auth_hold(const struct principal *p)
+{
+    if (p != NULL && p->refs >= 0)
+        atomic_fetch_add(&((struct principal *)p)->refs, 1);
+    return p;
+}
+
+void auth_release(const struct principal *p)
+{
+    if (p == NULL || p->refs < 0 || atomic_fetch_sub(&((struct principal *)p)->refs, 1) != 1)
+        return;
+    struct auth__jwt *j = (struct auth__jwt *)p; /* invariant 4 */
+    privs__free(j->p.read);
+    privs__free(j->p.write);
+    free(j->name);
+    free(j);
+}
+
+/* Reads jwt_key: a PEM public key's file (RSA or EC), else an HMAC secret.
+ * Returns 0, or -1 with a sentence. */
+static int auth__jwt_key(struct auth *a, const char *key, char *why, size_t why_len)
+{
+    FILE *f = fopen(key, "r");
+    if (f == NULL) { /* a secret (config.c made sure it is long enough) */
+        a->jwt_kind = JWT_KIND_HMAC;
+        a->jwt_key_len = strlen(key);
+        a->jwt_key = (unsigned char *)strdup(key);
+        return a->jwt_key != NULL ? 0 : -1;
+    }
+    EVP_PKEY *pk = PEM_read_PUBKEY(f, NULL, NULL, NULL);
+    int type = pk != NULL ? EVP_PKEY_base_id(pk) : 0;
+    EVP_PKEY_free(pk);
+    a->jwt_kind = type == EVP_PKEY_RSA ? JWT_KIND_RSA : type == EVP_PKEY_EC ? JWT_KIND_EC : 0;
+    if (a->jwt_kind == JWT_KIND_NONE) {
+        fclose(f);
+        snprintf(why, why_len, "jwt_key %s holds no RSA or EC public key (PEM)", key);
+        return -1;
+    }
+    rewind(f);
+    a->jwt_key = calloc(1, 65536);
+    a->jwt_key_len = a->jwt_key ? fread(a->jwt_key, 1, 65535, f) : 0;
+    fclose(f);
+    return a->jwt_key != NULL ? 0 : -1;
+}
+
+static bool auth__jwt_alg_ok(const struct auth *a, jwt_alg_t alg)
+{
+    switch (a->jwt_kind) {
+    case JWT_KIND_HMAC:
+        return alg == JWT_ALG_HS256 || alg == JWT_ALG_HS384 || alg == JWT_ALG_HS512;
+    case JWT_KIND_RSA:
+        return alg == JWT_ALG_RS256 || alg == JWT_ALG_RS384 || alg == JWT_ALG_RS512;
+    case JWT_KIND_EC:
+        return alg == JWT_ALG_ES256 || alg == JWT_ALG_ES384 || alg == JWT_ALG_ES512;
+    default:
+        return false;
+    }
+}
+
+/* Whether the JWT's `aud` (a string or an array of them) names `want`. */
+static bool auth__jwt_aud(json_t *aud, const char *want)
+{
+    json_t *v;
+    size_t i;
+    if (json_is_string(aud))
+        return strcmp(json_string_value(aud), want) == 0;
+    json_array_foreach(aud, i, v)
+    {
+        if (json_is_string(v) && strcmp(json_string_value(v), want) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The privileges of the "almanac" claim's `field` (absent: none). */
+static struct privs *auth__jwt_privs(json_t *claim, const char *field, bool *failed, char *why,
+                                     size_t why_len)
+{
+    json_t *arr = json_object_get(claim, field), *v;
+    size_t n = json_array_size(arr), i;
+    *failed = arr != NULL && !json_is_array(arr);
+    char **pats = calloc(n + 1, sizeof *pats);
+    struct privs *p = NULL;
+    json_array_foreach(arr, i, v)
+    {
+        if (!json_is_string(v))
+            *failed = true;
+        else
+            pats[i] = (char *)json_string_value(v);
+    }
+    char option[32];
+    snprintf(option, sizeof option, "the JWT's almanac.%s", field);
+    if (pats == NULL)
+        *failed = true;
+    else if (*failed)
+        snprintf(why, why_len, "%s must be an array of patterns", option);
+    else
+        p = privs__new(option, pats, n, failed, why, why_len);
+    free(pats);
+    return p;
+}
+
+/* The principal of the verified claims `c` of a JWT hashed `hash`: held
+ * once for the caller. NULL with a sentence when a claim says no. */
+static struct auth__jwt *auth__jwt_claims(const struct auth *a, json_t *c,
+                                          const unsigned char *hash, char *why, size_t why_len)
+{
+    json_t *exp = json_object_get(c, "exp"), *nbf = json_object_get(c, "nbf");
+    json_t *iss = json_object_get(c, "iss"), *sub = json_object_get(c, "sub");
+    json_t *claim = json_object_get(c, "almanac"), *admin = json_object_get(claim, "admin");
+    int64_t now = now_us();
+    if ((exp != NULL && !json_is_number(exp)) || (nbf != NULL && !json_is_number(nbf)))
+        snprintf(why, why_len, "the JWT's exp and nbf must be numbers (seconds)");
+    else if (exp != NULL && json_number_value(exp) * 1e6 <= (double)now)
+        snprintf(why, why_len, "the JWT has expired");
+    else if (nbf != NULL && json_number_value(nbf) * 1e6 > (double)now)
+        snprintf(why, why_len, "the JWT is not valid yet (nbf)");
+    else if (a->jwt_issuer != NULL &&
+             (!json_is_string(iss) || strcmp(json_string_value(iss), a->jwt_issuer) != 0))
+        snprintf(why, why_len, "the JWT's issuer (iss) is not jwt_issuer");
+    else if (a->jwt_audience != NULL &&
+             !auth__jwt_aud(json_object_get(c, "aud"), a->jwt_audience))
+        snprintf(why, why_len, "the JWT's audience (aud) does not name jwt_audience");
+    else if ((claim != NULL && !json_is_object(claim)) || (admin != NULL && !json_is_boolean(admin)))
+        snprintf(why, why_len,
+                 "the JWT's almanac claim is {\"read\":[…],\"write\":[…],\"admin\":bool}");
+    else {
+        struct auth__jwt *j = calloc(1, sizeof *j);
+        bool bad_read = false, bad_write = false;
+        if (j == NULL)
+            return NULL;
+        j->p.read = auth__jwt_privs(claim, "read", &bad_read, why, why_len);
+        if (!bad_read)
+            j->p.write = auth__jwt_privs(claim, "write", &bad_write, why, why_len);
+        j->name = strdup(json_is_string(sub) ? json_string_value(sub) : "jwt");
+        if (bad_read || bad_write || j->name == NULL) {
+            j->p.refs = 1;
+            auth_release(&j->p);
+            return NULL;
+        }
+        j->p.name = j->name;
+        j->p.admin = json_is_true(admin);
+        j->p.authenticated = true;
+        j->p.expires = exp != NULL ? (int64_t)(json_number_value(exp) * 1e6) : 0;
+        j->p.refs = 1;
+        memcpy(j->hash, hash, sizeof j->hash);
+        return j;
+    }
+    return NULL;
+}
+
+/* The principal of the JWT `token` (hashed `hash`), held for the caller,
+ * from the cache or verified now; NULL with a sentence. */
+static const struct principal *auth__jwt(struct auth *a, const char *token,
+                                         const unsigned char *hash, char *why, size_t why_len)
+{
+    size_t slot = hash[0] % AUTH_JWT_CACHE;
+    pthread_mutex_lock(&a->jwt_lock);
+    struct auth__jwt *j = a->jwt_cache[slot];
+    if (j != NULL && CRYPTO_memcmp(j->hash, hash, sizeof j->hash) == 0) {
+        auth_hold(&j->p);
+        pthread_mutex_unlock(&a->jwt_lock);
+        if (auth_live(&j->p))
+            return &j->p;
+        auth_release(&j->p);
+        snprintf(why, why_len, "the JWT has expired");
+        return NULL;
+    }
+    pthread_mutex_unlock(&a->jwt_lock);
+
+    jwt_t *jwt = NULL;
+    if (strlen(token) > AUTH_JWT_MAX_BYTES ||
+        jwt_decode(&jwt, token, a->jwt_key, (int)a->jwt_key_len) != 0) {
+        snprintf(why, why_len, "the token is not valid: it names no one, and is no JWT that "
+                               "jwt_key verifies");
+        jwt_free(jwt);
+        return NULL;
+    }
+    if (!auth__jwt_alg_ok(a, jwt_get_alg(jwt))) {
+        snprintf(why, why_len, "the JWT is signed with %s, which jwt_key does not take",
+                 jwt_alg_str(jwt_get_alg(jwt)));
+        jwt_free(jwt);
+        return NULL;
+    }
+    char *text = jwt_get_grants_json(jwt, NULL);
+    json_t *claims = text != NULL ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    jwt_free(jwt);
+    j = json_is_object(claims) ? auth__jwt_claims(a, claims, hash, why, why_len) : NULL;
+    if (claims == NULL)
+        snprintf(why, why_len, "the JWT's claims are not a JSON object");
+    json_decref(claims);
+    if (j == NULL)
+        return NULL;
+    pthread_mutex_lock(&a->jwt_lock);
+    struct auth__jwt *old = a->jwt_cache[slot];
+    a->jwt_cache[slot] = (struct auth__jwt *)auth_hold(&j->p);
+    pthread_mutex_unlock(&a->jwt_lock);
+    if (old != NULL)
+        auth_release(&old->p);
+    return &j->p;
+}
+
+/* Whether `token` has the shape of a JWT: three base64url parts. */
+static bool auth__jwt_shaped(const char *token)
+{
+    int dots = 0;
+    for (const char *p = token; *p; p++)
+        dots += *p == '.';
+    return dots == 2;
+}
+
 /* ---- principals ---- */
 
 struct auth *auth_new(const struct config *cfg, char *why, size_t why_len)
@@ -504,9 +750,10 @@ struct auth *auth_new(const struct config *cfg, char *why, size_t why_len)
         snprintf(why, why_len, "out of memory");
         return NULL;
     }
-    a->anonymous = (struct principal){.name = "anonymous"};
-    a->local = (struct principal){.name = "local", .admin = true};
-    a->admin = (struct principal){.name = "admin", .admin = true, .authenticated = true};
+    a->anonymous = (struct principal){.name = "anonymous", .refs = -1};
+    a->local = (struct principal){.name = "local", .admin = true, .refs = -1};
+    a->admin =
+        (struct principal){.name = "admin", .admin = true, .authenticated = true, .refs = -1};
     a->anonymous.read = privs__new("anonymous_read", cfg->anonymous_read, cfg->nanonymous_read,
                                    &failed_read, why, why_len);
     a->anonymous.write = privs__new("anonymous_write", cfg->anonymous_write, cfg->nanonymous_write,
@@ -521,9 +768,16 @@ struct auth *auth_new(const struct config *cfg, char *why, size_t why_len)
         SHA256((const unsigned char *)cfg->admin_token, strlen(cfg->admin_token), a->admin_hash);
         a->has_admin_token = true;
     }
-    a->protected_mode = !a->has_admin_token;
     pthread_mutex_init(&a->lock, NULL);
+    pthread_mutex_init(&a->jwt_lock, NULL);
     pthread_rwlock_init(&a->tokens_lock, NULL);
+    if (cfg->jwt_key != NULL && auth__jwt_key(a, cfg->jwt_key, why, why_len) != 0) {
+        auth_free(a);
+        return NULL;
+    }
+    a->jwt_issuer = cfg->jwt_issuer;
+    a->jwt_audience = cfg->jwt_audience;
+    a->protected_mode = !a->has_admin_token && a->jwt_kind == JWT_KIND_NONE;
     return a;
 }
 
@@ -534,12 +788,19 @@ void auth_free(struct auth *a)
     privs__free(a->anonymous.read);
     privs__free(a->anonymous.write);
     OPENSSL_cleanse(a->admin_hash, sizeof a->admin_hash);
+    for (size_t i = 0; i < AUTH_JWT_CACHE; i++)
+        if (a->jwt_cache[i] != NULL)
+            auth_release(&a->jwt_cache[i]->p);
+    if (a->jwt_key != NULL)
+        OPENSSL_cleanse(a->jwt_key, a->jwt_key_len);
+    free(a->jwt_key);
     while (a->tokens != NULL) {
         struct auth__token *t = a->tokens;
         a->tokens = t->next;
         auth__token_free(t);
     }
     pthread_rwlock_destroy(&a->tokens_lock);
+    pthread_mutex_destroy(&a->jwt_lock);
     pthread_mutex_destroy(&a->lock);
     free(a);
 }
@@ -612,13 +873,14 @@ static bool auth__loopback(const char *address)
 }
 
 int auth_principal(struct auth *a, const char *address, const char *token,
-                   const struct principal **out)
+                   const struct principal **out, char *why, size_t why_len)
 {
     char host[64];
     if (!auth__host(address, host, sizeof host)) /* too long: its start counts */
         snprintf(host, sizeof host, "%s", address);
     if (token != NULL && auth__fails(a, host, 0) >= AUTH_FAILS_PER_SECOND) {
         *out = &a->anonymous;
+        snprintf(why, why_len, "too many failed credentials from this address: wait a second");
         return STORE_ERATE;
     }
     if (token != NULL) {
@@ -635,6 +897,10 @@ int auth_principal(struct auth *a, const char *address, const char *token,
                 atomic_store(&t->last_used, now_us());
             }
         pthread_rwlock_unlock(&a->tokens_lock);
+        if (p == NULL && a->jwt_kind != JWT_KIND_NONE && auth__jwt_shaped(token))
+            p = auth__jwt(a, token, h, why, why_len);
+        else if (p == NULL) /* the token itself is never repeated */
+            snprintf(why, why_len, "the token is not valid: it names no one (or no longer)");
         OPENSSL_cleanse(h, sizeof h);
         *out = p != NULL ? p : &a->anonymous;
         if (p == NULL)
@@ -649,6 +915,7 @@ int auth_principal(struct auth *a, const char *address, const char *token,
 bool auth_required(struct auth *a, const char *address)
 {
     const struct principal *p;
-    auth_principal(a, address, NULL, &p);
+    char why[8];
+    auth_principal(a, address, NULL, &p, why, sizeof why);
     return !p->admin && p->read == NULL && p->write == NULL;
 }

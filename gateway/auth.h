@@ -28,6 +28,10 @@ struct principal {
     struct privs *write; /* NULL: none */
     int64_t expires;     /* µs; 0: never */
     _Atomic bool revoked;
+    /* A JWT's principal is made for it and freed when the last holder lets
+     * go (auth_release); refs is -1 for the others, which live as long as
+     * the auth. */
+    _Atomic int refs;
 };
 
 struct auth;
@@ -37,12 +41,17 @@ struct auth;
 struct auth *auth_new(const struct config *cfg, char *why, size_t why_len);
 void auth_free(struct auth *a);
 /* Who a client at `address` ("host:port", or "unix") presenting `token`
- * (NULL: none) is. STORE_OK with `*out`, STORE_EUNAUTH for a token that
- * names nobody, or STORE_ERATE after too many of those from its host this
- * second. Without any credential configured, loopback and Unix-socket
- * clients are "local" (everything) and the rest anonymous. */
+ * (NULL: none; an access token, the admin token or a JWT) is. STORE_OK with
+ * `*out`, held for the caller (auth_release it); STORE_EUNAUTH for a token
+ * that names nobody, with a sentence in `why`; or STORE_ERATE after too
+ * many of those from its host this second. Without any credential
+ * configured, loopback and Unix-socket clients are "local" (everything)
+ * and the rest anonymous. */
 int auth_principal(struct auth *a, const char *address, const char *token,
-                   const struct principal **out);
+                   const struct principal **out, char *why, size_t why_len);
+/* One more holder of `p` (returned), and one less. NULL is let be. */
+const struct principal *auth_hold(const struct principal *p);
+void auth_release(const struct principal *p);
 /* Whether anonymous clients at `address` may do nothing at all. */
 bool auth_required(struct auth *a, const char *address);
 /* Whether `p` may still act: not revoked, not expired. */

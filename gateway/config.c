@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef int (*config_parse_fn)(struct config *cfg, const char *value, char *why, size_t why_len);
 
@@ -280,6 +281,41 @@ static int config__http_tls_key(struct config *cfg, const char *value, char *why
     return config__nonempty(&cfg->http_tls_key, value, why, why_len);
 }
 
+static int config__tcp_tls_cert(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->tcp_tls_cert, value, why, why_len);
+}
+
+static int config__tcp_tls_key(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->tcp_tls_key, value, why, why_len);
+}
+
+/* An HS256 secret (RFC 7518 3.2: at least as long as the hash, 32 bytes),
+ * or the path of a PEM public key (auth.c reads it). */
+static int config__jwt_key(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    if (strlen(value) < 32 && access(value, R_OK) != 0) { /* never echoed */
+        snprintf(why, why_len,
+                 "jwt_key is an HS256 secret of at least 32 characters, or the path of a "
+                 "readable PEM public key");
+        return -1;
+    }
+    if (cfg->jwt_key != NULL)
+        explicit_bzero(cfg->jwt_key, strlen(cfg->jwt_key));
+    return config__nonempty(&cfg->jwt_key, value, why, why_len);
+}
+
+static int config__jwt_issuer(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->jwt_issuer, value, why, why_len);
+}
+
+static int config__jwt_audience(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__nonempty(&cfg->jwt_audience, value, why, why_len);
+}
+
 static int config__admin_token(struct config *cfg, const char *value, char *why, size_t why_len)
 {
     if (strlen(value) < 16) { /* the value itself is never echoed */
@@ -518,7 +554,12 @@ static const struct {
     {"cors_origin", config__cors_origin},
     {"http_tls_cert", config__http_tls_cert},
     {"http_tls_key", config__http_tls_key},
+    {"tcp_tls_cert", config__tcp_tls_cert},
+    {"tcp_tls_key", config__tcp_tls_key},
     {"admin_token", config__admin_token},
+    {"jwt_key", config__jwt_key},
+    {"jwt_issuer", config__jwt_issuer},
+    {"jwt_audience", config__jwt_audience},
     {"anonymous_read", config__anonymous_read},
     {"anonymous_write", config__anonymous_write},
     {"bridge_url", config__bridge_url},
@@ -730,8 +771,17 @@ void config_free(struct config *cfg)
     config__list_clear(&cfg->anonymous_write, &cfg->nanonymous_write);
     if (cfg->admin_token != NULL)
         explicit_bzero(cfg->admin_token, strlen(cfg->admin_token));
+    if (cfg->jwt_key != NULL)
+        explicit_bzero(cfg->jwt_key, strlen(cfg->jwt_key));
     free(cfg->admin_token);
+    free(cfg->jwt_key);
+    free(cfg->jwt_issuer);
+    free(cfg->jwt_audience);
     free(cfg->http_tls_cert);
     free(cfg->http_tls_key);
+    free(cfg->tcp_tls_cert);
+    free(cfg->tcp_tls_key);
     cfg->admin_token = cfg->http_tls_cert = cfg->http_tls_key = NULL;
+    cfg->jwt_key = cfg->jwt_issuer = cfg->jwt_audience = NULL;
+    cfg->tcp_tls_cert = cfg->tcp_tls_key = NULL;
 }

@@ -337,6 +337,7 @@ static void http__completed(void *cls, struct MHD_Connection *conn, void **con_c
         atomic_store(&c->since_us, now_us()); /* the next request's headers */
     if (r == NULL)
         return;
+    auth_release(r->caller.principal);
     store_txn_clear(&r->w.txn);
     free(r->batch_ops);
     json_decref(r->batch);
@@ -467,10 +468,9 @@ static void *http__timer(void *arg)
         pthread_mutex_unlock(&h->timer_lock);
         int64_t now = now_us();
         http__reap_slow_headers(h, now);
-        if (now >= next_beat) {
-            http__sse_heartbeat(h);
+        http__sse_tick(h, now >= next_beat);
+        if (now >= next_beat)
             next_beat = now + beat;
-        }
         pthread_mutex_lock(&h->timer_lock);
     }
     pthread_mutex_unlock(&h->timer_lock);

@@ -147,8 +147,9 @@ enum MHD_Result http__web(struct req *r);
 
 /* ---- http_stream.c: the SSE streams, for the timer and the stop ---- */
 
-/* A comment line on every idle stream. */
-void http__sse_heartbeat(struct http *h);
+/* Ends the streams whose credential no longer holds; with `beat`, a
+ * comment line on every idle stream. */
+void http__sse_tick(struct http *h, bool beat);
 /* Ends every stream (their connections resumed, as MHD requires at stop). */
 void http__sse_end_all(struct http *h);
 

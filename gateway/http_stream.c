@@ -31,6 +31,8 @@ struct sse {
     struct http *h;
     struct MHD_Connection *conn;
     struct feed *feed;
+    struct caller caller; /* its principal held till sse__free */
+    char address[64];
     pthread_mutex_t lock;
     struct buf q;
     size_t off; /* bytes of q already handed to MHD */
@@ -142,6 +144,7 @@ static void sse__free(void *cls)
     if (s->next)
         s->next->prev = s->prev;
     pthread_mutex_unlock(&h->sse_lock);
+    auth_release(s->caller.principal); /* after its feed: it filters by it */
     buf_free(&s->q);
     pthread_mutex_destroy(&s->lock);
     free(s);
@@ -173,9 +176,14 @@ enum MHD_Result http__events(struct req *r)
         return MHD_NO;
     s->h = r->h;
     s->conn = r->conn;
+    snprintf(s->address, sizeof s->address, "%s", r->caller.address);
+    s->caller = (struct caller){.transport = r->caller.transport,
+                                .address = s->address,
+                                .principal = auth_hold(r->caller.principal)};
     pthread_mutex_init(&s->lock, NULL);
-    int err = ops_subscribe(r->h->ops, &r->caller, &rq, &sse__sink, s, &s->feed, why, sizeof why);
+    int err = ops_subscribe(r->h->ops, &s->caller, &rq, &sse__sink, s, &s->feed, why, sizeof why);
     if (err != STORE_OK) {
+        auth_release(s->caller.principal);
         pthread_mutex_destroy(&s->lock);
         free(s);
         return http__error(r, err, "%s", why);
@@ -201,16 +209,26 @@ enum MHD_Result http__events(struct req *r)
     return http__queue(r, 200, resp);
 }
 
-/* A comment line on every idle stream: proxies keep it, and a stream whose
- * client went away fails to send it and is closed. */
-void http__sse_heartbeat(struct http *h)
+/* Ends the streams whose token was revoked or whose JWT expired; with
+ * `beat`, writes a comment line on every idle one: proxies keep it, and a
+ * stream whose client went away fails to send it and is closed. */
+void http__sse_tick(struct http *h, bool beat)
 {
-    static const char beat[] = ": keepalive\n\n";
+    static const char keepalive[] = ": keepalive\n\n";
+    char why[256];
     pthread_mutex_lock(&h->sse_lock);
     for (struct sse *s = h->streams; s != NULL; s = s->next) {
+        if (ops_caller_live(&s->caller, why, sizeof why) != STORE_OK) {
+            pthread_mutex_lock(&s->lock);
+            bool ended = s->ended;
+            pthread_mutex_unlock(&s->lock);
+            if (!ended)
+                sse__fail(s, STORE_EUNAUTH, why);
+            continue;
+        }
         pthread_mutex_lock(&s->lock);
-        if (!s->ended && s->q.len == s->off) {
-            buf_add(&s->q, beat, sizeof beat - 1);
+        if (beat && !s->ended && s->q.len == s->off) {
+            buf_add(&s->q, keepalive, sizeof keepalive - 1);
             sse__wake(s);
         }
         pthread_mutex_unlock(&s->lock);

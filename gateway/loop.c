@@ -3,7 +3,7 @@
  * message connection: TCP, the Unix socket, and WebSockets handed over by
  * the HTTP server. It frames messages (lines, or WebSocket frames through
  * wslay) and knows nothing of what they say: a table of callbacks
- * (struct loop_handler: open, input, close, tick), as Redis's ae.c takes an
+ * (struct loop_handler: open, input, close, tick, check), as Redis's ae.c takes an
  * aeFileProc, gets each connection's messages.
  *
  * Other threads (the committer delivering events and answering writes)
@@ -11,7 +11,7 @@
  * its lock and marks it dirty; the loop, woken through an eventfd, writes.
  * Invariants:
  *   1. only the loop thread reads, writes or closes a connection's fd, and
- *      calls the handler's open, input, close and tick;
+ *      calls the handler's open, input, close, tick and check;
  *   2. a queue holds at most session_queue_bytes: conn_send refuses a
  *      message past it, and what the client is told then is the handler's
  *      choice (conn_close_with drops the queue, but for a message partly
@@ -352,7 +352,8 @@ static bool loop__is_conn(const void *p)
     return p != &loop__wake_tag && p != &loop__tcp_tag && p != &loop__unix_tag;
 }
 
-/* Closes the closing connections whose clients did not read in time. */
+/* Closes the closing connections whose clients did not read in time, and
+ * lets the handler check the others. */
 static void loop__sweep(struct loop *l)
 {
     int64_t now = mono_s();
@@ -360,10 +361,12 @@ static void loop__sweep(struct loop *l)
     while (c != NULL) {
         struct conn *next = c->next;
         pthread_mutex_lock(&c->lock);
-        bool late = c->closing && now >= c->close_by;
+        bool closing = c->closing, late = closing && now >= c->close_by;
         pthread_mutex_unlock(&c->lock);
         if (late)
             loop__close(l, c);
+        else if (!closing && c->state != NULL && l->handler->check != NULL)
+            l->handler->check(c->state);
         c = next;
     }
 }

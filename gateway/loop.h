@@ -32,6 +32,9 @@ struct loop_handler {
     void (*close)(void *state);
     /* About once a second (NULL: none). */
     void (*tick)(void *arg);
+    /* About once a second for each open connection that is not closing
+     * (NULL: none): a time to end it (conn_close_with), say. */
+    void (*check)(void *state);
 };
 
 /* Starts the loop thread with the TCP and Unix listeners of `cfg`; every

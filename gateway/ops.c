@@ -95,12 +95,16 @@ struct sys *ops_sys(const struct ops *o)
 int ops_authenticate(struct ops *o, const char *address, const char *token,
                      const struct principal **out, char *why, size_t why_len)
 {
-    int err = auth_principal(o->auth, address, token, out);
-    if (err == STORE_ERATE)
-        snprintf(why, why_len, "too many failed credentials from this address: wait a second");
-    else if (err != STORE_OK) /* the token itself is never repeated */
-        snprintf(why, why_len, "the token is not valid: it names no one (or no longer)");
-    return err;
+    return auth_principal(o->auth, address, token, out, why, why_len);
+}
+
+int ops_caller_live(const struct caller *c, char *why, size_t why_len)
+{
+    const struct principal *p = c->principal;
+    if (!p->authenticated || auth_live(p))
+        return STORE_OK;
+    snprintf(why, why_len, "the token %s was revoked or has expired", p->name);
+    return STORE_EUNAUTH;
 }
 
 bool ops_auth_required(struct ops *o, const char *address)
@@ -119,10 +123,8 @@ static int ops__refuse(const struct caller *c, char *why, size_t why_len, const 
                  what, (int)klen, key);
         return STORE_EUNAUTH;
     }
-    if (!auth_live(p)) {
-        snprintf(why, why_len, "the token %s was revoked or has expired", p->name);
+    if (ops_caller_live(c, why, why_len) != STORE_OK)
         return STORE_EUNAUTH;
-    }
     snprintf(why, why_len, "%s may not %s %.*s", p->name, what, (int)klen, key);
     return STORE_EFORBIDDEN;
 }

@@ -38,10 +38,15 @@ struct sys *ops_sys(const struct ops *o);
 
 /* ---- who is asking ---- */
 
-/* The principal of a client at `address` presenting `token` (NULL: none).
- * STORE_OK, or STORE_EUNAUTH with a sentence (and `*out` anonymous). */
+/* The principal of a client at `address` presenting `token` (NULL: none),
+ * held for the caller (auth_release it when done). STORE_OK, or
+ * STORE_EUNAUTH or STORE_ERATE with a sentence (and `*out` anonymous). */
 int ops_authenticate(struct ops *o, const char *address, const char *token,
                      const struct principal **out, char *why, size_t why_len);
+/* Whether the caller's credential still holds: STORE_OK, or STORE_EUNAUTH
+ * with a sentence once its token is revoked or it has expired (a session
+ * or a stream that holds it ends then). */
+int ops_caller_live(const struct caller *c, char *why, size_t why_len);
 /* Whether anonymous clients at `address` may do nothing at all. */
 bool ops_auth_required(struct ops *o, const char *address);
 /* Whether the caller may see the server's state (info, metrics): read of

@@ -172,6 +172,7 @@ static void session__free(void *state)
         csub__free(s, cs);
     }
     ops_session_close(s->ops, s->client_id);
+    auth_release(s->caller.principal); /* after its feeds (invariant 2) */
     free(s);
 }
 
@@ -184,6 +185,15 @@ static void session__oversize(void *state)
 static void session__tick(void *arg)
 {
     sys_tick(ops_sys(arg));
+}
+
+/* A session whose token was revoked or whose JWT expired ends at once. */
+static void session__check(void *state)
+{
+    struct session *s = state;
+    char why[256];
+    if (ops_caller_live(&s->caller, why, sizeof why) != STORE_OK)
+        session__end(s->conn, STORE_EUNAUTH, why);
 }
 
 /* The principal the token `token` names replaces the session's; a
@@ -203,6 +213,7 @@ static int session__auth(struct session *s, const json_int_t *id, json_t *token)
         session__error(s, id, err, "%s", why);
         return -1;
     }
+    const struct principal *old = s->caller.principal;
     s->caller.principal = p;
     for (struct csub **cp = &s->subs; *cp != NULL;) {
         struct csub *cs = *cp;
@@ -219,6 +230,7 @@ static int session__auth(struct session *s, const json_int_t *id, json_t *token)
         csub__free(s, cs);
         session__send(s, &b);
     }
+    auth_release(old); /* no feed filters by it now */
     return 0;
 }
 
@@ -315,7 +327,8 @@ static const struct loop_handler session__handler = {.open = session__open,
                                                      .input = session__input,
                                                      .oversize = session__oversize,
                                                      .close = session__free,
-                                                     .tick = session__tick};
+                                                     .tick = session__tick,
+                                                     .check = session__check};
 
 int session_serve(struct ops *ops, const struct config *cfg, struct loop **out, char *why,
                   size_t why_len)
