@@ -481,16 +481,22 @@ static void http__export_visit(void *arg, const char *key, size_t klen, const st
         st->b.oom = true;
 }
 
+/* The next page of the export into st->b; `*more` says whether one follows. */
+static int http__export_page(struct stream *st, bool *more, char *why, size_t why_len)
+{
+    char *after = st->after; /* the walk's cursor; the visits set the next one */
+    st->after = NULL;
+    int err = ops_export(st->ops, &st->caller, after, after ? strlen(after) : 0, 1000,
+                         http__export_visit, st, more, why, why_len);
+    free(after);
+    return err;
+}
+
 static bool http__export_fill(struct stream *st)
 {
     bool more = false;
-    char *after = st->after; /* the walk's cursor; the visits set the next one */
-    st->after = NULL;
     char why[256];
-    int err = ops_export(st->ops, &st->caller, after, after ? strlen(after) : 0, 1000,
-                         http__export_visit, st, &more, why, sizeof why);
-    free(after);
-    if (err != STORE_OK)
+    if (http__export_page(st, &more, why, sizeof why) != STORE_OK)
         st->b.oom = true; /* ends the answer short: the client sees it broken */
     return more;
 }
@@ -503,12 +509,22 @@ static void http__export_end(struct stream *st)
 enum MHD_Result http__export(struct req *r)
 {
     struct stream *st = calloc(1, sizeof *st);
+    bool more = false;
+    char why[256];
     if (st == NULL)
         return MHD_NO;
     st->ops = r->h->ops;
     st->caller = r->caller;
     st->fill = http__export_fill;
     st->end = http__export_end;
+    /* The first page before the answer: a refusal is an error, not a 200
+     * cut short. */
+    int err = http__export_page(st, &more, why, sizeof why);
+    if (err != STORE_OK) {
+        http__stream_free(st);
+        return http__error(r, err, "%s", why);
+    }
+    st->done = !more;
     return http__stream(r, st, "application/x-ndjson");
 }
 

@@ -1,10 +1,15 @@
 """Access control against the real daemon: the principals (anonymous with
-anonymous_read/anonymous_write, the admin_token, a bad token), every route
-and session request they may and may not make, patterns filtered to what is
-readable, protected mode for a fresh install reached from another address,
-and secrets kept out of logs, metrics and info.
+anonymous_read/anonymous_write, the admin_token, tokens, JWTs signed with
+HS256, RS256 and ES256, a bad token), what they may and may not do (the
+whole matrix is test_auth_matrix.py), patterns filtered to what is readable
+(also for changes that come from MQTT), revocation and expiry ending
+sessions and streams at once, protected mode for a fresh install reached
+from another address, and secrets kept out of logs, metrics and info.
 
 Every refused write is checked to have changed nothing."""
+import base64
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -19,12 +24,42 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from harness import Client, Daemon, curl, free_port, wait_for  # noqa: E402
+from harness import Broker, Client, Daemon, curl, free_port, wait_for  # noqa: E402
 
 K = "/api/v1/keys/"
 TOKEN = "t0ps3cret-admin-token-4711"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 BAD = {"Authorization": "Bearer not-the-token-at-all"}
+
+
+class SSE:
+    """An EventSource-like reader of one SSE stream (its events' names and
+    keys, or error codes)."""
+
+    def __init__(self, d, path):
+        self.conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+        self.conn.request("GET", path)
+        self.r = self.conn.getresponse()
+        assert self.r.status == 200, (self.r.status, self.r.read())
+
+    def next_event(self):
+        """(event, key) of the next put/delete, or ("error", code)."""
+        name = None
+        while True:
+            line = self.r.readline().decode()
+            if line == "":
+                return None
+            if line.startswith("event: "):
+                name = line[7:].strip()
+            elif line.startswith("data: ") and name in ("put", "delete", "error"):
+                data = json.loads(line[6:])
+                return (name, data["error"] if name == "error" else data["key"])
+
+    def ended(self):
+        """Whether the stream ends (its last chunk) with nothing more."""
+        rest = self.r.read()
+        self.conn.close()
+        return rest.strip() == b""
 
 
 def own_address():
@@ -272,24 +307,30 @@ class Tokens(unittest.TestCase):
         self.assertEqual(r.status, 412, r)  # the name is taken
         r = curl(self.d, "POST", "/api/v1/tokens", '{"name":"bad","read":["a/#/b"]}', ADMIN)
         self.assertEqual((r.status, r.json()["error"]), (400, "invalid_body"), r)
-        # a session with the reader sees home/ only; revoked, it sees nothing more
+        # a session and an SSE stream with the reader see home/ only; when the
+        # token is revoked both end at once, with unauthorized
         c = Client(self.d)
         self.assertEqual(c.request("auth", token=reader)["principal"], "reader")
         sub = c.request("subscribe", pattern="#")["sub"]
         while c.recv()["type"] != "sync":
             pass
+        sse = SSE(self.d, "/api/v1/events/%23?live_only=1&access_token=" + reader)
         curl(self.d, "PUT", K + "work/new", "3", ADMIN)
         curl(self.d, "PUT", K + "home/temp", "4", ADMIN)
         m = c.recv()
         self.assertEqual((m["key"], m["sub"]), ("home/temp", sub), m)
+        self.assertEqual(sse.next_event(), ("put", "home/temp"))
         r = curl(self.d, "DELETE", "/api/v1/tokens/reader", headers=ADMIN)
         self.assertEqual(r.status, 200, r)
+        revoked_at = time.time()
         self.assertEqual(curl(self.d, "GET", K + "home/temp", headers=R).status, 401)
-        self.assertEqual(c.request("get", key="home/temp")["error"], "unauthorized")
-        curl(self.d, "PUT", K + "home/temp", "5", ADMIN)
-        c.sock.settimeout(0.5)
-        with self.assertRaises(socket.timeout):
-            c.recv()  # no event for a revoked token
+        m = c.recv()
+        self.assertEqual((m["type"], m["error"]), ("error", "unauthorized"), m)
+        self.assertIn("reader", m["message"])
+        self.assertIsNone(c.recv())  # closed
+        self.assertEqual(sse.next_event(), ("error", "unauthorized"))
+        self.assertTrue(sse.ended())
+        self.assertLess(time.time() - revoked_at, 2.5)
         c.close()
         self.assertEqual(curl(self.d, "DELETE", "/api/v1/tokens/reader", headers=ADMIN).status, 404)
         time.sleep(1.2)  # brief has expired
@@ -341,6 +382,193 @@ class Tokens(unittest.TestCase):
         self.assertEqual(r.status, 201, r)
         h = {"Authorization": f"Bearer {r.json()['token']}"}
         self.assertEqual(curl(d, "GET", K + "home/kitchen/mood", headers=h).body, b"warm")
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def der_to_raw(der, size):
+    """An ECDSA signature from DER (openssl dgst) to JOSE's r || s."""
+    assert der[0] == 0x30
+    i = 3 if der[1] & 0x80 else 2
+    out = b""
+    for _ in range(2):
+        assert der[i] == 0x02
+        n = der[i + 1]
+        out += der[i + 2:i + 2 + n].lstrip(b"\0").rjust(size, b"\0")
+        i += 2 + n
+    return out
+
+
+def jwt(claims, key, alg="HS256"):
+    """A JWT: HMAC with `key` (bytes), or RSA/ECDSA with the private key
+    file `key` (str) through the openssl command."""
+    head = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    body = b64url(json.dumps(claims).encode())
+    signing = f"{head}.{body}".encode()
+    if alg == "none":
+        return f"{head}.{body}."
+    if alg.startswith("HS"):
+        sig = hmac.new(key, signing, hashlib.sha256).digest()
+    else:
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing,
+                             capture_output=True, check=True).stdout
+        if alg.startswith("ES"):
+            sig = der_to_raw(sig, 32)
+    return f"{head}.{body}.{b64url(sig)}"
+
+
+SECRET = b"an-hs256-secret-of-at-least-32-bytes"
+
+
+class Jwts(unittest.TestCase):
+    """JWTs from an identity provider: privileges from the almanac claim,
+    exp/nbf/iss/aud, the algorithm the key allows and no other, and an
+    expiring JWT ending its session and stream."""
+
+    def setUp(self):
+        self.d = Daemon(env={"ALMANAC_JWT_KEY": SECRET.decode()}).start()
+        self.addCleanup(self.d.cleanup)
+        self.now = int(time.time())
+        admin = jwt({"sub": "root", "almanac": {"admin": True}}, SECRET)
+        self.admin = {"Authorization": f"Bearer {admin}"}
+        for key in ("home/temp", "work/desk"):
+            self.assertEqual(curl(self.d, "PUT", K + key, "1", self.admin).status, 201)
+
+    def test_privileges_and_claims(self):
+        alice = jwt({"sub": "alice", "exp": self.now + 600,
+                     "almanac": {"read": ["home/#"], "write": ["home/lights/#"]}}, SECRET)
+        A = {"Authorization": f"Bearer {alice}"}
+        self.assertEqual(curl(self.d, "GET", K + "home/temp", headers=A).body, b"1")
+        r = curl(self.d, "GET", K + "work/desk", headers=A)
+        self.assertEqual((r.status, r.json()["error"]), (403, "forbidden"))
+        self.assertIn("alice may not read work/desk", r.json()["message"])
+        self.assertEqual(curl(self.d, "PUT", K + "home/lights/1", "on", A).status, 201)
+        self.assertEqual(curl(self.d, "PUT", K + "home/temp", "9", A).status, 403)
+        self.assertEqual(curl(self.d, "GET", K + "home/temp?access_token=" + alice).status, 200)
+        # loopback is not trusted once a credential is configured
+        self.assertEqual(curl(self.d, "GET", K + "home/temp").status, 401)
+        for claims, key, alg, why in [
+                ({"exp": self.now - 1}, SECRET, "HS256", "expired"),
+                ({"nbf": self.now + 600}, SECRET, "HS256", "not valid yet"),
+                ({"almanac": {"admin": True}}, b"another-secret-that-is-32-bytes-long",
+                 "HS256", "jwt_key"),
+                ({"almanac": {"admin": True}}, SECRET, "none", "not valid"),
+                ({"almanac": {"read": "#"}}, SECRET, "HS256", "array of patterns")]:
+            r = curl(self.d, "GET", K + "home/temp",
+                     headers={"Authorization": f"Bearer {jwt(claims, key, alg)}"})
+            self.assertEqual((r.status, r.json()["error"]), (401, "unauthorized"), claims)
+            self.assertIn(why, r.json()["message"])
+            self.assertTrue(r.headers["www-authenticate"].startswith("Bearer"))
+        c = Client(self.d)
+        self.assertEqual(c.request("auth", token=alice)["principal"], "alice")
+        self.assertEqual(c.request("get", key="work/desk")["error"], "forbidden")
+        c.close()
+        log = self.d.log_text()
+        self.assertNotIn(alice, log)
+        self.assertNotIn(SECRET.decode(), log)
+
+    def test_expiry_ends_sessions_and_streams(self):
+        brief = jwt({"sub": "brief", "exp": self.now + 2, "almanac": {"read": ["#"]}}, SECRET)
+        c = Client(self.d)
+        c.send({"type": "hello", "id": 0, "protocol": "1.0", "token": brief})
+        self.assertEqual(c.recv()["type"], "ok")
+        c.request("subscribe", pattern="home/#", live_only=True)
+        self.assertEqual(c.recv()["type"], "sync")
+        sse = SSE(self.d, "/api/v1/events/home/%23?live_only=1&access_token=" + brief)
+        curl(self.d, "PUT", K + "home/temp", "2", self.admin)
+        self.assertEqual(c.recv()["key"], "home/temp")
+        self.assertEqual(sse.next_event(), ("put", "home/temp"))
+        m = c.recv()  # within a second of exp
+        self.assertEqual((m["type"], m["error"]), ("error", "unauthorized"), m)
+        self.assertIsNone(c.recv())
+        self.assertEqual(sse.next_event(), ("error", "unauthorized"))
+        self.assertTrue(sse.ended())
+        self.assertLess(time.time(), self.now + 2 + 2.5)
+        c.close()
+
+    def test_public_keys_issuer_audience(self):
+        tmp = tempfile.mkdtemp(prefix="almanac-jwt-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        keys = {}
+        for alg, gen in [("RS256", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+                         ("ES256", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])]:
+            priv, pub = os.path.join(tmp, alg + ".key"), os.path.join(tmp, alg + ".pub")
+            subprocess.run(["openssl", "genpkey", *gen, "-out", priv], check=True,
+                           capture_output=True)
+            subprocess.run(["openssl", "pkey", "-in", priv, "-pubout", "-out", pub], check=True,
+                           capture_output=True)
+            keys[alg] = (priv, pub)
+        for alg, (priv, pub) in keys.items():
+            with self.subTest(alg=alg):
+                d = Daemon(["--jwt_key", pub, "--jwt_issuer", "https://idp.example",
+                            "--jwt_audience", "almanac"]).start()
+                self.addCleanup(d.cleanup)
+                good = {"sub": "dev", "iss": "https://idp.example", "aud": ["almanac"],
+                        "exp": self.now + 600, "almanac": {"read": ["#"], "write": ["#"]}}
+                t = jwt(good, priv, alg)
+                self.assertEqual(curl(d, "PUT", K + "a", "1", {"Authorization": f"Bearer {t}"})
+                                 .status, 201)
+                with open(pub, "rb") as f:
+                    confused = jwt(good, f.read(), "HS256")  # HMAC over the public key
+                for bad in [jwt(dict(good, iss="https://evil.example"), priv, alg),
+                            jwt(dict(good, aud="other"), priv, alg), confused]:
+                    r = curl(d, "GET", K + "a", headers={"Authorization": f"Bearer {bad}"})
+                    self.assertEqual(r.status, 401, r)
+                d.stop()
+        # the other family's key does not verify either
+        t = jwt({"almanac": {"admin": True}}, keys["ES256"][0], "ES256")
+        d = Daemon(["--jwt_key", keys["RS256"][1]]).start()
+        self.addCleanup(d.cleanup)
+        self.assertEqual(curl(d, "GET", K + "a", headers={"Authorization": f"Bearer {t}"}).status,
+                         401)
+
+    def test_bad_keys_stop_the_start(self):
+        tmp = tempfile.mkdtemp(prefix="almanac-jwt-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        notkey = os.path.join(tmp, "not.pem")
+        with open(notkey, "w") as f:
+            f.write("-----BEGIN NOTHING-----\n")
+        # a bad option exits 2; a key file found wrong at start, 1
+        for args, text, code in [(["--jwt_key", "short-secret"], b"32 characters", 2),
+                                 (["--jwt_key", notkey], b"public key", 1)]:
+            r = subprocess.run([harness.BINARY, "serve", "--http_listen", "127.0.0.1:0",
+                                "--tcp_listen", "off", "--data_dir", tmp, *args],
+                               capture_output=True, timeout=20)
+            self.assertEqual(r.returncode, code, r)
+            self.assertIn(text, r.stderr)
+            self.assertNotIn(b"short-secret", r.stderr)
+
+
+class FromMqtt(unittest.TestCase):
+    def test_filtered_subscription_sees_only_readable_changes_from_mqtt(self):
+        broker = Broker().start()
+        self.addCleanup(broker.cleanup)
+        d = Daemon(["--admin_token", TOKEN, "--bridge_url", broker.url]).start()
+        self.addCleanup(d.cleanup)
+        r = curl(d, "POST", "/api/v1/tokens", '{"name":"home","read":["home/#"]}', ADMIN)
+        secret = r.json()["token"]
+        c = Client(d)
+        c.request("auth", token=secret)
+        sub = c.request("subscribe", pattern="#", live_only=True)["sub"]
+        self.assertEqual(c.recv()["type"], "sync")
+        sse = SSE(d, "/api/v1/events/%23?live_only=1&access_token=" + secret)
+        for topic in ("work/door", "home/door", "office/x", "home/temp"):
+            broker.pub(topic, "1")
+        wait_for(lambda: curl(d, "GET", K + "home/temp", headers=ADMIN).status == 200,
+                 what="the bridge to bring home/temp")
+        self.assertEqual(curl(d, "GET", K + "office/x", headers=ADMIN).status, 200)
+        got = [c.recv() for _ in range(2)]
+        self.assertEqual([(m["sub"], m["key"]) for m in got],
+                         [(sub, "home/door"), (sub, "home/temp")])
+        self.assertEqual([sse.next_event(), sse.next_event()],
+                         [("put", "home/door"), ("put", "home/temp")])
+        c.sock.settimeout(0.5)
+        with self.assertRaises(socket.timeout):
+            c.recv()  # nothing of work/ or office/
+        c.close()
+        sse.conn.close()
 
 
 class Required(unittest.TestCase):
