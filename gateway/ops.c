@@ -341,7 +341,7 @@ static int ops__ls_filtered(struct ops *o, const struct caller *c, const char *k
     }
     path[at] = '#';
     if (!privs_meet(p->read, path, at + 1)) {
-        err = ops__refuse(c, why, why_len, "list", key ? key : "", key ? klen : 0);
+        err = ops__refuse(c, why, why_len, "list", key ? key : "the root", key ? klen : 8);
         goto out;
     }
     bool covered = privs_cover(p->read, path, at + 1);
@@ -386,7 +386,7 @@ int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
     if (key != NULL && (err = ops__key(o, key, klen, why, why_len)) != STORE_OK)
         return err;
     if (p->authenticated && !auth_live(p))
-        return ops__refuse(c, why, why_len, "list", key ? key : "", key ? klen : 0);
+        return ops__refuse(c, why, why_len, "list", key ? key : "the root", key ? klen : 8);
     if (!ops__admin(p))
         return ops__ls_filtered(o, c, key, klen, child, arg, why, why_len);
     if (store_ls(o->store, key == NULL, key, klen, child, arg) == STORE_OK)

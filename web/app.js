@@ -1,7 +1,8 @@
 // almanac's dashboard: the key tree (loaded lazily with `ls`, only the rows
 // in view are in the DOM), live changes over the WebSocket session protocol,
 // the details of a key, edits with compare-and-set, and a chart of its
-// history. Plain JavaScript, no build step, nothing from the internet.
+// history; a sign-in with an access token when the server asks for one.
+// Plain JavaScript, no build step, nothing from the internet.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -9,53 +10,86 @@ const ROW = 28; // px, the height of a tree row (style.css .node)
 
 // ---- the session (API.md "Session protocol") ----
 
+// `ready` turns true once the welcome is in and a stored token has been
+// presented: until then only `auth` may be sent, so it goes before any other
+// request of the connection.
 const session = {
   ws: null, nextId: 1, pending: new Map(), backoff: 1000, lastRev: 0, subs: new Map(),
+  ready: false, authRequired: false, server: '',
 
   connect() {
     setConn('connecting');
+    this.ready = false;
     const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/api/v1/ws';
     const ws = new WebSocket(url, 'almanac.v1');
     this.ws = ws;
     ws.onmessage = (m) => this.receive(JSON.parse(m.data));
     ws.onclose = () => {
       if (this.ws !== ws) return;
-      setConn('offline');
-      for (const p of this.pending.values()) p.reject(Object.assign(new Error('disconnected'), { code: 'offline' }));
-      this.pending.clear();
-      this.subs.clear();
+      this.dropped();
       setTimeout(() => this.connect(), this.backoff);
       this.backoff = Math.min(this.backoff * 2, 10000);
     };
   },
 
+  // Ends this connection and opens a fresh one at once (after signing out).
+  reconnect() {
+    const ws = this.ws;
+    this.ws = null; // its close is not a drop to recover from
+    if (ws) ws.close();
+    this.dropped();
+    this.connect();
+  },
+
+  dropped() {
+    this.ready = false;
+    setConn('offline');
+    for (const p of this.pending.values()) p.reject(Object.assign(new Error('disconnected'), { code: 'offline' }));
+    this.pending.clear();
+    this.subs.clear();
+  },
+
   receive(m) {
     if (m.type === 'welcome') {
       this.backoff = 1000;
+      this.authRequired = m.auth_required === true;
+      this.server = m.server || '';
       setConn('online');
-      onConnected();
+      onWelcome();
       return;
     }
-    if (m.type === 'event') return onEvent(m);
-    if (m.type === 'sync') {
-      if (this.subs.get(m.sub) === 'live' && m.rev > this.lastRev) this.lastRev = m.rev;
+    if (m.type === 'event' || m.type === 'sync') {
+      const kind = this.subs.get(m.sub);
+      if (!kind) return; // a subscription given up when the principal changed
+      if (m.type === 'event') return onEvent(m);
+      if (kind === 'live' && m.rev > this.lastRev) this.lastRev = m.rev;
+      return;
+    }
+    if (m.type === 'error' && m.id === null) { // about the session, not a request
+      if (m.sub !== undefined) this.subs.delete(m.sub); // no longer readable
+      else if (m.error === 'unauthorized') signedOut(m.message); // revoked or expired; the server closes next
       return;
     }
     const p = this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id);
-    if (m.type === 'error') p.reject(Object.assign(new Error(m.message), { code: m.error }));
-    else p.resolve(m);
+    if (m.type === 'error') {
+      // A request anonymous may not make: sign in (a refused `auth` is the
+      // sign-in form's own business, a quiet request the caller's).
+      if (m.error === 'unauthorized' && p.type !== 'auth' && !p.quiet) needSignIn(m.message);
+      p.reject(Object.assign(new Error(m.message), { code: m.error }));
+    } else p.resolve(m);
   },
 
-  request(type, fields = {}) {
+  // `quiet`: an `unauthorized` answer does not bring up the sign-in form.
+  request(type, fields = {}, { quiet = false } = {}) {
     return new Promise((resolve, reject) => {
-      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN || (!this.ready && type !== 'auth')) {
         reject(Object.assign(new Error('not connected'), { code: 'offline' }));
         return;
       }
       const id = this.nextId++;
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, type, quiet });
       this.ws.send(JSON.stringify({ type, id, ...fields }));
     });
   },
@@ -67,11 +101,35 @@ function setConn(state) {
   el.textContent = state === 'online' ? 'connected' : state === 'offline' ? 'disconnected, reconnecting…' : 'connecting…';
 }
 
-// After every (re)connection: the live subscription resumes with `since`,
-// so no change made while the page was away is missed.
-async function onConnected() {
+// After every (re)connection: a token this tab keeps is presented first;
+// then the feeds start, unless anonymous may do nothing and no one is
+// signed in.
+async function onWelcome() {
+  const token = auth.token();
+  if (token) {
+    try {
+      signedIn((await session.request('auth', { token })).principal);
+    } catch (e) {
+      if (e.code === 'offline') return;
+      if (e.code === 'rate_limited') { session.ws.close(); return; } // again after the backoff
+      signedOut(e.message);
+    }
+  }
+  session.ready = true;
+  if (!auth.principal && session.authRequired) {
+    clearView();
+    showSignIn(); // keeps a message already there (revoked, signed out)
+    refreshInfo(); // names the server, from the welcome
+    return;
+  }
+  await startFeeds();
+}
+
+// The live subscription resumes with `since`, so no change made while the
+// page was away is missed; with lastRev 0 the tree starts afresh.
+async function startFeeds() {
+  const since = session.lastRev;
   try {
-    const since = session.lastRev;
     let ok;
     try {
       ok = await session.request('subscribe', since > 0 ? { pattern: '#', since } : { pattern: '#', live_only: true });
@@ -81,19 +139,45 @@ async function onConnected() {
       reloadTree(); // too much was missed: start again from the current state
     }
     session.subs.set(ok.sub, 'live');
-    const sys = await session.request('subscribe', { pattern: '$SYS/bridge/#' });
-    session.subs.set(sys.sub, 'sys');
-    if (since === 0) reloadTree();
-    if (selected) select(selected, true);
   } catch (e) {
-    console.error(e);
+    if (e.code === 'offline') return;
+    // unauthorized: the sign-in form is up; forbidden: nothing to watch.
   }
+  // The bridge's state is $SYS/bridge/state, which not every principal may read.
+  session.request('subscribe', { pattern: '$SYS/bridge/#' }, { quiet: true })
+    .then((sys) => session.subs.set(sys.sub, 'sys'))
+    .catch(() => setBridge(null));
+  if (since === 0) reloadTree();
+  if (selected) select(selected, true);
   refreshInfo();
 }
 
+// After a sign-in on this connection: the old principal's subscriptions go,
+// and what may be seen now is loaded afresh.
+async function restartFeeds() {
+  for (const sub of session.subs.keys()) session.request('unsubscribe', { sub }).catch(() => {});
+  session.subs.clear();
+  session.lastRev = 0;
+  await startFeeds();
+}
+
+// /api/v1/info needs read of $SYS/# or admin: once refused, it is not asked
+// again until the principal changes, and the welcome names the server.
+let infoDenied = false;
 async function refreshInfo() {
+  const token = auth.token();
+  if (infoDenied || !session.ready || (session.authRequired && !auth.principal)) {
+    $('server').textContent = session.server.replace('/', ' ');
+    return;
+  }
   try {
-    const info = await (await fetch('/api/v1/info')).json();
+    const r = await fetch('/api/v1/info', { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+    if (r.status === 401 || r.status === 403) {
+      infoDenied = true;
+      $('server').textContent = session.server.replace('/', ' ');
+      return;
+    }
+    const info = await r.json();
     $('server').textContent = `almanac ${info.version} · ${info.keys.toLocaleString()} keys · rev ${info.rev}`;
     setBridge(info.bridge.state);
   } catch (e) { /* shown by the connection state */ }
@@ -101,8 +185,122 @@ async function refreshInfo() {
 setInterval(refreshInfo, 5000);
 
 function setBridge(state) {
-  $('bridge').textContent = `MQTT bridge: ${state}`;
+  $('bridge').textContent = state ? `MQTT bridge: ${state}` : '';
 }
+
+// ---- who is signed in (API.md "Access control") ----
+
+// The token is kept in sessionStorage: this tab only, gone when it closes,
+// and never in localStorage, a cookie or the URL.
+const TOKEN_KEY = 'almanac.token';
+const auth = {
+  principal: null, // the name the server gave the token, once it took it
+  token() {
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch (e) { return null; }
+  },
+  keep(token) {
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* this connection only */ }
+  },
+  forget() {
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* nothing kept */ }
+    this.principal = null;
+  },
+};
+
+function signedIn(name) {
+  auth.principal = name;
+  infoDenied = false;
+  $('edit-msg').textContent = $('pdelete-msg').textContent = '';
+  setWho();
+}
+
+// The server ended the token's session (revoked, expired) or refused the
+// token this tab kept: it is forgotten, and so is what it showed.
+function signedOut(message) {
+  auth.forget();
+  infoDenied = false;
+  session.lastRev = 0; // the next connection starts afresh
+  clearView();
+  showSignIn(/revoked|expired/i.test(message)
+    ? `Signed out: ${message}. Sign in again with a valid token.`
+    : `Signed out: the token was revoked or has expired. The server said: ${message}. Sign in again with a valid token.`);
+}
+
+// A request anonymous may not make.
+function needSignIn(message) {
+  if (auth.principal) signedOut(message); // the token no longer counts
+  else showSignIn(`Sign in to go on: ${message}.`);
+}
+
+function setWho() {
+  const name = auth.principal;
+  $('principal').textContent = name || '';
+  $('who-name').hidden = $('signout').hidden = !name;
+  // No "Sign in" while the form is up, or while a kept token is on its way.
+  $('signin-open').hidden = !!name || !$('signin').hidden || !!auth.token();
+}
+
+function signInSay(text, ok) {
+  const m = $('signin-msg');
+  m.textContent = text;
+  m.className = 'msg ' + (ok ? 'ok' : 'err');
+}
+
+// The sign-in form, in place of the panes; `message` undefined keeps the
+// one shown.
+function showSignIn(message) {
+  $('signin-why').textContent = session.authRequired
+    ? 'This server shows nothing without an access token.'
+    : 'Sign in with an access token to see or change more than visitors without one may.';
+  $('signin-cancel').hidden = session.authRequired;
+  if (message !== undefined) signInSay(message, false);
+  const opening = $('signin').hidden;
+  $('signin').hidden = false;
+  $('panes').hidden = true;
+  setWho();
+  if (opening) $('signin-token').focus();
+}
+
+function hideSignIn() {
+  $('signin').hidden = true;
+  $('panes').hidden = false;
+  signInSay('');
+  setWho();
+  render(); // the tree had no height while hidden
+}
+
+$('signin-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const input = $('signin-token');
+  const token = input.value.trim();
+  if (!token) { signInSay('Enter a token.'); input.focus(); return; }
+  $('signin-submit').disabled = true;
+  try {
+    const ok = await session.request('auth', { token });
+    auth.keep(token);
+    input.value = '';
+    signedIn(ok.principal);
+    hideSignIn();
+    await restartFeeds();
+  } catch (e) {
+    signInSay(e.code === 'offline' ? 'Not connected to the server; try again when it is back.'
+      : `Not signed in: ${e.message}.`);
+    input.select();
+  } finally {
+    $('signin-submit').disabled = false;
+  }
+});
+$('signin-cancel').addEventListener('click', hideSignIn);
+$('signin-open').addEventListener('click', () => showSignIn(''));
+$('signout').addEventListener('click', () => {
+  auth.forget();
+  infoDenied = false;
+  setWho();
+  session.lastRev = 0;
+  clearView();
+  signInSay('Signed out.', true); // shown if the new connection asks for a token
+  session.reconnect(); // anonymous from its start
+});
 
 // ---- the key tree ----
 
@@ -128,14 +326,28 @@ function node(path) {
 }
 
 async function load(path) {
-  const n = node(path);
   const reply = await session.request('ls', path === '' ? {} : { key: path });
+  const n = node(path);
   n.children = reply.children.map((c) => {
     const k = node(path === '' ? c.name : path + '/' + c.name);
     k.value = c.value;
     k.kids = c.children;
     return k.path;
   });
+}
+
+// Forgets every key and value shown (after a sign-out).
+function clearView() {
+  nodes.clear();
+  values.clear();
+  flashes.clear();
+  filterRows = null;
+  selected = shown = editBase = null;
+  $('key-title').textContent = 'Select a key';
+  $('meta').hidden = $('value-box').hidden = $('edit').hidden = $('chart-box').hidden = true;
+  $('value').textContent = $('edit-value').value = '';
+  $('edit-msg').textContent = $('pdelete-msg').textContent = '';
+  layout();
 }
 
 async function reloadTree() {
@@ -360,7 +572,8 @@ function reloadChildren(path) {
   setTimeout(async () => {
     reloading.delete(path);
     try { await load(path); } catch (e) { /* gone */ }
-    if (path !== '' && nodes.get(path).children.length === 0) nodes.get(path).kids = false;
+    const n = nodes.get(path);
+    if (path !== '' && n && n.children && n.children.length === 0) n.kids = false;
     layout();
   }, 150);
 }
@@ -433,8 +646,8 @@ function editFields() {
   return { text };
 }
 
-function say(text, ok) {
-  const m = $('edit-msg');
+function say(text, ok, where = 'edit-msg') {
+  const m = $(where);
   m.textContent = text;
   m.className = 'msg ' + (ok ? 'ok' : 'err');
 }
@@ -497,12 +710,12 @@ $('pdelete').addEventListener('submit', async (ev) => {
   try {
     const page = await session.request('pget', { pattern, limit: 10000 });
     count = page.entries.length + (page.next ? '+' : '');
-  } catch (err) { say(err.message); return; }
+  } catch (err) { say(`Not deleted: ${err.message}`, false, 'pdelete-msg'); return; }
   if (!(await confirmDialog(`Delete every key matching ${pattern} (${count} keys)?`))) return;
   try {
     const ok = await session.request('delete', { key: pattern });
-    say(`Deleted ${ok.deleted} keys.`, true);
-  } catch (err) { say(`Not deleted: ${err.message}`); }
+    say(`Deleted ${ok.deleted} keys.`, true, 'pdelete-msg');
+  } catch (err) { say(`Not deleted: ${err.message}`, false, 'pdelete-msg'); }
 });
 
 // ---- the chart ----
@@ -584,4 +797,5 @@ $('range').addEventListener('change', () => {
 });
 $('c-apply').addEventListener('click', loadChart);
 
+setWho();
 session.connect();
