@@ -4,7 +4,10 @@
  * server (-s HOST:PORT, else ALMANAC_SERVER, else 127.0.0.1:8481); export
  * and import use its HTTP API (--http HOST:PORT, else ALMANAC_HTTP, else
  * 127.0.0.1:8480), where an import is checked whole before any of it is
- * applied.
+ * applied. With --tls every connection speaks TLS (OpenSSL), the server's
+ * certificate checked against --cafile or the system's trust store, and
+ * its name against the host the CLI was given; the streams over it stay
+ * FILEs (fopencookie).
  *
  * Output is for people by default (values as they are, one key per line);
  * --json prints the envelopes of API.md, one per line, made from the
@@ -17,7 +20,10 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,11 +36,23 @@ struct cli {
     FILE *out; /* requests to the server */
     bool json;
     long long next_id;
+    const char *token;  /* --token, or NULL */
+    bool tls;           /* --tls: every connection */
+    const char *cafile; /* --cafile, or NULL: the system's trust store */
+};
+
+/* A connection under one or two streams: its socket, and TLS over it with
+ * --tls. The last stream closed frees it. */
+struct cli__link {
+    int fd;
+    SSL *ssl;
+    int streams;
 };
 
 static int cli__usage(void)
 {
-    fprintf(stderr, "usage: almanac [-s HOST:PORT] [--token T] [--json] COMMAND ...\n"
+    fprintf(stderr, "usage: almanac [-s HOST:PORT] [--token T] [--tls] [--cafile FILE] [--json]\n"
+                    "               COMMAND ...\n"
                     "  get KEY|PATTERN      print a value, or every entry matching a pattern\n"
                     "  set KEY VALUE|-      set a key (- reads the value from standard input)\n"
                     "  del KEY|PATTERN      delete a key, or every key matching a pattern\n"
@@ -52,17 +70,20 @@ static int cli__usage(void)
                     "  token ls | token rm NAME   list tokens, revoke one (HTTP)\n"
                     "The server is -s HOST:PORT, else $ALMANAC_SERVER, else 127.0.0.1:8481;\n"
                     "for export and import, --http HOST:PORT, else $ALMANAC_HTTP, else\n"
-                    "127.0.0.1:8480. --token T (else $ALMANAC_TOKEN) is the credential.\n");
+                    "127.0.0.1:8480. --token T (else $ALMANAC_TOKEN) is the credential.\n"
+                    "--tls (else $ALMANAC_TLS=1) speaks TLS to both, checking the server's\n"
+                    "certificate against --cafile FILE (else $ALMANAC_CAFILE, else the\n"
+                    "system's trust store) and its name against HOST; --cafile implies --tls.\n");
     return 2;
 }
 
-/* A connected socket to HOST:PORT, or -1 (said on stderr). */
-static int cli__dial(const char *server)
+/* A connected socket to HOST:PORT (its HOST in `host`), or -1 (said on
+ * stderr). */
+static int cli__dial(const char *server, char host[256])
 {
-    char host[256];
     const char *colon = strrchr(server, ':');
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-    if (colon == NULL || (size_t)(colon - server) >= sizeof host) {
+    if (colon == NULL || (size_t)(colon - server) >= 256) {
         fprintf(stderr, "almanac: the server is HOST:PORT, not '%s'\n", server);
         return -1;
     }
@@ -85,14 +106,116 @@ static int cli__dial(const char *server)
     return fd;
 }
 
-static int cli__connect(struct cli *c, const char *server)
+/* TLS over `fd` to `host`: the certificate must verify against --cafile
+ * (else the system's trust store) and name `host`, an IP literal as an
+ * address, a name as a name (also sent as SNI). NULL when not (said on
+ * stderr). */
+static SSL *cli__tls(const struct cli *c, int fd, const char *host, const char *server)
 {
-    int fd = cli__dial(server);
-    if (fd < 0)
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = NULL;
+    if (ctx == NULL) {
+        fprintf(stderr, "almanac: TLS: cannot start TLS to %s\n", server);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (c->cafile != NULL ? SSL_CTX_load_verify_locations(ctx, c->cafile, NULL) != 1
+                          : SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        fprintf(stderr, "almanac: TLS: cannot read the certificates of %s\n",
+                c->cafile ? c->cafile : "the system's trust store");
+        goto fail;
+    }
+    if ((ssl = SSL_new(ctx)) == NULL || SSL_set_fd(ssl, fd) != 1 ||
+        (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) != 1 &&
+         (SSL_set1_host(ssl, host) != 1 || SSL_set_tlsext_host_name(ssl, host) != 1))) {
+        fprintf(stderr, "almanac: TLS: cannot start TLS to %s\n", server);
+        goto fail;
+    }
+    ERR_clear_error(); /* what set1_ip_asc said of a name */
+    if (SSL_connect(ssl) != 1) {
+        long verify = SSL_get_verify_result(ssl);
+        const char *reason = ERR_reason_error_string(ERR_get_error());
+        if (verify != X509_V_OK)
+            fprintf(stderr, "almanac: TLS: certificate verify failed for %s: %s\n", server,
+                    X509_verify_cert_error_string(verify));
+        else
+            fprintf(stderr, "almanac: TLS: no TLS connection to %s: %s\n", server,
+                    reason ? reason : "the server closed the connection");
+        goto fail;
+    }
+    SSL_CTX_free(ctx); /* the SSL holds it */
+    return ssl;
+fail:
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static ssize_t cli__link_read(void *cookie, char *buf, size_t len)
+{
+    struct cli__link *k = cookie;
+    size_t n = 0;
+    if (k->ssl == NULL)
+        return read(k->fd, buf, len);
+    if (SSL_read_ex(k->ssl, buf, len, &n) == 1)
+        return (ssize_t)n;
+    return SSL_get_error(k->ssl, 0) == SSL_ERROR_ZERO_RETURN ? 0 : -1;
+}
+
+/* The bytes written; 0 is an error (fopencookie's rule). */
+static ssize_t cli__link_write(void *cookie, const char *buf, size_t len)
+{
+    struct cli__link *k = cookie;
+    size_t n = 0;
+    if (k->ssl == NULL) {
+        ssize_t w = write(k->fd, buf, len);
+        return w < 0 ? 0 : w;
+    }
+    return SSL_write_ex(k->ssl, buf, len, &n) == 1 ? (ssize_t)n : 0;
+}
+
+/* No close_notify: every answer awaited has come, and the server may have
+ * closed already, when a write would raise SIGPIPE. */
+static int cli__link_close(void *cookie)
+{
+    struct cli__link *k = cookie;
+    if (--k->streams > 0)
+        return 0;
+    SSL_free(k->ssl);
+    close(k->fd);
+    free(k);
+    return 0;
+}
+
+static FILE *cli__stream(struct cli__link *k, const char *mode)
+{
+    cookie_io_functions_t io = {
+        .read = cli__link_read, .write = cli__link_write, .close = cli__link_close};
+    FILE *f = fopencookie(k, mode, io);
+    if (f != NULL)
+        k->streams++;
+    return f;
+}
+
+/* A connection to `server` (TLS with --tls): `*in` and `*out` are streams
+ * over it or, when `out` is NULL, `*in` is one "r+" stream. 0, or -1 (said
+ * on stderr, but for running out of memory). */
+static int cli__open(const struct cli *c, const char *server, FILE **in, FILE **out)
+{
+    char host[256];
+    struct cli__link *k = calloc(1, sizeof *k);
+    if (k == NULL || (k->fd = cli__dial(server, host)) < 0 ||
+        (c->tls && (k->ssl = cli__tls(c, k->fd, host, server)) == NULL)) {
+        if (k != NULL && k->fd >= 0)
+            close(k->fd);
+        free(k);
         return -1;
-    c->in = fdopen(fd, "r");
-    c->out = fdopen(dup(fd), "w");
-    return c->in && c->out ? 0 : -1;
+    }
+    *in = cli__stream(k, out != NULL ? "r" : "r+");
+    if (out != NULL)
+        *out = cli__stream(k, "w");
+    return *in != NULL && (out == NULL || *out != NULL) ? 0 : -1;
 }
 
 /* One HTTP request whose body, if any, is streamed from `in` in chunks (so
@@ -100,21 +223,16 @@ static int cli__connect(struct cli *c, const char *server)
  * `out`. HTTP/1.0 without a body, so that no chunked answer needs undoing
  * (an answer to a body is short, with a length). The status, or -1 when the
  * server could not be reached. */
-static int cli__http(const char *server, const char *token, const char *method, const char *path,
+static int cli__http(const struct cli *c, const char *server, const char *method, const char *path,
                      FILE *in, FILE *out)
 {
-    int fd = cli__dial(server);
-    if (fd < 0)
+    FILE *f;
+    if (cli__open(c, server, &f, NULL) != 0)
         return -1;
-    FILE *f = fdopen(fd, "r+");
-    if (f == NULL) {
-        close(fd);
-        return -1;
-    }
     char line[1024];
     fprintf(f, "%s %s HTTP/1.%d\r\nHost: %s\r\n", method, path, in ? 1 : 0, server);
-    if (token != NULL)
-        fprintf(f, "Authorization: Bearer %s\r\n", token);
+    if (c->token != NULL)
+        fprintf(f, "Authorization: Bearer %s\r\n", c->token);
     if (in == NULL)
         fputs("\r\n", f);
     else {
@@ -305,18 +423,18 @@ static void cli__print_session_envelope(json_t *e)
     json_decref(copy);
 }
 
-static int cli__export(const char *server, const char *token)
+static int cli__export(const struct cli *c, const char *server)
 {
-    int status = cli__http(server, token, "GET", "/api/v1/export", NULL, stdout);
+    int status = cli__http(c, server, "GET", "/api/v1/export", NULL, stdout);
     return status == 200 ? 0 : status < 0 ? 2 : 1;
 }
 
-static int cli__import(const char *server, const char *token)
+static int cli__import(const struct cli *c, const char *server)
 {
     char *answer = NULL;
     size_t alen = 0;
     FILE *mem = open_memstream(&answer, &alen);
-    int status = mem ? cli__http(server, token, "POST", "/api/v1/import", stdin, mem) : -1;
+    int status = mem ? cli__http(c, server, "POST", "/api/v1/import", stdin, mem) : -1;
     if (mem)
         fclose(mem);
     json_t *reply = answer ? json_loadb(answer, alen, 0, NULL) : NULL;
@@ -472,14 +590,14 @@ static int cli__simple(struct cli *c, json_t *req, const char *what)
 
 /* One HTTP request with a JSON answer: 0 with `*reply` (a new reference),
  * 1 after saying the server's error on stderr, 2 when unreachable. */
-static int cli__http_json(const char *http, const char *token, const char *method, const char *path,
-                          const char *body, json_t **reply)
+static int cli__http_json(const struct cli *c, const char *http, const char *method,
+                          const char *path, const char *body, json_t **reply)
 {
     char *answer = NULL;
     size_t alen = 0;
     FILE *mem = open_memstream(&answer, &alen);
     FILE *in = body ? fmemopen((void *)body, strlen(body), "r") : NULL;
-    int status = mem && (body == NULL || in) ? cli__http(http, token, method, path, in, mem) : -1;
+    int status = mem && (body == NULL || in) ? cli__http(c, http, method, path, in, mem) : -1;
     if (in)
         fclose(in);
     if (mem)
@@ -499,12 +617,12 @@ static int cli__http_json(const char *http, const char *token, const char *metho
 
 /* almanac token create NAME [--read P]... [--write P]... [--admin]
  * [--expires D] | ls | rm NAME, over HTTP. */
-static int cli__token(const char *http, const char *token, bool json, int argc, char **argv)
+static int cli__token(const struct cli *c, const char *http, int argc, char **argv)
 {
     json_t *reply = NULL;
     int rc;
     if (argc >= 1 && strcmp(argv[0], "ls") == 0 && argc == 1) {
-        if ((rc = cli__http_json(http, token, "GET", "/api/v1/tokens", NULL, &reply)) != 0)
+        if ((rc = cli__http_json(c, http, "GET", "/api/v1/tokens", NULL, &reply)) != 0)
             return rc;
         size_t i;
         json_t *t;
@@ -512,7 +630,7 @@ static int cli__token(const char *http, const char *token, bool json, int argc, 
         {
             char *read = json_dumps(json_object_get(t, "read"), JSON_COMPACT);
             char *write = json_dumps(json_object_get(t, "write"), JSON_COMPACT);
-            if (json)
+            if (c->json)
                 json_dumpf(t, stdout, JSON_COMPACT), putchar('\n');
             else
                 printf("%s read %s write %s%s\n", json_string_value(json_object_get(t, "name")),
@@ -523,7 +641,7 @@ static int cli__token(const char *http, const char *token, bool json, int argc, 
     } else if (argc == 2 && strcmp(argv[0], "rm") == 0) {
         char path[512];
         snprintf(path, sizeof path, "/api/v1/tokens/%s", argv[1]);
-        if ((rc = cli__http_json(http, token, "DELETE", path, NULL, &reply)) != 0)
+        if ((rc = cli__http_json(c, http, "DELETE", path, NULL, &reply)) != 0)
             return rc;
         printf("revoked %s\n", argv[1]);
     } else if (argc >= 2 && strcmp(argv[0], "create") == 0) {
@@ -545,7 +663,7 @@ static int cli__token(const char *http, const char *token, bool json, int argc, 
         }
         char *body = json_dumps(req, JSON_COMPACT);
         json_decref(req);
-        rc = body ? cli__http_json(http, token, "POST", "/api/v1/tokens", body, &reply) : 2;
+        rc = body ? cli__http_json(c, http, "POST", "/api/v1/tokens", body, &reply) : 2;
         free(body);
         if (rc != 0)
             return rc;
@@ -610,8 +728,10 @@ static int cli__sub(struct cli *c, const char *pattern)
 int cli_main(int argc, char **argv)
 {
     const char *server = getenv("ALMANAC_SERVER"), *http = getenv("ALMANAC_HTTP");
-    const char *token = getenv("ALMANAC_TOKEN");
-    struct cli c = {0};
+    const char *tls = getenv("ALMANAC_TLS");
+    struct cli c = {.token = getenv("ALMANAC_TOKEN"),
+                    .tls = tls != NULL && strcmp(tls, "1") == 0,
+                    .cafile = getenv("ALMANAC_CAFILE")};
     struct cli__history hist = {.limit = 1000};
     int i = 1, rc;
 
@@ -621,7 +741,11 @@ int cli_main(int argc, char **argv)
         else if (strcmp(argv[i], "--http") == 0 && i + 1 < argc)
             http = argv[++i];
         else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
-            token = argv[++i];
+            c.token = argv[++i];
+        else if (strcmp(argv[i], "--cafile") == 0 && i + 1 < argc)
+            c.cafile = argv[++i], c.tls = true; /* a CA is only for TLS */
+        else if (strcmp(argv[i], "--tls") == 0)
+            c.tls = true;
         else if (strcmp(argv[i], "--json") == 0)
             c.json = true;
         else
@@ -631,7 +755,7 @@ int cli_main(int argc, char **argv)
         return cli__usage();
     const char *cmd = argv[i++];
     if (strcmp(cmd, "token") == 0)
-        return cli__token(http ? http : "127.0.0.1:8480", token, c.json, argc - i, argv + i);
+        return cli__token(&c, http ? http : "127.0.0.1:8480", argc - i, argv + i);
     /* Flags may follow the command too: almanac get --json a/b. */
     int n = 0;
     char *args[3];
@@ -643,7 +767,11 @@ int cli_main(int argc, char **argv)
         else if (strcmp(argv[i], "--http") == 0 && i + 1 < argc)
             http = argv[++i];
         else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
-            token = argv[++i];
+            c.token = argv[++i];
+        else if (strcmp(argv[i], "--cafile") == 0 && i + 1 < argc)
+            c.cafile = argv[++i], c.tls = true; /* a CA is only for TLS */
+        else if (strcmp(argv[i], "--tls") == 0)
+            c.tls = true;
         else if (strcmp(argv[i], "--start") == 0 && i + 1 < argc)
             hist.start = argv[++i];
         else if (strcmp(argv[i], "--stop") == 0 && i + 1 < argc)
@@ -672,14 +800,14 @@ int cli_main(int argc, char **argv)
     if (!known || (strcmp(cmd, "ls") == 0 ? n > 1 : n != want))
         return cli__usage();
     if (strcmp(cmd, "export") == 0)
-        return cli__export(http ? http : "127.0.0.1:8480", token);
+        return cli__export(&c, http ? http : "127.0.0.1:8480");
     if (strcmp(cmd, "import") == 0)
-        return cli__import(http ? http : "127.0.0.1:8480", token);
-    if (cli__connect(&c, server ? server : "127.0.0.1:8481") != 0)
+        return cli__import(&c, http ? http : "127.0.0.1:8480");
+    if (cli__open(&c, server ? server : "127.0.0.1:8481", &c.in, &c.out) != 0)
         return 2;
     char *welcome = cli__line(&c);
     free(welcome);
-    if (token != NULL && (rc = cli__auth(&c, token)) != 0)
+    if (c.token != NULL && (rc = cli__auth(&c, c.token)) != 0)
         ; /* said on stderr */
     else if (strcmp(cmd, "get") == 0)
         rc = cli__get(&c, args[0]);

@@ -1,10 +1,11 @@
 /*
  * loop.c — the one event loop (epoll) that carries the bytes of every
- * message connection: TCP, the Unix socket, and WebSockets handed over by
- * the HTTP server. It frames messages (lines, or WebSocket frames through
- * wslay) and knows nothing of what they say: a table of callbacks
- * (struct loop_handler: open, input, close, tick, check), as Redis's ae.c takes an
- * aeFileProc, gets each connection's messages.
+ * message connection: TCP (with OpenSSL's TLS when tcp_tls_cert is set),
+ * the Unix socket, and WebSockets handed over by the HTTP server. It frames
+ * messages (lines, or WebSocket frames through wslay) and knows nothing of
+ * what they say: a table of callbacks (struct loop_handler: open, input,
+ * close, tick, check), as Redis's ae.c takes an aeFileProc, gets each
+ * connection's messages.
  *
  * Other threads (the committer delivering events and answering writes)
  * never touch a socket: conn_send appends to the connection's queue under
@@ -22,7 +23,17 @@
  *      accept to close, each write in flight one more; after close, sends
  *      are dropped;
  *   4. the handler's close runs once for each open that returned a state,
- *      before the socket is closed.
+ *      before the socket is closed;
+ *   5. TLS (tcp_tls_cert, TCP only): every event of a TLS connection runs
+ *      its read path, then its flush. Reads drive the handshake (a client
+ *      that fails it is closed; one that has not ended it within
+ *      LOOP_HANDSHAKE_GRACE seconds too) and read until SSL wants more
+ *      input, so no decrypted byte waits inside SSL unseen by epoll. The
+ *      flush writes nothing before the handshake is done (the welcome
+ *      waits), and SSL_write gets bytes copied off the queue (c->tls_out)
+ *      until they are all written, so a retry has the same bytes. EPOLLOUT
+ *      is on exactly when the last SSL call waits for room to write: on a
+ *      wait for input it would only spin.
  */
 #include "loop_int.h"
 #include "clock.h"
@@ -33,6 +44,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <openssl/err.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -69,6 +81,8 @@ static void loop__close(struct loop *l, struct conn *c)
     c->state = NULL;
     if (c->ws != NULL)
         wslay_event_context_free(c->ws);
+    SSL_free(c->ssl);
+    free(c->tls_out);
     if (c->ws_closed != NULL)
         c->ws_closed(c->ws_closed_arg); /* MHD closes an upgraded socket */
     else
@@ -86,49 +100,126 @@ static void loop__close(struct loop *l, struct conn *c)
 
 /* ---- line transports (TCP, Unix) ---- */
 
-/* Writes what is queued. Returns -1 when the connection must close. */
-static int loop__flush_lines(struct loop *l, struct conn *c)
+/* The reason OpenSSL gives for a failure (`otherwise` if none), its error
+ * queue emptied. */
+static const char *loop__tls_error(const char *otherwise)
+{
+    unsigned long e = ERR_get_error();
+    const char *reason =
+        ERR_SYSTEM_ERROR(e) ? strerror(ERR_GET_REASON(e)) : ERR_reason_error_string(e);
+    ERR_clear_error();
+    return reason ? reason : otherwise;
+}
+
+/* What an SSL call's result (1 done, else failed) means for connection `c`:
+ * 1 done, 0 wait (c->tls_wants_out says for what), -1 the connection is
+ * over. The caller empties the error queue before the call. */
+static int loop__tls_result(struct conn *c, int ok)
+{
+    c->tls_wants_out = false;
+    if (ok == 1)
+        return 1;
+    switch (SSL_get_error(c->ssl, ok)) {
+    case SSL_ERROR_WANT_WRITE:
+        c->tls_wants_out = true;
+        return 0;
+    case SSL_ERROR_WANT_READ:
+        return 0;
+    case SSL_ERROR_ZERO_RETURN: /* the peer's close_notify */
+        return -1;
+    default: /* plain text, a certificate the client refused, a reset */
+        log_debug("connection %s: TLS: %s", c->address, loop__tls_error("the connection ended"));
+        return -1;
+    }
+}
+
+/* Takes `done` bytes, written or copied for writing, off the queue; the
+ * caller holds c->lock. */
+static void loop__consume(struct conn *c, size_t done)
+{
+    while (done > 0) {
+        struct msg *m = c->head;
+        size_t left = m->len - c->head_off;
+        if (done < left) {
+            c->head_off += done;
+            break;
+        }
+        done -= left;
+        c->queued -= m->len;
+        c->head = m->next;
+        c->head_off = 0;
+        msg__free(m);
+    }
+    if (c->head == NULL)
+        c->tail = NULL;
+}
+
+/* Writes the queue to the socket; the caller holds c->lock. 1 all written,
+ * 0 the socket is full, -1 the connection must close. */
+static int loop__write_plain(struct conn *c)
 {
     struct iovec iov[64];
-    pthread_mutex_lock(&c->lock);
     while (c->head != NULL) {
         int n = 0;
         size_t off = c->head_off;
         for (struct msg *m = c->head; m != NULL && n < 64; m = m->next, off = 0)
             iov[n++] = (struct iovec){m->data + off, m->len - off};
         ssize_t w = writev(c->fd, iov, n);
-        if (w < 0) {
-            bool again = errno == EAGAIN || errno == EWOULDBLOCK;
-            pthread_mutex_unlock(&c->lock);
-            if (!again)
-                return -1;
-            conn__want_out(l, c, true);
-            return 0; /* a closing client has LOOP_CLOSE_GRACE to read the rest */
-        }
-        size_t done = (size_t)w;
-        while (done > 0) {
-            struct msg *m = c->head;
-            size_t left = m->len - c->head_off;
-            if (done < left) {
-                c->head_off += done;
-                break;
-            }
-            done -= left;
-            c->queued -= m->len;
-            c->head = m->next;
-            c->head_off = 0;
-            msg__free(m);
-        }
-        if (c->head == NULL)
-            c->tail = NULL;
+        if (w < 0) /* a closing client has LOOP_CLOSE_GRACE to read the rest */
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        loop__consume(c, (size_t)w);
     }
+    return 1;
+}
+
+/* Writes the queue through TLS (invariant 5); the caller holds c->lock.
+ * 1 all written, 0 wait, -1 the connection must close. */
+static int loop__write_tls(struct conn *c)
+{
+    if (!SSL_is_init_finished(c->ssl))
+        return 0; /* the read path drives the handshake */
+    for (;;) {
+        if (c->tls_out_off == c->tls_out_len) {
+            c->tls_out_off = c->tls_out_len = 0;
+            while (c->head != NULL && c->tls_out_len < LOOP_TLS_CHUNK) {
+                size_t n = c->head->len - c->head_off, room = LOOP_TLS_CHUNK - c->tls_out_len;
+                n = n < room ? n : room;
+                memcpy(c->tls_out + c->tls_out_len, c->head->data + c->head_off, n);
+                c->tls_out_len += n;
+                loop__consume(c, n);
+            }
+            if (c->tls_out_len == 0)
+                return 1;
+        }
+        size_t w = 0;
+        ERR_clear_error();
+        int rc = loop__tls_result(c, SSL_write_ex(c->ssl, c->tls_out + c->tls_out_off,
+                                                  c->tls_out_len - c->tls_out_off, &w));
+        if (rc <= 0)
+            return rc;
+        c->tls_out_off += w;
+    }
+}
+
+/* Writes what is queued. Returns -1 when the connection must close. */
+static int loop__flush_lines(struct loop *l, struct conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    int rc = c->ssl != NULL ? loop__write_tls(c) : loop__write_plain(c);
     bool closing = c->closing;
     pthread_mutex_unlock(&c->lock);
-    conn__want_out(l, c, false);
-    if (closing && !c->shut) {
+    if (rc < 0)
+        return -1;
+    conn__want_out(l, c, c->ssl != NULL ? c->tls_wants_out : rc == 0);
+    if (rc == 1 && closing && !c->shut) {
         /* All is written: end our side, and let the peer end its own, so
          * unread input does not turn the close into a reset that loses the
          * last answer. The sweep ends it after LOOP_CLOSE_GRACE anyway. */
+        if (c->ssl != NULL) {
+            ERR_clear_error();
+            SSL_shutdown(c->ssl); /* close_notify, if the socket takes it now */
+            ERR_clear_error();
+        }
         shutdown(c->fd, SHUT_WR);
         c->shut = true;
     }
@@ -162,8 +253,28 @@ static int loop__lines(struct loop *l, struct conn *c)
     return 0;
 }
 
+/* read(2) through TLS when `c` has it: bytes, 0 at the end, or -1 with
+ * errno (EAGAIN: wait). */
+static ssize_t loop__recv(struct conn *c, char *buf, size_t len)
+{
+    if (c->ssl == NULL)
+        return read(c->fd, buf, len);
+    size_t n = 0;
+    ERR_clear_error();
+    int rc = loop__tls_result(c, SSL_read_ex(c->ssl, buf, len, &n));
+    if (rc == 0)
+        errno = EAGAIN;
+    return rc == 1 ? (ssize_t)n : rc == 0 ? -1 : 0;
+}
+
 static int loop__read_lines(struct loop *l, struct conn *c)
 {
+    if (c->ssl != NULL && !SSL_is_init_finished(c->ssl)) {
+        ERR_clear_error();
+        int rc = loop__tls_result(c, SSL_do_handshake(c->ssl));
+        if (rc <= 0)
+            return rc;
+    }
     for (;;) {
         if (c->in_cap - c->in_len < 4096) {
             size_t cap = c->in_cap ? c->in_cap * 2 : 8192;
@@ -173,7 +284,7 @@ static int loop__read_lines(struct loop *l, struct conn *c)
             c->in = p;
             c->in_cap = cap;
         }
-        ssize_t n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
+        ssize_t n = loop__recv(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (n == 0)
             return -1;
         if (n < 0)
@@ -231,6 +342,20 @@ static int loop__open(struct loop *l, struct conn *c)
     return 0;
 }
 
+/* Puts TLS on a new TCP connection: its handshake starts with the client's
+ * first bytes. 0 or -1. */
+static int loop__tls_new(struct loop *l, struct conn *c)
+{
+    if ((c->ssl = SSL_new(l->tls)) == NULL || SSL_set_fd(c->ssl, c->fd) != 1 ||
+        (c->tls_out = malloc(LOOP_TLS_CHUNK)) == NULL) {
+        ERR_clear_error();
+        return -1;
+    }
+    SSL_set_accept_state(c->ssl);
+    c->close_by = mono_s() + LOOP_HANDSHAKE_GRACE; /* invariant 5 */
+    return 0;
+}
+
 static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
 {
     for (;;) {
@@ -267,6 +392,10 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
             continue;
         }
         loop__add(l, c);
+        if (t == CONN_TCP && l->tls != NULL && loop__tls_new(l, c) != 0) {
+            loop__close(l, c);
+            continue;
+        }
         loop__open(l, c);
     }
 }
@@ -361,7 +490,9 @@ static void loop__sweep(struct loop *l)
     while (c != NULL) {
         struct conn *next = c->next;
         pthread_mutex_lock(&c->lock);
-        bool closing = c->closing, late = closing && now >= c->close_by;
+        bool closing = c->closing;
+        bool handshaking = c->ssl != NULL && !SSL_is_init_finished(c->ssl);
+        bool late = (closing || handshaking) && now >= c->close_by;
         pthread_mutex_unlock(&c->lock);
         if (late)
             loop__close(l, c);
@@ -400,7 +531,7 @@ static void *loop__run(void *arg)
                 continue;
             uint32_t e = events[i].events;
             int rc = 0;
-            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            if ((e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) || c->ssl != NULL) /* inv. 5 */
                 rc = c->transport == CONN_WS ? ws__read(l, c) : loop__read_lines(l, c);
             if (rc == 0 && !c->dead)
                 rc = c->transport == CONN_WS ? ws__flush(l, c) : loop__flush_lines(l, c);
@@ -448,7 +579,39 @@ static int loop__listen_tcp(struct loop *l, const char *spec, char *why, size_t 
     l->tcp_port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
                                                  : ((struct sockaddr_in *)&sa)->sin_port);
     l->tcp_fd = fd;
-    log_info("sessions: listening on tcp://%s:%u/", host, l->tcp_port);
+    log_info("sessions: listening on tcp://%s:%u/%s", host, l->tcp_port,
+             l->tls != NULL ? " with TLS" : "");
+    return 0;
+}
+
+/* TLS on tcp_listen when tcp_tls_cert and tcp_tls_key are set (TLS 1.2 at
+ * least). Returns 0, or -1 with a sentence in `why`. */
+static int loop__tls_start(struct loop *l, const struct config *cfg, char *why, size_t why_len)
+{
+    if ((cfg->tcp_tls_cert == NULL) != (cfg->tcp_tls_key == NULL)) {
+        snprintf(why, why_len, "tcp_tls_cert and tcp_tls_key go together: give both");
+        return -1;
+    }
+    if (cfg->tcp_tls_cert == NULL)
+        return 0;
+    ERR_clear_error();
+    if ((l->tls = SSL_CTX_new(TLS_server_method())) == NULL) {
+        snprintf(why, why_len, "cannot start TLS: %s", loop__tls_error("no reason given"));
+        return -1;
+    }
+    SSL_CTX_set_min_proto_version(l->tls, TLS1_2_VERSION);
+    SSL_CTX_set_mode(l->tls, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (SSL_CTX_use_certificate_chain_file(l->tls, cfg->tcp_tls_cert) != 1) {
+        snprintf(why, why_len, "tcp_tls_cert %s: cannot use it as a PEM certificate (%s)",
+                 cfg->tcp_tls_cert, loop__tls_error("no reason given"));
+        return -1;
+    }
+    if (SSL_CTX_use_PrivateKey_file(l->tls, cfg->tcp_tls_key, SSL_FILETYPE_PEM) != 1) {
+        snprintf(why, why_len,
+                 "tcp_tls_key %s: cannot use it as the PEM private key of tcp_tls_cert (%s)",
+                 cfg->tcp_tls_key, loop__tls_error("no reason given"));
+        return -1;
+    }
     return 0;
 }
 
@@ -509,7 +672,8 @@ int loop_start(const struct config *cfg, const struct loop_handler *handler, voi
         goto fail;
     }
     if (strcmp(cfg->tcp_listen, "off") != 0 &&
-        (loop__listen_tcp(l, cfg->tcp_listen, why, why_len) != 0 ||
+        (loop__tls_start(l, cfg, why, why_len) != 0 ||
+         loop__listen_tcp(l, cfg->tcp_listen, why, why_len) != 0 ||
          loop__add_fd(l, l->tcp_fd, &loop__tcp_tag) != 0))
         goto fail;
     if (cfg->unix_socket != NULL && (loop__listen_unix(l, cfg->unix_socket, why, why_len) != 0 ||
@@ -583,6 +747,7 @@ void loop_free(struct loop *l)
         close(l->efd);
     if (l->spare_fd >= 0)
         close(l->spare_fd);
+    SSL_CTX_free(l->tls);
     pthread_mutex_destroy(&l->lock);
     free(l);
 }

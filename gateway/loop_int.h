@@ -14,9 +14,12 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <openssl/ssl.h>
 #include <wslay/wslay.h>
 
-#define LOOP_CLOSE_GRACE 5
+#define LOOP_CLOSE_GRACE     5
+#define LOOP_HANDSHAKE_GRACE 10    /* seconds a TLS client has for its handshake */
+#define LOOP_TLS_CHUNK       16384 /* bytes given to one SSL_write: a record's worth */
 
 struct msg {
     struct msg *next;
@@ -37,7 +40,7 @@ struct conn {
     struct msg *head, *tail;
     size_t queued, head_off;
     bool closing;     /* close once the queue is written, or at close_by */
-    int64_t close_by; /* CLOCK_MONOTONIC seconds; 0 until closing */
+    int64_t close_by; /* CLOCK_MONOTONIC seconds; 0 until closing or a TLS handshake */
     bool dead;        /* closed: sends are dropped */
     bool dirty;       /* on the loop's dirty list */
     struct conn *dirty_next;
@@ -47,6 +50,11 @@ struct conn {
     size_t in_len, in_cap;
     bool want_out; /* EPOLLOUT is on */
     bool shut;     /* our side is shut: only waiting for the peer's end */
+
+    SSL *ssl;           /* TLS on a TCP connection (tcp_tls_cert), or NULL */
+    bool tls_wants_out; /* the last SSL call waits for room to write */
+    char *tls_out;      /* LOOP_TLS_CHUNK bytes taken off the queue for SSL_write */
+    size_t tls_out_len, tls_out_off;
 
     wslay_event_context_ptr ws;
     void (*ws_closed)(void *);
@@ -59,6 +67,7 @@ struct loop {
     const struct config *cfg;
     int epfd, efd, tcp_fd, unix_fd;
     int spare_fd; /* held for refusing a connection when descriptors run out */
+    SSL_CTX *tls; /* TLS on tcp_listen, or NULL */
     int64_t emfile_logged;
     unsigned short tcp_port;
     pthread_t thread;
