@@ -15,7 +15,8 @@
  * anonymous_read and anonymous_write only.
  *
  * Tokens live in the store (tokens.c, as SHA-256 hashes) and in memory, in
- * a list read under `tokens_lock`. A removed token is marked revoked, not
+ * a list and a table by hash (so a lookup costs one bucket, not every
+ * token), read under `tokens_lock`. A removed token is marked revoked, not
  * freed: requests and feeds that hold its principal check it (auth_live).
  *
  * A JWT (when jwt_key is set) is verified by libjwt with the one algorithm
@@ -63,6 +64,7 @@
 #define AUTH_FAIL_SLOTS       1024 /* hosts tracked at once (open addressing) */
 #define AUTH_FAIL_PROBES      16
 #define AUTH_JWT_CACHE        64   /* verified JWTs kept (direct-mapped by hash) */
+#define AUTH_TOKEN_BUCKETS    1024 /* the token table, by the first bytes of the hash */
 #define AUTH_JWT_MAX_BYTES    8192 /* a longer credential is no JWT we take */
 
 struct pnode {
@@ -90,6 +92,7 @@ struct auth__fails {
 
 struct auth__token {
     struct auth__token *next;
+    struct auth__token *bucket_next; /* in its bucket of the table */
     struct principal p; /* p.name is `name` */
     unsigned char hash[SHA256_DIGEST_LENGTH];
     char *name, *read, *write; /* read, write: JSON arrays, as stored */
@@ -109,8 +112,11 @@ enum auth__jwt_kind { JWT_KIND_NONE, JWT_KIND_HMAC, JWT_KIND_RSA, JWT_KIND_EC };
 
 struct auth {
     struct principal anonymous, local, admin;
-    pthread_rwlock_t tokens_lock; /* tokens */
+    pthread_rwlock_t tokens_lock; /* tokens, buckets */
     struct auth__token *tokens;
+    struct auth__token *buckets[AUTH_TOKEN_BUCKETS]; /* by hash: a lookup costs one bucket */
+    EVP_MD *sha256;               /* fetched once (OpenSSL 3 looks it up on each SHA256()) */
+    _Atomic int64_t fail_second;  /* the last second a credential failed */
     _Atomic unsigned live_tokens;
     pthread_mutex_t lock; /* fails */
     struct auth__fails fails[AUTH_FAIL_SLOTS];
@@ -375,11 +381,18 @@ static struct auth__token *auth__token_new(const struct store_token *st, char *w
     return t;
 }
 
+static size_t auth__bucket(const unsigned char *hash)
+{
+    return ((size_t)hash[0] << 8 | hash[1]) % AUTH_TOKEN_BUCKETS;
+}
+
 static void auth__insert(struct auth *a, struct auth__token *t)
 {
     pthread_rwlock_wrlock(&a->tokens_lock);
     t->next = a->tokens;
     a->tokens = t;
+    t->bucket_next = a->buckets[auth__bucket(t->hash)];
+    a->buckets[auth__bucket(t->hash)] = t;
     atomic_fetch_add(&a->live_tokens, 1);
     pthread_rwlock_unlock(&a->tokens_lock);
 }
@@ -425,6 +438,12 @@ static char *auth__json_list(char *const *v, size_t n)
     return text;
 }
 
+static void auth__sha256(const struct auth *a, const char *text, unsigned char *out)
+{
+    if (EVP_Digest(text, strlen(text), out, NULL, a->sha256, NULL) != 1)
+        SHA256((const unsigned char *)text, strlen(text), out);
+}
+
 static bool auth__name_ok(const char *name)
 {
     size_t n = strlen(name);
@@ -466,7 +485,7 @@ int auth_token_add(struct auth *a, struct store *s, const char *name, char *cons
                              .admin = admin,
                              .created = now_us(),
                              .expires = expires};
-    SHA256((const unsigned char *)secret, strlen(secret), st.hash);
+    auth__sha256(a, secret, st.hash);
     int err = STORE_EINTERNAL;
     struct auth__token *t = NULL;
     if (st.read == NULL || st.write == NULL)
@@ -764,8 +783,9 @@ struct auth *auth_new(const struct config *cfg, char *why, size_t why_len)
         free(a);
         return NULL;
     }
+    a->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     if (cfg->admin_token != NULL) { /* kept as a hash only */
-        SHA256((const unsigned char *)cfg->admin_token, strlen(cfg->admin_token), a->admin_hash);
+        auth__sha256(a, cfg->admin_token, a->admin_hash);
         a->has_admin_token = true;
     }
     pthread_mutex_init(&a->lock, NULL);
@@ -799,6 +819,7 @@ void auth_free(struct auth *a)
         a->tokens = t->next;
         auth__token_free(t);
     }
+    EVP_MD_free(a->sha256);
     pthread_rwlock_destroy(&a->tokens_lock);
     pthread_mutex_destroy(&a->jwt_lock);
     pthread_mutex_destroy(&a->lock);
@@ -840,6 +861,8 @@ static unsigned auth__fails(struct auth *a, const char *host, unsigned add)
         if (f->second != second && free_slot == NULL)
             free_slot = f; /* stale: this second's counts are elsewhere */
     }
+    if (add > 0)
+        atomic_store(&a->fail_second, second);
     if (free_slot != NULL) {
         if (free_slot->second != second || strcmp(free_slot->host, host) != 0) {
             snprintf(free_slot->host, sizeof free_slot->host, "%s", host);
@@ -878,7 +901,9 @@ int auth_principal(struct auth *a, const char *address, const char *token,
     char host[64];
     if (!auth__host(address, host, sizeof host)) /* too long: its start counts */
         snprintf(host, sizeof host, "%s", address);
-    if (token != NULL && auth__fails(a, host, 0) >= AUTH_FAILS_PER_SECOND) {
+    /* Only when some credential failed this second is the table looked at. */
+    if (token != NULL && atomic_load(&a->fail_second) == mono_s() &&
+        auth__fails(a, host, 0) >= AUTH_FAILS_PER_SECOND) {
         *out = &a->anonymous;
         snprintf(why, why_len, "too many failed credentials from this address: wait a second");
         return STORE_ERATE;
@@ -886,15 +911,19 @@ int auth_principal(struct auth *a, const char *address, const char *token,
     if (token != NULL) {
         /* Hashes of equal length, compared in constant time (invariant 3). */
         unsigned char h[SHA256_DIGEST_LENGTH];
-        SHA256((const unsigned char *)token, strlen(token), h);
+        auth__sha256(a, token, h);
         const struct principal *p = NULL;
         if (a->has_admin_token && CRYPTO_memcmp(h, a->admin_hash, sizeof h) == 0)
             p = &a->admin;
+        /* One bucket, each hash in it compared in constant time: which
+         * bucket tells nothing of a secret (its hash's first bytes). */
         pthread_rwlock_rdlock(&a->tokens_lock);
-        for (struct auth__token *t = a->tokens; t != NULL; t = t->next)
+        for (struct auth__token *t = a->buckets[auth__bucket(h)]; t != NULL; t = t->bucket_next)
             if (CRYPTO_memcmp(h, t->hash, sizeof h) == 0 && auth_live(&t->p)) {
                 p = &t->p;
-                atomic_store(&t->last_used, now_us());
+                int64_t now = now_us(); /* last_used: to the second is enough */
+                if (now - atomic_load(&t->last_used) >= 1000000)
+                    atomic_store(&t->last_used, now);
             }
         pthread_rwlock_unlock(&a->tokens_lock);
         if (p == NULL && a->jwt_kind != JWT_KIND_NONE && auth__jwt_shaped(token))

@@ -18,8 +18,15 @@ the figures are ratios that a shared, noisy machine does not distort much.
           through a mosquitto broker: the rate at which almanac's bridge has
           them committed against a bare libmosquitto subscriber counting the
           same stream in the same run.
+  auth    GET of one small key and acknowledged PUTs (wrk, 50 connections)
+          with a token presented (Authorization: Bearer, a token made with
+          POST /api/v1/tokens reading and writing site/#, on a daemon started
+          with ALMANAC_ADMIN_TOKEN, beside 1,000 other tokens) against the
+          same load with auth off (no
+          credential configured: loopback clients are "local"); the two
+          daemons run side by side and are measured alternately.
 
-Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory] [history] [bridge]
+Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory] [history] [bridge] [auth]
 Peers: wrk, nginx, redis-server, redis-cli, mosquitto and mqtt_load (built
 beside almanac with libmosquitto); tests/bench/run installs them.
 """
@@ -34,6 +41,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 DURATION = 10  # seconds per wrk run
@@ -58,12 +66,13 @@ def wait_http(url, timeout=60):
 
 
 class Almanac:
-    def __init__(self, binary, data_dir, *args):
+    def __init__(self, binary, data_dir, *args, env=None):
         self.port = free_port()
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
             [binary, "serve", "--http_listen", f"127.0.0.1:{self.port}", "--data_dir", data_dir,
-             "--log_level", "warn", "--sys_interval", "0", *args])
+             "--log_level", "warn", "--sys_interval", "0", *args],
+            env=None if env is None else {**os.environ, **env})
         self.started = time.time()
         wait_http(self.url("/ready"))
         self.ready_s = time.time() - self.started
@@ -75,13 +84,21 @@ class Almanac:
         with open(f"/proc/{self.proc.pid}/status") as f:
             return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
 
+    def cpu_s(self):
+        """CPU seconds (user + system) the daemon has used."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
 
 
-def wrk(url, script=None, connections=50):
+def wrk(url, script=None, connections=50, headers=()):
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{DURATION}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
     if script:
         cmd += ["-s", script]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
@@ -347,6 +364,91 @@ def bench_history(binary, tmp):
           f"{rates['on'] / rates['off']:.2f}x (goal >= 0.8)")
 
 
+def http(method, url, body=None, token=None):
+    """(status, body) of one request; an HTTP error is an answer, not an exception."""
+    req = urllib.request.Request(url, data=body, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+OTHER_TOKENS = 1000
+
+
+def bench_auth(binary, tmp, rounds=2):
+    admin = "bench-admin-" + os.urandom(12).hex()
+    key = "/api/v1/keys/site/12/dev4711/temp"
+    value = b'{"v":21.5}'
+    # Side by side: no session listener, whose default port only one can hold.
+    off = Almanac(binary, os.path.join(tmp, "auth-off"), "--tcp_listen", "off")
+    try:
+        on = Almanac(binary, os.path.join(tmp, "auth-on"), "--tcp_listen", "off",
+                     env={"ALMANAC_ADMIN_TOKEN": admin})
+    except BaseException:
+        off.stop()
+        raise
+    try:
+        st, body = http("POST", on.url("/api/v1/tokens"), json.dumps(
+            {"name": "bench", "read": ["site/#"], "write": ["site/#"]}).encode(), admin)
+        assert st == 201, (st, body)
+        token = json.loads(body)["token"]
+        # A deployment's worth of other tokens: finding one must not cost
+        # a look at each.
+        for n in range(OTHER_TOKENS):
+            st, body = http("POST", on.url("/api/v1/tokens"), json.dumps(
+                {"name": f"user{n}", "read": [f"site/{n}/#"]}).encode(), admin)
+            assert st == 201, (st, body)
+        assert http("PUT", off.url(key), value)[0] in (200, 201)
+        assert http("PUT", on.url(key), value, token)[0] in (200, 201)
+        # Auth is really on: no credential is refused, a key beyond the
+        # token's privileges is forbidden, the token reads the key.
+        assert http("GET", on.url(key))[0] == 401
+        assert http("GET", on.url("/api/v1/keys/other/1"), token=token)[0] == 403
+        assert http("GET", on.url(key), token=token) == (200, value), \
+            http("GET", on.url(key), token=token)
+        assert http("GET", off.url(key)) == (200, value)
+
+        script = os.path.join(tmp, "auth-put.lua")
+        with open(script, "w") as f:  # bench_put's load, under site/# (wrk -H adds the header)
+            f.write(PUT_LUA.replace("/api/v1/keys/bench/", "/api/v1/keys/site/bench/"))
+        modes = {"off": (off, ()), "on": (on, (f"Authorization: Bearer {token}",))}
+        runs = {(op, m): [] for op in ("get", "put") for m in modes}
+        for r in range(rounds):
+            order = ("off", "on") if r % 2 == 0 else ("on", "off")  # ABBA: neither gets
+            for op in ("get", "put"):                                # only the quiet moments
+                for m in order:
+                    a, headers = modes[m]
+                    cpu = a.cpu_s()
+                    if op == "get":
+                        rps, p99 = wrk(a.url(key), headers=headers)
+                    else:
+                        rps, p99 = wrk(a.url("/"), script, headers=headers)
+                    # the daemon's CPU per request: what a shared machine's
+                    # noise changes least
+                    runs[op, m].append((rps, p99, (a.cpu_s() - cpu) / (rps * DURATION) * 1e6))
+        st, body = http("GET", on.url("/api/v1/tokens"), token=admin)
+        used = [t for t in json.loads(body)["tokens"] if t["name"] == "bench"] if st == 200 else []
+        assert used and used[0].get("last_used"), (st, body)
+    finally:
+        off.stop()
+        on.stop()
+    for op in ("get", "put"):
+        best = {m: max(runs[op, m]) for m in modes}
+        cpu = {m: min(r[2] for r in runs[op, m]) for m in modes}
+        ratio = best["on"][0] / best["off"][0]
+        each = "; ".join(f"{m} " + ", ".join(f"{r[0]:,.0f}" for r in runs[op, m]) for m in modes)
+        print(f"auth {op}: token presented {best['on'][0]:,.0f} req/s (p99 {best['on'][1]}), "
+              f"auth off {best['off'][0]:,.0f} req/s (p99 {best['off'][1]}): ratio {ratio:.2f} "
+              f"(goal >= 0.95: {'PASS' if ratio >= 0.95 else 'short'}); daemon CPU per request "
+              f"{cpu['on']:.1f} µs with the token, {cpu['off']:.1f} µs off: "
+              f"{cpu['off'] / cpu['on']:.2f}x [best of {rounds}, alternated; each run req/s: "
+              f"{each}]")
+
+
 def info(a):
     with urllib.request.urlopen(a.url("/api/v1/info"), timeout=5) as r:
         return json.load(r)
@@ -398,7 +500,7 @@ def bench_bridge(binary, tmp, messages=200_000, topics=10_000):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--binary", required=True)
-    p.add_argument("which", nargs="*", default=["get", "put", "memory", "history", "bridge"])
+    p.add_argument("which", nargs="*", default=["get", "put", "memory", "history", "bridge", "auth"])
     args = p.parse_args()
     binary = os.path.abspath(args.binary)
     tmp = tempfile.mkdtemp(prefix="almanac-bench-")

@@ -7,8 +7,17 @@
 //   sync    a subscription whose pattern matches 100,000 keys: time until
 //           its `sync`, against mosquitto delivering 100,000 retained
 //           messages to a new '#' subscriber.
+//   authfanout  access control on the live path, against auth off in the
+//           same run: one writer at a fixed rate alternating keys
+//           site/N/even/temp and site/N/odd/temp; 100 WebSocket subscribers
+//           on '#', each authenticated (hello with a token of its own, made
+//           with POST /api/v1/tokens, reading site/+/even/# only), against
+//           100 on 'site/+/even/#' with auth off (no credential configured),
+//           so both deliver the same volume: events/s and p50/p99 latency,
+//           and the odd keys a token's subscriber received (must be 0).
+//           Runs off, on, on, off and takes the best of each.
 //
-// Usage: node tests/bench/live.mjs --binary build-release/almanac [fanout] [sync]
+// Usage: node tests/bench/live.mjs --binary build-release/almanac [fanout] [sync] [authfanout]
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -36,11 +45,12 @@ function freePort() {
   });
 }
 
-async function startAlmanac(dir) {
+async function startAlmanac(dir, env = {}) {
   const [http, tcp] = [await freePort(), await freePort()];
   const p = spawn(binary, ['serve', '--http_listen', `127.0.0.1:${http}`,
     '--tcp_listen', `127.0.0.1:${tcp}`, '--data_dir', dir, '--log_level', 'warn',
-    '--sys_interval', '0', '--session_queue_bytes', '256MiB'], { stdio: 'inherit' });
+    '--sys_interval', '0', '--session_queue_bytes', '256MiB'],
+  { stdio: 'inherit', env: { ...process.env, ...env } });
   for (;;) {
     try { if ((await fetch(`http://127.0.0.1:${http}/ready`)).ok) break; } catch { /* not yet */ }
     await sleep(20);
@@ -150,6 +160,106 @@ async function fanoutMosquitto(dir) {
   return { ...stats(lat, delivered, seconds), expected: sent * SUBSCRIBERS };
 }
 
+// ---- authfanout ----
+
+const ADMIN_TOKEN = `bench-admin-${Math.random().toString(36).slice(2)}${Date.now()}`;
+const HALF_READ = 'site/+/even/#';
+// Write i: even keys for even i, odd keys for odd i.
+const authKey = (i) => `site/${(i >> 1) % 50}/${i % 2 ? 'odd' : 'even'}/temp`;
+const keyOf = (text) => /"key":"([^"]*)"/.exec(text)[1];
+
+async function createToken(a, name, read, write) {
+  const r = await fetch(`http://127.0.0.1:${a.http}/api/v1/tokens`, {
+    method: 'POST', headers: { Authorization: `Bearer ${ADMIN_TOKEN}` },
+    body: JSON.stringify({ name, read, write }),
+  });
+  const body = await r.text();
+  if (r.status !== 201) throw new Error(`token ${name}: ${r.status} ${body}`);
+  return JSON.parse(body).token;
+}
+
+// The next message of `ws` (WebSocket) or line of a TCP socket, as text.
+function firstReply(conn, isWs) {
+  return new Promise((resolve) => {
+    if (isWs) { conn.once('message', (d) => resolve(d.toString())); return; }
+    let acc = '';
+    const on = (d) => {
+      acc += d.toString();
+      const nl = acc.indexOf('\n');
+      if (nl < 0) return;
+      conn.off('data', on);
+      resolve(acc.slice(0, nl));
+    };
+    conn.on('data', on);
+  });
+}
+
+// One run: auth on (tokens, subscribers on '#') or off (no credential,
+// subscribers on site/+/even/#).
+async function authFanoutRun(dir, auth) {
+  const a = await startAlmanac(dir, auth ? { ALMANAC_ADMIN_TOKEN: ADMIN_TOKEN } : {});
+  const lat = [];
+  let delivered = 0, violations = 0, writerErrors = 0;
+  const subs = [];
+  for (let s = 0; s < SUBSCRIBERS; s++) {
+    const token = auth ? await createToken(a, `sub${s}`, [HALF_READ], []) : null;
+    const ws = new WebSocket(`ws://127.0.0.1:${a.http}/api/v1/ws`, 'almanac.v1');
+    const welcome = firstReply(ws, true);
+    await new Promise((r) => ws.on('open', r));
+    const w = JSON.parse(await welcome);
+    if (w.auth_required !== auth) throw new Error(`welcome: ${JSON.stringify(w)}`);
+    if (auth) {
+      const hello = firstReply(ws, true);
+      ws.send(JSON.stringify({ type: 'hello', id: 0, protocol: '1.0', token }));
+      const h = await hello;
+      if (!h.startsWith('{"type":"ok"')) throw new Error(`hello: ${h}`);
+    }
+    let synced, failed;
+    const ready = new Promise((r, j) => { synced = r; failed = j; });
+    ws.on('message', (data) => {
+      const text = data.toString();
+      if (text.startsWith('{"type":"sync"')) return synced();
+      if (text.startsWith('{"type":"error"')) return failed(new Error(text));
+      if (!text.startsWith('{"type":"event"')) return;
+      if (keyOf(text).includes('/odd/')) { violations++; return; }
+      lat.push(now() - sentAt(text));
+      delivered++;
+    });
+    ws.send(JSON.stringify({ type: 'subscribe', id: 1, pattern: auth ? '#' : HALF_READ,
+      live_only: true }));
+    await ready;
+    subs.push(ws);
+  }
+  const writer = net.connect(a.tcp, '127.0.0.1');
+  await new Promise((r) => writer.on('connect', r));
+  await firstReply(writer, false); // welcome
+  if (auth) {
+    const token = await createToken(a, 'writer', ['site/#'], ['site/#']);
+    const hello = firstReply(writer, false);
+    writer.write(`${JSON.stringify({ type: 'hello', id: 0, protocol: '1.0', token })}\n`);
+    const h = await hello;
+    if (!h.startsWith('{"type":"ok"')) throw new Error(`writer hello: ${h}`);
+  }
+  writer.on('data', (d) => {
+    for (let i = d.indexOf('"type":"error"'); i >= 0; i = d.indexOf('"type":"error"', i + 1)) {
+      writerErrors++;
+    }
+  });
+  const t0 = now();
+  const sent = await drive((i, payload) =>
+    writer.write(`{"type":"set","id":${i},"key":"${authKey(i)}","value":${payload}}\n`));
+  const expected = Math.ceil(sent / 2) * SUBSCRIBERS;
+  while (delivered < expected && now() - t0 < (SECONDS + 10) * 1000) await sleep(10);
+  const seconds = (now() - t0) / 1000;
+  await sleep(200); // a late odd key would still be counted
+  subs.forEach((ws) => ws.terminate());
+  writer.destroy();
+  a.p.kill('SIGTERM');
+  await new Promise((r) => a.p.on('exit', r));
+  if (writerErrors) throw new Error(`the writer got ${writerErrors} errors`);
+  return { ...stats(lat, delivered, seconds), expected, violations };
+}
+
 async function syncAlmanac(dir) {
   const a = await startAlmanac(join(dir, 'sync'));
   for (let b = 0; b < SYNC_KEYS; b += 10000) {
@@ -230,7 +340,32 @@ try {
       `mosquitto ${m.toFixed(0)} ms to deliver as many retained messages: ratio ` +
       `${(a / m).toFixed(2)} (goal < 150 ms)`);
   }
+  if (which.length === 0 || which.includes('authfanout')) {
+    const runs = { on: [], off: [] };
+    let n = 0;
+    for (const mode of ['off', 'on', 'on', 'off']) {
+      runs[mode].push(await authFanoutRun(join(dir, `authfan${n++}`), mode === 'on'));
+    }
+    const f = (x) => x.toFixed(2);
+    const best = (rs) => ({
+      rate: Math.max(...rs.map((r) => r.rate)), p50: Math.min(...rs.map((r) => r.p50)),
+      p99: Math.min(...rs.map((r) => r.p99)), violations: rs.reduce((v, r) => v + r.violations, 0),
+    });
+    const [on, off] = [best(runs.on), best(runs.off)];
+    const each = (rs) => rs.map((r) => `${Math.round(r.rate)}/s ${r.n}/${r.expected} ` +
+      `p50 ${f(r.p50)} p99 ${f(r.p99)}`).join(', ');
+    const ratio = on.rate / off.rate;
+    console.log(`authfanout: ${RATE} writes/s (half of them to keys the tokens may read) to ` +
+      `${SUBSCRIBERS} subscribers for ${SECONDS} s, best of 2 each: tokens (read ${HALF_READ}, ` +
+      `subscribed to #) ${Math.round(on.rate)} events/s, p50 ${f(on.p50)} ms, p99 ${f(on.p99)} ms; ` +
+      `auth off (subscribed to ${HALF_READ}) ${Math.round(off.rate)} events/s, p50 ` +
+      `${f(off.p50)} ms, p99 ${f(off.p99)} ms: ratio ${f(ratio)} (goal >= 0.95: ` +
+      `${ratio >= 0.95 ? 'PASS' : 'short'}), p99 ${f(on.p99 / off.p99)}x; odd keys delivered to ` +
+      `token subscribers: ${on.violations} (must be 0: ${on.violations === 0 ? 'PASS' : 'FAIL'}) ` +
+      `[runs on: ${each(runs.on)}; off: ${each(runs.off)}]`);
+    if (on.violations || off.violations) process.exitCode = 1;
+  }
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
-process.exit(0);
+process.exit(process.exitCode ?? 0);
