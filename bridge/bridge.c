@@ -532,6 +532,17 @@ static int bridge__entry(struct bridge *b, const char *key, MQTTAsync_message *m
         err = store_entry_new(m->payload, len, NULL, labels, STORE_ORIGIN_MQTT, e);
     }
     free(labels);
+    /* MQTT 5's message expiry interval (the broker counts down what it
+     * keeps): the key expires as the message would. */
+    if (err == STORE_OK && b->cfg.protocol == 5 &&
+        MQTTProperties_hasProperty(&m->properties, MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL)) {
+        int secs = MQTTProperties_getNumericValue(&m->properties,
+                                                  MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL);
+        if (secs > 0 && (err = store_entry_expire_at(e, now_us() + secs * 1000000ll)) != STORE_OK) {
+            store_entry_unref(*e);
+            *e = NULL;
+        }
+    }
     return err;
 }
 
@@ -973,7 +984,8 @@ static void bridge__sent_failed3(void *ctx, MQTTAsync_failureData *r)
     bridge__sent_failed(ctx, 0, r ? r->message : NULL);
 }
 
-/* Adds the content type and the labels (as user properties) of `e`. */
+/* Adds the content type, the labels (as user properties) and the time left
+ * (the message expiry interval) of `e`. */
 static void bridge__properties(MQTTProperties *props, const struct store_entry *e)
 {
     MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE};
@@ -995,6 +1007,13 @@ static void bridge__properties(MQTTProperties *props, const struct store_entry *
             MQTTProperties_add(props, &u);
     }
     json_decref(obj);
+    int64_t expires = store_entry_expires(e);
+    if (expires > 0) { /* the seconds that remain, at least one */
+        int64_t left = (expires - now_us() + 999999) / 1000000;
+        MQTTProperty x = {.identifier = MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL};
+        x.value.integer4 = (unsigned)(left < 1 ? 1 : left > UINT32_MAX ? UINT32_MAX : left);
+        MQTTProperties_add(props, &x);
+    }
 }
 
 /* A message of `e` (NULL: an empty payload) at bridge_qos; free its
@@ -1259,4 +1278,16 @@ void bridge_stats(struct bridge *b, struct bridge_stats *out)
     out->errors_out = atomic_load(&b->errors_out);
     uint64_t attempts = atomic_load(&b->attempts);
     out->reconnects = attempts > 0 ? attempts - 1 : 0;
+}
+
+/* The maps are fixed once bridge_new returns: read without the lock. */
+bool bridge_maps_out(const struct bridge *b, const char *key, size_t klen)
+{
+    if (b == NULL)
+        return false;
+    for (size_t i = 0; i < b->nmaps; i++)
+        if ((b->maps[i].dir & MAP_OUT) &&
+            store_pattern_match(b->maps[i].pattern, b->maps[i].plen, key, klen))
+            return true;
+    return false;
 }

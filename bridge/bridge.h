@@ -67,4 +67,8 @@ struct bridge_stats {
 /* The state of `b`; NULL gives state "off". */
 void bridge_stats(struct bridge *b, struct bridge_stats *out);
 
+/* Whether a change of `key` made here would be published to MQTT: an out
+ * (or both) map covers it. False when `b` is NULL (the bridge is off). */
+bool bridge_maps_out(const struct bridge *b, const char *key, size_t klen);
+
 #endif

@@ -47,6 +47,7 @@
 #include "gateway.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <jansson.h>
 #include <jwt.h>
 #include <openssl/crypto.h>
@@ -93,7 +94,7 @@ struct auth__fails {
 struct auth__token {
     struct auth__token *next;
     struct auth__token *bucket_next; /* in its bucket of the table */
-    struct principal p; /* p.name is `name` */
+    struct principal p;              /* p.name is `name` */
     unsigned char hash[SHA256_DIGEST_LENGTH];
     char *name, *read, *write; /* read, write: JSON arrays, as stored */
     int64_t created;
@@ -115,8 +116,8 @@ struct auth {
     pthread_rwlock_t tokens_lock; /* tokens, buckets */
     struct auth__token *tokens;
     struct auth__token *buckets[AUTH_TOKEN_BUCKETS]; /* by hash: a lookup costs one bucket */
-    EVP_MD *sha256;               /* fetched once (OpenSSL 3 looks it up on each SHA256()) */
-    _Atomic int64_t fail_second;  /* the last second a credential failed */
+    EVP_MD *sha256;              /* fetched once (OpenSSL 3 looks it up on each SHA256()) */
+    _Atomic int64_t fail_second; /* the last second a credential failed */
     _Atomic unsigned live_tokens;
     pthread_mutex_t lock; /* fails */
     struct auth__fails fails[AUTH_FAIL_SLOTS];
@@ -565,11 +566,28 @@ void auth_release(const struct principal *p)
     free(j);
 }
 
+/* Whether jwt_key's value is meant as a file: it must then be one, never
+ * taken as a secret (a missing file's path is no secret). */
+static bool auth__looks_like_path(const char *key)
+{
+    size_t n = strlen(key);
+    return key[0] == '/' || key[0] == '.' || key[0] == '~' ||
+           (n > 4 && (strcmp(key + n - 4, ".pem") == 0 || strcmp(key + n - 4, ".crt") == 0 ||
+                      strcmp(key + n - 4, ".key") == 0 || strcmp(key + n - 4, ".pub") == 0));
+}
+
 /* Reads jwt_key: a PEM public key's file (RSA or EC), else an HMAC secret.
  * Returns 0, or -1 with a sentence. */
 static int auth__jwt_key(struct auth *a, const char *key, char *why, size_t why_len)
 {
     FILE *f = fopen(key, "r");
+    if (f == NULL && auth__looks_like_path(key)) {
+        snprintf(why, why_len,
+                 "jwt_key %s: cannot read it (%s); a secret must not look like a path "
+                 "(start with / . ~ or end in .pem, .crt, .key, .pub)",
+                 key, strerror(errno));
+        return -1;
+    }
     if (f == NULL) { /* a secret (config.c made sure it is long enough) */
         a->jwt_kind = JWT_KIND_HMAC;
         a->jwt_key_len = strlen(key);
@@ -649,6 +667,20 @@ static struct privs *auth__jwt_privs(json_t *claim, const char *field, bool *fai
     return p;
 }
 
+/* Whether `sub` may name a principal in messages and the log: a string of
+ * 1 to 128 bytes without control characters. */
+static bool auth__jwt_sub_ok(json_t *sub)
+{
+    const char *p = json_string_value(sub);
+    size_t n = json_string_length(sub);
+    if (p == NULL || n == 0 || n > 128 || strlen(p) != n)
+        return false;
+    for (; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return false;
+    return true;
+}
+
 /* The principal of the verified claims `c` of a JWT hashed `hash`: held
  * once for the caller. NULL with a sentence when a claim says no. */
 static struct auth__jwt *auth__jwt_claims(const struct auth *a, json_t *c,
@@ -658,8 +690,15 @@ static struct auth__jwt *auth__jwt_claims(const struct auth *a, json_t *c,
     json_t *iss = json_object_get(c, "iss"), *sub = json_object_get(c, "sub");
     json_t *claim = json_object_get(c, "almanac"), *admin = json_object_get(claim, "admin");
     int64_t now = now_us();
+    /* Seconds whose µs an int64_t holds. */
+    const double max_s = 9.0e12;
     if ((exp != NULL && !json_is_number(exp)) || (nbf != NULL && !json_is_number(nbf)))
         snprintf(why, why_len, "the JWT's exp and nbf must be numbers (seconds)");
+    else if ((exp != NULL && !(json_number_value(exp) >= 0 && json_number_value(exp) < max_s)) ||
+             (nbf != NULL && !(json_number_value(nbf) >= 0 && json_number_value(nbf) < max_s)))
+        snprintf(why, why_len, "the JWT's exp or nbf is out of range");
+    else if (sub != NULL && !auth__jwt_sub_ok(sub))
+        snprintf(why, why_len, "the JWT's sub must be 1 to 128 printable characters");
     else if (exp != NULL && json_number_value(exp) * 1e6 <= (double)now)
         snprintf(why, why_len, "the JWT has expired");
     else if (nbf != NULL && json_number_value(nbf) * 1e6 > (double)now)
@@ -667,10 +706,10 @@ static struct auth__jwt *auth__jwt_claims(const struct auth *a, json_t *c,
     else if (a->jwt_issuer != NULL &&
              (!json_is_string(iss) || strcmp(json_string_value(iss), a->jwt_issuer) != 0))
         snprintf(why, why_len, "the JWT's issuer (iss) is not jwt_issuer");
-    else if (a->jwt_audience != NULL &&
-             !auth__jwt_aud(json_object_get(c, "aud"), a->jwt_audience))
+    else if (a->jwt_audience != NULL && !auth__jwt_aud(json_object_get(c, "aud"), a->jwt_audience))
         snprintf(why, why_len, "the JWT's audience (aud) does not name jwt_audience");
-    else if ((claim != NULL && !json_is_object(claim)) || (admin != NULL && !json_is_boolean(admin)))
+    else if ((claim != NULL && !json_is_object(claim)) ||
+             (admin != NULL && !json_is_boolean(admin)))
         snprintf(why, why_len,
                  "the JWT's almanac claim is {\"read\":[…],\"write\":[…],\"admin\":bool}");
     else {
@@ -681,7 +720,10 @@ static struct auth__jwt *auth__jwt_claims(const struct auth *a, json_t *c,
         j->p.read = auth__jwt_privs(claim, "read", &bad_read, why, why_len);
         if (!bad_read)
             j->p.write = auth__jwt_privs(claim, "write", &bad_write, why, why_len);
-        j->name = strdup(json_is_string(sub) ? json_string_value(sub) : "jwt");
+        /* "jwt:" + sub: never taken for a token's name, nor for "admin" */
+        size_t nlen = 5 + (sub != NULL ? json_string_length(sub) : 0);
+        if ((j->name = malloc(nlen)) != NULL)
+            snprintf(j->name, nlen, sub != NULL ? "jwt:%s" : "jwt", json_string_value(sub));
         if (bad_read || bad_write || j->name == NULL) {
             j->p.refs = 1;
             auth_release(&j->p);
@@ -720,14 +762,22 @@ static const struct principal *auth__jwt(struct auth *a, const char *token,
     jwt_t *jwt = NULL;
     if (strlen(token) > AUTH_JWT_MAX_BYTES ||
         jwt_decode(&jwt, token, a->jwt_key, (int)a->jwt_key_len) != 0) {
-        snprintf(why, why_len, "the token is not valid: it names no one, and is no JWT that "
-                               "jwt_key verifies");
+        snprintf(why, why_len,
+                 "the token is not valid: it names no one, and is no JWT that "
+                 "jwt_key verifies");
         jwt_free(jwt);
         return NULL;
     }
     if (!auth__jwt_alg_ok(a, jwt_get_alg(jwt))) {
         snprintf(why, why_len, "the JWT is signed with %s, which jwt_key does not take",
                  jwt_alg_str(jwt_get_alg(jwt)));
+        jwt_free(jwt);
+        return NULL;
+    }
+    char *crit = jwt_get_headers_json(jwt, "crit");
+    free(crit);
+    if (crit != NULL) { /* RFC 7515 4.1.11: extensions we do not know */
+        snprintf(why, why_len, "the JWT has a crit header: no extension is understood here");
         jwt_free(jwt);
         return NULL;
     }
@@ -839,39 +889,41 @@ static bool auth__host(const char *address, char *host, size_t size)
     return true;
 }
 
-/* The failure count of `host` this second, after adding `add`. A host
- * keeps its slot for the second (another host probes on, and takes only a
- * slot of an older second), so no host can wipe another's count; a host
- * that finds no slot in AUTH_FAIL_PROBES is counted as over the limit. */
+/* The failure count of `host` this second, after adding `add`. Only a
+ * failure takes a slot (a lookup takes none, so no client is refused for
+ * what others did); a host keeps its slot for the second, another probing
+ * on past it. When every slot of the host's window holds this second's
+ * count of another, the smallest is taken over. */
 static unsigned auth__fails(struct auth *a, const char *host, unsigned add)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
     for (const char *p = host; *p; p++)
         h = (h ^ (unsigned char)*p) * 16777619u;
     int64_t second = mono_s();
-    unsigned n = AUTH_FAILS_PER_SECOND;
+    unsigned n = 0;
     pthread_mutex_lock(&a->lock);
-    struct auth__fails *free_slot = NULL;
-    for (unsigned i = 0; i < AUTH_FAIL_PROBES; i++) {
+    struct auth__fails *own = NULL, *stale = NULL, *least = NULL;
+    for (unsigned i = 0; i < AUTH_FAIL_PROBES && own == NULL; i++) {
         struct auth__fails *f = &a->fails[(h + i) % AUTH_FAIL_SLOTS];
-        if (f->second == second && strcmp(f->host, host) == 0) {
-            free_slot = f;
-            break;
-        }
-        if (f->second != second && free_slot == NULL)
-            free_slot = f; /* stale: this second's counts are elsewhere */
+        if (f->second == second && strcmp(f->host, host) == 0)
+            own = f;
+        else if (f->second != second && stale == NULL)
+            stale = f; /* free: this second's counts are elsewhere */
+        else if (f->second == second && (least == NULL || f->count < least->count))
+            least = f;
+    }
+    if (own == NULL && add > 0) {
+        own = stale != NULL ? stale : least;
+        snprintf(own->host, sizeof own->host, "%s", host);
+        own->second = second;
+        own->count = 0;
+    }
+    if (own != NULL) {
+        own->count += add;
+        n = own->count;
     }
     if (add > 0)
         atomic_store(&a->fail_second, second);
-    if (free_slot != NULL) {
-        if (free_slot->second != second || strcmp(free_slot->host, host) != 0) {
-            snprintf(free_slot->host, sizeof free_slot->host, "%s", host);
-            free_slot->second = second;
-            free_slot->count = 0;
-        }
-        free_slot->count += add;
-        n = free_slot->count;
-    }
     pthread_mutex_unlock(&a->lock);
     return n;
 }
@@ -895,12 +947,27 @@ static bool auth__loopback(const char *address)
     return memcmp(addr, loop6, 16) == 0 || (memcmp(addr, mapped, 12) == 0 && addr[12] == 127);
 }
 
+/* Who failed credentials are counted against: the host of `address`, and
+ * for IPv6 its /64 (one subscriber's, who has the whole of it). */
+static void auth__fail_key(const char *address, char *host, size_t size)
+{
+    unsigned char addr[16];
+    if (!auth__host(address, host, size)) { /* too long: its start counts */
+        snprintf(host, size, "%s", address);
+        return;
+    }
+    static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
+    if (inet_pton(AF_INET6, host, addr) == 1 && memcmp(addr, mapped, 12) != 0) {
+        memset(addr + 8, 0, 8);
+        inet_ntop(AF_INET6, addr, host, (socklen_t)size);
+    }
+}
+
 int auth_principal(struct auth *a, const char *address, const char *token,
                    const struct principal **out, char *why, size_t why_len)
 {
     char host[64];
-    if (!auth__host(address, host, sizeof host)) /* too long: its start counts */
-        snprintf(host, sizeof host, "%s", address);
+    auth__fail_key(address, host, sizeof host);
     /* Only when some credential failed this second is the table looked at. */
     if (token != NULL && atomic_load(&a->fail_second) == mono_s() &&
         auth__fails(a, host, 0) >= AUTH_FAILS_PER_SECOND) {

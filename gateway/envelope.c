@@ -8,6 +8,7 @@
  * rule that an entry of a JSON type holds valid JSON (store_entry_new).
  */
 #include "envelope.h"
+#include "clock.h"
 #include "gateway.h"
 
 #include <ctype.h>
@@ -99,7 +100,12 @@ void envelope_add_fields(struct buf *b, const char *key, size_t klen, const stru
     buf_adds(b, labels ? labels : "{}");
     buf_adds(b, ",\"origin\":\"");
     buf_adds(b, store_origin_name(store_entry_origin(e)));
-    buf_adds(b, "\"}");
+    buf_adds(b, "\"");
+    if (store_entry_expires(e) > 0) {
+        buf_adds(b, ",\"expires\":");
+        buf_add_i64(b, store_entry_expires(e));
+    }
+    buf_adds(b, "}");
 }
 
 void envelope_add_deleted(struct buf *b, const char *key, size_t klen, int64_t rev, int64_t ts)
@@ -307,6 +313,33 @@ out:
     return err;
 }
 
+int envelope_ttl(struct store_entry **e, const json_t *ttl, const char *ttl_text, const char *what,
+                 char *why, size_t why_len)
+{
+    const int64_t most = 10 * 366 * 86400 * 1000000ll;
+    int64_t us = -1;
+    if (ttl_text == NULL && json_is_string(ttl))
+        ttl_text = json_string_value(ttl);
+    if (ttl_text != NULL) {
+        if (config_parse_duration(ttl_text, &us) != 0)
+            us = -1;
+    } else if (json_is_number(ttl) && json_number_value(ttl) > 0 &&
+               json_number_value(ttl) <= 10 * 366 * 86400.0)
+        us = (int64_t)(json_number_value(ttl) * 1e6);
+    if (us <= 0 || us > most) {
+        snprintf(why, why_len,
+                 "%s is a duration (\"30s\", \"5m\", \"1h\") or seconds, above 0 and at most "
+                 "ten years",
+                 what);
+        return STORE_EBADREQ;
+    }
+    if (store_entry_expire_at(e, now_us() + us) != STORE_OK) {
+        snprintf(why, why_len, "out of memory");
+        return STORE_EINTERNAL;
+    }
+    return STORE_OK;
+}
+
 int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum store_origin origin,
                    struct store_entry **out, char *why, size_t why_len)
 {
@@ -393,10 +426,10 @@ int envelope_history_query(struct store_history_query *q, envelope_arg_fn get, v
     q->start = INT64_MIN;
     q->stop = INT64_MAX;
     q->limit = 1000;
-    if ((v = get(arg, "start")) != NULL && config_parse_time(v, &q->start) != 0)
-        goto time;
-    if ((v = get(arg, "stop")) != NULL && config_parse_time(v, &q->stop) != 0)
-        goto time;
+    if ((v = get(arg, "start")) != NULL && envelope_time("start", v, &q->start, why, why_len) != 0)
+        return -1;
+    if ((v = get(arg, "stop")) != NULL && envelope_time("stop", v, &q->stop, why, why_len) != 0)
+        return -1;
     if ((v = get(arg, "limit")) != NULL) {
         unsigned long long n = strtoull(v, &end, 10);
         if (!isdigit((unsigned char)v[0]) || *end != '\0' || n < 1 || n > max_limit) {
@@ -426,12 +459,51 @@ int envelope_history_query(struct store_history_query *q, envelope_arg_fn get, v
         return -1;
     }
     return 0;
-time:
+}
+
+int envelope_time(const char *name, const char *text, int64_t *us, char *why, size_t why_len)
+{
+    if (config_parse_time(text, us) == 0)
+        return 0;
     snprintf(why, why_len,
-             "'%s' is not a time: µs since the epoch, or RFC 3339 "
-             "(2026-11-23T10:00:00Z)",
-             v);
+             "%s is a time: µs since the epoch, or RFC 3339 (2026-11-23T10:00:00Z); not '%.64s'",
+             name, text);
     return -1;
+}
+
+/* The filters of the member `field` of `msg` into names[] and values[]. */
+static int envelope__label_filter(json_t *msg, const char *field, const char **names,
+                                  const char **values, size_t *n, char *why, size_t why_len)
+{
+    json_t *obj = json_object_get(msg, field), *v;
+    const char *name;
+    if (obj == NULL || json_is_null(obj))
+        return 0;
+    if (!json_is_object(obj) || json_object_size(obj) > STORE_LABELS_FILTERS_MAX) {
+        snprintf(why, why_len, "%s is an object of at most %d label names, each with a string",
+                 field, STORE_LABELS_FILTERS_MAX);
+        return -1;
+    }
+    json_object_foreach(obj, name, v)
+    {
+        if (!json_is_string(v)) {
+            snprintf(why, why_len, "%s: the value of label %.64s is not a string", field, name);
+            return -1;
+        }
+        names[*n] = name;
+        values[(*n)++] = json_string_value(v);
+    }
+    return 0;
+}
+
+int envelope_label_filters(json_t *msg, struct store_labels *f, char *why, size_t why_len)
+{
+    f->nmatch = f->nexclude = 0;
+    if (envelope__label_filter(msg, "labels", f->match_names, f->match_values, &f->nmatch, why,
+                               why_len) != 0)
+        return -1;
+    return envelope__label_filter(msg, "exclude_labels", f->exclude_names, f->exclude_values,
+                                  &f->nexclude, why, why_len);
 }
 
 /* The end of the JSON value at `p` (well-formed: jansson read it). */
@@ -538,6 +610,22 @@ int envelope_import_line(const char *text, size_t len, const struct store_limits
         op->kind = STORE_OP_SET;
         err = envelope__entry(obj, raw, raw_len, lim->max_value_bytes, true, origin, &op->entry,
                               why, why_len);
+        json_t *expires = json_object_get(obj, "expires");
+        /* As export writes it: µs (read as a real here, as every number). */
+        double x = json_number_value(expires);
+        if (err == STORE_OK && expires != NULL) {
+            if (!json_is_number(expires) || !(x >= 1 && x < 9.0e18) || x != (double)(int64_t)x) {
+                snprintf(why, why_len, "expires is a time in µs since the epoch");
+                err = STORE_EBODY;
+            } else if (store_entry_expire_at(&op->entry, (int64_t)x) != STORE_OK) {
+                snprintf(why, why_len, "out of memory");
+                err = STORE_EINTERNAL;
+            }
+            if (err != STORE_OK) {
+                store_entry_unref(op->entry);
+                op->entry = NULL;
+            }
+        }
     }
     if (err != STORE_OK) {
         json_decref(obj);

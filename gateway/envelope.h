@@ -34,6 +34,12 @@ int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum st
  * as compact JSON with sorted names into `*out` (malloc'd; NULL when empty).
  * STORE_OK or STORE_EBODY with a sentence in `why`. */
 int envelope_labels(const json_t *labels, char **out, char *why, size_t why_len);
+/* Makes the new entry `*e` expire `ttl` from now: a duration ("30s", "5m",
+ * "1h"; `ttl_text`) or, from JSON, that or a number of seconds (`ttl`),
+ * more than 0 and at most ten years. STORE_OK, or STORE_EBADREQ with a
+ * sentence naming `what` (the field or header). */
+int envelope_ttl(struct store_entry **e, const json_t *ttl, const char *ttl_text, const char *what,
+                 char *why, size_t why_len);
 /* Checks a content type: 1..255 bytes of visible ASCII and spaces. */
 bool envelope_type_ok(const char *type);
 /* Appends the end of an error object: "error":"<code>","message":"..."}.
@@ -72,6 +78,15 @@ void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool c
 typedef const char *(*envelope_arg_fn)(void *arg, const char *name);
 int envelope_history_query(struct store_history_query *q, envelope_arg_fn get, void *arg,
                            size_t max_limit, char *why, size_t why_len);
+/* The time `text` (µs since the epoch, or RFC 3339) of the field or
+ * parameter `name` (start, stop) into `*us`. 0, or -1 with a sentence
+ * naming `name` in `why`. */
+int envelope_time(const char *name, const char *text, int64_t *us, char *why, size_t why_len);
+/* The label filters of a session message (history, subscribe): `labels`
+ * (must match) and `exclude_labels` (must not), each an object of at most
+ * STORE_LABELS_FILTERS_MAX names with string values, into `f` (the
+ * strings borrowed from `msg`). 0, or -1 with a sentence naming the field. */
+int envelope_label_filters(json_t *msg, struct store_labels *f, char *why, size_t why_len);
 /* One line of an import: an envelope as export writes it, as a change made
  * through `origin` (the line's own "origin" is not trusted). Returns
  * STORE_OK with `op` filled: its key points into `*owner` (a new reference,

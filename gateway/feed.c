@@ -1,7 +1,18 @@
 /*
  * feed.c — one live feed of a pattern, the same for SSE and sessions:
- * subscribe, write the snapshot (or the history replay of `since`), then
- * `sync`, then every live event, through the transport's sink.
+ * subscribe, write the snapshot (or the history replay of `since`, or of
+ * `start`: the replay after the rev before that time), then `sync`, then
+ * every live event, through the transport's sink.
+ *
+ * Two filters, kept apart: `filter`, the keys the client may read (its
+ * privileges, replaced when they change), and `labels`, what it asked for
+ * (fixed for the feed's life). A deletion carries no labels: it passes the
+ * label filters when the value it deleted does (store_labels), so a client
+ * learns that a key it was shown is gone — a live event's `old`; in a
+ * replay, the key's change before it there, or, when that is older than
+ * the replay, history's own answer (the record before it; when that is
+ * pruned too, it passes: a deletion too many tells the client nothing
+ * false, one too few would leave it a key that is gone).
  *
  * The sink bounds the client's queue (session_queue_bytes) and refuses a
  * write past it; the feed's answer is always the same (the too_slow
@@ -15,7 +26,9 @@
  *      in rev order (the committer delivers in order);
  *   3. after a failed write nothing more is written;
  *   4. feed_close unsubscribes before it frees: no event callback runs on
- *      freed memory.
+ *      freed memory;
+ *   5. `labels` (and the text it points into) is set by feed_open and read
+ *      without the lock: it never changes afterwards.
  */
 #include "feed.h"
 #include "envelope.h"
@@ -47,6 +60,10 @@ struct feed {
     int64_t sync_rev;
     pthread_mutex_t lock;       /* pending, active, failed, filter */
     struct store_filter filter; /* keep NULL: every key */
+    struct store_labels labels; /* invariant 5; no filter: any labels */
+    char *label_text;           /* the strings of `labels` */
+    bool from_start;            /* a replay from the time `start`: */
+    int64_t start;              /* the changes before it are not written */
     struct feed__pending *head, *tail;
     bool active, failed;
 };
@@ -123,6 +140,14 @@ static void feed__write(struct feed *f, struct buf *b)
         feed__fail(f);
 }
 
+/* Whether a live event passes the label filters: a value or a publish by
+ * its labels, a deletion by the value it deleted. */
+static bool feed__live_passes(const struct feed *f, const struct store_event *ev)
+{
+    const struct store_entry *e = ev->entry != NULL ? ev->entry : ev->old;
+    return !store_labels_any(&f->labels) || e == NULL || store_labels_pass_entry(&f->labels, e);
+}
+
 static void feed__on_event(void *arg, struct store_sub *sub, struct store_event *ev)
 {
     struct feed *f = arg;
@@ -135,6 +160,8 @@ static void feed__on_event(void *arg, struct store_sub *sub, struct store_event 
                             .live = ev};
     struct buf b = {0};
     (void)sub;
+    if (!feed__live_passes(f, ev)) /* outside the lock: invariant 5 */
+        return;
     pthread_mutex_lock(&f->lock);
     if (!f->failed &&
         (f->filter.keep == NULL || f->filter.keep(f->filter.arg, ev->key, ev->klen))) {
@@ -160,10 +187,71 @@ static void feed__on_event(void *arg, struct store_sub *sub, struct store_event 
     buf_free(&b);
 }
 
+/* Copies `src` to `*p`, moving it past the copy; returns the copy. */
+static const char *feed__put(char **p, const char *src)
+{
+    size_t n = strlen(src) + 1;
+    char *dst = memcpy(*p, src, n);
+    *p += n;
+    return dst;
+}
+
+/* Copies the label filters of `from` (NULL: none) into f->labels, their
+ * strings into one block, f->label_text. STORE_OK or STORE_EINTERNAL. */
+static int feed__copy_labels(struct feed *f, const struct store_labels *from)
+{
+    size_t len = 0;
+    if (!store_labels_any(from))
+        return STORE_OK;
+    assert(from->nmatch <= STORE_LABELS_FILTERS_MAX && from->nexclude <= STORE_LABELS_FILTERS_MAX);
+    for (size_t i = 0; i < from->nmatch; i++)
+        len += strlen(from->match_names[i]) + strlen(from->match_values[i]) + 2;
+    for (size_t i = 0; i < from->nexclude; i++)
+        len += strlen(from->exclude_names[i]) + strlen(from->exclude_values[i]) + 2;
+    char *p = f->label_text = malloc(len);
+    if (p == NULL)
+        return STORE_EINTERNAL;
+    for (size_t i = 0; i < from->nmatch; i++) {
+        f->labels.match_names[i] = feed__put(&p, from->match_names[i]);
+        f->labels.match_values[i] = feed__put(&p, from->match_values[i]);
+    }
+    for (size_t i = 0; i < from->nexclude; i++) {
+        f->labels.exclude_names[i] = feed__put(&p, from->exclude_names[i]);
+        f->labels.exclude_values[i] = feed__put(&p, from->exclude_values[i]);
+    }
+    f->labels.nmatch = from->nmatch;
+    f->labels.nexclude = from->nexclude;
+    return STORE_OK;
+}
+
+/* The rev a replay from the time rq->start follows, into `*since`. */
+static int feed__since_start(struct store *store, const struct feed_request *rq, int64_t *since,
+                             char *why, size_t why_len)
+{
+    int64_t first;
+    int err = store_history_first_rev(store, rq->start, &first);
+    if (err == STORE_OK) {
+        *since = first - 1;
+        return STORE_OK;
+    }
+    if (err == STORE_EUNAVAIL)
+        snprintf(why, why_len,
+                 "history is off (history_retention 0): there is nothing to replay from start");
+    else if (err == STORE_EGONE)
+        snprintf(why, why_len,
+                 "history does not reach back to start (%lld µs since the epoch): take a fresh "
+                 "snapshot (without start)",
+                 (long long)rq->start);
+    else
+        snprintf(why, why_len, "%s", store_err_text(err));
+    return err == STORE_EUNAVAIL ? STORE_EGONE : err;
+}
+
 int feed_open(struct store *store, const struct feed_request *rq, const struct feed_sink *sink,
               void *arg, struct feed **out, char *why, size_t why_len)
 {
     struct feed *f = calloc(1, sizeof *f);
+    int64_t since = rq->since;
     int err;
 
     *out = NULL;
@@ -171,15 +259,27 @@ int feed_open(struct store *store, const struct feed_request *rq, const struct f
         snprintf(why, why_len, "out of memory");
         return STORE_EINTERNAL;
     }
+    assert(!(rq->from_start && rq->since >= 0)); /* refused by ops_subscribe */
     f->store = store;
     f->sink = sink;
     f->arg = arg;
+    f->from_start = rq->from_start;
+    f->start = rq->start;
     if (rq->filter != NULL)
         f->filter = *rq->filter;
     pthread_mutex_init(&f->lock, NULL);
-    if (rq->since >= 0)
+    if ((err = feed__copy_labels(f, rq->labels)) != STORE_OK) {
+        snprintf(why, why_len, "out of memory");
+        feed_close(f);
+        return err;
+    }
+    if (rq->from_start && (err = feed__since_start(store, rq, &since, why, why_len)) != STORE_OK) {
+        feed_close(f);
+        return err;
+    }
+    if (since >= 0)
         err = store_subscribe_since(store, rq->pattern, rq->plen, rq->unique, feed__on_event, f,
-                                    rq->since, &f->snap, &f->sync_rev, &f->sub);
+                                    since, &f->snap, &f->sync_rev, &f->sub);
     else
         err = store_subscribe(store, rq->pattern, rq->plen, rq->unique, feed__on_event, f,
                               rq->live_only ? NULL : &f->snap, &f->sync_rev, &f->sub);
@@ -187,7 +287,12 @@ int feed_open(struct store *store, const struct feed_request *rq, const struct f
         *out = f;
         return STORE_OK;
     }
-    if (err == STORE_EGONE)
+    if (err == STORE_EGONE && rq->from_start)
+        snprintf(why, why_len,
+                 "history does not hold every change of %.*s from start (%lld µs since the "
+                 "epoch): take a fresh snapshot (without start)",
+                 (int)rq->plen, rq->pattern, (long long)rq->start);
+    else if (err == STORE_EGONE)
         snprintf(why, why_len,
                  "history does not hold every change of %.*s after rev %lld: take a fresh "
                  "snapshot (without since)",
@@ -197,6 +302,86 @@ int feed_open(struct store *store, const struct feed_request *rq, const struct f
     f->sub = NULL;
     feed_close(f);
     return err;
+}
+
+/* One change of a snapshot, for feed__passes to find a key's changes. */
+struct feed__change {
+    const char *key;
+    size_t klen;
+    size_t i; /* its place in the snapshot */
+};
+
+/* Orders by key, then by place: a key's changes together, oldest first. */
+static int feed__change_cmp(const void *a, const void *b)
+{
+    const struct feed__change *x = a, *y = b;
+    int c = memcmp(x->key, y->key, x->klen < y->klen ? x->klen : y->klen);
+    if (c == 0)
+        c = (x->klen > y->klen) - (x->klen < y->klen);
+    return c != 0 ? c : (x->i > y->i) - (x->i < y->i);
+}
+
+/* Whether the deletion of `key` at (rev, ts), whose value is older than
+ * the replay, passes the label filters: history judges it by the record
+ * before it (history.c, invariant 4), as a history query with them does.
+ * When history cannot tell, it passes. */
+static bool feed__deletion_passes(const struct feed *f, const char *key, size_t klen, int64_t rev,
+                                  int64_t ts)
+{
+    struct store_history_query q = {.pattern = key,
+                                    .plen = klen,
+                                    .start = ts,
+                                    .stop = ts + 1,
+                                    .limit = SIZE_MAX,
+                                    .labels = f->labels};
+    struct store_history *it;
+    struct store_record rec;
+    int rc;
+    if (store_history_open(f->store, &q, &it) != STORE_OK)
+        return true;
+    while ((rc = store_history_next(it, &rec)) == 1 && rec.rev != rev)
+        ;
+    store_history_close(it, NULL);
+    return rc != 0; /* found it, or could not read */
+}
+
+/* Which changes of `snap` pass the label filters (a new array of snap->n;
+ * NULL when out of memory): a value by its labels; a deletion (a replay
+ * holds them) by the value it deleted, the change of its key before it in
+ * the replay, or, when there is none, as history judges it. */
+static bool *feed__passes(const struct feed *f, const struct store_snapshot *snap)
+{
+    bool *pass = malloc(snap->n * sizeof *pass);
+    struct feed__change *order;
+    size_t deletions = 0;
+
+    if (pass == NULL)
+        return NULL;
+    for (size_t i = 0; i < snap->n; i++) {
+        pass[i] = snap->entries[i] == NULL || store_labels_pass_entry(&f->labels, snap->entries[i]);
+        deletions += snap->entries[i] == NULL;
+    }
+    if (deletions == 0)
+        return pass;
+    if ((order = malloc(snap->n * sizeof *order)) == NULL) {
+        free(pass);
+        return NULL;
+    }
+    for (size_t i = 0; i < snap->n; i++)
+        order[i] = (struct feed__change){.key = snap->keys[i], .klen = snap->klens[i], .i = i};
+    qsort(order, snap->n, sizeof *order, feed__change_cmp);
+    for (size_t j = 0; j < snap->n; j++) {
+        const struct feed__change *prev = j > 0 ? &order[j - 1] : NULL, *cur = &order[j];
+        size_t i = cur->i;
+        if (snap->entries[i] != NULL)
+            continue;
+        if (prev != NULL && prev->klen == cur->klen && memcmp(prev->key, cur->key, cur->klen) == 0)
+            pass[i] = pass[prev->i];
+        else
+            pass[i] = feed__deletion_passes(f, cur->key, cur->klen, snap->revs[i], snap->tss[i]);
+    }
+    free(order);
+    return pass;
 }
 
 void feed_start(struct feed *f)
@@ -211,6 +396,9 @@ void feed_start(struct feed *f)
     struct store_filter filter = f->filter;
     pthread_mutex_unlock(&f->lock);
 
+    bool *pass = NULL; /* NULL: every change passes the label filters */
+    if (!failed && snap->n > 0 && store_labels_any(&f->labels))
+        failed = (pass = feed__passes(f, snap)) == NULL;
     /* Without the lock: events wait in pending meanwhile (invariant 1), so
      * no other thread writes, and the committer is not held up. */
     for (size_t i = 0; i < snap->n && !failed; i++) {
@@ -219,7 +407,11 @@ void feed_start(struct feed *f)
                                 .entry = snap->entries[i],
                                 .rev = snap->revs[i],
                                 .ts = snap->tss[i]};
-        if (filter.keep == NULL || filter.keep(filter.arg, fe.key, fe.klen))
+        /* A replay from `start` begins after the last change history held
+         * before it; one committed since, of a clock not yet at `start`,
+         * is before it too. */
+        if ((filter.keep == NULL || filter.keep(filter.arg, fe.key, fe.klen)) &&
+            (pass == NULL || pass[i]) && (!f->from_start || fe.ts >= f->start))
             sink->add_event(f->arg, &b, &fe);
         if (b.len > 0 && (sink->chunk == 0 || b.len >= sink->chunk || i + 1 == snap->n)) {
             failed = b.oom || !sink->write(f->arg, &b);
@@ -227,6 +419,7 @@ void feed_start(struct feed *f)
         }
     }
     buf_free(&b);
+    free(pass);
     store_snapshot_free(snap);
     pthread_mutex_lock(&f->lock);
     if (failed)
@@ -266,5 +459,6 @@ void feed_close(struct feed *f)
         free(p);
     }
     pthread_mutex_destroy(&f->lock);
+    free(f->label_text);
     free(f);
 }

@@ -1,7 +1,9 @@
 /*
  * feed.h — one live feed of a pattern (feed.c): a snapshot or a history
- * replay, then `sync`, then live events, written through a sink that each
- * transport (SSE, sessions) supplies.
+ * replay (after a rev, or from a time), then `sync`, then live events,
+ * written through a sink that each transport (SSE, sessions) supplies;
+ * through two filters, the keys the client may read and the labels it
+ * asked for.
  */
 #ifndef ALMANAC_FEED_H
 #define ALMANAC_FEED_H
@@ -43,7 +45,11 @@ struct feed_request {
     bool unique;                       /* drop events that leave value and type as they were */
     bool live_only;                    /* no snapshot */
     int64_t since;                     /* replay the changes after this rev instead; -1: none */
+    bool from_start;                   /* replay the changes from `start` instead (not with
+                                          since) */
+    int64_t start;                     /* µs since the epoch */
     const struct store_filter *filter; /* the keys the client may see; NULL: all */
+    const struct store_labels *labels; /* the labels it asked for (copied); NULL: any */
 };
 
 struct feed;
@@ -54,13 +60,14 @@ extern const char feed_too_slow[];
 
 /* Subscribes: live events wait until feed_start. Returns STORE_OK with
  * `*out`, or an error with a sentence in `why` (history_gone names the
- * pattern and the rev). */
+ * pattern and the rev or the time). */
 int feed_open(struct store *store, const struct feed_request *rq, const struct feed_sink *sink,
               void *arg, struct feed **out, char *why, size_t why_len);
 /* Writes the snapshot (or replay), the sync and the events that came
  * meanwhile; then events go out as they come. */
 void feed_start(struct feed *f);
-/* Replaces the feed's filter (NULL: every key), for the events that follow. */
+/* Replaces the feed's key filter (NULL: every key), for the events that
+ * follow; its label filters stay. */
 void feed_refilter(struct feed *f, const struct store_filter *filter);
 /* Unsubscribes and frees; no sink call follows. */
 void feed_close(struct feed *f);

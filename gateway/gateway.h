@@ -46,10 +46,10 @@ struct config {
     char *http_tls_key;
     char *tcp_tls_cert; /* PEM files: TLS on tcp_listen */
     char *tcp_tls_key;
-    char *admin_token;  /* a built-in admin credential, or NULL */
-    char *jwt_key;      /* JWTs: an HS256 secret or a PEM public key's path */
-    char *jwt_issuer;   /* JWTs must name it as `iss` (NULL: any) */
-    char *jwt_audience; /* JWTs must name it in `aud` (NULL: any) */
+    char *admin_token;     /* a built-in admin credential, or NULL */
+    char *jwt_key;         /* JWTs: an HS256 secret or a PEM public key's path */
+    char *jwt_issuer;      /* JWTs must name it as `iss` (NULL: any) */
+    char *jwt_audience;    /* JWTs must name it in `aud` (NULL: any) */
     char **anonymous_read; /* patterns anonymous clients may read */
     size_t nanonymous_read;
     char **anonymous_write; /* patterns anonymous clients may write */

@@ -12,6 +12,9 @@
  * it, and MHD calls the handler again to send the answer. So a writer waits
  * for its commit without holding a thread, and one commit serves every write
  * that arrived while the previous one ran.
+ * A request's query parameters and X-Almanac-* headers are checked against
+ * what its route takes (http__options) before anything else is done with
+ * it (API.md "Strictness").
  * Invariants:
  *   1. a connection is suspended before store_submit can call `done`, which
  *      resumes it (MHD forbids resuming a connection that is not suspended);
@@ -22,6 +25,7 @@
 #include "http_int.h"
 #include "guard.h"
 #include "import.h"
+#include "strict.h"
 #include "clock.h"
 #include "version.h"
 
@@ -121,7 +125,115 @@ static int http__route(struct req *r, const char *url)
     return -1;
 }
 
-/* Parses `"123"` (an ETag of ours) into *rev; -1 when it is not one. */
+/* ---- strictness: the options a route takes ---- */
+
+/* The query parameters and X-Almanac-* request headers each route takes
+ * with a method (API.md "HTTP"), besides access_token, which every GET and
+ * HEAD takes (http__authenticate); a route and method not listed take none.
+ * A name ending in '.' or '-' is a family (label.<name>,
+ * X-Almanac-Label-<name>). Anything else is refused with bad_request naming
+ * it, before the request is authenticated or its body read (API.md
+ * "Strictness"); standard headers are not options and are not looked at.
+ * A new option is a name in its row (X-Almanac-TTL on PUT; label.,
+ * exclude. and start on events), read by its route;
+ * bodies are checked by their routes (http__batch_op, http__token_create,
+ * import.c). */
+static const struct {
+    enum route route;
+    unsigned methods;
+    const char *args[STRICT_NAMES_MAX];
+    const char *headers[STRICT_NAMES_MAX];
+} http__options[] = {
+    {ROUTE_KEYS, M_GET | M_HEAD, {"envelope", "limit", "after"}, {NULL}},
+    {ROUTE_KEYS, M_PUT, {NULL}, {"X-Almanac-Label-", "X-Almanac-TTL"}},
+    {ROUTE_PUBLISH, M_POST, {NULL}, {"X-Almanac-Label-"}},
+    {ROUTE_EVENTS, M_GET, {"live_only", "since", "start", "label.", "exclude."}, {NULL}},
+    {ROUTE_HISTORY,
+     M_GET | M_HEAD,
+     {"start", "stop", "limit", "order", "after", "every", "label.", "exclude."},
+     {NULL}},
+};
+
+static const char *const http__get_args[] = {"access_token", NULL};
+static const char *const http__none[] = {NULL};
+
+struct http__strict {
+    const char *const *takes; /* the route's */
+    bool get;                 /* GET or HEAD: access_token too */
+    const char *bad;          /* the first name refused */
+};
+
+static enum MHD_Result http__strict_arg(void *cls, enum MHD_ValueKind kind, const char *name,
+                                        const char *value)
+{
+    struct http__strict *st = cls;
+    (void)kind, (void)value;
+    if (strict_takes(st->takes, name, false) ||
+        (st->get && strict_takes(http__get_args, name, false)))
+        return MHD_YES;
+    st->bad = name;
+    return MHD_NO;
+}
+
+static enum MHD_Result http__strict_header(void *cls, enum MHD_ValueKind kind, const char *name,
+                                           const char *value)
+{
+    struct http__strict *st = cls;
+    (void)kind, (void)value;
+    if (strncasecmp(name, "X-Almanac-", 10) != 0 || strict_takes(st->takes, name, true))
+        return MHD_YES;
+    st->bad = name;
+    return MHD_NO;
+}
+
+/* Refuses a query parameter or an X-Almanac-* header that route `i` does
+ * not take with the request's method. Returns 0, or -1 after answering. */
+static int http__strict(struct req *r, int i, const char *method, enum MHD_Result *answer)
+{
+    const char *const *args = http__none, *const *headers = http__none;
+    char quoted[96], takes[256];
+    for (size_t k = 0; k < sizeof http__options / sizeof http__options[0]; k++) {
+        if (http__options[k].route == r->route && (http__options[k].methods & r->method)) {
+            args = http__options[k].args;
+            headers = http__options[k].headers;
+            break;
+        }
+    }
+    bool get = r->method == M_GET || r->method == M_HEAD;
+    struct http__strict st = {.takes = args, .get = get};
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, http__strict_arg, &st);
+    if (st.bad != NULL) {
+        const char *all[STRICT_NAMES_MAX + 1] = {NULL};
+        size_t n = 0;
+        for (; n < STRICT_NAMES_MAX && args[n] != NULL; n++)
+            all[n] = args[n];
+        if (get && n < STRICT_NAMES_MAX)
+            all[n] = "access_token";
+        strict_quote(quoted, sizeof quoted, st.bad);
+        strict_list(takes, sizeof takes, all);
+        if (strcmp(st.bad, "access_token") == 0) /* a write's URL is no place for a secret */
+            *answer = http__error(r, STORE_EBADREQ,
+                                  "the query parameter access_token is for GET and HEAD only: "
+                                  "%s takes the token in Authorization: Bearer",
+                                  method);
+        else
+            *answer = http__error(r, STORE_EBADREQ, "unknown query parameter '%s' (%s %s takes %s)",
+                                  quoted, method, http__routes[i].path, takes);
+        return -1;
+    }
+    st = (struct http__strict){.takes = headers};
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, http__strict_header, &st);
+    if (st.bad != NULL) {
+        strict_quote(quoted, sizeof quoted, st.bad);
+        strict_list(takes, sizeof takes, headers);
+        *answer = http__error(r, STORE_EBADREQ,
+                              "unknown header %s: of the X-Almanac-* headers, %s %s takes %s",
+                              quoted, method, http__routes[i].path, takes);
+        return -1;
+    }
+    return 0;
+}
+
 static enum MHD_Result http__dispatch(struct req *r)
 {
     switch (r->route) {
@@ -245,6 +357,11 @@ static int http__authenticate(struct req *r, enum MHD_Result *answer)
         }
         for (token = auth + 7; *token == ' ';)
             token++;
+        if (http__arg(r, "access_token") != NULL) {
+            *answer = http__error(r, STORE_EBADREQ,
+                                  "give the token once: in Authorization or in access_token");
+            return -1;
+        }
     } else if (r->method == M_GET || r->method == M_HEAD)
         token = http__arg(r, "access_token");
     int err = ops_authenticate(r->h->ops, r->caller.address, token, &r->caller.principal, why,
@@ -255,8 +372,8 @@ static int http__authenticate(struct req *r, enum MHD_Result *answer)
     return -1;
 }
 
-/* The first call of a request: route, method and declared size. */
-static enum MHD_Result http__begin(struct req *r, const char *url)
+/* The first call of a request: route, method, options and declared size. */
+static enum MHD_Result http__begin(struct req *r, const char *url, const char *method)
 {
     enum MHD_Result answer;
     int i = http__route(r, url);
@@ -272,6 +389,8 @@ static enum MHD_Result http__begin(struct req *r, const char *url)
                                       : MHD_NO;
     if (r->method == M_OTHER || !(http__routes[i].methods & r->method))
         return http__not_allowed(r, http__routes[i].allow);
+    if (http__strict(r, i, method, &answer) != 0)
+        return answer;
     bool open = r->route == ROUTE_HEALTH || r->route == ROUTE_READY || r->route == ROUTE_WEB;
     if (!open && http__authenticate(r, &answer) != 0)
         return answer;
@@ -310,7 +429,7 @@ static enum MHD_Result http__handle(void *cls, struct MHD_Connection *conn, cons
                                     .address = c != NULL ? c->address : "?"};
         if (c != NULL)
             atomic_store(&c->since_us, 0); /* the headers are in */
-        return http__begin(r, url);
+        return http__begin(r, url, method);
     }
     if (*upload_size > 0) {
         if (r->import != NULL)

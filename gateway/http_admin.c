@@ -3,6 +3,7 @@
  * /api/v1/info, the Prometheus /metrics, and the access tokens.
  */
 #include "http_int.h"
+#include "strict.h"
 #include "clock.h"
 #include "version.h"
 
@@ -235,6 +236,10 @@ static void http__free_secret(void *cls)
     free(text);
 }
 
+/* The fields of a token's body (API.md "Access control"); any other is
+ * refused, naming it (API.md "Strictness"). */
+static const char *const http__token_fields[] = {"name", "read", "write", "admin", "expires", NULL};
+
 static enum MHD_Result http__token_create(struct req *r)
 {
     json_error_t jerr;
@@ -245,7 +250,17 @@ static enum MHD_Result http__token_create(struct req *r)
     char why[512], secret[64];
     json_t *name = json_object_get(body, "name"), *admin = json_object_get(body, "admin");
     enum MHD_Result answer;
+    const char *bad = strict_unknown(body, http__token_fields, NULL);
 
+    if (bad != NULL) {
+        char quoted[96];
+        strict_quote(quoted, sizeof quoted, bad);
+        answer = http__error(r, STORE_EBODY,
+                             "unknown field '%s' in the body (a token takes name, read, write, "
+                             "admin, expires)",
+                             quoted);
+        goto out;
+    }
     if (!json_is_object(body) || !json_is_string(name) || (admin && !json_is_boolean(admin)) ||
         http__strings(json_object_get(body, "read"), &read, &nread) != 0 ||
         http__strings(json_object_get(body, "write"), &write, &nwrite) != 0 ||

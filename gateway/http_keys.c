@@ -6,6 +6,7 @@
  * connection (http.c, invariant 1).
  */
 #include "http_int.h"
+#include "strict.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -85,8 +86,8 @@ static enum MHD_Result http__label_header(void *cls, enum MHD_ValueKind kind, co
 }
 
 /* The entry a PUT or publish carries: the body, its Content-Type (or a
- * sniffed one) and its X-Almanac-Label-* headers. Returns 0, or -1 after
- * answering. */
+ * sniffed one), its X-Almanac-Label-* headers and a PUT's X-Almanac-TTL.
+ * Returns 0, or -1 after answering. */
 static int http__body_entry(struct req *r, struct store_entry **out, enum MHD_Result *answer)
 {
     const char *type = http__header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -124,6 +125,14 @@ static int http__body_entry(struct req *r, struct store_entry **out, enum MHD_Re
     }
     if (err != STORE_OK)
         goto oom;
+    const char *ttl = http__header(r, "X-Almanac-TTL"); /* a PUT's (strictness) */
+    if (ttl != NULL &&
+        (err = envelope_ttl(out, NULL, ttl, "X-Almanac-TTL", why, sizeof why)) != STORE_OK) {
+        store_entry_unref(*out);
+        *out = NULL;
+        *answer = http__error(r, err, "%s", why);
+        goto fail;
+    }
     json_decref(l.obj);
     free(labels);
     return 0;
@@ -273,6 +282,10 @@ static enum MHD_Result http__get_key(struct req *r)
             json_decref(obj);
             snprintf(num, sizeof num, "%lld", (long long)store_entry_ts(e));
             MHD_add_response_header(resp, "X-Almanac-Ts", num);
+            if (store_entry_expires(e) > 0) {
+                snprintf(num, sizeof num, "%lld", (long long)store_entry_expires(e));
+                MHD_add_response_header(resp, "X-Almanac-Expires", num);
+            }
             MHD_add_response_header(resp, "X-Almanac-Origin",
                                     store_origin_name(store_entry_origin(e)));
             e = NULL; /* the response holds it now */
@@ -341,6 +354,15 @@ enum MHD_Result http__keys(struct req *r)
         err = ops_pattern(r->h->ops, &r->caller, r->path, r->plen, &wild, why, sizeof why);
         if (err != STORE_OK)
             return http__error(r, err, "%s", why);
+        /* http.c took the options of both; each applies to one of them. */
+        if (wild && http__arg(r, "envelope") != NULL)
+            return http__error(r, STORE_EBADREQ,
+                               "envelope is for a key: %s is a pattern, answered with envelopes",
+                               r->path);
+        const char *list = http__arg(r, "limit") ? "limit" : http__arg(r, "after") ? "after" : NULL;
+        if (!wild && list != NULL)
+            return http__error(r, STORE_EBADREQ, "%s is for a pattern, and %s is a key", list,
+                               r->path);
         return wild ? http__get_pattern(r) : http__get_key(r);
     }
     if (http__precondition(r, &if_rev, &answer) != 0)
@@ -402,6 +424,15 @@ enum MHD_Result http__ls(struct req *r)
     return http__json(r, 200, &b);
 }
 
+/* The fields of a batch op by its kind (API.md "HTTP", batch); any other
+ * is refused, naming it (API.md "Strictness"). A new field of an op goes
+ * in its list (ttl on set), read by http__batch_op or envelope_entry. */
+static const char *const http__batch_set[] = {"op",     "key",    "if_rev", "value",
+                                              "text",   "base64", "type",   "content_type",
+                                              "labels", "ttl",    NULL};
+static const char *const http__batch_delete[] = {"op", "key", "if_rev", NULL};
+static const char *const http__batch_get[] = {"op", "key", NULL};
+
 /* Builds one batch op from its JSON (the checks of keys and patterns are
  * the operations layer's); returns 0 or -1 after answering. */
 static int http__batch_op(struct req *r, size_t i, json_t *jop, struct store_op *op,
@@ -443,9 +474,28 @@ static int http__batch_op(struct req *r, size_t i, json_t *jop, struct store_op 
                               i, kind);
         return -1;
     }
+    const char *const *fields = op->kind == STORE_OP_SET      ? http__batch_set
+                                : op->kind == STORE_OP_DELETE ? http__batch_delete
+                                                              : http__batch_get;
+    const char *bad = strict_unknown(jop, fields, NULL);
+    if (bad != NULL) {
+        char quoted[96], takes[256];
+        strict_quote(quoted, sizeof quoted, bad);
+        strict_list(takes, sizeof takes, fields);
+        *answer =
+            http__error(r, STORE_EBODY, "ops[%zu]: unknown field '%s' in a %s op (it takes %s)", i,
+                        quoted, kind, takes);
+        return -1;
+    }
     if (op->kind == STORE_OP_SET) {
         int err = envelope_entry(jop, lim->max_value_bytes, true, r->caller.transport, &op->entry,
                                  why, sizeof why);
+        json_t *ttl = json_object_get(jop, "ttl");
+        if (err == STORE_OK && ttl != NULL &&
+            (err = envelope_ttl(&op->entry, ttl, NULL, "ttl", why, sizeof why)) != STORE_OK) {
+            store_entry_unref(op->entry);
+            op->entry = NULL;
+        }
         if (err != STORE_OK) {
             *answer = http__error(r, err, "ops[%zu]: %s", i, why);
             return -1;
@@ -470,6 +520,14 @@ enum MHD_Result http__batch(struct req *r)
     size_t n = json_array_size(ops);
     if (!json_is_array(ops) || n == 0)
         return http__error(r, STORE_EBODY, "the body must be {\"ops\":[...]} with at least one op");
+    static const char *const body_fields[] = {"ops", NULL};
+    const char *bad = strict_unknown(r->batch, body_fields, NULL);
+    if (bad != NULL) {
+        char quoted[96];
+        strict_quote(quoted, sizeof quoted, bad);
+        return http__error(r, STORE_EBODY, "unknown field '%s' in the body: it takes only ops",
+                           quoted);
+    }
     struct store_op *v = calloc(n, sizeof *v);
     if (v == NULL)
         return http__error(r, STORE_EINTERNAL, "out of memory");

@@ -16,6 +16,7 @@
 #include "http_int.h"
 #include "import.h"
 #include "loop.h"
+#include "strict.h"
 
 #include <ctype.h>
 #include <openssl/evp.h>
@@ -150,19 +151,85 @@ static void sse__free(void *cls)
     free(s);
 }
 
+/* ---- label filters of the query string (events, history) ---- */
+
+struct http__label_args {
+    struct store_labels *f;
+    const char *bad; /* the first argument refused */
+    bool no_value;   /* why: it has no value (else: one too many) */
+};
+
+/* One `label.<name>=<value>` (must match) or `exclude.<name>=<value>`
+ * (must not) argument into the filters. */
+static enum MHD_Result http__label_arg(void *cls, enum MHD_ValueKind kind, const char *name,
+                                       const char *value)
+{
+    struct http__label_args *a = cls;
+    const char **names, **values;
+    size_t *n, prefix;
+    (void)kind;
+    if (strncmp(name, "label.", 6) == 0) {
+        names = a->f->match_names;
+        values = a->f->match_values;
+        n = &a->f->nmatch;
+        prefix = 6;
+    } else if (strncmp(name, "exclude.", 8) == 0) {
+        names = a->f->exclude_names;
+        values = a->f->exclude_values;
+        n = &a->f->nexclude;
+        prefix = 8;
+    } else
+        return MHD_YES;
+    if (value == NULL || *n == STORE_LABELS_FILTERS_MAX) {
+        a->bad = name;
+        a->no_value = value == NULL;
+        return MHD_NO;
+    }
+    names[*n] = name + prefix;
+    values[(*n)++] = value;
+    return MHD_YES;
+}
+
+/* The label filters of the query string (history, events) into `f`. 0,
+ * or -1 with a sentence naming the argument in `why`. */
+static int http__label_filters(struct req *r, struct store_labels *f, char *why, size_t why_len)
+{
+    struct http__label_args a = {.f = f};
+    char quoted[96];
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, http__label_arg, &a);
+    if (a.bad == NULL)
+        return 0;
+    strict_quote(quoted, sizeof quoted, a.bad);
+    if (a.no_value)
+        snprintf(why, why_len,
+                 "'%s' has no value: a label filter is label.<name>=<value> or "
+                 "exclude.<name>=<value>",
+                 quoted);
+    else
+        snprintf(why, why_len, "'%s' is one filter too many: at most %d label. and %d exclude.",
+                 quoted, STORE_LABELS_FILTERS_MAX, STORE_LABELS_FILTERS_MAX);
+    return -1;
+}
+
 enum MHD_Result http__events(struct req *r)
 {
-    const char *live = http__arg(r, "live_only");
+    const char *live = http__arg(r, "live_only"), *start = http__arg(r, "start");
+    struct store_labels labels = {0};
     struct feed_request rq = {.pattern = r->path,
                               .plen = r->plen,
                               .live_only = live != NULL && strcmp(live, "0") != 0 &&
                                            strcmp(live, "false") != 0,
-                              .since = -1};
+                              .since = -1,
+                              .labels = &labels};
     char why[512];
     /* Last-Event-ID (an EventSource reconnecting) or ?since= replay the
-     * changes after that rev from history instead of the snapshot. */
+     * changes after that rev from history instead of the snapshot, and
+     * ?start= those from that time. A reconnect repeats the URL: its
+     * Last-Event-ID, after what it saw, wins over ?start= as over ?since=. */
     const char *since_text = http__header(r, "Last-Event-ID");
-    if (since_text == NULL)
+    if (since_text != NULL)
+        start = NULL;
+    else
         since_text = http__arg(r, "since");
     if (since_text != NULL) {
         char *end;
@@ -171,6 +238,11 @@ enum MHD_Result http__events(struct req *r)
             return http__error(r, STORE_EBADREQ, "since (or Last-Event-ID) is a rev: '%s'",
                                since_text);
     }
+    if (start != NULL && envelope_time("start", start, &rq.start, why, sizeof why) != 0)
+        return http__error(r, STORE_EBADREQ, "%s", why);
+    rq.from_start = start != NULL;
+    if (http__label_filters(r, &labels, why, sizeof why) != 0)
+        return http__error(r, STORE_EBADREQ, "%s", why);
     struct sse *s = calloc(1, sizeof *s);
     if (s == NULL)
         return MHD_NO;
@@ -422,23 +494,6 @@ static void http__history_end(struct stream *st)
         store_history_close(st->it, NULL);
 }
 
-/* The query string's `label.<name>=<value>` arguments. */
-static enum MHD_Result http__label_arg(void *cls, enum MHD_ValueKind kind, const char *name,
-                                       const char *value)
-{
-    struct store_history_query *q = cls;
-    (void)kind;
-    if (strncmp(name, "label.", 6) != 0 || value == NULL)
-        return MHD_YES;
-    if (q->nlabels == STORE_HISTORY_MAX_LABELS) {
-        q->nlabels++; /* too many: refused by the caller */
-        return MHD_NO;
-    }
-    q->label_names[q->nlabels] = name + 6;
-    q->label_values[q->nlabels++] = value;
-    return MHD_YES;
-}
-
 static const char *http__query_arg(void *arg, const char *name)
 {
     return http__arg(arg, name);
@@ -449,11 +504,9 @@ enum MHD_Result http__history(struct req *r)
     char why[512];
     struct store_history_query q = {.pattern = r->path, .plen = r->plen};
 
-    if (envelope_history_query(&q, http__query_arg, r, HTTP_HISTORY_MAX, why, sizeof why) != 0)
+    if (envelope_history_query(&q, http__query_arg, r, HTTP_HISTORY_MAX, why, sizeof why) != 0 ||
+        http__label_filters(r, &q.labels, why, sizeof why) != 0)
         return http__error(r, STORE_EBADREQ, "%s", why);
-    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, http__label_arg, &q);
-    if (q.nlabels > STORE_HISTORY_MAX_LABELS)
-        return http__error(r, STORE_EBADREQ, "at most %d label filters", STORE_HISTORY_MAX_LABELS);
     struct stream *st = calloc(1, sizeof *st);
     if (st == NULL)
         return MHD_NO;

@@ -13,10 +13,13 @@
  *   2. memory holds at most one line (bounded by max_line) and one commit's
  *      changes, whatever the size of the body;
  *   3. an imported change is the importer's: its origin is the transport's,
- *      never the line's "origin" (so it is mirrored to MQTT like any other).
+ *      never the line's "origin" (so it is mirrored to MQTT like any other);
+ *   4. a line holds only the fields of an envelope (API.md "Strictness"):
+ *      one the import would not apply is refused by name, never ignored.
  */
 #include "import.h"
 #include "envelope.h"
+#include "strict.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -89,6 +92,30 @@ static void import__fail(struct import *im, int err, const char *why)
     snprintf(im->why, sizeof im->why, "line %zu: %s", im->lineno, why);
 }
 
+/* The fields of an envelope as export writes it (API.md "Keys, patterns,
+ * entries"), by form; rev, ts and origin are the exporter's, read by no
+ * import (the change gets its own, invariant 3), but they are known. A new
+ * envelope field goes here once envelope_import_line applies it. */
+static const char *const import__entry_fields[] = {
+    "key",    "rev",    "ts",     "type",    "content_type", "value", "text",
+    "base64", "labels", "origin", "expires", "deleted",      NULL};
+static const char *const import__deleted_fields[] = {"key", "rev", "ts", "origin", "deleted", NULL};
+
+/* Invariant 4: STORE_OK, or STORE_EBODY naming the first unknown field. */
+static int import__known_fields(const json_t *obj, bool deleted, char *why, size_t why_len)
+{
+    const char *const *fields = deleted ? import__deleted_fields : import__entry_fields;
+    const char *bad = strict_unknown(obj, fields, NULL);
+    if (bad == NULL)
+        return STORE_OK;
+    char quoted[96], takes[256];
+    strict_quote(quoted, sizeof quoted, bad);
+    strict_list(takes, sizeof takes, fields);
+    snprintf(why, why_len, "unknown field '%s' in %s envelope (it has %s)", quoted,
+             deleted ? "a deletion's" : "an entry's", takes);
+    return STORE_EBODY;
+}
+
 /* Checks one complete line and spools it. */
 static void import__check(struct import *im, const char *text, size_t len)
 {
@@ -98,6 +125,8 @@ static void import__check(struct import *im, const char *text, size_t len)
     im->lineno++;
     int err = envelope_import_line(text, len, store_limits(im->store), im->origin, &op, &owner, why,
                                    sizeof why);
+    if (err == STORE_OK && op.key != NULL)
+        err = import__known_fields(owner, op.kind == STORE_OP_DELETE, why, sizeof why);
     if (err == STORE_OK && op.key != NULL && im->check != NULL)
         err = im->check(im->check_arg, &op, why, sizeof why);
     store_entry_unref(op.entry);

@@ -4,15 +4,15 @@
  * the Unix socket, and WebSockets handed over by the HTTP server. It frames
  * messages (lines, or WebSocket frames through wslay) and knows nothing of
  * what they say: a table of callbacks (struct loop_handler: open, input,
- * close, tick, check), as Redis's ae.c takes an aeFileProc, gets each
- * connection's messages.
+ * close, tick, check, timers), as Redis's ae.c takes an aeFileProc, gets
+ * each connection's messages.
  *
  * Other threads (the committer delivering events and answering writes)
  * never touch a socket: conn_send appends to the connection's queue under
  * its lock and marks it dirty; the loop, woken through an eventfd, writes.
  * Invariants:
  *   1. only the loop thread reads, writes or closes a connection's fd, and
- *      calls the handler's open, input, close, tick and check;
+ *      calls the handler's open, input, close, tick, check and timers;
  *   2. a queue holds at most session_queue_bytes: conn_send refuses a
  *      message past it, and what the client is told then is the handler's
  *      choice (conn_close_with drops the queue, but for a message partly
@@ -27,7 +27,8 @@
  *   5. TLS (tcp_tls_cert, TCP only): every event of a TLS connection runs
  *      its read path, then its flush. Reads drive the handshake (a client
  *      that fails it is closed; one that has not ended it within
- *      LOOP_HANDSHAKE_GRACE seconds too) and read until SSL wants more
+ *      LOOP_HANDSHAKE_GRACE seconds too; the handler opens a session only
+ *      once it is done, so silent clients hold no session) and read until SSL wants more
  *      input, so no decrypted byte waits inside SSL unseen by epoll. The
  *      flush writes nothing before the handshake is done (the welcome
  *      waits), and SSL_write gets bytes copied off the queue (c->tls_out)
@@ -253,6 +254,16 @@ static int loop__lines(struct loop *l, struct conn *c)
     return 0;
 }
 
+/* Hands `c` to the handler. One it refuses (open returns NULL) is closed
+ * once what open queued (its reason) is written. */
+static void loop__hand_over(struct loop *l, struct conn *c)
+{
+    c->opened = true;
+    c->state = l->handler->open(l->arg, c);
+    if (c->state == NULL)
+        conn__close_soon(c);
+}
+
 /* read(2) through TLS when `c` has it: bytes, 0 at the end, or -1 with
  * errno (EAGAIN: wait). */
 static ssize_t loop__recv(struct conn *c, char *buf, size_t len)
@@ -275,6 +286,8 @@ static int loop__read_lines(struct loop *l, struct conn *c)
         if (rc <= 0)
             return rc;
     }
+    if (!c->opened) /* a TLS client, its handshake done */
+        loop__hand_over(l, c);
     for (;;) {
         if (c->in_cap - c->in_len < 4096) {
             size_t cap = c->in_cap ? c->in_cap * 2 : 8192;
@@ -327,17 +340,16 @@ static void loop__flush(struct loop *l, struct conn *c)
         loop__close(l, c);
 }
 
-/* Hands a new connection (loop__add'ed) to the handler. One it refuses (open returns NULL)
- * is closed once what open queued (its reason) is written. */
+/* Watches a new connection (loop__add'ed) and hands it to the handler: at
+ * once, or a TLS one when its handshake is done (invariant 5). */
 static int loop__open(struct loop *l, struct conn *c)
 {
-    c->state = l->handler->open(l->arg, c);
     if (loop__watch(l, c) != 0) {
         loop__close(l, c);
         return -1;
     }
-    if (c->state == NULL)
-        conn__close_soon(c);
+    if (c->ssl == NULL)
+        loop__hand_over(l, c);
     loop__flush(l, c);
     return 0;
 }
@@ -509,7 +521,8 @@ static void *loop__run(void *arg)
     int64_t swept = mono_s();
 
     while (!atomic_load(&l->stop)) {
-        int n = epoll_wait(l->epfd, events, 64, 1000);
+        int64_t next = l->handler->timers != NULL ? l->handler->timers(l->arg) : -1;
+        int n = epoll_wait(l->epfd, events, 64, next < 0 || next > 1000 ? 1000 : (int)next);
         /* Handling one event may close a connection another event of the
          * batch names: each holds a reference until the batch is done. */
         for (int i = 0; i < n; i++)

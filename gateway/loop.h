@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct config;
 struct loop;
@@ -35,6 +36,9 @@ struct loop_handler {
     /* About once a second for each open connection that is not closing
      * (NULL: none): a time to end it (conn_close_with), say. */
     void (*check)(void *state);
+    /* Runs the handler's timers that are due; returns the ms until the next
+     * one, or -1 for none (NULL: no timers). The loop waits no longer. */
+    int64_t (*timers)(void *arg);
 };
 
 /* Starts the loop thread with the TCP and Unix listeners of `cfg`; every

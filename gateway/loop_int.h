@@ -34,6 +34,7 @@ struct conn {
     int fd;
     enum conn_transport transport;
     void *state; /* the handler's, from open to close */
+    bool opened; /* the handler's open ran (a TLS client's after its handshake) */
     char address[128];
 
     pthread_mutex_t lock; /* the queue and the flags below */

@@ -5,11 +5,12 @@
  *
  * A request is checked here, once, before the store sees it: keys and
  * patterns (store/key.c's rules, with the message a client reads), the
- * combinations that make no sense (if_rev on a pattern), and who is asking
- * (the caller's principal, auth.c): read of a key, or of some key of a
- * pattern, whose other keys are then filtered out, never widened; write of
- * a key, or of every key a pattern delete can match. So a new rule lands in
- * one place for every transport.
+ * combinations that make no sense (if_rev on a pattern; an empty value of
+ * a key the bridge maps out, which MQTT would take for a delete), and who
+ * is asking (the caller's principal, auth.c): read of a key, or of some key
+ * of a pattern, whose other keys are then filtered out, never widened;
+ * write of a key, or of every key a pattern delete can match. So a new rule
+ * lands in one place for every transport.
  * Invariants:
  *   1. nothing reaches the store from a request that fails a check: an
  *      error return means nothing was submitted, subscribed or applied;
@@ -20,6 +21,7 @@
  *      import) before any of it is submitted.
  */
 #include "ops.h"
+#include "lifetime.h"
 #include "envelope.h"
 #include "gateway.h"
 #include "import.h"
@@ -38,6 +40,7 @@ struct ops {
     struct bridge *bridge;
     struct sys *sys;
     const struct config *cfg;
+    struct locks *locks; /* the sessions' (lifetime.c) */
     _Atomic unsigned sessions;
     _Atomic uint64_t next_id;
 };
@@ -59,6 +62,12 @@ struct ops *ops_new(struct store *store, struct bridge *bridge, struct sys *sys,
     o->bridge = bridge;
     o->sys = sys;
     o->cfg = cfg;
+    if ((o->locks = locks_new(store)) == NULL) {
+        snprintf(why, why_len, "out of memory");
+        ops_free(o);
+        return NULL;
+    }
+    will_recover(store); /* the wills of the sessions a crash left */
     return o;
 }
 
@@ -67,7 +76,13 @@ void ops_free(struct ops *o)
     if (o == NULL)
         return;
     auth_free(o->auth);
+    locks_free(o->locks);
     free(o);
+}
+
+struct locks *ops_locks(const struct ops *o)
+{
+    return o->locks;
 }
 
 struct store *ops_store(const struct ops *o)
@@ -205,6 +220,24 @@ int ops_pattern(struct ops *o, const struct caller *c, const char *pat, size_t p
     return STORE_EKEY;
 }
 
+/* API.md "MQTT bridge": the bridge would publish an empty value of a key
+ * it maps out as an empty retained message, which MQTT takes for a delete
+ * of the topic, so the broker and the store would disagree from then on. A
+ * transient publish is not retained, so an empty one is fine (ops_publish
+ * does not ask). */
+static int ops__value_fits_mqtt(struct ops *o, const struct store_op *op, char *why, size_t why_len)
+{
+    size_t len;
+    store_entry_value(op->entry, &len);
+    if (len > 0 || !bridge_maps_out(o->bridge, op->key, op->klen))
+        return STORE_OK;
+    snprintf(why, why_len,
+             "the value of %.*s is empty, and the key maps out to MQTT, which cannot carry an "
+             "empty retained value (it would delete the topic): delete the key instead",
+             (int)op->klen, op->key);
+    return STORE_EBODY;
+}
+
 /* Checks one op of a write, and who may make it, and fills what follows
  * from it (a delete's `pattern`). */
 static int ops__check_op(struct ops *o, const struct caller *c, struct store_op *op, char *why,
@@ -221,6 +254,8 @@ static int ops__check_op(struct ops *o, const struct caller *c, struct store_op 
                                      : !ops__writes(p, op->key, op->klen))
             return ops__refuse(c, why, why_len, op->kind == STORE_OP_GET ? "read" : "write",
                                op->key, op->klen);
+        if (op->kind == STORE_OP_SET)
+            return ops__value_fits_mqtt(o, op, why, why_len);
         return STORE_OK;
     }
     bool wild;
@@ -465,6 +500,11 @@ int ops_delete(struct ops *o, const struct caller *c, struct ops_write *w, const
     return ops__submit(o, w, done, arg, why, why_len);
 }
 
+int ops_check(struct ops *o, const struct caller *c, struct store_op *op, char *why, size_t why_len)
+{
+    return ops__check_op(o, c, op, why, why_len);
+}
+
 int ops_batch(struct ops *o, const struct caller *c, struct ops_write *w, struct store_op *ops,
               size_t n, store_done_fn done, void *arg, char *why, size_t why_len)
 {
@@ -534,11 +574,17 @@ int ops_subscribe(struct ops *o, const struct caller *c, const struct feed_reque
 {
     bool wild;
     struct store_filter filter;
+    if (rq->since >= 0 && rq->from_start) {
+        snprintf(why, why_len,
+                 "since and start both say where the replay begins (after a rev, from a time): "
+                 "give one of them");
+        return STORE_EBADREQ;
+    }
     int err = ops_pattern(o, c, rq->pattern, rq->plen, &wild, why, why_len);
     if (err != STORE_OK ||
         (err = ops__read_pattern(c, rq->pattern, rq->plen, &filter, why, why_len)) != STORE_OK)
         return err;
-    struct feed_request frq = *rq;
+    struct feed_request frq = *rq; /* its label filters go on apart from `filter` */
     frq.filter = filter.keep ? &filter : NULL;
     return feed_open(o->store, &frq, sink, sink_arg, out, why, why_len);
 }

@@ -113,8 +113,9 @@ int ops_import(struct ops *o, const struct caller *c, struct import **out, char 
 /* ---- live ---- */
 
 /* A live feed of rq->pattern through `sink`, of the keys the caller may
- * read; feed_start it once the transport has said yes, ops_unsubscribe it
- * when done. */
+ * read (and the labels rq->labels asks for); feed_start it once the
+ * transport has said yes, ops_unsubscribe it when done. `since` and
+ * `start` together are bad_request. */
 int ops_subscribe(struct ops *o, const struct caller *c, const struct feed_request *rq,
                   const struct feed_sink *sink, void *sink_arg, struct feed **out, char *why,
                   size_t why_len);
@@ -139,6 +140,13 @@ int ops_tokens(struct ops *o, const struct caller *c,
                size_t why_len);
 
 /* ---- sessions ---- */
+
+/* Checks one op as a write of `c` would be (its key, pattern, privilege);
+ * fills a delete's `pattern`. The op's entry stays the caller's. */
+int ops_check(struct ops *o, const struct caller *c, struct store_op *op, char *why,
+              size_t why_len);
+/* The sessions' locks (lifetime.c). */
+struct locks *ops_locks(const struct ops *o);
 
 /* A session opens or closes ($SYS/sessions); `client_id` names it. */
 void ops_session_open(struct ops *o, const struct caller *c, const char *client_id);

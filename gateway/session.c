@@ -8,6 +8,9 @@
  * the reply written from what it returns. A subscription is a feed
  * (feed.c) whose sink writes events to the connection. Each major protocol
  * version has its own request handler (session__v1); hello picks one.
+ * Every request names the fields it takes (session__v1_requests, and
+ * session__hello_fields); a field it does not take is refused with
+ * bad_request naming it, and nothing is done (API.md "Strictness").
  * Writes are answered from the committer's thread once committed, holding
  * a reference to the connection meanwhile.
  * Invariants:
@@ -16,12 +19,18 @@
  *   2. session__free closes every feed before freeing: no sink call runs
  *      on freed memory;
  *   3. a reply the connection's queue refuses ends the session with
- *      too_slow, as a feed's event would (the policy of feed.c).
+ *      too_slow, as a feed's event would (the policy of feed.c);
+ *   4. session__free releases the session's locks and forgets its waits
+ *      before it is freed, so no lock is granted to freed memory; its will
+ *      and grave goods are applied there, however the session ended.
  */
+#include "clock.h"
 #include "envelope.h"
 #include "gateway.h"
+#include "lifetime.h"
 #include "loop.h"
 #include "ops.h"
+#include "strict.h"
 #include "sys.h"
 #include "version.h"
 
@@ -34,6 +43,7 @@
 #define SESSION_LIST_DEFAULT 1000
 #define SESSION_LIST_MAX     10000
 #define SESSION_CHUNK        65536 /* snapshot bytes a write on a line transport */
+#define SESSION_AUTH_GRACE   10    /* seconds to authenticate when anonymous may do nothing */
 
 struct csub {
     struct csub *next;
@@ -54,6 +64,9 @@ struct session {
     struct csub *subs; /* the loop thread's only */
     unsigned nsubs;
     uint64_t next_sub;
+    struct will will; /* its last will and grave goods (lifetime.c) */
+    bool bye;         /* it ended cleanly: the will is not set */
+    int64_t auth_by;  /* mono_s: anonymous may do nothing, so a credential by then; 0: none */
 };
 
 typedef int (*session_handler)(struct session *s, const char *type, json_int_t id, json_t *msg);
@@ -148,8 +161,11 @@ static void *session__open(void *arg, struct conn *c)
     for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++)
         buf_addf(&b, "%s\"%d.%d\"", i ? "," : "", session__protocols[i].major,
                  session__protocols[i].minor);
+    bool required = ops_auth_required(o, s->caller.address);
     buf_addf(&b, "],\"client_id\":\"%s\",\"auth_required\":%s}", s->client_id,
-             ops_auth_required(o, s->caller.address) ? "true" : "false");
+             required ? "true" : "false");
+    if (required)
+        s->auth_by = mono_s() + SESSION_AUTH_GRACE;
     session__send(s, &b);
     ops_session_open(o, &s->caller, s->client_id);
     return s;
@@ -171,6 +187,9 @@ static void session__free(void *state)
         s->subs = cs->next;
         csub__free(s, cs);
     }
+    lock_release_all(ops_locks(s->ops), s); /* invariant 4 */
+    will_apply(ops_store(s->ops), s->caller.transport, s->client_id, &s->will, s->bye);
+    will_clear(&s->will);
     ops_session_close(s->ops, s->client_id);
     auth_release(s->caller.principal); /* after its feeds (invariant 2) */
     free(s);
@@ -187,13 +206,24 @@ static void session__tick(void *arg)
     sys_tick(ops_sys(arg));
 }
 
-/* A session whose token was revoked or whose JWT expired ends at once. */
+/* The lock waits whose time is up; ms until the next. */
+static int64_t session__timers(void *arg)
+{
+    return lock_timers(ops_locks(arg));
+}
+
+/* A session whose token was revoked or whose JWT expired ends at once; one
+ * that may do nothing ends if it has not presented a credential within
+ * SESSION_AUTH_GRACE seconds (so idle strangers hold no max_sessions slot). */
 static void session__check(void *state)
 {
     struct session *s = state;
     char why[256];
     if (ops_caller_live(&s->caller, why, sizeof why) != STORE_OK)
         session__end(s->conn, STORE_EUNAUTH, why);
+    else if (s->auth_by != 0 && !s->caller.principal->authenticated && mono_s() >= s->auth_by)
+        session__end(s->conn, STORE_EUNAUTH,
+                     "no credential came in time: send hello with a token, or auth, first");
 }
 
 /* The principal the token `token` names replaces the session's; a
@@ -234,37 +264,82 @@ static int session__auth(struct session *s, const json_int_t *id, json_t *token)
     return 0;
 }
 
+/* ---- strictness: the fields a request takes ---- */
+
+/* Refuses a request `type` holding a field other than "type", "id" and
+ * `fields`, naming it and the fields it takes (API.md "Strictness": a
+ * misspelt filter must not return unfiltered data). 0, or -1 after
+ * answering bad_request (nothing done). */
+static int session__known_fields(struct session *s, const json_int_t *id, json_t *msg,
+                                 const char *type, const char *const *fields)
+{
+    static const char *const always[] = {"type", "id", NULL};
+    const char *name = strict_unknown(msg, fields, always);
+    if (name == NULL)
+        return 0;
+    char quoted[96], takes[256];
+    strict_quote(quoted, sizeof quoted, name);
+    strict_list(takes, sizeof takes, fields);
+    session__error(s, id, STORE_EBADREQ, "unknown field '%s' in %s (it takes %s)", quoted, type,
+                   takes);
+    return -1;
+}
+
+/* The fields of hello besides "type" and "id" (API.md "Session protocol").
+ * A new field of hello goes here (last_will and grave_goods, say), with its
+ * reading in session__hello. */
+static int session__declare(struct session *s, const json_int_t *id, json_t *will, json_t *graves,
+                            struct buf *reply);
+
+static const char *const session__hello_fields[STRICT_NAMES_MAX] = {"protocol", "token",
+                                                                    "last_will", "grave_goods"};
+
 static int session__hello(struct session *s, json_t *msg)
 {
     json_t *jid = json_object_get(msg, "id");
     json_int_t id = json_is_integer(jid) ? json_integer_value(jid) : 0;
     const json_int_t *pid = json_is_integer(jid) ? &id : NULL;
     const char *want = json_string_value(json_object_get(msg, "protocol"));
-    int major = 0, minor = 0;
+    int major = -1, minor = -1, end = 0;
+    size_t i = 0, n = sizeof session__protocols / sizeof session__protocols[0];
 
-    if (want == NULL || sscanf(want, "%d.%d", &major, &minor) != 2) {
+    if (session__known_fields(s, pid, msg, "hello", session__hello_fields) != 0)
+        return 0;
+    if (want == NULL || sscanf(want, "%d.%d%n", &major, &minor, &end) != 2 || want[end] != '\0' ||
+        major < 0 || minor < 0) {
         session__error(s, pid, STORE_EBADREQ, "hello needs \"protocol\": \"MAJOR.MINOR\"");
         return 0;
+    }
+    while (i < n && session__protocols[i].major != major)
+        i++;
+    if (i == n) {
+        session__error(s, pid, STORE_EPROTO,
+                       "protocol %s is not served; see the welcome's protocols", want);
+        return -1; /* API.md: the connection closes */
+    }
+    /* A higher minor may send what this server does not know. */
+    if (minor > session__protocols[i].minor) {
+        session__error(s, pid, STORE_EPROTO,
+                       "protocol %s is not served: of major %d this server speaks up to %d.%d",
+                       want, major, major, session__protocols[i].minor);
+        return -1;
     }
     json_t *token = json_object_get(msg, "token");
     if (token != NULL && session__auth(s, pid, token) != 0)
         return 0; /* answered: unauthorized, and the protocol stays as it was */
-    for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++) {
-        if (session__protocols[i].major != major)
-            continue;
-        s->major = major;
-        struct buf b = {0};
-        buf_adds(&b, "{\"type\":\"ok\",");
-        if (pid)
-            buf_addf(&b, "\"id\":%lld,", (long long)id);
-        buf_addf(&b, "\"protocol\":\"%d.%d\",\"client_id\":\"%s\"}", major,
-                 session__protocols[i].minor, s->client_id);
+    struct buf b = {0};
+    buf_adds(&b, "{\"type\":\"ok\",");
+    if (pid)
+        buf_addf(&b, "\"id\":%lld,", (long long)id);
+    buf_addf(&b, "\"protocol\":\"%d.%d\",\"client_id\":\"%s\"}", major, session__protocols[i].minor,
+             s->client_id);
+    json_t *will = json_object_get(msg, "last_will"), *graves = json_object_get(msg, "grave_goods");
+    if ((will != NULL || graves != NULL) && session__declare(s, pid, will, graves, &b) != 0)
+        return 0; /* answered: nothing changed */
+    s->major = major;
+    if (b.len > 0) /* else the will's commit answers */
         session__send(s, &b);
-        return 0;
-    }
-    session__error(s, pid, STORE_EPROTO, "protocol %s is not served; see the welcome's protocols",
-                   want);
-    return -1; /* API.md: the connection closes */
+    return 0;
 }
 
 /* Whether a line of a TCP or Unix session is part of an HTTP request: a
@@ -328,7 +403,8 @@ static const struct loop_handler session__handler = {.open = session__open,
                                                      .oversize = session__oversize,
                                                      .close = session__free,
                                                      .tick = session__tick,
-                                                     .check = session__check};
+                                                     .check = session__check,
+                                                     .timers = session__timers};
 
 int session_serve(struct ops *ops, const struct config *cfg, struct loop **out, char *why,
                   size_t why_len)
@@ -443,29 +519,13 @@ static int session__history(struct session *s, json_int_t id, json_t *msg)
     const char *pat = session__field(s, id, msg, "pattern", &plen);
     struct store_history_query q = {.pattern = pat, .plen = plen};
     struct session__args args = {.msg = msg};
-    json_t *labels = json_object_get(msg, "labels"), *v;
-    const char *name;
 
     if (pat == NULL)
         return 0;
-    if (envelope_history_query(&q, session__arg, &args, SESSION_LIST_MAX, why, sizeof why) != 0) {
+    if (envelope_history_query(&q, session__arg, &args, SESSION_LIST_MAX, why, sizeof why) != 0 ||
+        envelope_label_filters(msg, &q.labels, why, sizeof why) != 0) {
         session__error(s, &id, STORE_EBADREQ, "%s", why);
         return 0;
-    }
-    if (labels != NULL &&
-        (!json_is_object(labels) || json_object_size(labels) > STORE_HISTORY_MAX_LABELS)) {
-        session__error(s, &id, STORE_EBADREQ, "labels is an object of at most %d names",
-                       STORE_HISTORY_MAX_LABELS);
-        return 0;
-    }
-    json_object_foreach(labels, name, v)
-    {
-        if (!json_is_string(v)) {
-            session__error(s, &id, STORE_EBADREQ, "the label filter %s is not a string", name);
-            return 0;
-        }
-        q.label_names[q.nlabels] = name;
-        q.label_values[q.nlabels++] = json_string_value(v);
     }
     struct store_history *h;
     int err = ops_history(s->ops, &s->caller, &q, &h, why, sizeof why);
@@ -602,17 +662,22 @@ static int session__if_rev(struct session *s, json_int_t id, json_t *msg, int64_
     return 0;
 }
 
-static int session__set(struct session *s, json_int_t id, json_t *msg, bool publish)
+/* set, or with `publish` a transient publish (which takes no if_rev). */
+static int session__value(struct session *s, json_int_t id, json_t *msg, bool publish)
 {
     size_t klen;
     char why[512];
     struct store_entry *e;
-    int64_t if_rev;
+    int64_t if_rev = STORE_ANY_REV;
     const char *key = session__field(s, id, msg, "key", &klen);
-    if (key == NULL || session__if_rev(s, id, msg, &if_rev) != 0)
+    if (key == NULL || (!publish && session__if_rev(s, id, msg, &if_rev) != 0))
         return 0;
     int err = envelope_entry(msg, store_limits(ops_store(s->ops))->max_value_bytes, false,
                              s->caller.transport, &e, why, sizeof why);
+    json_t *ttl = json_object_get(msg, "ttl");
+    if (err == STORE_OK && ttl != NULL &&
+        (err = envelope_ttl(&e, ttl, NULL, "ttl", why, sizeof why)) != STORE_OK)
+        store_entry_unref(e);
     if (err != STORE_OK) {
         session__error(s, &id, err, "%s", why);
         return 0;
@@ -632,6 +697,16 @@ static int session__set(struct session *s, json_int_t id, json_t *msg, bool publ
                   sizeof why);
     session__submitted(s, sw, err, why);
     return 0;
+}
+
+static int session__set(struct session *s, json_int_t id, json_t *msg)
+{
+    return session__value(s, id, msg, false);
+}
+
+static int session__publish(struct session *s, json_int_t id, json_t *msg)
+{
+    return session__value(s, id, msg, true);
 }
 
 static int session__delete(struct session *s, json_int_t id, json_t *msg)
@@ -700,7 +775,11 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
     char why[512];
     const char *pat = session__field(s, id, msg, "pattern", &plen);
     json_t *live = json_object_get(msg, "live_only"), *unique = json_object_get(msg, "unique");
-    json_t *jsince = json_object_get(msg, "since");
+    json_t *jsince = json_object_get(msg, "since"), *jstart = json_object_get(msg, "start");
+    struct session__args args = {.msg = msg};
+    const char *start = session__arg(&args, "start"); /* µs (a number) or RFC 3339 */
+    struct store_labels labels;
+    int64_t start_us = 0;
     if (pat == NULL)
         return 0;
     if ((live && !json_is_boolean(live)) || (unique && !json_is_boolean(unique))) {
@@ -709,6 +788,16 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
     }
     if (jsince != NULL && (!json_is_integer(jsince) || json_integer_value(jsince) < 0)) {
         session__error(s, &id, STORE_EBADREQ, "since is a rev (0 or more)");
+        return 0;
+    }
+    if (start != NULL && !json_is_integer(jstart) && !json_is_string(jstart)) {
+        session__error(s, &id, STORE_EBADREQ,
+                       "start is a time: µs since the epoch (a number) or RFC 3339 (a string)");
+        return 0;
+    }
+    if ((start != NULL && envelope_time("start", start, &start_us, why, sizeof why) != 0) ||
+        envelope_label_filters(msg, &labels, why, sizeof why) != 0) {
+        session__error(s, &id, STORE_EBADREQ, "%s", why);
         return 0;
     }
     if (s->nsubs >= s->cfg->max_subscriptions) {
@@ -735,7 +824,10 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
                               .plen = plen,
                               .unique = json_is_true(unique),
                               .live_only = json_is_true(live),
-                              .since = jsince ? json_integer_value(jsince) : -1};
+                              .since = jsince ? json_integer_value(jsince) : -1,
+                              .from_start = start != NULL,
+                              .start = start_us,
+                              .labels = &labels};
     int err = ops_subscribe(s->ops, &s->caller, &rq,
                             s->caller.transport == STORE_ORIGIN_WS ? &session__ws_sink
                                                                    : &session__lines_sink,
@@ -781,41 +873,216 @@ static int session__unsubscribe(struct session *s, json_int_t id, json_t *msg)
     return 0;
 }
 
-static int session__v1(struct session *s, const char *type, json_int_t id, json_t *msg)
+static int session__auth_request(struct session *s, json_int_t id, json_t *msg)
 {
-    if (strcmp(type, "get") == 0)
-        return session__get(s, id, msg);
-    if (strcmp(type, "pget") == 0)
-        return session__pget(s, id, msg);
-    if (strcmp(type, "set") == 0)
-        return session__set(s, id, msg, false);
-    if (strcmp(type, "publish") == 0)
-        return session__set(s, id, msg, true);
-    if (strcmp(type, "delete") == 0)
-        return session__delete(s, id, msg);
-    if (strcmp(type, "history") == 0)
-        return session__history(s, id, msg);
-    if (strcmp(type, "ls") == 0)
-        return session__ls(s, id, msg);
-    if (strcmp(type, "subscribe") == 0)
-        return session__subscribe(s, id, msg);
-    if (strcmp(type, "unsubscribe") == 0)
-        return session__unsubscribe(s, id, msg);
-    if (strcmp(type, "auth") == 0) {
-        if (session__auth(s, &id, json_object_get(msg, "token")) == 0) {
-            struct buf b = {0};
-            buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld,\"principal\":", (long long)id);
-            buf_add_jstr(&b, s->caller.principal->name, strlen(s->caller.principal->name));
-            buf_adds(&b, "}");
-            session__send(s, &b);
-        }
+    if (session__auth(s, &id, json_object_get(msg, "token")) == 0) {
+        struct buf b = {0};
+        buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld,\"principal\":", (long long)id);
+        buf_add_jstr(&b, s->caller.principal->name, strlen(s->caller.principal->name));
+        buf_adds(&b, "}");
+        session__send(s, &b);
+    }
+    return 0;
+}
+
+static int session__ping(struct session *s, json_int_t id, json_t *msg)
+{
+    struct buf b = {0};
+    (void)msg;
+    buf_addf(&b, "{\"type\":\"pong\",\"id\":%lld}", (long long)id);
+    session__send(s, &b);
+    return 0;
+}
+
+/* ---- lifetime: will, bye, locks (lifetime.c) ---- */
+
+/* A will's answer, once its record is committed. */
+struct session__declared {
+    struct conn *conn; /* a reference */
+    json_int_t id;
+    bool has_id;
+    struct buf reply; /* hello's ok, or empty: a plain ok */
+};
+
+static void session__declared(void *arg, int err)
+{
+    struct session__declared *d = arg;
+    struct buf b = {0};
+    if (err != STORE_OK) {
+        if (d->has_id)
+            buf_addf(&b, "{\"type\":\"error\",\"id\":%lld,", (long long)d->id);
+        else
+            buf_adds(&b, "{\"type\":\"error\",\"id\":null,");
+        envelope_add_error(&b, err, "the will could not be kept; nothing was declared");
+        buf_free(&d->reply);
+    } else if (d->reply.len > 0)
+        b = d->reply;
+    else
+        buf_addf(&b, "{\"type\":\"ok\",\"id\":%lld}", (long long)d->id);
+    session__send_on(d->conn, &b);
+    conn_unref(d->conn);
+    free(d);
+}
+
+static int session__check_write(void *arg, struct store_op *op, char *why, size_t why_len)
+{
+    struct session *s = arg;
+    return ops_check(s->ops, &s->caller, op, why, why_len);
+}
+
+/* Declares the session's will (either part NULL: kept as it was); `reply`
+ * (taken over; empty: a plain ok) goes out once it is kept. Returns 0, or
+ * -1 after answering an error. */
+static int session__declare(struct session *s, const json_int_t *id, json_t *will, json_t *graves,
+                            struct buf *reply)
+{
+    char why[512];
+    struct session__declared *d = calloc(1, sizeof *d);
+    if (d == NULL) {
+        buf_free(reply);
+        session__error(s, id, STORE_EINTERNAL, "out of memory");
+        return -1;
+    }
+    d->conn = s->conn;
+    d->has_id = id != NULL;
+    d->id = id ? *id : 0;
+    d->reply = *reply;
+    *reply = (struct buf){0};
+    conn_ref(s->conn);
+    int err = will_declare(ops_store(s->ops), s->caller.transport, s->client_id, &s->will, will,
+                           graves, session__check_write, s, session__declared, d, why, sizeof why);
+    if (err != STORE_OK) {
+        conn_unref(d->conn);
+        buf_free(&d->reply);
+        free(d);
+        session__error(s, id, err, "%s", why);
+        return -1;
+    }
+    return 0;
+}
+
+static int session__will(struct session *s, json_int_t id, json_t *msg)
+{
+    struct buf none = {0};
+    json_t *will = json_object_get(msg, "last_will"), *graves = json_object_get(msg, "grave_goods");
+    if (will == NULL && graves == NULL) {
+        session__error(s, &id, STORE_EBADREQ, "will takes last_will, grave_goods or both");
         return 0;
     }
-    if (strcmp(type, "ping") == 0) {
-        struct buf b = {0};
-        buf_addf(&b, "{\"type\":\"pong\",\"id\":%lld}", (long long)id);
-        session__send(s, &b);
+    session__declare(s, &id, will, graves, &none);
+    return 0;
+}
+
+/* A clean end: the will is not set (grave goods still go); the connection
+ * closes once the ok is written. */
+static int session__bye(struct session *s, json_int_t id, json_t *msg)
+{
+    (void)msg;
+    s->bye = true;
+    will_apply(ops_store(s->ops), s->caller.transport, s->client_id, &s->will, true);
+    will_clear(&s->will); /* done: not again when the socket closes */
+    session__ok(s, id);
+    return -1;
+}
+
+/* A lock granted after a wait, or not in time. */
+static void session__granted(void *holder, int64_t id, int err, const char *key)
+{
+    struct session *s = holder;
+    json_int_t jid = (json_int_t)id;
+    if (err == STORE_OK)
+        session__ok(s, jid);
+    else
+        session__error(s, &jid, err, "another session held the lock on %s for all of wait_ms", key);
+}
+
+static int session__lock(struct session *s, json_int_t id, json_t *msg)
+{
+    size_t klen;
+    char why[512];
+    json_t *wait = json_object_get(msg, "wait_ms");
+    const char *key = session__field(s, id, msg, "key", &klen);
+    if (key == NULL)
         return 0;
+    if (wait != NULL && (!json_is_integer(wait) || json_integer_value(wait) < 0 ||
+                         json_integer_value(wait) > 3600000)) {
+        session__error(s, &id, STORE_EBADREQ, "wait_ms is a number of ms from 0 to 3600000");
+        return 0;
+    }
+    /* A lock needs the right to write its key (as a delete of it would). */
+    struct store_op op = {
+        .kind = STORE_OP_DELETE, .key = key, .klen = klen, .if_rev = STORE_ANY_REV};
+    int err =
+        store_key_check(key, klen, store_limits(ops_store(s->ops))->max_key_bytes, why, sizeof why);
+    if (err == STORE_OK)
+        err = ops_check(s->ops, &s->caller, &op, why, sizeof why);
+    bool waiting = false;
+    if (err == STORE_OK)
+        err = lock_take(ops_locks(s->ops), s, s->client_id, key, klen,
+                        wait ? json_integer_value(wait) : 0, id, session__granted, &waiting, why,
+                        sizeof why);
+    if (err != STORE_OK)
+        session__error(s, &id, err, "%s", why);
+    else if (!waiting)
+        session__ok(s, id);
+    return 0;
+}
+
+static int session__unlock(struct session *s, json_int_t id, json_t *msg)
+{
+    size_t klen;
+    const char *key = session__field(s, id, msg, "key", &klen);
+    if (key == NULL)
+        return 0;
+    if (lock_release(ops_locks(s->ops), s, key, klen) == STORE_OK)
+        session__ok(s, id);
+    else
+        session__error(s, &id, STORE_ENOTFOUND, "this session holds no lock on %.*s", (int)klen,
+                       key);
+    return 0;
+}
+
+/* The requests of protocol 1 (API.md "Session protocol") and the fields
+ * each takes besides "type" and "id"; session__v1 refuses any other field
+ * before the handler runs. A new field of a request is a name in its row
+ * (ttl on set; labels, exclude_labels and start on subscribe), read by its
+ * handler; a new request is a row of its own. */
+static const struct {
+    const char *type;
+    int (*handle)(struct session *s, json_int_t id, json_t *msg);
+    const char *fields[STRICT_NAMES_MAX]; /* NULL-terminated when fewer */
+} session__v1_requests[] = {
+    {"get", session__get, {"key"}},
+    {"pget", session__pget, {"pattern", "limit", "after"}},
+    {"set",
+     session__set,
+     {"key", "value", "text", "base64", "content_type", "labels", "if_rev", "ttl"}},
+    {"publish", session__publish, {"key", "value", "text", "base64", "content_type", "labels"}},
+    {"delete", session__delete, {"key", "if_rev"}},
+    {"ls", session__ls, {"key"}},
+    {"history",
+     session__history,
+     {"pattern", "start", "stop", "limit", "order", "after", "every", "labels", "exclude_labels"}},
+    {"subscribe",
+     session__subscribe,
+     {"pattern", "live_only", "unique", "since", "start", "labels", "exclude_labels"}},
+    {"unsubscribe", session__unsubscribe, {"sub"}},
+    {"auth", session__auth_request, {"token"}},
+    {"ping", session__ping, {NULL}},
+    {"will", session__will, {"last_will", "grave_goods"}},
+    {"bye", session__bye, {NULL}},
+    {"lock", session__lock, {"key", "wait_ms"}},
+    {"unlock", session__unlock, {"key"}},
+};
+
+static int session__v1(struct session *s, const char *type, json_int_t id, json_t *msg)
+{
+    for (size_t i = 0; i < sizeof session__v1_requests / sizeof session__v1_requests[0]; i++) {
+        if (strcmp(type, session__v1_requests[i].type) != 0)
+            continue;
+        if (session__known_fields(s, &id, msg, type, session__v1_requests[i].fields) != 0)
+            return 0;
+        return session__v1_requests[i].handle(s, id, msg);
     }
     session__error(s, &id, STORE_EBADREQ, "unknown request type '%s'", type);
     return 0;

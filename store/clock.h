@@ -10,5 +10,7 @@
 int64_t now_us(void);
 /* A clock that never steps: seconds since some start (timeouts). */
 int64_t mono_s(void);
+/* The same in ms (waits shorter than a second). */
+int64_t mono_ms(void);
 
 #endif

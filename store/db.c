@@ -89,6 +89,9 @@ static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
           "  name TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, read TEXT NOT NULL,"
           "  write TEXT NOT NULL, admin INTEGER NOT NULL, created INTEGER NOT NULL,"
           "  expires INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;",
+    /* Keys that expire: when (µs), NULL for never. */
+    [4] = "ALTER TABLE entries ADD COLUMN expires INTEGER;"
+          "ALTER TABLE outbox ADD COLUMN expires INTEGER;",
 };
 
 static int db__exec(struct db *db, const char *sql, char *why, size_t why_len)
@@ -306,7 +309,7 @@ int db__open(const char *dir, enum store_durability durability, uint64_t max_byt
         goto fail;
     if (sqlite3_prepare_v3(db->conn,
                            "INSERT OR REPLACE INTO entries(key, rev, ts, type, labels, origin, "
-                           "value) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           "value, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            -1, SQLITE_PREPARE_PERSISTENT, &db->put, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn, "DELETE FROM entries WHERE key = ?", -1,
                            SQLITE_PREPARE_PERSISTENT, &db->del, NULL) != SQLITE_OK ||
@@ -314,7 +317,7 @@ int db__open(const char *dir, enum store_durability durability, uint64_t max_byt
                            SQLITE_PREPARE_PERSISTENT, &db->rev, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn,
                            "INSERT OR REPLACE INTO outbox(topic, rev, type, labels, value, "
-                           "deleted) VALUES (?, ?, ?, ?, ?, ?)",
+                           "deleted, expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            -1, SQLITE_PREPARE_PERSISTENT, &db->obx_put, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn, "DELETE FROM outbox WHERE topic = ? AND rev = ?", -1,
                            SQLITE_PREPARE_PERSISTENT, &db->obx_del, NULL) != SQLITE_OK ||
@@ -414,8 +417,8 @@ bool db__col_origin(sqlite3_stmt *st, int col, enum store_origin *origin)
 }
 
 int db__col_entry(sqlite3_stmt *st, int type_col, int labels_col, int value_col,
-                  enum store_origin origin, int64_t rev, int64_t ts, struct store_entry **out,
-                  const char **bad)
+                  enum store_origin origin, int64_t rev, int64_t ts, int64_t expires,
+                  struct store_entry **out, const char **bad)
 {
     size_t tlen = 0, llen = 0, vlen;
     const char *type = db__col_text(st, type_col, UINT8_MAX, &tlen), *labels = NULL;
@@ -447,7 +450,7 @@ int db__col_entry(sqlite3_stmt *st, int type_col, int labels_col, int value_col,
         *bad = "value";
         return STORE_EINTERNAL;
     }
-    *out = entry__load(vlen ? value : "", vlen, type, labels, origin, rev, ts);
+    *out = entry__load(vlen ? value : "", vlen, type, labels, origin, rev, ts, expires);
     return *out != NULL ? STORE_OK : STORE_EINTERNAL;
 }
 
@@ -495,14 +498,14 @@ int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, s
         return err;
     err = STORE_EINTERNAL;
     if (sqlite3_prepare_v2(db->conn,
-                           "SELECT key, rev, ts, type, labels, origin, value FROM entries", -1, &st,
-                           NULL) != SQLITE_OK)
+                           "SELECT key, rev, ts, type, labels, origin, value, expires FROM entries",
+                           -1, &st, NULL) != SQLITE_OK)
         goto fail;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct store_entry *e = NULL;
         const char *bad = NULL;
         size_t klen = 0;
-        int64_t erev = 0, ts = 0;
+        int64_t erev = 0, ts = 0, expires = 0;
         enum store_origin origin = STORE_ORIGIN_HTTP;
         const char *key = db__col_key(st, 0, &klen);
         row++;
@@ -514,7 +517,11 @@ int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, s
             bad = "ts";
         else if (!db__col_origin(st, 5, &origin))
             bad = "origin";
-        else if (db__col_entry(st, 3, 4, 6, origin, erev, ts, &e, &bad) != STORE_OK && bad == NULL)
+        else if (sqlite3_column_type(st, 7) != SQLITE_NULL &&
+                 (!db__col_int(st, 7, &expires) || expires <= 0))
+            bad = "expires";
+        else if (db__col_entry(st, 3, 4, 6, origin, erev, ts, expires, &e, &bad) != STORE_OK &&
+                 bad == NULL)
             goto oom;
         if (bad != NULL) {
             if (key != NULL)
@@ -602,7 +609,7 @@ int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
     int rc, err = STORE_EINTERNAL;
 
     if (sqlite3_prepare_v2(db->conn,
-                           "SELECT topic, rev, type, labels, value, deleted FROM outbox "
+                           "SELECT topic, rev, type, labels, value, deleted, expires FROM outbox "
                            "ORDER BY rev",
                            -1, &st, NULL) != SQLITE_OK)
         goto fail;
@@ -610,7 +617,7 @@ int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
         struct store_entry *e = NULL;
         const char *bad = NULL;
         size_t tlen = 0;
-        int64_t rev = 0, deleted = 0;
+        int64_t rev = 0, deleted = 0, expires = 0;
         const char *topic = db__col_text(st, 0, SIZE_MAX, &tlen);
         if (topic == NULL || tlen == 0)
             bad = "topic";
@@ -618,8 +625,12 @@ int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
             bad = "rev";
         else if (!db__col_int(st, 5, &deleted) || (deleted != 0 && deleted != 1))
             bad = "deleted";
+        else if (sqlite3_column_type(st, 6) != SQLITE_NULL &&
+                 (!db__col_int(st, 6, &expires) || expires <= 0))
+            bad = "expires";
         else if (!deleted &&
-                 db__col_entry(st, 2, 3, 4, STORE_ORIGIN_HTTP, rev, 0, &e, &bad) != STORE_OK &&
+                 db__col_entry(st, 2, 3, 4, STORE_ORIGIN_HTTP, rev, 0, expires, &e, &bad) !=
+                     STORE_OK &&
                  bad == NULL)
             goto oom;
         if (bad != NULL) {
@@ -665,6 +676,8 @@ static int db__write_outbox(struct db *db, const struct change *c)
         sqlite3_bind_text(st, 3, store_entry_type(c->entry), -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 4, store_entry_labels(c->entry), -1, SQLITE_STATIC);
         sqlite3_bind_blob(st, 5, vlen ? value : "", (int)vlen, SQLITE_STATIC);
+        if (store_entry_expires(c->entry) > 0)
+            sqlite3_bind_int64(st, 7, store_entry_expires(c->entry));
     }
     sqlite3_bind_int(st, 6, c->entry == NULL);
     return db__step(st);
@@ -715,6 +728,11 @@ static int db__write_change(struct db *db, const struct change *c)
     sqlite3_bind_text(st, 5, store_entry_labels(c->entry), -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 6, (int)store_entry_origin(c->entry));
     sqlite3_bind_blob(st, 7, vlen ? value : "", (int)vlen, SQLITE_STATIC);
+    int64_t expires = store_entry_expires(c->entry);
+    if (expires > 0)
+        sqlite3_bind_int64(st, 8, expires);
+    else
+        sqlite3_bind_null(st, 8);
     return db__step(st);
 }
 

@@ -1,9 +1,12 @@
 /*
- * entry.c — values with their type, labels, rev, ts and origin.
+ * entry.c — values with their type, labels, rev, ts, origin and expiry;
+ * and the label filters of history queries and feeds (store_labels).
  *
  * An entry is one allocation: a fixed header, then the value bytes, then a
  * custom content type and the labels JSON (each NUL-terminated, each only
- * when present). The three common types are a one-byte id instead.
+ * when present), then the expiry time (8 bytes, only when `expiring`, so
+ * an entry that never expires pays nothing for it). The three common types
+ * are a one-byte id instead.
  * Invariants:
  *   1. after entry__stamp and before it is shared, an entry never changes;
  *   2. `refs` counts every holder (tree, change records, readers), and the
@@ -11,6 +14,7 @@
  */
 #include "store_int.h"
 
+#include <assert.h>
 #include <jansson.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -40,7 +44,9 @@ struct store_entry {
     uint8_t type_len;    /* without its NUL; 0: a builtin type */
     uint8_t type_id;
     uint8_t origin;
-    char data[]; /* value, [type NUL], [labels NUL]; allocated from offsetof */
+    bool expiring; /* the data ends with the expiry time (µs) */
+    char data[];   /* value, [type NUL], [labels NUL], [expires]; allocated
+                      from offsetof */
 };
 
 const char *store_origin_name(enum store_origin o)
@@ -107,6 +113,7 @@ static struct store_entry *entry__alloc(const void *value, size_t len, const cha
     e->type_len = (uint8_t)tlen;
     e->labels_len = (uint16_t)llen;
     e->origin = (uint8_t)origin;
+    e->expiring = false;
     if (len)
         memcpy(e->data, value, len);
     if (tlen)
@@ -130,11 +137,46 @@ int store_entry_new(const void *value, size_t len, const char *type, const char 
     return *out ? STORE_OK : STORE_EINTERNAL;
 }
 
+/* The bytes of `e` before its expiry time. */
+static size_t entry__size(const struct store_entry *e)
+{
+    return offsetof(struct store_entry, data) + e->vlen + (e->type_len ? e->type_len + 1u : 0) +
+           (e->labels_len ? e->labels_len + 1u : 0);
+}
+
+int store_entry_expire_at(struct store_entry **e, int64_t expires)
+{
+    assert(atomic_load(&(*e)->refs) == 1); /* not shared yet */
+    if (expires <= 0)
+        return STORE_OK;
+    size_t size = entry__size(*e);
+    struct store_entry *n = (*e)->expiring ? *e : realloc(*e, size + sizeof expires);
+    if (n == NULL)
+        return STORE_EINTERNAL;
+    n->expiring = true;
+    memcpy(n->data + (size - offsetof(struct store_entry, data)), &expires, sizeof expires);
+    *e = n;
+    return STORE_OK;
+}
+
+int64_t store_entry_expires(const struct store_entry *e)
+{
+    int64_t expires = 0;
+    if (e->expiring)
+        memcpy(&expires, e->data + (entry__size(e) - offsetof(struct store_entry, data)),
+               sizeof expires);
+    return expires;
+}
+
 struct store_entry *entry__load(const void *value, size_t len, const char *type,
                                 const char *labels_json, enum store_origin origin, int64_t rev,
-                                int64_t ts)
+                                int64_t ts, int64_t expires)
 {
     struct store_entry *e = entry__alloc(value, len, type, labels_json, origin);
+    if (e != NULL && store_entry_expire_at(&e, expires) != STORE_OK) {
+        free(e);
+        return NULL;
+    }
     if (e != NULL)
         entry__stamp(e, rev, ts);
     return e;
@@ -193,4 +235,37 @@ bool store_entry_same(const struct store_entry *a, const struct store_entry *b)
     return a->vlen == b->vlen && a->type_id == b->type_id &&
            strcmp(store_entry_type(a), store_entry_type(b)) == 0 &&
            memcmp(a->data, b->data, a->vlen) == 0;
+}
+
+/* ---- label filters ---- */
+
+bool store_labels_any(const struct store_labels *f)
+{
+    return f != NULL && (f->nmatch > 0 || f->nexclude > 0);
+}
+
+bool store_labels_pass(const struct store_labels *f, const char *json, size_t len)
+{
+    if (!store_labels_any(f))
+        return true;
+    if (json == NULL) /* no labels: no match filter holds, no exclude filter */
+        return f->nmatch == 0;
+    json_t *obj = json_loadb(json, len, 0, NULL);
+    bool ok = json_is_object(obj);
+    for (size_t i = 0; i < f->nmatch && ok; i++) {
+        const char *v = json_string_value(json_object_get(obj, f->match_names[i]));
+        ok = v != NULL && strcmp(v, f->match_values[i]) == 0;
+    }
+    for (size_t i = 0; i < f->nexclude && ok; i++) {
+        const char *v = json_string_value(json_object_get(obj, f->exclude_names[i]));
+        ok = v == NULL || strcmp(v, f->exclude_values[i]) != 0;
+    }
+    json_decref(obj);
+    return ok;
+}
+
+bool store_labels_pass_entry(const struct store_labels *f, const struct store_entry *e)
+{
+    const char *labels = store_entry_labels(e);
+    return store_labels_pass(f, labels, labels ? e->labels_len : 0);
 }

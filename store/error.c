@@ -30,6 +30,7 @@ static const struct {
     [STORE_EPROTO] = {"protocol_unsupported", 400, "that protocol version is not served"},
     [STORE_ESLOW] = {"too_slow", 400, "the client reads too slowly"},
     [STORE_EHOST] = {"misdirected", 421, "the Host is not a name of this server"},
+    [STORE_ELOCKED] = {"locked", 409, "another session holds the lock"},
 };
 
 const char *store_err_name(int err)

@@ -1,7 +1,8 @@
 /*
  * history.c — every change of the keys history keeps (the `history` table,
  * written by db__write in the change's own commit): queries, the replay of a
- * subscription's `since`, and pruning by age and size.
+ * subscription's `since` (or `start`: store_history_first_rev finds its
+ * rev), and pruning by age and size.
  *
  * Readers use connections of their own from a small pool (WAL: they never
  * wait for the committer, nor it for them). The pruner has one more
@@ -18,7 +19,10 @@
  *      record above it;
  *   3. meta('history_bytes') and ('history_records') are what the table
  *      holds (the estimate HISTORY_ROW_BYTES + the lengths), moved in the
- *      transactions that add or delete records.
+ *      transactions that add or delete records;
+ *   4. a query's label filters judge a deletion by the record of its key
+ *      before it (the value it deleted), read in the query's transaction;
+ *      when that record is pruned the deletion passes (store_labels).
  Rows are read through db.c's checked column readers: a corrupt record ends
  * a query or a replay with STORE_EINTERNAL and a log line naming its rev.
  */
@@ -26,7 +30,6 @@
 #include "clock.h"
 #include "log.h"
 
-#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -254,7 +257,8 @@ static int history__row(sqlite3_stmt *st, char **key, size_t *kcap, struct store
         return STORE_EINTERNAL;
     rec->key = *key;
     rec->klen = klen;
-    if (!deleted && db__col_entry(st, 3, 4, 6, origin, rec->rev, rec->ts, entry, bad) != STORE_OK)
+    if (!deleted &&
+        db__col_entry(st, 3, 4, 6, origin, rec->rev, rec->ts, 0, entry, bad) != STORE_OK)
         return STORE_EINTERNAL;
     rec->entry = *entry;
     return STORE_OK;
@@ -346,6 +350,7 @@ struct store_history {
     struct history *h;
     sqlite3 *conn;
     sqlite3_stmt *st;
+    sqlite3_stmt *before; /* the record before a deletion (invariant 4) */
     struct store_history_query q;
     bool wild, grouped; /* grouped: a pattern with `every`, key by key */
     size_t emitted;
@@ -374,20 +379,46 @@ static int64_t history__bucket(int64_t ts, int64_t every)
     return ts < 0 && ts % every != 0 ? b - 1 : b;
 }
 
-/* Whether the labels JSON of `e` holds every label filter of `q`. */
-static bool history__labels_match(const struct store_history_query *q, const struct store_entry *e)
+/* Whether the deletion `rec` passes the label filters: judged by the
+ * labels of its key's record before it, the value it deleted, or passed
+ * when that record is gone (invariant 4). 1, 0, or a negative error. */
+static int history__deletion_passes(struct store_history *it, const struct store_record *rec)
 {
-    const char *labels = e ? store_entry_labels(e) : NULL;
-    if (labels == NULL)
-        return false;
-    json_t *obj = json_loads(labels, 0, NULL);
-    bool ok = obj != NULL;
-    for (size_t i = 0; i < q->nlabels && ok; i++) {
-        const char *v = json_string_value(json_object_get(obj, q->label_names[i]));
-        ok = v != NULL && strcmp(v, q->label_values[i]) == 0;
+    sqlite3_stmt *st = it->before;
+    int64_t deleted = 0;
+    size_t len = 0;
+    const char *labels = NULL;
+    int pass = -STORE_EINTERNAL;
+
+    /* (key, ts, rev) is the index: rev is the rowid. */
+    if (st == NULL &&
+        sqlite3_prepare_v2(it->conn,
+                           "SELECT labels, deleted FROM history INDEXED BY history_key_ts "
+                           "WHERE key = ?1 AND ts <= ?2 AND rev < ?3 "
+                           "ORDER BY ts DESC, rev DESC LIMIT 1",
+                           -1, &it->before, NULL) != SQLITE_OK) {
+        log_error("store: querying history: %s", sqlite3_errmsg(it->conn));
+        return -STORE_EINTERNAL;
     }
-    json_decref(obj);
-    return ok;
+    st = it->before;
+    sqlite3_bind_text(st, 1, rec->key, (int)rec->klen, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, rec->ts);
+    sqlite3_bind_int64(st, 3, rec->rev);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        pass = 1; /* pruned: the value it deleted is not known */
+    else if (rc != SQLITE_ROW)
+        log_error("store: querying history: %s", sqlite3_errmsg(it->conn));
+    else if (!db__col_int(st, 1, &deleted) || (deleted != 0 && deleted != 1) ||
+             (sqlite3_column_type(st, 0) != SQLITE_NULL &&
+              (labels = db__col_text(st, 0, UINT16_MAX, &len)) == NULL))
+        log_error("store: %s is corrupt: the history record of %s before rev %lld has a bad "
+                  "labels or deleted column",
+                  it->h->path, rec->key, (long long)rec->rev);
+    else /* a deletion before a deletion deleted nothing known: it passes */
+        pass = deleted ? 1 : store_labels_pass(&it->q.labels, labels, len);
+    sqlite3_reset(st);
+    return pass;
 }
 
 /* The (key, ts) of the record `rev` (the key a new string): 1, 0 when it
@@ -579,8 +610,14 @@ static int history__step(struct store_history *it, struct store_record *rec)
             history__log_row(it->h, it->st, bad);
             return -STORE_EINTERNAL;
         }
-        if (it->q.nlabels > 0 && !history__labels_match(&it->q, it->entry))
-            continue;
+        if (store_labels_any(&it->q.labels)) {
+            int pass = it->entry != NULL ? store_labels_pass_entry(&it->q.labels, it->entry)
+                                         : history__deletion_passes(it, rec);
+            if (pass < 0)
+                return pass;
+            if (!pass)
+                continue;
+        }
         if (it->q.filter.keep != NULL && !it->q.filter.keep(it->q.filter.arg, rec->key, rec->klen))
             continue; /* not the reader's: neither handed out nor counted */
         return 1;
@@ -696,6 +733,7 @@ void store_history_close(struct store_history *it, int64_t *next)
                     : 0;
     }
     sqlite3_finalize(it->st);
+    sqlite3_finalize(it->before);
     if (it->conn != NULL) {
         sqlite3_exec(it->conn, "COMMIT", NULL, NULL, NULL);
         history__put(it->h, it->conn);
@@ -706,4 +744,27 @@ void store_history_close(struct store_history *it, int64_t *next)
     free(it->ckey);
     free(it->gkey);
     free(it);
+}
+
+int store_history_first_rev(struct store *s, int64_t ts, int64_t *rev)
+{
+    /* A query of no key, never stepped, lends its read connection and
+     * transaction: the floor and the records of one snapshot (invariant 2). */
+    struct store_history_query q = {.pattern = "", .plen = 0, .start = 0, .stop = 0, .limit = 1};
+    struct store_history *it;
+    int err = store_history_open(s, &q, &it);
+    if (err != STORE_OK)
+        return err;
+    int64_t floor = db__meta_of(it->conn, "history_floor");
+    /* One past the last record before `ts` (invariant 1), 0 when none is. */
+    int64_t first = history__rev_at(it->conn, ts);
+    store_history_close(it, NULL);
+    if (first == 0 && floor == 0)
+        first = 1; /* history holds every change: the first there was */
+    /* The changes up to the floor are gone: one of them may be at or after
+     * `ts` unless a record before `ts` above the floor says otherwise. */
+    if (first - 1 < floor)
+        return STORE_EGONE;
+    *rev = first;
+    return STORE_OK;
 }

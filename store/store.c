@@ -58,6 +58,7 @@ struct store {
     struct subnode *subs;
 
     struct outbox *outbox;
+    struct expiry *expiry; /* keys that expire */
 
     struct history *history; /* NULL: history is off */
     char **hist_keys;        /* owned copies of cfg.history_keys, or "#" */
@@ -309,10 +310,13 @@ static int store__load_one(void *arg, const char *key, size_t klen, struct store
     struct store_entry *old;
     if (store_entry_ts(e) > s->last_ts)
         s->last_ts = store_entry_ts(e);
+    int64_t expires = store_entry_expires(e);
     int err = tree__set(s->tree, key, klen, e, &old);
     if (err != STORE_OK)
         store_entry_unref(e);
     store_entry_unref(old);
+    if (err == STORE_OK && expires > 0) /* expired already: at once */
+        err = expiry__push(s->expiry, key, klen, expires);
     return err;
 }
 
@@ -381,7 +385,8 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
     pthread_mutex_init(&s->slock, NULL);
     pthread_cond_init(&s->scond, NULL);
     pthread_mutex_init(&s->sublock, NULL);
-    if ((s->subs = subs__new()) == NULL || (s->outbox = outbox__new()) == NULL) {
+    if ((s->subs = subs__new()) == NULL || (s->outbox = outbox__new()) == NULL ||
+        (s->expiry = expiry__new(s)) == NULL) {
         snprintf(why, why_len, "out of memory");
         err = STORE_EINTERNAL;
         goto fail;
@@ -406,6 +411,11 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
         goto fail;
     }
     s->started = true;
+    if (expiry__start(s->expiry) != STORE_OK) {
+        snprintf(why, why_len, "cannot start the expiry thread");
+        err = STORE_EINTERNAL;
+        goto fail;
+    }
     log_info("store: %s loaded in %lld ms: %llu keys, rev %lld, schema %d", db__path(s->db),
              (long long)load_ms, (unsigned long long)tree__count(s->tree), (long long)rev,
              db__schema_version(s->db));
@@ -433,6 +443,7 @@ void store_close(struct store *s)
 {
     if (s == NULL)
         return;
+    expiry__stop(s->expiry); /* it writes: before the drain */
     if (s->started) {
         store_drain(s);
         pthread_mutex_lock(&s->qlock);
@@ -458,6 +469,7 @@ void store_close(struct store *s)
     }
     subs__free(s->subs);
     outbox__free(s->outbox);
+    expiry__free(s->expiry);
     free(s->data_dir);
     free(s);
 }
@@ -565,6 +577,15 @@ static int store__check_rev(const struct store_entry *cur, int64_t if_rev)
     return cur != NULL && store_entry_rev(cur) == if_rev ? STORE_OK : STORE_EREV;
 }
 
+/* Whether two entries expire alike: both never, or within the second that
+ * MQTT's message expiry interval counts in (so the echo of a retained
+ * message of ours, its remaining seconds rounded, is the same). */
+static bool store__same_expiry(const struct store_entry *a, const struct store_entry *b)
+{
+    int64_t x = store_entry_expires(a), y = store_entry_expires(b);
+    return (x == 0) == (y == 0) && (x > y ? x - y : y - x) <= 1000000;
+}
+
 static int store__apply_set(struct store *s, struct commit *c, struct store_op *op, int64_t ts)
 {
     struct store_entry *cur = tree__get(s->tree, op->key, op->klen);
@@ -573,7 +594,8 @@ static int store__apply_set(struct store *s, struct commit *c, struct store_op *
         return err;
     if (store_key_reserved(op->key, op->klen) && store_entry_origin(op->entry) != STORE_ORIGIN_SYS)
         return STORE_EREADONLY;
-    if (op->if_changed && cur != NULL && store_entry_same(cur, op->entry)) {
+    if (op->if_changed && cur != NULL && store_entry_same(cur, op->entry) &&
+        store__same_expiry(cur, op->entry)) {
         const char *a = store_entry_labels(cur), *b = store_entry_labels(op->entry);
         if (a == b || (a != NULL && b != NULL && strcmp(a, b) == 0)) {
             store_entry_unref(op->entry);
@@ -582,6 +604,9 @@ static int store__apply_set(struct store *s, struct commit *c, struct store_op *
             return STORE_OK;
         }
     }
+    int64_t expires = store_entry_expires(op->entry);
+    if (expires > 0 && expiry__push(s->expiry, op->key, op->klen, expires) != STORE_OK)
+        return STORE_EINTERNAL; /* an undone set leaves a harmless item (if_expired) */
     struct change *ch = commit__add(c, op->key, op->klen);
     if (ch == NULL)
         return STORE_EINTERNAL;
@@ -639,6 +664,8 @@ static int store__apply_delete(struct store *s, struct commit *c, struct store_o
             return err;
         if (cur == NULL)
             return op->must_exist ? STORE_ENOTFOUND : STORE_OK;
+        if (op->if_expired && (store_entry_expires(cur) == 0 || store_entry_expires(cur) > ts))
+            return STORE_OK; /* set again since, without a ttl or with a later one */
         op->deleted = 1;
         return store__delete_one(s, c, op->key, op->klen, ts, op);
     }

@@ -40,6 +40,7 @@ enum store_err {
     STORE_EPROTO,     /* protocol_unsupported */
     STORE_ESLOW,      /* too_slow */
     STORE_EHOST,      /* misdirected, 421: a Host that is not this server's */
+    STORE_ELOCKED,    /* locked, 409: another session holds the lock */
     STORE_ERR_COUNT
 };
 
@@ -109,6 +110,11 @@ const char *store_entry_labels(const struct store_entry *e);
 int64_t store_entry_rev(const struct store_entry *e);
 int64_t store_entry_ts(const struct store_entry *e);
 enum store_origin store_entry_origin(const struct store_entry *e);
+/* When the entry expires (µs since the epoch), or 0: never. */
+int64_t store_entry_expires(const struct store_entry *e);
+/* Makes a new, unshared entry expire at `expires` (µs; 0: never).
+ * STORE_OK or STORE_EINTERNAL (out of memory: `*e` is as it was). */
+int store_entry_expire_at(struct store_entry **e, int64_t expires);
 /* The sniffed content type of `len` bytes (a static string). */
 const char *store_sniff_type(const void *value, size_t len);
 /* Whether `type` is JSON: application/json or application/...+json, with or
@@ -217,6 +223,8 @@ struct store_op {
     bool pattern;              /* DELETE: `key` is a pattern with wildcards */
     bool must_exist;           /* DELETE: a missing key is STORE_ENOTFOUND */
     bool sys;                  /* DELETE: by the server, so $-keys may go */
+    bool if_expired;           /* DELETE of a key: only when its entry has expired
+                                  (nothing, and no error, otherwise) */
     enum store_origin origin;  /* DELETE: where it came from (SET: the entry's) */
     bool if_changed;           /* SET: a no-op (rev 0) when the key holds the same
                                   value, type and labels */
@@ -271,6 +279,33 @@ void store_outbox_msg_clear(struct store_outbox_msg *m);
  * newer change of the topic waits. Any thread; does not block on SQLite. */
 void store_outbox_ack(struct store *s, const char *topic, int64_t rev);
 
+/* ---- label filters (entry.c) --------------------------------------------- */
+
+#define STORE_LABELS_FILTERS_MAX 16 /* filters of each kind (match, exclude) */
+
+/* The label filters of a history query or a feed: an entry passes when it
+ * has every `match` label with its value and no `exclude` label with its
+ * value. An entry without labels passes no match filter and every exclude
+ * filter. A deletion carries no labels: it is judged by the value it
+ * deleted, so a client filtering on labels learns that a key it was shown
+ * is gone (and when that value is no longer known, pruned from history, it
+ * passes). Strings borrowed. */
+struct store_labels {
+    const char *match_names[STORE_LABELS_FILTERS_MAX];
+    const char *match_values[STORE_LABELS_FILTERS_MAX];
+    size_t nmatch;
+    const char *exclude_names[STORE_LABELS_FILTERS_MAX];
+    const char *exclude_values[STORE_LABELS_FILTERS_MAX];
+    size_t nexclude;
+};
+/* Whether `f` filters anything. */
+bool store_labels_any(const struct store_labels *f);
+/* Whether labels `json` (`len` bytes of a JSON object of strings, as
+ * store_entry_labels gives them; NULL: none) pass `f`. */
+bool store_labels_pass(const struct store_labels *f, const char *json, size_t len);
+/* The same for the labels of `e` (not NULL). */
+bool store_labels_pass_entry(const struct store_labels *f, const struct store_entry *e);
+
 /* ---- history (history.c) ------------------------------------------------- */
 
 /* One change as history keeps it. */
@@ -281,8 +316,6 @@ struct store_record {
     int64_t rev, ts;
 };
 
-#define STORE_HISTORY_MAX_LABELS 16
-
 struct store_history_query {
     const char *pattern; /* a key or a pattern, checked by the caller */
     size_t plen;
@@ -291,10 +324,9 @@ struct store_history_query {
     bool desc;           /* newest first */
     int64_t after;       /* the cursor of the page before (a rev), or 0 */
     int64_t every;       /* µs: the last record of each key in each bucket; 0: all */
-    /* label filters: a record is kept when its label name[i] is value[i] */
-    const char *label_names[STORE_HISTORY_MAX_LABELS];
-    const char *label_values[STORE_HISTORY_MAX_LABELS];
-    size_t nlabels;
+    /* label filters (a deletion is judged by the record before it: see
+     * store_labels); applied before `limit` and the cursor count */
+    struct store_labels labels;
     /* the keys the reader may see (keep NULL: all); applied before `limit`
      * and the cursor count, so a page says nothing of the others */
     struct store_filter filter;
@@ -312,6 +344,14 @@ int store_history_next(struct store_history *h, struct store_record *rec);
 /* Ends a query; `*next` (if not NULL) is the cursor of the next page, or 0
  * when nothing follows. */
 void store_history_close(struct store_history *h, int64_t *next);
+/* The first rev at or after the time `ts` (µs), for a replay from that
+ * time (a replay after `*rev - 1`): every change history holds below
+ * `*rev` is before `ts`, and every one from `*rev` on is at or after it
+ * (ts grows with rev). STORE_OK; STORE_EGONE when history does not reach
+ * back to `ts` (it holds no change before `ts`, and changes at or below
+ * its floor are gone, so their times are unknown); STORE_EUNAVAIL when
+ * there is no history; STORE_EINTERNAL. */
+int store_history_first_rev(struct store *s, int64_t ts, int64_t *rev);
 
 /* ---- subscriptions (subs.c, store.c) ---------------------------------- */
 

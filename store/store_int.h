@@ -20,7 +20,21 @@ void entry__stamp(struct store_entry *e, int64_t rev, int64_t ts);
 /* The entry with a stored (not sniffed) type, as the loader needs it. */
 struct store_entry *entry__load(const void *value, size_t len, const char *type,
                                 const char *labels_json, enum store_origin origin, int64_t rev,
-                                int64_t ts);
+                                int64_t ts, int64_t expires);
+
+/* ---- expiry.c: keys that expire; see the file for its invariants ---- */
+
+struct expiry;
+struct expiry *expiry__new(struct store *s);
+/* Starts the thread that deletes expired keys; STORE_OK or an error. */
+int expiry__start(struct expiry *x);
+/* Stops the thread (before the store drains); what is pending stays. */
+void expiry__stop(struct expiry *x);
+void expiry__free(struct expiry *x);
+/* `key` expires at `when` (µs): an item for the thread (invariant 1). */
+int expiry__push(struct expiry *x, const char *key, size_t klen, int64_t when);
+/* Items waiting, expired keys' among them until they are deleted. */
+size_t expiry__pending(struct expiry *x);
 
 /* ---- tree.c: the key tree; the caller does the locking ---- */
 
@@ -149,7 +163,7 @@ void worker__stop(struct worker *w);
 
 /* ---- db.c: SQLite persistence ---- */
 
-#define DB_SCHEMA_VERSION 3
+#define DB_SCHEMA_VERSION 4
 
 struct db;
 int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes, struct db **out,
@@ -183,8 +197,8 @@ bool db__col_origin(sqlite3_stmt *st, int col, enum store_origin *origin);
  * STORE_OK with a new reference in `*out`, or STORE_EINTERNAL with `*bad`
  * naming the corrupt column (NULL: out of memory). */
 int db__col_entry(sqlite3_stmt *st, int type_col, int labels_col, int value_col,
-                  enum store_origin origin, int64_t rev, int64_t ts, struct store_entry **out,
-                  const char **bad);
+                  enum store_origin origin, int64_t rev, int64_t ts, int64_t expires,
+                  struct store_entry **out, const char **bad);
 /* A meta value (0 when absent), and setting one; only before the committer
  * starts. */
 int64_t db__meta(struct db *db, const char *name);

@@ -67,7 +67,9 @@ const session = {
     }
     if (m.type === 'error' && m.id === null) { // about the session, not a request
       if (m.sub !== undefined) this.subs.delete(m.sub); // no longer readable
-      else if (m.error === 'unauthorized') signedOut(m.message); // revoked or expired; the server closes next
+      // Revoked or expired (the server closes next); a session that never
+      // signed in is only closed after a while, and reconnects.
+      else if (m.error === 'unauthorized' && auth.principal) signedOut(m.message);
       return;
     }
     const p = this.pending.get(m.id);

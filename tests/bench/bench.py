@@ -22,11 +22,15 @@ the figures are ratios that a shared, noisy machine does not distort much.
           with a token presented (Authorization: Bearer, a token made with
           POST /api/v1/tokens reading and writing site/#, on a daemon started
           with ALMANAC_ADMIN_TOKEN, beside 1,000 other tokens) against the
-          same load with auth off (no
-          credential configured: loopback clients are "local"); the two
-          daemons run side by side and are measured alternately.
+          same load with auth off (no credential configured: loopback
+          clients are "local"); the two daemons run side by side and are
+          measured alternately, and the daemon's CPU per request is shown.
+  expiry  100,000 keys like site/NN/devN/temp, imported to expire at the same
+          moment: the p99 of acknowledged PUTs (wrk) in the 5 s before it
+          against the 5 s from it, and how long until the last key is gone.
 
 Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory] [history] [bridge] [auth]
+       [expiry]
 Peers: wrk, nginx, redis-server, redis-cli, mosquitto and mqtt_load (built
 beside almanac with libmosquitto); tests/bench/run installs them.
 """
@@ -40,6 +44,7 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -95,8 +100,8 @@ class Almanac:
         self.proc.wait(60)
 
 
-def wrk(url, script=None, connections=50, headers=()):
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{DURATION}s", "--latency"]
+def wrk(url, script=None, connections=50, headers=(), duration=DURATION):
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
     if script:
@@ -497,10 +502,59 @@ def bench_bridge(binary, tmp, messages=200_000, topics=10_000):
         broker.wait()
 
 
+def ms(text):
+    """wrk's latency ("850.12us", "6.58ms", "1.02s") in ms."""
+    v, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def bench_expiry(binary, tmp, keys=100_000, window=5):
+    """Acknowledged PUTs (wrk, 50 connections) for `window` seconds before
+    and from the moment `keys` keys expire at once: the write p99 of each,
+    and how long the expiry took."""
+    a = Almanac(binary, os.path.join(tmp, "expiry"))
+    try:
+        when = int((time.time() + 2 * window + 15) * 1e6)  # after the import and a baseline
+        lines = "".join(json.dumps({"key": f"site/{n % 100:02d}/dev{n}/temp", "value": 20.5,
+                                    "expires": when}) + "\n" for n in range(keys))
+        t0 = time.time()
+        with urllib.request.urlopen(urllib.request.Request(
+                a.url("/api/v1/import"), data=lines.encode(), method="POST")) as r:
+            assert r.status == 200
+        imported_s = time.time() - t0
+        script = os.path.join(tmp, "expiry-put.lua")
+        with open(script, "w") as f:
+            f.write(PUT_LUA)
+        time.sleep(max(0, when / 1e6 - window - 1 - time.time()))
+        _, before = wrk(a.url("/"), script, duration=window)
+        time.sleep(max(0, when / 1e6 - time.time()))
+        start = time.time()
+        gone = {}
+
+        def watch():  # how long until the last expired key is gone
+            url = a.url("/api/v1/keys/site/%2B/%2B/temp?limit=1")
+            while time.time() - start < 60:
+                if not json.load(urllib.request.urlopen(url))["entries"]:
+                    gone["t"] = time.time() - start
+                    return
+                time.sleep(0.05)
+        t = threading.Thread(target=watch)
+        t.start()
+        rps, during = wrk(a.url("/"), script, duration=window)
+        t.join()
+    finally:
+        a.stop()
+    print(f"expiry: {keys:,} keys imported in {imported_s:.1f} s, expiring at once; write p99 "
+          f"{before} in the {window} s before, {during} in the {window} s from the moment they "
+          f"expire ({ms(during) / ms(before):.2f}x), {rps:,.0f} PUT/s meanwhile; the last key "
+          f"was gone {gone.get('t', float('nan')):.2f} s after its time")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--binary", required=True)
-    p.add_argument("which", nargs="*", default=["get", "put", "memory", "history", "bridge", "auth"])
+    p.add_argument("which", nargs="*",
+                   default=["get", "put", "memory", "history", "bridge", "auth", "expiry"])
     args = p.parse_args()
     binary = os.path.abspath(args.binary)
     tmp = tempfile.mkdtemp(prefix="almanac-bench-")

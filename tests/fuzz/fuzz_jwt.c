@@ -82,8 +82,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * otherwise answer in place of the parser. */
     char address[32];
     counter++;
-    snprintf(address, sizeof address, "10.%u.%u.%u:1", (counter >> 16) & 255,
-             (counter >> 8) & 255, counter & 255);
+    snprintf(address, sizeof address, "10.%u.%u.%u:1", (counter >> 16) & 255, (counter >> 8) & 255,
+             counter & 255);
     const struct principal *p;
     char why[256];
     int rc = auth_principal(auth__get(), address, token, &p, why, sizeof why);

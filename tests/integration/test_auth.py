@@ -160,10 +160,13 @@ class Auth(unittest.TestCase):
         # a bad token is refused even where anonymous could read
         self.assert_refused(curl(self.d, "GET", K + "home/temp", headers=BAD))
         self.assert_refused(curl(self.d, "GET", K + "home/temp", headers={"Authorization": "Basic x"}))
-        # ?access_token for GETs (EventSource, downloads), not for writes
+        # ?access_token for GETs (EventSource, downloads), not for writes:
+        # a write's query does not take it (API.md "Strictness")
         before = self.value("work/desk")
         self.assertEqual(curl(self.d, "GET", K + "work/desk?access_token=" + TOKEN).status, 200)
-        self.assert_refused(curl(self.d, "PUT", K + "work/desk?access_token=" + TOKEN, "9"))
+        r = curl(self.d, "PUT", K + "work/desk?access_token=" + TOKEN, "9")
+        self.assert_refused(r, 400, "bad_request")
+        self.assertIn("access_token", r.json()["message"])
         self.assertEqual(self.value("work/desk"), before)
 
     def test_failed_credentials_are_rate_limited(self):
@@ -372,7 +375,7 @@ class Tokens(unittest.TestCase):
         self.assertIn("applied schema migration 3", d.log_text())
         self.assertNotIn("applied schema migration 2", d.log_text())
         info = curl(d, "GET", "/api/v1/info", headers=ADMIN).json()
-        self.assertEqual(info["schema_version"], 3)
+        self.assertEqual(info["schema_version"], 4)
         e = curl(d, "GET", K + "home/kitchen/temp?envelope=1", headers=ADMIN).json()
         self.assertEqual((e["rev"], e["value"]), (6, {"v": 21.5}))
         e = curl(d, "GET", K + "home/kitchen/mood?envelope=1", headers=ADMIN).json()
@@ -443,7 +446,7 @@ class Jwts(unittest.TestCase):
         self.assertEqual(curl(self.d, "GET", K + "home/temp", headers=A).body, b"1")
         r = curl(self.d, "GET", K + "work/desk", headers=A)
         self.assertEqual((r.status, r.json()["error"]), (403, "forbidden"))
-        self.assertIn("alice may not read work/desk", r.json()["message"])
+        self.assertIn("jwt:alice may not read work/desk", r.json()["message"])
         self.assertEqual(curl(self.d, "PUT", K + "home/lights/1", "on", A).status, 201)
         self.assertEqual(curl(self.d, "PUT", K + "home/temp", "9", A).status, 403)
         self.assertEqual(curl(self.d, "GET", K + "home/temp?access_token=" + alice).status, 200)
@@ -462,7 +465,7 @@ class Jwts(unittest.TestCase):
             self.assertIn(why, r.json()["message"])
             self.assertTrue(r.headers["www-authenticate"].startswith("Bearer"))
         c = Client(self.d)
-        self.assertEqual(c.request("auth", token=alice)["principal"], "alice")
+        self.assertEqual(c.request("auth", token=alice)["principal"], "jwt:alice")
         self.assertEqual(c.request("get", key="work/desk")["error"], "forbidden")
         c.close()
         log = self.d.log_text()
@@ -586,6 +589,23 @@ class Required(unittest.TestCase):
         finally:
             d.stop()
             d.cleanup()
+
+    def test_a_session_that_never_authenticates_is_ended(self):
+        # Anonymous may do nothing: a session that presents no credential
+        # within 10 s gives its max_sessions slot back.
+        d = Daemon(["--admin_token", TOKEN]).start()
+        self.addCleanup(d.cleanup)
+        idle, good = Client(d), Client(d)
+        self.assertEqual(good.request("auth", token=TOKEN)["type"], "ok")
+        start = time.time()
+        m = idle.recv()
+        self.assertEqual((m["type"], m["error"]), ("error", "unauthorized"), m)
+        self.assertIn("credential", m["message"])
+        self.assertIsNone(idle.recv())
+        self.assertTrue(10 <= time.time() - start < 13)
+        self.assertEqual(good.request("ping")["type"], "pong")  # the other stays
+        idle.close()
+        good.close()
 
     def test_bad_options_stop_the_start(self):
         for args, text in [(["--anonymous_read", "a/#/b"], b"anonymous_read"),

@@ -98,6 +98,9 @@ REQUESTS = [
     ("history", {"type": "history", "pattern": "home/temp"}, "read"),
     ("ls", {"type": "ls", "key": "home"}, "read"),
     ("subscribe", {"type": "subscribe", "pattern": "home/#"}, "read"),
+    ("will", {"type": "will", "last_will": [{"key": "home/temp", "text": "off"}],
+              "grave_goods": ["home/lights/#"]}, "write"),
+    ("lock", {"type": "lock", "key": "home/temp"}, "write"),
     ("ping", {"type": "ping"}, "open"),
 ]
 
@@ -261,6 +264,14 @@ class Matrix(unittest.TestCase):
                         if name == "subscribe":
                             m = self.request(s, f, {"type": "unsubscribe", "id": 100,
                                                     "sub": m["sub"]})
+                            self.assertEqual(m["type"], "ok", m)
+                        if name == "lock":
+                            m = self.request(s, f, {"type": "unlock", "id": 101,
+                                                    "key": "home/temp"})
+                            self.assertEqual(m["type"], "ok", m)
+                        if name == "will":  # no will left to apply at the end
+                            m = self.request(s, f, {"type": "will", "id": 102, "last_will": [],
+                                                    "grave_goods": []})
                             self.assertEqual(m["type"], "ok", m)
                         continue
                     self.assertEqual((m["type"], m["error"]), ("error", refusal[1]), m)

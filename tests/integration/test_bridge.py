@@ -232,6 +232,92 @@ class Maps(BridgeCase):
         self.assertIn(f"{conf}:2: bridge_map", out.stderr.decode())
 
 
+class EmptyValues(BridgeCase):
+    """API.md "MQTT bridge": MQTT cannot carry an empty retained value (it
+    deletes the topic), so a set of an empty value on a key that maps out is
+    refused with invalid_body, on every transport, batch and import whole."""
+
+    def assertEmptyRefused(self, r, key):
+        self.assertEqual(r.status, 400, r)
+        body = r.json()
+        self.assertEqual(body["error"], "invalid_body", body)
+        for words in (key, "MQTT", "empty", "delete the key"):
+            self.assertIn(words, body["message"])
+
+    def test_empty_value_on_a_mapped_key_is_refused(self):
+        d = self.daemon("--bridge_map", "both em/out/#", "--bridge_map", "in em/in/#")
+        self.assertIn(curl(d, "PUT", "/api/v1/keys/em/out/a", "kept").status, (200, 201))
+        self.wait_retained("em/out/a", b"kept")
+        rev = self.envelope(d, "em/out/a")["rev"]
+        # HTTP, on a key that holds a value and on one that does not exist yet
+        self.assertEmptyRefused(curl(d, "PUT", "/api/v1/keys/em/out/a", ""), "em/out/a")
+        self.assertEmptyRefused(curl(d, "PUT", "/api/v1/keys/em/out/new", b"",
+                                     {"Content-Type": "application/octet-stream"}), "em/out/new")
+        # a session (TCP): an empty text, and an empty base64
+        c = harness.Client(d)
+        for fields in ({"text": ""}, {"base64": ""}):
+            m = c.request("set", key="em/out/a", **fields)
+            self.assertEqual((m["type"], m["error"]), ("error", "invalid_body"), m)
+            self.assertIn("delete the key", m["message"])
+        c.close()
+        # a batch and an import are refused whole
+        batch = {"ops": [{"op": "set", "key": "em/out/b", "text": "fine"},
+                         {"op": "set", "key": "em/out/a", "text": ""}]}
+        r = curl(d, "POST", "/api/v1/batch", json.dumps(batch))
+        self.assertEmptyRefused(r, "em/out/a")
+        self.assertIn("ops[1]", r.json()["message"])
+        lines = '{"key":"em/out/c","text":"fine"}\n{"key":"em/out/a","text":""}\n'
+        r = curl(d, "POST", "/api/v1/import", lines)
+        self.assertEmptyRefused(r, "em/out/a")
+        self.assertIn("line 2", r.json()["message"])
+        # nothing changed, here or on the broker
+        e = self.envelope(d, "em/out/a")
+        self.assertEqual((e["text"], e["rev"]), ("kept", rev))
+        for k in ("em/out/new", "em/out/b", "em/out/c"):
+            self.assertEqual(curl(d, "GET", f"/api/v1/keys/{k}").status, 404, k)
+        time.sleep(0.5)
+        self.assertEqual({t: v[0] for t, v in self.broker.retained("em/out/#").items()},
+                         {"em/out/a": b"kept"})
+        # A key that no out map covers (none at all, or in only) can be empty.
+        for key in ("em/local", "em/in/x"):
+            r = curl(d, "PUT", f"/api/v1/keys/{key}", "")
+            self.assertEqual(r.status, 201, r)
+            self.assertEqual(self.envelope(d, key)["text"], "")
+        # Deleting is the way to empty a mapped key.
+        self.assertEqual(curl(d, "DELETE", "/api/v1/keys/em/out/a").status, 200)
+        wait_for(lambda: "em/out/a" not in self.broker.retained("em/out/#"), 10, 0.2,
+                 "the retained message to go")
+
+    def test_empty_transient_publish_goes_out(self):
+        """A transient publish is not retained: an empty one is an ordinary
+        MQTT message, so it is allowed on a mapped key."""
+        d = self.daemon()
+        sub = subprocess.Popen(["mosquitto_sub", "-p", str(self.broker.port), "-t", "empub/#",
+                                "-C", "1", "-W", "10", "-F", "%t|%l|%r"],
+                               stdout=subprocess.PIPE)
+        time.sleep(0.5)  # subscribed
+        self.assertEqual(curl(d, "POST", "/api/v1/publish/empub/bell", "").status, 202)
+        out, _ = sub.communicate(timeout=15)
+        self.assertEqual(out.decode().strip(), "empub/bell|0|0")  # empty, not retained
+        self.assertEqual(curl(d, "GET", "/api/v1/keys/empub/bell").status, 404)
+
+    def test_default_map_covers_every_key(self):
+        d = self.daemon()  # no bridge_map: both #
+        r = curl(d, "PUT", "/api/v1/keys/anywhere/x", "")
+        self.assertEmptyRefused(r, "anywhere/x")
+
+    def test_bridge_off_takes_empty_values(self):
+        d = Daemon(["--bridge_map", "both #"])  # maps, but no bridge_url: off
+        self.addCleanup(d.cleanup)
+        d.start()
+        r = curl(d, "PUT", "/api/v1/keys/off/empty", "")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(curl(d, "GET", "/api/v1/keys/off/empty?envelope=1").json()["text"], "")
+        c = harness.Client(d)
+        self.assertEqual(c.request("set", key="off/empty2", text="")["type"], "ok")
+        c.close()
+
+
 class Sessions(BridgeCase):
     def status(self, client_id):
         topic = f"almanac/{client_id}/status"

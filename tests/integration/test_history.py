@@ -129,6 +129,40 @@ class Queries(HistoryCase):
         pages = self.all_pages(self.d, "h/a", limit=3, **{"label.room": "r0"})
         self.assertEqual([r["value"] for r in pages], list(range(0, 20, 2)))
 
+    def test_exclude_filters(self):
+        both = self.history(self.d, "h/+")["records"]
+        got = self.history(self.d, "h/#", **{"exclude.room": "r1"})["records"]
+        # h/b's records carry no labels, nor did the value its deletion deleted.
+        self.assertEqual(got, [r for r in both if r.get("labels", {}).get("room") != "r1"])
+        self.assertTrue(got[-1]["deleted"])
+        self.assertEqual(self.history(self.d, "h/a", **{"label.room": "r0", "exclude.room": "r0"})
+                         ["records"], [])
+        pages = self.all_pages(self.d, "h/a", limit=3, order="desc", **{"exclude.room": "r0"})
+        self.assertEqual([r["value"] for r in pages], list(range(19, 0, -2)))
+        c = Client(self.d)
+        self.addCleanup(c.close)
+        m = c.request("history", pattern="h/#", labels={"room": "r1"},
+                      exclude_labels={"room": "r0"}, limit=3)
+        self.assertEqual([r["value"] for r in m["records"]], [1, 3, 5])
+
+    def test_label_filters_judge_a_deletion_by_the_value_it_deleted(self):
+        d = self.daemon()
+        self.put(d, "hx/k", 1, {"unit": "C"})
+        self.put(d, "hx/j", 2, {"unit": "F"})
+        for key in ("hx/k", "hx/j"):
+            self.assertEqual(curl(d, "DELETE", f"/api/v1/keys/{key}").status, 200)
+        shape = lambda recs: [(r["key"], r.get("deleted", False)) for r in recs]  # noqa: E731
+        self.assertEqual(shape(self.history(d, "hx/#", **{"label.unit": "C"})["records"]),
+                         [("hx/k", False), ("hx/k", True)])
+        self.assertEqual(shape(self.history(d, "hx/#", **{"exclude.unit": "C"})["records"]),
+                         [("hx/j", False), ("hx/j", True)])
+        self.assertEqual(shape(self.history(d, "hx/k", order="desc", **{"label.unit": "F"})
+                               ["records"]), [])
+        c = Client(d)
+        self.addCleanup(c.close)
+        m = c.request("history", pattern="hx/#", exclude_labels={"unit": "F"})
+        self.assertEqual(shape(m["records"]), [("hx/k", False), ("hx/k", True)])
+
     def test_every_keeps_the_last_record_of_each_bucket(self):
         recs = self.history(self.d, "h/+")["records"]
         a_ts = [r["ts"] for r in recs if r["key"] == "h/a"]
@@ -366,7 +400,7 @@ class Migration(HistoryCase):
         d = self.daemon(data_dir=data)
         self.assertIn("applied schema migration 2", d.log_text())
         info = curl(d, "GET", "/api/v1/info").json()
-        self.assertEqual(info["schema_version"], 3)  # through 2 and 3
+        self.assertEqual(info["schema_version"], 4)  # through 2, 3 and 4
         e = curl(d, "GET", "/api/v1/keys/home/kitchen/temp?envelope=1").json()
         self.assertEqual((e["rev"], e["value"], e["type"]), (6, {"v": 21.5}, "application/json"))
         e = curl(d, "GET", "/api/v1/keys/home/kitchen/mood?envelope=1").json()

@@ -238,7 +238,7 @@ class HttpApi(unittest.TestCase):
         for field in ("version", "uptime_s", "keys", "rev", "schema_version", "protocols",
                       "sessions", "bridge", "storage"):
             self.assertIn(field, info)
-        self.assertEqual(info["schema_version"], 3)
+        self.assertEqual(info["schema_version"], 4)
         self.assertEqual(info["protocols"], ["1.0"])
         self.assertEqual(self.req("GET", "/health").status, 200)
         self.assertEqual(self.req("GET", "/ready").status, 200)
@@ -290,6 +290,132 @@ class HttpApi(unittest.TestCase):
         self.assertEqual(after["rev"], before["rev"])
         self.assertEqual(after["keys"], before["keys"])
         self.assertEqual(self.req("GET", K + "safe/v").body, b"1")
+
+    # ---- strictness: what a route does not take is refused by name ----
+
+    def test_unknown_query_parameters_are_refused(self):
+        """API.md "Strictness": every route, with a query parameter it does
+        not take, gets 400 bad_request naming it, and nothing is done."""
+        self.req("PUT", K + "strict/v", "1")
+        before = self.req("GET", "/api/v1/info").json()
+        cases = [
+            ("GET", K + "strict/v?envelop=1", None, "envelop"),
+            ("GET", K + "strict/%23?limt=1", None, "limt"),
+            ("PUT", K + "strict/v?labels=a", "2", "labels"),
+            ("PUT", K + "strict/new?if_rev=0", "2", "if_rev"),
+            ("DELETE", K + "strict/v?recursive=1", None, "recursive"),
+            ("DELETE", K + "strict/%23?limit=1", None, "limit"),
+            ("POST", "/api/v1/publish/strict/p?retain=1", "x", "retain"),
+            ("GET", "/api/v1/ls?depth=1", None, "depth"),
+            ("GET", "/api/v1/ls/strict?depth=1", None, "depth"),
+            ("POST", "/api/v1/batch?atomic=1",
+             '{"ops":[{"op":"set","key":"strict/b","value":1}]}', "atomic"),
+            ("GET", "/api/v1/info?verbose=1", None, "verbose"),
+            ("GET", "/api/v1/ws?protocol=1.0", None, "protocol"),
+            ("GET", "/api/v1/events/strict/%23?live_onyl=1", None, "live_onyl"),
+            ("GET", "/api/v1/history/strict/v?limt=1", None, "limt"),
+            ("GET", "/api/v1/history/strict/v?lable.unit=C", None, "lable.unit"),
+            ("GET", "/api/v1/history/strict/v?exclud.unit=C", None, "exclud.unit"),
+            ("GET", "/api/v1/export?after=strict", None, "after"),
+            ("POST", "/api/v1/import?dry_run=1", '{"key":"strict/i","text":"x"}\n', "dry_run"),
+            ("GET", "/api/v1/tokens?all=1", None, "all"),
+            ("POST", "/api/v1/tokens?x=1", '{"name":"t"}', "x"),
+            ("DELETE", "/api/v1/tokens/t?force=1", None, "force"),
+            ("GET", "/health?verbose=1", None, "verbose"),
+            ("GET", "/ready?verbose=1", None, "verbose"),
+            ("GET", "/metrics?format=json", None, "format"),
+            ("GET", "/?lang=fr", None, "lang"),
+            ("GET", "/web/app.js?v=2", None, "v"),
+        ]
+        for method, path, data, name in cases:
+            with self.subTest(method=method, path=path):
+                msg = self.assertError(self.req(method, path, data), 400, "bad_request")
+                self.assertIn(f"'{name}'", msg)
+        r = self.req("HEAD", K + "strict/v?envelop=1")  # no body to name it, but refused
+        self.assertEqual(r.status, 400, r)
+        # A token in the query is for GET and HEAD (EventSource, downloads) only.
+        msg = self.assertError(self.req("PUT", K + "strict/v?access_token=x", "3"), 400,
+                               "bad_request")
+        self.assertIn("access_token", msg)
+        msg = self.assertError(self.req("GET", K + "strict/v?access_token=x",
+                                        headers={"Authorization": "Bearer y"}), 400, "bad_request")
+        self.assertIn("access_token", msg)
+        # An option of a pattern on a key, and of a key on a pattern.
+        msg = self.assertError(self.req("GET", K + "strict/v?limit=5"), 400, "bad_request")
+        self.assertIn("limit", msg)
+        msg = self.assertError(self.req("GET", K + "strict/%23?envelope=1"), 400, "bad_request")
+        self.assertIn("envelope", msg)
+        after = self.req("GET", "/api/v1/info").json()
+        self.assertEqual((after["rev"], after["keys"]), (before["rev"], before["keys"]))
+        self.assertEqual(self.req("GET", K + "strict/v").body, b"1")
+        # What the routes do take still works.
+        self.assertEqual(self.req("GET", K + "strict/v?envelope=1").json()["value"], 1)
+        self.assertEqual(self.req("GET", K + "strict/%23?limit=1&after=a").status, 200)
+        self.assertEqual(self.req("GET", "/api/v1/history/strict/v?label.unit=C&limit=1&order=desc"
+                                  "&start=0&stop=9999999999999999&every=1s").status, 200)
+        self.assertEqual(self.req("GET", "/api/v1/ls?access_token=x").status, 401)  # a bad token
+
+    def test_unknown_almanac_headers_are_refused(self):
+        self.req("PUT", K + "strict/h", "1")
+        before = self.rev()
+        cases = [
+            ("PUT", K + "strict/h", "2", {"X-Almanac-Lable-Unit": "C"}, "X-Almanac-Lable-Unit"),
+            ("PUT", K + "strict/hnew", "2", {"X-Almanac-Ttl-Typo": "5s"}, "X-Almanac-Ttl-Typo"),
+            ("DELETE", K + "strict/h", None, {"X-Almanac-Label-Unit": "C"},
+             "X-Almanac-Label-Unit"),
+            ("GET", K + "strict/h", None, {"X-Almanac-Envelope": "1"}, "X-Almanac-Envelope"),
+            ("POST", "/api/v1/batch", '{"ops":[{"op":"set","key":"strict/hb","value":1}]}',
+             {"X-Almanac-Atomic": "1"}, "X-Almanac-Atomic"),
+            ("GET", "/api/v1/info", None, {"X-Almanac-Verbose": "1"}, "X-Almanac-Verbose"),
+        ]
+        for method, path, data, headers, name in cases:
+            with self.subTest(method=method, header=name):
+                msg = self.assertError(self.req(method, path, data, headers), 400, "bad_request")
+                self.assertIn(name.lower(), msg.lower())
+        self.assertEqual(self.rev(), before)
+        self.assertEqual(self.req("GET", K + "strict/h").body, b"1")
+        self.assertError(self.req("GET", K + "strict/hnew"), 404, "not_found")
+        # Standard headers are not options; a label header on PUT and publish is.
+        ok = self.req("PUT", K + "strict/h", "3", {"X-Almanac-Label-Unit": "C",
+                                                   "X-Requested-With": "x", "DNT": "1"})
+        self.assertEqual(ok.status, 200, ok)
+        self.assertEqual(self.req("POST", "/api/v1/publish/strict/h", "4",
+                                  {"X-Almanac-Label-Unit": "C"}).status, 202)
+
+    def test_unknown_fields_in_bodies_are_refused(self):
+        """Batch ops, a batch body, a token body and an import line are
+        bodies: a field they do not take is invalid_body, naming it."""
+        self.req("PUT", K + "strict/body", "1")
+        before = self.rev()
+        cases = [
+            ("/api/v1/batch", '{"ops":[{"op":"set","key":"strict/body","value":2},'
+                              '{"op":"set","key":"strict/b2","valeu":3,"value":3}]}',
+             ["ops[1]", "'valeu'"]),
+            ("/api/v1/batch", '{"ops":[{"op":"delete","key":"strict/body","text":"x"}]}',
+             ["ops[0]", "'text'"]),
+            ("/api/v1/batch", '{"ops":[{"op":"get","key":"strict/body","if_rev":1}]}',
+             ["ops[0]", "'if_rev'"]),
+            ("/api/v1/batch", '{"ops":[{"op":"set","key":"strict/body","value":2}],"atomic":true}',
+             ["'atomic'"]),
+            ("/api/v1/tokens", '{"name":"t","read":["#"],"expire":"1d"}', ["'expire'"]),
+            ("/api/v1/import", '{"key":"strict/i1","text":"x"}\n'
+                               '{"key":"strict/body","text":"y","colour":"red"}\n',
+             ["line 2", "'colour'"]),
+            ("/api/v1/import", '{"key":"strict/body","deleted":true,"text":"x"}\n',
+             ["line 1", "'text'"]),
+        ]
+        for path, body, words in cases:
+            with self.subTest(path=path, words=words):
+                msg = self.assertError(self.req("POST", path, body), 400, "invalid_body")
+                for w in words:
+                    self.assertIn(w, msg)
+        self.assertEqual(self.rev(), before)
+        self.assertEqual(self.req("GET", K + "strict/body").body, b"1")
+        for k in ("strict/b2", "strict/i1"):
+            self.assertError(self.req("GET", K + k), 404, "not_found")
+        # What export writes imports again, rev, ts and origin included.
+        line = self.req("GET", K + "strict/body?envelope=1").body
+        self.assertEqual(self.req("POST", "/api/v1/import", line).json(), {"imported": 1})
 
     def test_wrong_method(self):
         for method, path, allow in [("PATCH", K + "a", "GET, HEAD, PUT, DELETE"),

@@ -101,6 +101,77 @@ class Sessions(unittest.TestCase):
         self.assertEqual(c.request("ping")["type"], "pong")  # the session goes on
         c.close()
 
+    def test_hello_minor_above_the_servers_closes(self):
+        c = self.client()
+        c.send({"type": "hello", "id": 4, "protocol": "1.9"})  # the server speaks 1.0
+        err = c.recv()
+        self.assertEqual((err["type"], err["id"], err["error"]),
+                         ("error", 4, "protocol_unsupported"), err)
+        self.assertIn("1.9", err["message"])
+        self.assertIsNone(c.recv())  # the connection closes
+        c.close()
+        c = self.client()
+        for bad in ("1.0x", "1", "-1.0"):  # not MAJOR.MINOR: refused, the session goes on
+            self.assertEqual(c.request("hello", protocol=bad)["error"], "bad_request", bad)
+        self.assertEqual(c.request("hello", protocol="1.0")["protocol"], "1.0")
+        c.close()
+
+    def test_unknown_fields_are_refused_and_nothing_is_done(self):
+        """API.md "Strictness": every request type with a field it does not
+        take gets bad_request naming the field, and nothing is done."""
+        w, c = self.client(), self.client()
+        self.assertEqual(w.request("set", key="strict/a", text="kept")["type"], "ok")
+        watch = self.client()  # sees any change or publish of strict/#
+        watch.request("subscribe", pattern="strict/#", live_only=True)
+        self.assertEqual(watch.recv()["type"], "sync")
+        cases = [
+            ("hello", {"protocol": "1.0", "tokn": "x"}, "tokn"),
+            ("get", {"key": "strict/a", "envelope": True}, "envelope"),
+            ("pget", {"pattern": "strict/#", "limt": 1}, "limt"),
+            ("set", {"key": "strict/new", "text": "x", "lables": {"u": "C"}}, "lables"),
+            ("set", {"key": "strict/a", "text": "changed", "if_rev ": 1}, "if_rev "),
+            ("publish", {"key": "strict/p", "text": "x", "if_rev": 0}, "if_rev"),
+            ("delete", {"key": "strict/a", "recursive": True}, "recursive"),
+            ("ls", {"key": "strict", "depth": 1}, "depth"),
+            ("history", {"pattern": "strict/a", "lables": {"u": "C"}}, "lables"),
+            ("history", {"pattern": "strict/a", "label.u": "C"}, "label.u"),
+            ("subscribe", {"pattern": "strict/#", "limt": 1}, "limt"),
+            ("unsubscribe", {"sub": 1, "all": True}, "all"),
+            ("auth", {"token": "not-a-token", "user": "me"}, "user"),
+            ("ping", {"payload": 1}, "payload"),
+        ]
+        for type_, fields, name in cases:
+            with self.subTest(type=type_, field=name):
+                m = c.request(type_, **fields)
+                self.assertEqual((m["type"], m["error"]), ("error", "bad_request"), m)
+                self.assertIn(f"unknown field '{name}' in {type_}", m["message"])
+        # Nothing was done: no change, no publish, no subscription, and the
+        # session goes on with its principal and protocol.
+        self.assertEqual(c.request("ping")["type"], "pong")
+        self.assertEqual(c.request("get", key="strict/a")["text"], "kept")
+        self.assertEqual(c.request("get", key="strict/new")["error"], "not_found")
+        self.assertEqual([e["key"] for e in curl(self.d, "GET", "/api/v1/keys/strict/%23")
+                          .json()["entries"]], ["strict/a"])
+        w.request("set", key="strict/after", text="1")
+        self.assertEqual(watch.recv()["key"], "strict/after")  # the first event it sees
+        self.assertFalse([m for m in c.events if m["type"] == "event"])  # c subscribed nothing
+        self.assertEqual(c.request("hello", protocol="1.0")["type"], "ok")
+        for x in (w, c, watch):
+            x.close()
+
+    def test_unsubscribe_with_an_unknown_field_keeps_the_subscription(self):
+        c, w = self.client(), self.client()
+        sid = c.request("subscribe", pattern="strict2/#", live_only=True)["sub"]
+        self.assertEqual(c.recv()["type"], "sync")
+        m = c.request("unsubscribe", sub=sid, force=True)
+        self.assertEqual(m["error"], "bad_request", m)
+        self.assertIn("'force'", m["message"])
+        w.request("set", key="strict2/x", text="1")
+        e = c.recv()
+        self.assertEqual((e["type"], e["sub"], e["key"]), ("event", sid, "strict2/x"))
+        c.close()
+        w.close()
+
     def test_subscribe_snapshot_sync_live(self):
         w = self.client()
         for k in ("sub/1", "sub/2", "other"):
@@ -285,6 +356,220 @@ class Sessions(unittest.TestCase):
         self.assertEqual(c.request("set", key="unix/k", text="u")["type"], "ok")
         self.assertEqual(c.request("get", key="unix/k")["origin"], "unix")
         c.close()
+
+
+class LiveFilters(unittest.TestCase):
+    """subscribe with `labels` / `exclude_labels` and `start` (API.md "Session
+    lifetime", "Live filters"): the snapshot, the replay and live events pass
+    the label filters, a deletion by the value it deleted; `start` replays
+    every change from that time, then `sync`, then live, as `since` does for
+    a rev, with no gap and no duplicate under a full-speed writer."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon(["--sys_interval", "0"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.d.stop()
+        cls.d.cleanup()
+        assert rc == 0, rc
+
+    def client(self, d=None):
+        c = Client(d or self.d)
+        self.addCleanup(c.close)
+        return c
+
+    def set(self, c, key, text, **labels):
+        r = c.request("set", key=key, text=text, **({"labels": labels} if labels else {}))
+        self.assertEqual(r["type"], "ok", r)
+        return r
+
+    def until_sync(self, c):
+        """The events of a subscription up to its sync, and the sync."""
+        got = [m for m in getattr(c, "events", []) if m["type"] == "event"]
+        c.events = []
+        while True:
+            m = c.recv()
+            self.assertIsNotNone(m, "the session closed")
+            if m["type"] == "sync":
+                return got, m
+            got.append(m)
+
+    def test_labels_and_exclude_labels(self):
+        w = self.client()
+        self.set(w, "lf/a", "a1", unit="C", room="hall")
+        self.set(w, "lf/b", "b1", unit="F", room="hall")
+        self.set(w, "lf/c", "c1", unit="C", room="attic")
+        self.set(w, "lf/d", "d1")  # no labels
+        c = self.client()
+        ok = c.request("subscribe", pattern="lf/#", labels={"unit": "C"},
+                       exclude_labels={"room": "attic"})
+        self.assertEqual(ok["type"], "ok", ok)
+        snap, sync = self.until_sync(c)
+        self.assertEqual([e["key"] for e in snap], ["lf/a"])
+        # Live: a value by its labels, a deletion by the value it deleted.
+        self.set(w, "lf/e", "e1", unit="C")  # no room: nothing to exclude
+        self.set(w, "lf/b", "b2", unit="C", room="attic")  # excluded
+        self.set(w, "lf/b", "b3", unit="F")  # not matched
+        w.request("delete", key="lf/c")  # its value was excluded: nothing
+        w.request("delete", key="lf/a")  # its value matched: the client learns it is gone
+        w.request("publish", key="lf/p", text="t", labels={"unit": "C"})
+        w.request("publish", key="lf/q", text="t")  # no labels: not matched
+        self.set(w, "lf/z", "end", unit="C")
+        live = [c.recv() for _ in range(4)]
+        self.assertEqual([(e["key"], e.get("deleted", False)) for e in live],
+                         [("lf/e", False), ("lf/a", True), ("lf/p", False), ("lf/z", False)])
+        self.assertTrue(all(e["sub"] == ok["sub"] and e["rev"] >= sync["rev"] for e in live))
+        self.assertEqual(live[2]["labels"], {"unit": "C"})
+        # exclude_labels alone: an entry without labels passes.
+        c2 = self.client()
+        c2.request("subscribe", pattern="lf/#", exclude_labels={"unit": "F"})
+        snap, _ = self.until_sync(c2)
+        self.assertEqual([e["key"] for e in snap], ["lf/d", "lf/e", "lf/z"])
+
+    def test_start_replays_from_a_time_through_the_label_filters(self):
+        w = self.client()
+        self.set(w, "ls/old", "o", unit="F")  # before start
+        time.sleep(0.01)
+        start = self.set(w, "ls/x", "x1", unit="C")["ts"]
+        self.set(w, "ls/y", "y1", unit="F")
+        w.request("delete", key="ls/x")  # its value matched
+        w.request("delete", key="ls/y")  # its value did not
+        last = w.request("delete", key="ls/old")  # its value, before the replay, did not
+        c = self.client()
+        self.assertEqual(c.request("subscribe", pattern="ls/#", start=start)["type"], "ok")
+        replay, sync = self.until_sync(c)
+        self.assertEqual([(e["key"], e.get("deleted", False)) for e in replay],
+                         [("ls/x", False), ("ls/y", False), ("ls/x", True), ("ls/y", True),
+                          ("ls/old", True)])
+        self.assertEqual(replay[-1]["rev"], last["rev"])
+        self.assertGreaterEqual(sync["rev"], last["rev"])
+        c.request("subscribe", pattern="ls/#", start=start, labels={"unit": "C"})
+        replay, _ = self.until_sync(c)
+        self.assertEqual([(e["key"], e.get("deleted", False)) for e in replay],
+                         [("ls/x", False), ("ls/x", True)])
+        # RFC 3339, to the µs; a start after every change replays nothing.
+        t = time.gmtime(start // 1_000_000)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{start % 1_000_000:06d}Z"
+        c.request("subscribe", pattern="ls/#", start=text, labels={"unit": "C"})
+        self.assertEqual(len(self.until_sync(c)[0]), 2)
+        c.request("subscribe", pattern="ls/#", start=int(time.time() * 1e6) + 10**6)
+        self.assertEqual(self.until_sync(c)[0], [])
+        self.set(w, "ls/live", "1")
+        e = c.recv()
+        self.assertEqual((e["type"], e["key"]), ("event", "ls/live"))  # then live
+
+    def test_bad_filters_and_start_name_the_field(self):
+        c = self.client()
+        cases = [
+            ({"labels": ["x"]}, "labels"),
+            ({"labels": {"unit": 1}}, "labels"),
+            ({"labels": "unit=C"}, "labels"),
+            ({"exclude_labels": {"room": None}}, "exclude_labels"),
+            ({"labels": {f"n{i}": "v" for i in range(17)}}, "labels"),
+            ({"start": "yesterday"}, "start"),
+            ({"start": True}, "start"),
+            ({"start": 1.5}, "start"),
+            ({"start": 0, "since": 0}, "since and start"),
+        ]
+        for fields, name in cases:
+            with self.subTest(fields=fields):
+                m = c.request("subscribe", pattern="bad/#", **fields)
+                self.assertEqual((m["type"], m["error"]), ("error", "bad_request"), m)
+                self.assertIn(name, m["message"])
+        m = c.request("history", pattern="bad/#", exclude_labels=["x"])
+        self.assertEqual(m["error"], "bad_request", m)
+        self.assertIn("exclude_labels", m["message"])
+        self.assertEqual(c.request("ping")["type"], "pong")
+        self.assertFalse([m for m in c.events if m["type"] in ("event", "sync")])
+
+    def test_start_history_gone(self):
+        """A start that history no longer reaches back to (history_max_bytes
+        pruned the oldest records) gets history_gone, as since does."""
+        d = Daemon(["--sys_interval", "0", "--history_max_bytes", "64KiB"]).start()
+        self.addCleanup(d.cleanup)
+        c = self.client(d)
+        first = self.set(c, "gone/0", "first")
+        for i in range(60):
+            self.set(c, f"gone/{i % 3}", f"{i}:" + "x" * 2000)
+        harness.wait_for(lambda: curl(d, "GET", "/api/v1/info").json()["history"]["bytes"]
+                         <= 65536, what="history under its cap")
+        kept = curl(d, "GET", "/api/v1/history/gone/%23?limit=1000").json()["records"]
+        self.assertGreater(kept[0]["rev"], first["rev"])  # pruned
+        e = c.request("subscribe", pattern="gone/#", start=first["ts"])
+        self.assertEqual(e["error"], "history_gone", e)
+        self.assertIn("start", e["message"])
+        r = curl(d, "GET", f"/api/v1/events/gone/%23?start={first['ts']}")
+        self.assertEqual((r.status, r.json()["error"]), (410, "history_gone"))
+        e = c.request("subscribe", pattern="$SYS/#", start=kept[-1]["ts"])  # not in history_keys
+        self.assertEqual(e["error"], "history_gone", e)
+        # From a time after a record history still holds: served.
+        start = next(r["ts"] for r in kept if r["ts"] > kept[0]["ts"])
+        self.assertEqual(c.request("subscribe", pattern="gone/#", start=start)["type"], "ok")
+        replay, _ = self.until_sync(c)
+        self.assertEqual([e["rev"] for e in replay], [r["rev"] for r in kept if r["ts"] >= start])
+
+    def test_start_replay_is_gapless_under_a_full_speed_writer(self):
+        """The shape of test_history's `since` test, with a time: writers at
+        full speed while subscriptions replay from a moment ago."""
+        d = Daemon(["--sys_interval", "0"]).start()
+        self.addCleanup(d.cleanup)
+        stop = threading.Event()
+
+        def writer():
+            n = 0
+            while not stop.is_set():
+                body = json.dumps({"ops": [{"op": "set", "key": f"w/{(n + i) % 7}", "value": n + i}
+                                           for i in range(50)]})
+                curl(d, "POST", "/api/v1/batch", body, {"Content-Type": "application/json"})
+                n += 50
+        threads = [threading.Thread(target=writer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.3)
+            subs = []
+            for i in range(3):  # start times while writes go on
+                start = int(time.time() * 1e6) - 100_000
+                c = self.client(d)
+                when = start
+                if i == 1:  # RFC 3339, to the µs
+                    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start // 1_000_000)) + \
+                        f".{start % 1_000_000:06d}Z"
+                ok = c.request("subscribe", pattern="w/#", start=when)
+                self.assertEqual(ok["type"], "ok", ok)
+                subs.append((c, start))
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        final = curl(d, "GET", "/api/v1/info").json()["rev"]
+        truth, after = {}, None
+        while True:  # every change, from history
+            page = curl(d, "GET", "/api/v1/history/w/%23?limit=10000" +
+                        (f"&after={after}" if after else "")).json()
+            truth.update((r["rev"], r) for r in page["records"])
+            after = page["next"]
+            if after is None:
+                break
+        for c, start in subs:
+            revs, synced = [], None
+            events = list(c.events)
+            while True:
+                m = events.pop(0) if events else c.recv()
+                if m["type"] == "sync":
+                    synced = m["rev"]
+                elif m["type"] == "event":
+                    revs.append(m["rev"])
+                    self.assertEqual(m["value"], truth[m["rev"]]["value"])
+                if revs and revs[-1] >= max(r for r in truth if r <= final):
+                    break
+            self.assertIsNotNone(synced)
+            self.assertGreater(synced, revs[0])  # a replay came before the sync
+            want = sorted(r for r in truth if truth[r]["ts"] >= start and r <= revs[-1])
+            self.assertEqual(revs, want)  # every change from start once, in order, across the sync
 
 
 if __name__ == "__main__":

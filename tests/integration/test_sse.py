@@ -107,6 +107,77 @@ class Sse(unittest.TestCase):
         self.assertEqual([e["event"] for e in evs], ["put", "put", "sync"])
         s.close()
 
+    def put_labelled(self, key, body, **labels):
+        headers = {f"X-Almanac-Label-{k}": v for k, v in labels.items()}
+        r = curl(self.d, "PUT", "/api/v1/keys/" + key, body, headers)
+        self.assertIn(r.status, (200, 201), r)
+        return r.json()
+
+    def test_label_and_exclude_filters(self):
+        self.put_labelled("sl/a", "1", unit="C", room="hall")
+        self.put_labelled("sl/b", "2", unit="F")
+        self.put_labelled("sl/c", "3", unit="C", room="attic")
+        self.put("sl/d", "4")  # no labels
+        s = SseReader(self.d, "/api/v1/events/sl/%23?label.unit=C&exclude.room=attic")
+        first = s.wait(2)
+        self.assertEqual([(e["event"], e["data"].get("key")) for e in first],
+                         [("put", "sl/a"), ("sync", None)])
+        self.put_labelled("sl/e", "5", unit="C")  # no room: nothing to exclude
+        self.put_labelled("sl/b", "6", unit="C", room="attic")  # excluded
+        curl(self.d, "DELETE", "/api/v1/keys/sl/c")  # its value was excluded: nothing
+        gone = curl(self.d, "DELETE", "/api/v1/keys/sl/a").json()["rev"]  # its value matched
+        self.put_labelled("sl/z", "7", unit="C")
+        live = s.wait(5)[2:]
+        self.assertEqual([(e["event"], e["data"]["key"]) for e in live],
+                         [("put", "sl/e"), ("delete", "sl/a"), ("put", "sl/z")])
+        self.assertEqual(live[1]["id"], str(gone))
+        s.close()
+        # exclude. alone: an entry without labels passes.
+        s = SseReader(self.d, "/api/v1/events/sl/%23?exclude.unit=F")
+        self.assertEqual([e["data"].get("key") for e in s.wait(5)],
+                         ["sl/b", "sl/d", "sl/e", "sl/z", None])  # sl/b is unit C now
+        s.close()
+
+    def test_start_replays_from_a_time(self):
+        a = self.put_labelled("st/a", "1", unit="C")
+        start = a["ts"]
+        r2 = self.put_labelled("st/b", "2", unit="F")["rev"]
+        r3 = curl(self.d, "DELETE", "/api/v1/keys/st/a").json()["rev"]
+        s = SseReader(self.d, f"/api/v1/events/st/%23?start={start}")
+        evs = s.wait(4)
+        self.assertEqual([(e["event"], e["data"].get("key")) for e in evs],
+                         [("put", "st/a"), ("put", "st/b"), ("delete", "st/a"), ("sync", None)])
+        self.assertEqual(evs[2]["id"], str(r3))
+        r4 = self.put("st/c", "3")
+        self.assertEqual(s.wait(5)[4]["id"], str(r4))  # then live
+        s.close()
+        # RFC 3339 to the µs, with a label filter: a deletion by the value it deleted.
+        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start // 1_000_000))
+        s = SseReader(self.d, f"/api/v1/events/st/%23?start={t}.{start % 1_000_000:06d}Z"
+                              "&label.unit=C")
+        evs = s.wait(3)
+        self.assertEqual([(e["event"], e.get("id")) for e in evs[:2]],
+                         [("put", str(a["rev"])), ("delete", str(r3))])
+        self.assertEqual(evs[2]["event"], "sync")
+        self.assertGreaterEqual(int(evs[2]["id"]), r4)
+        s.close()
+        # An EventSource reconnecting repeats the URL: Last-Event-ID wins over start.
+        s = SseReader(self.d, f"/api/v1/events/st/%23?start={start}", [f"Last-Event-ID: {r3}"])
+        self.assertEqual([(e["event"], e.get("id")) for e in s.wait(2)][0], ("put", str(r4)))
+        self.assertEqual(s.wait(2)[1]["event"], "sync")
+        s.close()
+
+    def test_bad_filters_and_start(self):
+        cases = [("start=soon", "start"), ("start=1&since=1", "since and start"),
+                 ("label.unit", "label.unit"),
+                 ("&".join(f"exclude.n{i}=v" for i in range(17)), "exclude.n16"),
+                 ("exclud.unit=C", "exclud.unit")]
+        for q, name in cases:
+            with self.subTest(q=q):
+                r = curl(self.d, "GET", f"/api/v1/events/bad/%23?{q}")
+                self.assertEqual((r.status, r.json()["error"]), (400, "bad_request"), r)
+                self.assertIn(name, r.json()["message"])
+
     def test_bad_pattern(self):
         r = curl(self.d, "GET", "/api/v1/events/a/%23/b")
         self.assertEqual(r.status, 400)

@@ -6,6 +6,7 @@ certificate are turned away without harm to the others; a 1 MiB value comes
 back whole while the client is slow to read; 50 clients shake hands at once;
 the CLI speaks HTTPS to http_listen; half a configuration stops the start."""
 import base64
+import json
 import os
 import shutil
 import socket
@@ -120,7 +121,22 @@ class Tls(unittest.TestCase):
         w.close()
         c.close()
 
+    def sessions(self):
+        r = subprocess.run(["curl", "-sS", "--cacert", self.cert, "-H",
+                            f"Authorization: Bearer {TOKEN}",
+                            f"https://127.0.0.1:{self.d.port}/api/v1/info"],
+                           capture_output=True, timeout=20)
+        return json.loads(r.stdout)["sessions"]
+
     def test_plain_and_silent_clients_are_turned_away(self):
+        # Clients that never shake hands hold no session (max_sessions is
+        # for clients that got through).
+        before = self.sessions()
+        crowd = [socket.create_connection(("127.0.0.1", self.d.tcp_port)) for _ in range(20)]
+        time.sleep(0.3)
+        self.assertEqual(self.sessions(), before)
+        for s in crowd:
+            s.close()
         silent = socket.create_connection(("127.0.0.1", self.d.tcp_port), timeout=30)
         plain = socket.create_connection(("127.0.0.1", self.d.tcp_port), timeout=10)
         plain.sendall(b'{"type":"hello","id":1,"protocol":"1.0"}\n')

@@ -164,6 +164,76 @@ const tests = {
     c.ws.close();
   },
 
+  // API.md "Live filters": labels / exclude_labels, a deletion judged by
+  // the value it deleted, and start: a replay from a time, sync, live.
+  async subscribe_with_label_filters_and_start() {
+    const c = await Client.open();
+    await c.next((m) => m.type === 'welcome');
+    const set = async (key, text, labels) => {
+      const ok = await c.request('set', { key, text, ...(labels ? { labels } : {}) });
+      assert.equal(ok.type, 'ok', JSON.stringify(ok));
+      return ok;
+    };
+    const first = await set('wlf/a', 'a1', { unit: 'C', room: 'hall' });
+    await set('wlf/b', 'b1', { unit: 'C', room: 'attic' });
+    await set('wlf/c', 'c1', { unit: 'F' });
+    await set('wlf/d', 'd1');
+    await c.request('delete', { key: 'wlf/b' }); // its value was excluded
+    await c.request('delete', { key: 'wlf/a' }); // its value matched
+
+    const s = await Client.open();
+    await s.next((m) => m.type === 'welcome');
+    const upToSync = async (sub) => {
+      const got = [];
+      for (;;) {
+        const m = await s.next((x) => x.sub === sub && (x.type === 'event' || x.type === 'sync'));
+        if (m.type === 'sync') return got;
+        got.push(m);
+      }
+    };
+    const shape = (evs) => evs.map((e) => [e.key, e.deleted === true]);
+    // The replay from the first write, through the filters.
+    const replay = await s.request('subscribe', {
+      pattern: 'wlf/#', start: first.ts, labels: { unit: 'C' }, exclude_labels: { room: 'attic' },
+    });
+    assert.equal(replay.type, 'ok', JSON.stringify(replay));
+    assert.deepEqual(shape(await upToSync(replay.sub)), [['wlf/a', false], ['wlf/a', true]]);
+    // A snapshot through exclude_labels alone: no labels is no exclusion.
+    const snap = await s.request('subscribe', { pattern: 'wlf/#', exclude_labels: { unit: 'F' } });
+    assert.deepEqual(shape(await upToSync(snap.sub)), [['wlf/d', false]]);
+    // Live: only what passes reaches each subscription.
+    await set('wlf/e', 'e1', { unit: 'C' });
+    await set('wlf/f', 'f1', { unit: 'F' });
+    await c.request('delete', { key: 'wlf/c' }); // its value was unit F
+    await c.request('delete', { key: 'wlf/e' }); // its value was unit C
+    await set('wlf/z', 'z1'); // no labels: the last, for both
+    const seen = [];
+    for (;;) {
+      const m = await s.next((x) => x.type === 'event');
+      seen.push([m.sub, m.key, m.deleted === true]);
+      if (m.key === 'wlf/z' && m.sub === snap.sub) break;
+    }
+    const of = (sub) => seen.filter(([x]) => x === sub).map(([, k, d]) => [k, d]);
+    assert.deepEqual(of(replay.sub), [['wlf/e', false], ['wlf/e', true]]);
+    assert.deepEqual(of(snap.sub), [['wlf/e', false], ['wlf/e', true], ['wlf/z', false]]);
+    // An RFC 3339 start, and wrong types refused naming the field.
+    const t = new Date(Math.floor(first.ts / 1000)).toISOString();
+    const rfc = await s.request('subscribe', { pattern: 'wlf/a', start: t });
+    assert.equal(rfc.type, 'ok', JSON.stringify(rfc));
+    assert.deepEqual(shape(await upToSync(rfc.sub)), [['wlf/a', false], ['wlf/a', true]]);
+    for (const [fields, name] of [
+      [{ labels: ['unit'] }, 'labels'], [{ exclude_labels: { unit: 7 } }, 'exclude_labels'],
+      [{ start: 'soon' }, 'start'], [{ start: false }, 'start'],
+      [{ start: first.ts, since: 0 }, 'since and start'],
+    ]) {
+      const e = await s.request('subscribe', { pattern: 'wlf/#', ...fields });
+      assert.equal(e.error, 'bad_request', JSON.stringify(e));
+      assert.ok(e.message.includes(name), e.message);
+    }
+    c.ws.close();
+    s.ws.close();
+  },
+
   async ping_pong_control_frames() {
     const c = await Client.open();
     const pong = new Promise((resolve) => c.ws.on('pong', (d) => resolve(d.toString())));
@@ -207,6 +277,62 @@ const tests = {
     const err = await c.next((m) => m.type === 'error');
     assert.equal(err.error, 'protocol_unsupported');
     assert.equal(await closed, 1008);
+  },
+
+  async hello_minor_above_the_servers_closes() {
+    const c = await Client.open();
+    await c.next((m) => m.type === 'welcome');
+    const closed = c.closed();
+    c.ws.send(JSON.stringify({ type: 'hello', id: 2, protocol: '1.9' })); // the server speaks 1.0
+    const err = await c.next((m) => m.type === 'error');
+    assert.equal(err.id, 2);
+    assert.equal(err.error, 'protocol_unsupported');
+    assert.match(err.message, /1\.9/);
+    assert.equal(await closed, 1008);
+  },
+
+  // API.md "Strictness": a field a request does not take is refused by
+  // name, for every request type, and nothing is done.
+  async unknown_fields_are_refused_and_nothing_is_done() {
+    const c = await Client.open();
+    await c.next((m) => m.type === 'welcome');
+    assert.equal((await c.request('set', { key: 'wstrict/a', text: 'kept' })).type, 'ok');
+    const watch = await Client.open();
+    await watch.next((m) => m.type === 'welcome');
+    await watch.request('subscribe', { pattern: 'wstrict/#', live_only: true });
+    await watch.next((m) => m.type === 'sync');
+    const cases = [
+      ['hello', { protocol: '1.0', tokn: 'x' }, 'tokn'],
+      ['get', { key: 'wstrict/a', envelope: true }, 'envelope'],
+      ['pget', { pattern: 'wstrict/#', limt: 1 }, 'limt'],
+      ['set', { key: 'wstrict/new', text: 'x', lables: { u: 'C' } }, 'lables'],
+      ['set', { key: 'wstrict/a', text: 'changed', ifrev: 1 }, 'ifrev'],
+      ['publish', { key: 'wstrict/p', text: 'x', if_rev: 0 }, 'if_rev'],
+      ['delete', { key: 'wstrict/a', recursive: true }, 'recursive'],
+      ['ls', { key: 'wstrict', depth: 1 }, 'depth'],
+      ['history', { pattern: 'wstrict/a', lables: { u: 'C' } }, 'lables'],
+      ['subscribe', { pattern: 'wstrict/#', limt: 1 }, 'limt'],
+      ['unsubscribe', { sub: 1, all: true }, 'all'],
+      ['auth', { token: 'not-a-token', user: 'me' }, 'user'],
+      ['ping', { payload: 1 }, 'payload'],
+    ];
+    for (const [type, fields, name] of cases) {
+      const m = await c.request(type, fields);
+      assert.equal(m.type, 'error', `${type}: ${JSON.stringify(m)}`);
+      assert.equal(m.error, 'bad_request', `${type}: ${m.message}`);
+      assert.ok(m.message.includes(`unknown field '${name}' in ${type}`), `${type}: ${m.message}`);
+    }
+    assert.equal((await c.request('ping')).type, 'pong'); // the session goes on
+    assert.equal((await c.request('get', { key: 'wstrict/a' })).text, 'kept');
+    assert.equal((await c.request('get', { key: 'wstrict/new' })).error, 'not_found');
+    const keys = await (await http('GET', '/api/v1/keys/wstrict/%23')).json();
+    assert.deepEqual(keys.entries.map((e) => e.key), ['wstrict/a']);
+    await http('PUT', '/api/v1/keys/wstrict/after', '1');
+    const first = await watch.next((m) => m.type === 'event'); // nothing before it
+    assert.equal(first.key, 'wstrict/after');
+    assert.deepEqual(c.queue.filter((m) => m.type === 'event'), []); // c subscribed nothing
+    c.ws.close();
+    watch.ws.close();
   },
 
   async wrong_subprotocol_is_refused() {

@@ -138,7 +138,8 @@ static void principals(void **state)
     assert_false(privs_match(p->write, "home/x", 6));
     assert_false(auth_required(a, "192.168.1.9:1"));
     /* any token is refused: none is configured */
-    assert_int_equal(auth_principal(a, "127.0.0.1:1", "whatever", &p, why, sizeof why), STORE_EUNAUTH);
+    assert_int_equal(auth_principal(a, "127.0.0.1:1", "whatever", &p, why, sizeof why),
+                     STORE_EUNAUTH);
     auth_free(a);
 
     /* With admin_token: loopback is anonymous too, the token is admin. */
@@ -148,9 +149,12 @@ static void principals(void **state)
     assert_int_equal(auth_principal(a, "127.0.0.1:4000", NULL, &p, why, sizeof why), 0);
     assert_string_equal(p->name, "anonymous");
     assert_true(auth_required(a, "127.0.0.1:4000"));
-    assert_int_equal(auth_principal(a, "10.1.1.1:1", "0123456789abcdef-secret", &p, why, sizeof why), 0);
+    assert_int_equal(
+        auth_principal(a, "10.1.1.1:1", "0123456789abcdef-secret", &p, why, sizeof why), 0);
     assert_true(p->admin && p->authenticated);
-    assert_int_equal(auth_principal(a, "10.1.1.1:1", "0123456789abcdef-secreT", &p, why, sizeof why), STORE_EUNAUTH);
+    assert_int_equal(
+        auth_principal(a, "10.1.1.1:1", "0123456789abcdef-secreT", &p, why, sizeof why),
+        STORE_EUNAUTH);
     assert_int_equal(auth_principal(a, "10.1.1.1:1", "", &p, why, sizeof why), STORE_EUNAUTH);
     /* Failed credentials from one host are cut off within a second (the
      * count starts over each second, so it may take two), even the right
@@ -159,8 +163,11 @@ static void principals(void **state)
     for (int i = 0; i < 25 && rc != STORE_ERATE; i++)
         rc = auth_principal(a, "10.2.2.2:1", "guess", &p, why, sizeof why);
     assert_int_equal(rc, STORE_ERATE);
-    assert_int_equal(auth_principal(a, "10.2.2.2:2", "0123456789abcdef-secret", &p, why, sizeof why), STORE_ERATE);
-    assert_int_equal(auth_principal(a, "10.3.3.3:1", "0123456789abcdef-secret", &p, why, sizeof why), STORE_OK);
+    assert_int_equal(
+        auth_principal(a, "10.2.2.2:2", "0123456789abcdef-secret", &p, why, sizeof why),
+        STORE_ERATE);
+    assert_int_equal(
+        auth_principal(a, "10.3.3.3:1", "0123456789abcdef-secret", &p, why, sizeof why), STORE_OK);
     /* Failures of many other hosts in the same second do not wipe a limited
      * host's count (they once shared its slot). */
     for (int round = 0; round < 3; round++) {
@@ -178,6 +185,28 @@ static void principals(void **state)
             break;
         }
     }
+    /* Good credentials from thousands of hosts take no slot of the table,
+     * so they never crowd out anyone (a lookup once took a slot, and a host
+     * whose window was full was refused with the right token). */
+    for (int i = 0; i < 5000; i++) {
+        char other[32];
+        snprintf(other, sizeof other, "10.6.%d.%d:1", i / 250, i % 250);
+        assert_int_equal(auth_principal(a, other, "0123456789abcdef-secret", &p, why, sizeof why),
+                         STORE_OK);
+    }
+    /* IPv6 clients count by /64: another address of it is limited too. */
+    rc = STORE_OK;
+    for (int i = 0; i < 25 && rc != STORE_ERATE; i++) {
+        char v6[64];
+        snprintf(v6, sizeof v6, "2001:db8:1:2::%x:1", i + 1);
+        rc = auth_principal(a, v6, "guess", &p, why, sizeof why);
+    }
+    assert_int_equal(rc, STORE_ERATE);
+    assert_int_equal(auth_principal(a, "2001:db8:1:2:ffff::9:1", "guess", &p, why, sizeof why),
+                     STORE_ERATE);
+    assert_int_equal(
+        auth_principal(a, "2001:db8:1:3::1:1", "0123456789abcdef-secret", &p, why, sizeof why),
+        STORE_OK);
     auth_free(a);
 
     /* A bad pattern names its option. */
@@ -185,7 +214,6 @@ static void principals(void **state)
     assert_null(auth_new(config_with(bad, 1, NULL, 0), why, sizeof why));
     assert_non_null(strstr(why, "anonymous_read"));
 }
-
 
 /* A JWT with `claims` (JSON), signed with `alg` and `key` (NULL: none). */
 static char *mint(jwt_alg_t alg, const void *key, size_t klen, const char *claims)
@@ -202,8 +230,8 @@ static char *mint(jwt_alg_t alg, const void *key, size_t klen, const char *claim
 
 /* What `a` says of the JWT with `claims` signed with `alg` and `key`;
  * the principal is released at once, but for `keep`. */
-static int present(struct auth *a, jwt_alg_t alg, const void *key, size_t klen,
-                   const char *claims, const struct principal **keep, char *why, size_t why_len)
+static int present(struct auth *a, jwt_alg_t alg, const void *key, size_t klen, const char *claims,
+                   const struct principal **keep, char *why, size_t why_len)
 {
     const struct principal *p;
     char *t = mint(alg, key, klen, claims);
@@ -236,7 +264,7 @@ static void jwts(void **state)
              now + 60);
     assert_int_equal(present(a, JWT_ALG_HS256, secret, strlen(secret), claims, &p, why, sizeof why),
                      STORE_OK);
-    assert_string_equal(p->name, "alice");
+    assert_string_equal(p->name, "jwt:alice"); /* never a token's name */
     assert_true(p->authenticated && !p->admin && auth_live(p));
     assert_true(privs_match(p->read, "home/x", 6));
     assert_false(privs_match(p->read, "work/x", 6));
@@ -257,9 +285,9 @@ static void jwts(void **state)
     assert_true(p->admin && p->expires == 0);
     auth_release(p);
     /* No almanac claim: someone, with no privileges at all. */
-    assert_int_equal(present(a, JWT_ALG_HS256, secret, strlen(secret), "{\"sub\":\"bob\"}", &p,
-                             why, sizeof why),
-                     STORE_OK);
+    assert_int_equal(
+        present(a, JWT_ALG_HS256, secret, strlen(secret), "{\"sub\":\"bob\"}", &p, why, sizeof why),
+        STORE_OK);
     assert_true(p->read == NULL && p->write == NULL && !p->admin);
     auth_release(p);
 
@@ -277,6 +305,9 @@ static void jwts(void **state)
         {JWT_ALG_HS256, secret, "{\"almanac\":{\"read\":[\"a/#/b\"]}}", "almanac.read"},
         {JWT_ALG_HS256, secret, "{\"almanac\":{\"admin\":\"yes\"}}", "almanac claim"},
         {JWT_ALG_HS256, secret, "{\"almanac\":[]}", "almanac claim"},
+        {JWT_ALG_HS256, secret, "{\"exp\":1e19}", "out of range"},
+        {JWT_ALG_HS256, secret, "{\"sub\":\"admin\\nwarn forged\"}", "sub"},
+        {JWT_ALG_HS256, secret, "{\"sub\":7}", "sub"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int rc = present(a, bad[i].alg, bad[i].key, bad[i].key ? strlen(bad[i].key) : 0,
@@ -286,6 +317,16 @@ static void jwts(void **state)
         if (i % 4 == 3)
             sleep(1); /* under the limit of failed credentials a second */
     }
+    /* A critical header extension is not understood, so refused. */
+    jwt_t *cj = NULL;
+    assert_int_equal(jwt_new(&cj), 0);
+    jwt_add_header(cj, "crit", "x");
+    jwt_set_alg(cj, JWT_ALG_HS256, (const unsigned char *)secret, (int)strlen(secret));
+    t = jwt_encode_str(cj);
+    jwt_free(cj);
+    assert_int_equal(auth_principal(a, "10.7.7.7:1", t, &p, why, sizeof why), STORE_EUNAUTH);
+    assert_non_null(strstr(why, "crit"));
+    free(t);
     /* A tampered payload does not verify. */
     t = mint(JWT_ALG_HS256, secret, strlen(secret), "{\"almanac\":{\"read\":[\"a\"]}}");
     char *dot = strchr(t, '.');
@@ -353,12 +394,17 @@ static void jwts(void **state)
                              "{\"sub\":\"carol\",\"almanac\":{\"read\":[\"#\"]}}", &p, why,
                              sizeof why),
                      STORE_OK);
-    assert_string_equal(p->name, "carol");
+    assert_string_equal(p->name, "jwt:carol");
     auth_release(p);
     assert_int_equal(present(a, JWT_ALG_HS256, pub, publen, "{\"almanac\":{\"admin\":true}}", NULL,
                              why, sizeof why),
                      STORE_EUNAUTH);
     auth_free(a);
+    /* A path that cannot be read is never taken as a secret. */
+    cfg->jwt_key = "/run/secrets/almanac/idp-public-key.pem";
+    assert_null(auth_new(cfg, why, sizeof why));
+    assert_non_null(strstr(why, "cannot read"));
+    cfg->jwt_key = path;
     /* A file that holds no public key is refused at start. */
     f = fopen(path, "w");
     fputs("-----BEGIN NOTHING-----\n", f);

@@ -162,6 +162,65 @@ static void delete_carries_the_callers_origin(void **state)
     assert_int_equal(w.one.deleted, 1);
 }
 
+/* API.md "MQTT bridge": an empty value of a key that maps out would be an
+ * empty retained message, a delete to MQTT; refused, batch whole. */
+static void empty_value_refused_where_it_maps_out(void **state)
+{
+    struct fixture *f = *state;
+    char *maps[] = {"out out/#", "in in/#"};
+    struct bridge_config bc = {
+        .url = "mqtt://127.0.0.1:1", .qos = 1, .protocol = 5, .maps = maps, .nmaps = 2};
+    struct bridge *b;
+    struct ops_write w;
+    struct store_entry *e;
+    char why[512];
+
+    assert_int_equal(bridge_new(&bc, store_limits(f->s), &b, why, sizeof why), 0);
+    assert_true(bridge_maps_out(b, "out/a", 5));
+    assert_false(bridge_maps_out(b, "in/a", 4));
+    assert_false(bridge_maps_out(b, "else", 4));
+    assert_false(bridge_maps_out(NULL, "out/a", 5)); /* the bridge is off */
+    struct ops *o = ops_new(f->s, b, NULL, &f->cfg, why, sizeof why);
+    assert_non_null(o);
+
+    assert_int_equal(store_entry_new("", 0, NULL, NULL, STORE_ORIGIN_TCP, &e), STORE_OK);
+    assert_int_equal(ops_set(o, &f->caller, &w, "out/a", 5, e, STORE_ANY_REV, waiter_done, NULL,
+                             why, sizeof why),
+                     STORE_EBODY);
+    assert_non_null(strstr(why, "out/a"));
+    assert_non_null(strstr(why, "MQTT"));
+    assert_non_null(strstr(why, "delete the key"));
+    assert_null(w.one.entry); /* taken */
+
+    struct store_op ops[2] = {{.kind = STORE_OP_SET, .key = "out/b", .klen = 5, .if_rev = -1},
+                              {.kind = STORE_OP_SET, .key = "out/c", .klen = 5, .if_rev = -1}};
+    assert_int_equal(store_entry_new("1", 1, NULL, NULL, STORE_ORIGIN_TCP, &ops[0].entry),
+                     STORE_OK);
+    assert_int_equal(store_entry_new("", 0, NULL, NULL, STORE_ORIGIN_TCP, &ops[1].entry), STORE_OK);
+    assert_int_equal(ops_batch(o, &f->caller, &w, ops, 2, waiter_done, NULL, why, sizeof why),
+                     STORE_EBODY);
+    assert_true(strncmp(why, "ops[1]: ", 8) == 0);
+    assert_int_equal(ops_get(o, &f->caller, "out/b", 5, &e, why, sizeof why), STORE_ENOTFOUND);
+
+    /* a transient publish is not retained: an empty one goes */
+    assert_int_equal(store_entry_new("", 0, NULL, NULL, STORE_ORIGIN_TCP, &e), STORE_OK);
+    assert_int_equal(ops_publish(o, &f->caller, "out/a", 5, e, why, sizeof why), STORE_OK);
+
+    /* a key no out map covers, and any key with the bridge off, can be empty */
+    const char *fine[][2] = {{"in/a", "bridge"}, {"else", "bridge"}, {"out/a", "off"}};
+    for (size_t i = 0; i < 3; i++) {
+        struct waiter wt = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0};
+        assert_int_equal(store_entry_new("", 0, NULL, NULL, STORE_ORIGIN_TCP, &e), STORE_OK);
+        struct ops *via = strcmp(fine[i][1], "off") == 0 ? f->o : o;
+        assert_int_equal(ops_set(via, &f->caller, &w, fine[i][0], strlen(fine[i][0]), e,
+                                 STORE_ANY_REV, waiter_done, &wt, why, sizeof why),
+                         STORE_OK);
+        assert_int_equal(waiter_wait(&wt), STORE_OK);
+    }
+    ops_free(o);
+    bridge_free(b);
+}
+
 /* ---- the feed, through a sink that records what it is given ---- */
 
 struct rec {
@@ -330,6 +389,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(check_refused_whole, setup, teardown),
         cmocka_unit_test_setup_teardown(delete_carries_the_callers_origin, setup, teardown),
+        cmocka_unit_test_setup_teardown(empty_value_refused_where_it_maps_out, setup, teardown),
         cmocka_unit_test_setup_teardown(feed_snapshot_sync_then_live, setup, teardown),
         cmocka_unit_test_setup_teardown(feed_too_slow_ends_it, setup, teardown),
         cmocka_unit_test_setup_teardown(feed_since_without_history_is_gone, setup, teardown),

@@ -1,7 +1,8 @@
 /*
  * test_store.c — the store against a real SQLite database in a temporary
  * folder: writes, compare-and-set, batches, deletes, pattern walks and
- * paging, ls, reloads, migrations, the data_dir lock and the outbox.
+ * paging, ls, reloads, migrations, the data_dir lock, the outbox, label
+ * filters and the first rev of a time in history.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -437,7 +439,7 @@ static void test_newer_schema_refused(void **state)
     assert_int_not_equal(store_open(&cfg, &f->s, why, sizeof why), STORE_OK);
     assert_null(f->s);
     assert_non_null(strstr(why, "version 99"));
-    assert_non_null(strstr(why, "up to 3"));
+    assert_non_null(strstr(why, "up to 4"));
 }
 
 static void test_lock(void **state)
@@ -751,6 +753,152 @@ static void test_since_coverage(void **state)
     assert_null(sub);
 }
 
+/* Label filters: every match label with its value, no exclude label with
+ * its value; an entry without labels passes exclusions only. */
+static void test_label_filters(void **state)
+{
+    static const char hall[] = "{\"room\":\"hall\",\"unit\":\"C\"}",
+                      attic[] = "{\"room\":\"attic\",\"unit\":\"C\"}", fahr[] = "{\"unit\":\"F\"}";
+    struct store_labels f = {.match_names = {"unit"},
+                             .match_values = {"C"},
+                             .nmatch = 1,
+                             .exclude_names = {"room"},
+                             .exclude_values = {"attic"},
+                             .nexclude = 1};
+    struct store_labels not_f = {.exclude_names = {"unit"}, .exclude_values = {"F"}, .nexclude = 1};
+    struct store_labels none = {0};
+    struct store_entry *e;
+    (void)state;
+    assert_true(store_labels_pass(&f, hall, strlen(hall)));
+    assert_false(store_labels_pass(&f, attic, strlen(attic)));
+    assert_false(store_labels_pass(&f, fahr, strlen(fahr)));
+    assert_false(store_labels_pass(&f, NULL, 0));
+    assert_true(store_labels_pass(&not_f, NULL, 0));
+    assert_true(store_labels_pass(&not_f, hall, strlen(hall)));
+    assert_false(store_labels_pass(&not_f, fahr, strlen(fahr)));
+    assert_false(store_labels_any(&none));
+    assert_true(store_labels_pass(&none, fahr, strlen(fahr)));
+    assert_int_equal(store_entry_new("1", 1, NULL, hall, STORE_ORIGIN_HTTP, &e), STORE_OK);
+    assert_true(store_labels_pass_entry(&f, e));
+    assert_true(store_labels_pass_entry(&not_f, e));
+    store_entry_unref(e);
+}
+
+/* The first rev at or after a time; history_gone once history cannot tell
+ * (its floor rose: history_keys changed). */
+static void test_history_first_rev(void **state)
+{
+    struct fixture *f = *state;
+    char *keys[] = {"a/#"};
+    struct store_config cfg = {.data_dir = f->dir,
+                               .limits = {.max_key_bytes = 1024, .max_value_bytes = 1 << 20},
+                               .history_retention_us = 3600000000};
+    struct store_entry *e;
+    char why[512];
+    int64_t rev, r1, r2, ts1, ts2;
+
+    assert_int_equal(store_history_first_rev(f->s, 0, &rev), STORE_EUNAVAIL); /* history off */
+    store_close(f->s);
+    assert_int_equal(store_open(&cfg, &f->s, why, sizeof why), STORE_OK);
+    assert_int_equal(set(f->s, "a/1", "1", -1, &r1), STORE_OK);
+    usleep(2000);
+    assert_int_equal(set(f->s, "a/2", "2", -1, &r2), STORE_OK);
+    assert_int_equal(store_get(f->s, "a/1", 3, &e), STORE_OK);
+    ts1 = store_entry_ts(e);
+    store_entry_unref(e);
+    assert_int_equal(store_get(f->s, "a/2", 3, &e), STORE_OK);
+    ts2 = store_entry_ts(e);
+    store_entry_unref(e);
+    assert_true(ts1 < ts2);
+    struct {
+        int64_t ts, rev;
+    } cases[] = {{0, 1}, {ts1, r1}, {ts1 + 1, r2}, {ts2, r2}, {ts2 + 1, r2 + 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(store_history_first_rev(f->s, cases[i].ts, &rev), STORE_OK);
+        if (rev != cases[i].rev)
+            fail_msg("at %lld: rev %lld, not %lld", (long long)cases[i].ts, (long long)rev,
+                     (long long)cases[i].rev);
+    }
+    /* Complete only from r2 on now: a time before r2's is beyond it. */
+    store_close(f->s);
+    cfg.history_keys = keys;
+    cfg.nhistory_keys = 1;
+    assert_int_equal(store_open(&cfg, &f->s, why, sizeof why), STORE_OK);
+    assert_int_equal(store_history_first_rev(f->s, 0, &rev), STORE_EGONE);
+    assert_int_equal(store_history_first_rev(f->s, ts1 + 1, &rev), STORE_EGONE);
+    assert_int_equal(store_history_first_rev(f->s, ts2 + 1, &rev), STORE_OK);
+    assert_true(rev == r2 + 1);
+}
+
+/* Sets `key` to expire `in_us` from now. */
+static int set_expiring(struct store *s, const char *key, const char *value, int64_t in_us)
+{
+    struct store_entry *e = entry(value, NULL);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    assert_int_equal(store_entry_expire_at(&e, now + in_us), STORE_OK);
+    assert_true(store_entry_expires(e) == now + in_us);
+    struct store_op op = {
+        .kind = STORE_OP_SET, .key = key, .klen = strlen(key), .entry = e, .if_rev = -1};
+    struct store_txn t = {.ops = &op, .n = 1};
+    return store_apply(s, &t);
+}
+
+static bool has(struct store *s, const char *key)
+{
+    char *v = get(s, key);
+    free(v);
+    return v != NULL;
+}
+
+static void test_expiry(void **state)
+{
+    struct fixture *f = *state;
+    struct store_snapshot snap = {0};
+    struct store_sub *sub;
+    int64_t sync;
+    static struct events ev;
+    pthread_mutex_init(&ev.m, NULL);
+    assert_int_equal(store_subscribe(f->s, "x/#", 3, false, on_event, &ev, &snap, &sync, &sub),
+                     STORE_OK);
+    store_snapshot_free(&snap);
+
+    assert_int_equal(set_expiring(f->s, "x/soon", "1", 300000), STORE_OK);
+    assert_int_equal(set_expiring(f->s, "x/again", "1", 300000), STORE_OK);
+    assert_int_equal(set(f->s, "x/again", "2", -1, NULL), STORE_OK); /* no ttl now */
+    assert_int_equal(set_expiring(f->s, "x/later", "1", 300000), STORE_OK);
+    assert_int_equal(set_expiring(f->s, "x/later", "2", 60000000), STORE_OK); /* a later one */
+    assert_int_equal(set_expiring(f->s, "x/kept", "1", 60000000), STORE_OK);
+    assert_true(has(f->s, "x/soon"));
+    usleep(1300000); /* deleted within a second of its time */
+    assert_false(has(f->s, "x/soon"));
+    assert_true(has(f->s, "x/again"));
+    assert_true(has(f->s, "x/later"));
+    /* A delete like any other, by the server: an event for subscribers. */
+    pthread_mutex_lock(&ev.m);
+    bool seen = false;
+    for (size_t i = 0; i < ev.n; i++)
+        seen |= strcmp(ev.keys[i], "x/soon") == 0 && ev.deleted[i];
+    pthread_mutex_unlock(&ev.m);
+    assert_true(seen);
+    store_unsubscribe(f->s, sub);
+
+    /* Across a restart: kept with its time, and one that expired while the
+     * store was closed goes at the next start. */
+    assert_int_equal(set_expiring(f->s, "x/closed", "1", 200000), STORE_OK);
+    store_close(f->s);
+    usleep(400000);
+    f->s = open_store(f->dir);
+    struct store_entry *e;
+    assert_int_equal(store_get(f->s, "x/kept", 6, &e), STORE_OK);
+    assert_true(store_entry_expires(e) > 0);
+    store_entry_unref(e);
+    usleep(800000);
+    assert_false(has(f->s, "x/closed"));
+    assert_true(has(f->s, "x/kept"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -770,6 +918,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_if_changed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_since_coverage, setup, teardown),
+        cmocka_unit_test(test_label_filters),
+        cmocka_unit_test_setup_teardown(test_history_first_rev, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
