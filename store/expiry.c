@@ -40,7 +40,8 @@ struct expiry_item {
 };
 
 struct expiry {
-    struct store *store;
+    int (*apply)(void *arg, struct store_txn *t); /* the store's */
+    void *arg;
     pthread_mutex_t lock; /* the heap and `stop` */
     pthread_cond_t cond;
     struct expiry_item *heap;
@@ -135,8 +136,7 @@ static int expiry__delete(struct expiry *x, struct expiry_item *items, size_t n)
                                        .sys = true,
                                        .origin = STORE_ORIGIN_SYS,
                                        .if_rev = STORE_ANY_REV};
-        err = store_apply(x->store, &t);
-        store_txn_clear(&t);
+        err = x->apply(x->arg, &t);
     }
     free(ops);
     pthread_mutex_lock(&x->lock);
@@ -186,12 +186,13 @@ static void *expiry__run(void *arg)
     return NULL;
 }
 
-struct expiry *expiry__new(struct store *s)
+struct expiry *expiry__new(int (*apply)(void *arg, struct store_txn *t), void *arg)
 {
     struct expiry *x = calloc(1, sizeof *x);
     if (x == NULL)
         return NULL;
-    x->store = s;
+    x->apply = apply;
+    x->arg = arg;
     pthread_mutex_init(&x->lock, NULL);
     pthread_cond_init(&x->cond, NULL);
     return x;

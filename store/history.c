@@ -1,7 +1,7 @@
 /*
  * history.c — every change of the keys history keeps (the `history` table,
  * written by db__write in the change's own commit): queries, the replay of a
- * subscription's `since` (or `start`: store_history_first_rev finds its
+ * subscription's `since` (or `start`: history__first_rev finds its
  * rev), and pruning by age and size.
  *
  * Readers use connections of their own from a small pool (WAL: they never
@@ -746,13 +746,13 @@ void store_history_close(struct store_history *it, int64_t *next)
     free(it);
 }
 
-int store_history_first_rev(struct store *s, int64_t ts, int64_t *rev)
+int history__first_rev(struct history *h, int64_t ts, int64_t *rev)
 {
     /* A query of no key, never stepped, lends its read connection and
      * transaction: the floor and the records of one snapshot (invariant 2). */
     struct store_history_query q = {.pattern = "", .plen = 0, .start = 0, .stop = 0, .limit = 1};
     struct store_history *it;
-    int err = store_history_open(s, &q, &it);
+    int err = history__query(h, &q, &it);
     if (err != STORE_OK)
         return err;
     int64_t floor = db__meta_of(it->conn, "history_floor");

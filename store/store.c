@@ -304,6 +304,15 @@ static void *store__committer(void *arg)
     return NULL;
 }
 
+/* The expiry thread's deletes (expiry.c takes them through this, and
+ * calls nothing of the store itself). */
+static int store__apply_expired(void *arg, struct store_txn *t)
+{
+    int err = store_apply(arg, t);
+    store_txn_clear(t);
+    return err;
+}
+
 static int store__load_one(void *arg, const char *key, size_t klen, struct store_entry *e)
 {
     struct store *s = arg;
@@ -386,7 +395,7 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
     pthread_cond_init(&s->scond, NULL);
     pthread_mutex_init(&s->sublock, NULL);
     if ((s->subs = subs__new()) == NULL || (s->outbox = outbox__new()) == NULL ||
-        (s->expiry = expiry__new(s)) == NULL) {
+        (s->expiry = expiry__new(store__apply_expired, s)) == NULL) {
         snprintf(why, why_len, "out of memory");
         err = STORE_EINTERNAL;
         goto fail;
@@ -966,6 +975,11 @@ int store_history_open(struct store *s, const struct store_history_query *q,
     if (s->history == NULL)
         return STORE_EUNAVAIL;
     return history__query(s->history, q, out);
+}
+
+int store_history_first_rev(struct store *s, int64_t ts, int64_t *rev)
+{
+    return s->history != NULL ? history__first_rev(s->history, ts, rev) : STORE_EUNAVAIL;
 }
 
 void store_unsubscribe(struct store *s, struct store_sub *sub)

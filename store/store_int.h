@@ -25,7 +25,8 @@ struct store_entry *entry__load(const void *value, size_t len, const char *type,
 /* ---- expiry.c: keys that expire; see the file for its invariants ---- */
 
 struct expiry;
-struct expiry *expiry__new(struct store *s);
+/* Deletes go through `apply(arg, t)` (store_apply, waited for). */
+struct expiry *expiry__new(int (*apply)(void *arg, struct store_txn *t), void *arg);
 /* Starts the thread that deletes expired keys; STORE_OK or an error. */
 int expiry__start(struct expiry *x);
 /* Stops the thread (before the store drains); what is pending stays. */
@@ -145,6 +146,8 @@ int history__replay(struct history *h, const char *pat, size_t plen, int64_t sin
                     struct store_snapshot *snap);
 int history__query(struct history *h, const struct store_history_query *q,
                    struct store_history **out);
+/* The rev a replay from time `ts` starts after (store_history_first_rev). */
+int history__first_rev(struct history *h, int64_t ts, int64_t *rev);
 
 /* ---- worker.c: a task run about once a second on a thread of its own ---- */
 
