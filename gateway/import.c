@@ -42,7 +42,7 @@ struct import {
     size_t max_line;
     size_t lineno, checked;
     int err; /* the first error, STORE_OK while every line is good */
-    char why[512];
+    char why[640];
 };
 
 int import_new(struct store *store, const char *data_dir, enum store_origin origin,
@@ -121,7 +121,7 @@ static void import__check(struct import *im, const char *text, size_t len)
 {
     struct store_op op;
     json_t *owner = NULL;
-    char why[400];
+    char why[512];
     im->lineno++;
     int err = envelope_import_line(text, len, store_limits(im->store), im->origin, &op, &owner, why,
                                    sizeof why);
