@@ -101,10 +101,12 @@ static const struct {
     {ROUTE_READY, "/ready", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_METRICS, "/metrics", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_WEB, "/web/", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_WEB, "/favicon.ico", M_GET | M_HEAD, "GET, HEAD"}, /* web/favicon.ico */
     {ROUTE_WEB, "/", M_GET | M_HEAD, "GET, HEAD"},
 };
 
-/* Finds the route of `url`; sets r->path for the routes that carry a key.
+/* Finds the route of `url`; sets r->path for the routes that carry a key (or
+ * name a file of web/).
  * Returns the index in http__routes, or -1. */
 static int http__route(struct req *r, const char *url)
 {
@@ -118,6 +120,10 @@ static int http__route(struct req *r, const char *url)
         if (prefix) {
             r->plen = strlen(url + len);
             if ((r->path = strdup(url + len)) == NULL)
+                return -1;
+        } else if (r->route == ROUTE_WEB && len > 1) { /* "/favicon.ico": that file of web/ */
+            r->plen = len - 1;
+            if ((r->path = strdup(p + 1)) == NULL)
                 return -1;
         }
         return (int)i;

@@ -325,7 +325,7 @@ class HttpApi(unittest.TestCase):
             ("GET", "/ready?verbose=1", None, "verbose"),
             ("GET", "/metrics?format=json", None, "format"),
             ("GET", "/?lang=fr", None, "lang"),
-            ("GET", "/web/app.js?v=2", None, "v"),
+            ("GET", "/web/main.js?v=2", None, "v"),
         ]
         for method, path, data, name in cases:
             with self.subTest(method=method, path=path):
