@@ -328,15 +328,16 @@ static void auth__token_free(struct auth__token *t)
     free(t);
 }
 
-/* The patterns of a JSON array as privileges; `*failed` on a bad one. */
-static struct privs *auth__privs_json(const char *what, const char *text, bool *failed, char *why,
-                                      size_t why_len)
+/* The patterns of the JSON array `arr` (NULL: none) as privileges named
+ * `what` in messages; `*failed`, with a sentence, on a bad one. */
+static struct privs *auth__privs_array(const char *what, json_t *arr, bool *failed, char *why,
+                                       size_t why_len)
 {
-    json_t *arr = json_loads(text, 0, NULL), *v;
     size_t n = json_array_size(arr), i;
+    json_t *v;
     char **pats = calloc(n + 1, sizeof *pats);
     struct privs *p = NULL;
-    *failed = !json_is_array(arr) || pats == NULL;
+    *failed = (arr != NULL && !json_is_array(arr)) || pats == NULL;
     json_array_foreach(arr, i, v)
     {
         if (!json_is_string(v))
@@ -349,6 +350,19 @@ static struct privs *auth__privs_json(const char *what, const char *text, bool *
     else
         p = privs__new(what, pats, n, failed, why, why_len);
     free(pats);
+    return p;
+}
+
+/* The same of a token's column (JSON text). */
+static struct privs *auth__privs_json(const char *what, const char *text, bool *failed, char *why,
+                                      size_t why_len)
+{
+    json_t *arr = json_loads(text, 0, NULL);
+    struct privs *p = arr != NULL ? auth__privs_array(what, arr, failed, why, why_len) : NULL;
+    if (arr == NULL) {
+        *failed = true;
+        snprintf(why, why_len, "%s must be an array of patterns", what);
+    }
     json_decref(arr);
     return p;
 }
@@ -639,34 +653,6 @@ static bool auth__jwt_aud(json_t *aud, const char *want)
     return false;
 }
 
-/* The privileges of the "almanac" claim's `field` (absent: none). */
-static struct privs *auth__jwt_privs(json_t *claim, const char *field, bool *failed, char *why,
-                                     size_t why_len)
-{
-    json_t *arr = json_object_get(claim, field), *v;
-    size_t n = json_array_size(arr), i;
-    *failed = arr != NULL && !json_is_array(arr);
-    char **pats = calloc(n + 1, sizeof *pats);
-    struct privs *p = NULL;
-    json_array_foreach(arr, i, v)
-    {
-        if (!json_is_string(v))
-            *failed = true;
-        else
-            pats[i] = (char *)json_string_value(v);
-    }
-    char option[32];
-    snprintf(option, sizeof option, "the JWT's almanac.%s", field);
-    if (pats == NULL)
-        *failed = true;
-    else if (*failed)
-        snprintf(why, why_len, "%s must be an array of patterns", option);
-    else
-        p = privs__new(option, pats, n, failed, why, why_len);
-    free(pats);
-    return p;
-}
-
 /* Whether `sub` may name a principal in messages and the log: a string of
  * 1 to 128 bytes without control characters. */
 static bool auth__jwt_sub_ok(json_t *sub)
@@ -717,9 +703,12 @@ static struct auth__jwt *auth__jwt_claims(const struct auth *a, json_t *c,
         bool bad_read = false, bad_write = false;
         if (j == NULL)
             return NULL;
-        j->p.read = auth__jwt_privs(claim, "read", &bad_read, why, why_len);
+        j->p.read = auth__privs_array("the JWT's almanac.read", json_object_get(claim, "read"),
+                                      &bad_read, why, why_len);
         if (!bad_read)
-            j->p.write = auth__jwt_privs(claim, "write", &bad_write, why, why_len);
+            j->p.write =
+                auth__privs_array("the JWT's almanac.write", json_object_get(claim, "write"),
+                                  &bad_write, why, why_len);
         /* "jwt:" + sub: never taken for a token's name, nor for "admin" */
         size_t nlen = 5 + (sub != NULL ? json_string_length(sub) : 0);
         if ((j->name = malloc(nlen)) != NULL)

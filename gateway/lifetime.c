@@ -383,7 +383,7 @@ struct locks {
     struct store *store;
     pthread_mutex_t m;
     struct lock *buckets[LOCK_BUCKETS];
-    size_t nwaits;
+    size_t nlocks, nwaits;
 };
 
 struct locks *locks_new(struct store *store)
@@ -497,6 +497,7 @@ int lock_take(struct locks *l, void *holder, const char *client_id, const char *
         k->klen = klen;
         k->holder = holder;
         *p = k;
+        l->nlocks++;
         pthread_mutex_unlock(&l->m);
         lock__mirror(l, key, klen, client_id);
         return STORE_OK;
@@ -540,6 +541,7 @@ static void lock__pass(struct locks *l, struct lock **p, struct lock_wait **gran
     *granted = w;
     if (w == NULL) {
         *p = k->next;
+        l->nlocks--;
         lock__mirror(l, k->key, k->klen, NULL);
         lock__free(k);
         return;
@@ -577,7 +579,10 @@ int lock_release(struct locks *l, void *holder, const char *key, size_t klen)
 
 void lock_release_all(struct locks *l, void *holder)
 {
-    for (size_t b = 0; b < LOCK_BUCKETS; b++) {
+    pthread_mutex_lock(&l->m);
+    bool none = l->nlocks == 0; /* the common end of a session: nothing to look through */
+    pthread_mutex_unlock(&l->m);
+    for (size_t b = 0; b < LOCK_BUCKETS && !none; b++) {
         pthread_mutex_lock(&l->m);
         struct lock **p = &l->buckets[b];
         while (*p != NULL) {
