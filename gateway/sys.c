@@ -96,6 +96,7 @@ struct sys *sys_start(struct store *store, struct bridge *bridge, unsigned inter
     sys->started = sys->last = mono_s();
     /* Sessions of a previous run that ended without closing them. */
     sys__delete(store, "$SYS/sessions/#");
+    sys__delete(store, "$SYS/locks/#"); /* locks live in memory: none survived */
     sys__set(store, "$SYS/version", ALMANAC_VERSION, "text/plain; charset=utf-8");
     sys__set_number(store, "$SYS/uptime", 0);
     struct store_stats st;

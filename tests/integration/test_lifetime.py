@@ -157,7 +157,10 @@ class Lifetime(unittest.TestCase):
     def test_sigkill(self):
         c = Client(self.d)
         c.request("hello", protocol="1.0", last_will=WILL, grave_goods=["tmp/1/#"])
+        self.assertEqual(c.request("lock", key="pump")["type"], "ok")
         self.graves()
+        wait_for(lambda: curl(self.d, "GET", K + "$SYS/locks/pump").status == 200,
+                 what="$SYS/locks/pump")
         self.d.stop(signal.SIGKILL)
         c.close()
         self.d.start()
@@ -166,6 +169,9 @@ class Lifetime(unittest.TestCase):
         self.assertEqual(self.get("dev/1/status")["origin"], "tcp")
         self.assertIsNone(self.get("tmp/1/0"))
         self.assertIn("applied the will of", self.d.log_text())
+        # a lock does not outlive the server that held it
+        wait_for(lambda: curl(self.d, "GET", K + "$SYS/locks/pump").status == 404,
+                 what="the stale $SYS/locks/pump to go")
 
     def test_bad_wills_change_nothing(self):
         c = Client(self.d)
