@@ -24,13 +24,30 @@
  *      the broker has not acknowledged), so nothing waits forever;
  *   3. a change from MQTT never goes back out (bridge__topic), so two
  *      gateways on one broker cannot ping-pong; both end with what the broker
- *      ordered last, as each applies its own echo in the broker's order.
+ *      ordered last, as each applies its own echo in the broker's order;
+ *   4. the echo of one of our retained publishes on topic T is skipped when
+ *      a later publish of ours on T has not echoed yet (bridge__echo), or
+ *      when the key holds a local change newer than the echoed one, not yet
+ *      handed to Paho (bridge__newer_here); otherwise it is applied
+ *      (if_changed: our latest is no change; if_rev: a local change made
+ *      meanwhile is not undone). The broker delivers one client's publishes
+ *      on T in order, and the last message of its order on T is either
+ *      another client's (applied: it matches no publish of ours) or our
+ *      latest on T (applied: nothing of ours comes after it), so invariant 3
+ *      holds, and a key never goes back to a value older than one of ours
+ *      still on its way. Where the tracking is lost (the ring overflows, an
+ *      entry expires, a publish fails, a new connection sends again what was
+ *      not acknowledged) an echo is taken for another client's and applied
+ *      as before this invariant: a moment on an older value at worst.
+ *      `echo_lock` guards the ring; no call is made while holding it, and it
+ *      is never taken with `lock`.
  */
 #include "bridge.h"
 #include "clock.h"
 #include "log.h"
 
 #include <MQTTAsync.h>
+#include <assert.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -46,7 +63,8 @@
 #define BRIDGE_BATCH       100   /* outbox messages taken at once */
 #define BRIDGE_IN_PENDING  20000 /* incoming changes submitted, not yet committed */
 #define BRIDGE_BACKOFF_MAX 30    /* seconds between attempts, at most */
-#define BRIDGE_ECHOES      256   /* transient messages whose echo is awaited */
+#define BRIDGE_ECHOES      1024  /* publishes of ours whose echo is awaited */
+#define BRIDGE_ECHO_WAIT   10    /* seconds an echo is awaited, at most */
 
 enum { MAP_IN = 1, MAP_OUT = 2 };
 
@@ -84,14 +102,21 @@ struct bridge {
     uint64_t ready_seq;        /* bridge__ready calls */
     char last_error[256];
 
-    /* The transient messages sent out whose echo (they match an in map) is
-     * to be dropped: a hash of topic and payload, until a deadline. */
+    /* Our publishes on topics an in map covers, whose echo is awaited
+     * (invariant 4): a ring where entry `seq` is at (seq - 1) % BRIDGE_ECHOES,
+     * so an overflow overwrites the oldest. A free entry has until_us 0. */
     pthread_mutex_t echo_lock;
-    struct {
-        uint64_t hash;
-        int64_t until_us;
+    struct bridge__awaited {
+        uint64_t hash;       /* of topic and payload */
+        uint64_t topic_hash; /* of topic alone */
+        uint64_t seq;        /* our publishes, in the order handed to Paho */
+        int64_t until_us;    /* expiry: awaited no longer after it */
+        int64_t rev;         /* the change it carries (an outbox message) */
+        bool retained;       /* an outbox message; else a transient one */
+        bool acked;          /* the broker has it (PUBACK): its echo will come */
     } echoes[BRIDGE_ECHOES];
-    unsigned echo_next, echo_live;
+    uint64_t echo_seq; /* the last seq given */
+    unsigned echo_live;
 
     pthread_mutex_t in_lock; /* incoming changes not yet committed */
     pthread_cond_t in_cond;
@@ -105,6 +130,7 @@ struct bridge {
 struct bridge__sent {
     struct bridge *b;
     uint64_t gen;
+    uint64_t echo_seq; /* its entry among the echoes awaited, or 0 */
     int64_t rev;
     char topic[];
 };
@@ -112,6 +138,7 @@ struct bridge__sent {
 /* One incoming change on its way to the commit. */
 struct bridge__write {
     struct bridge *b;
+    bool echo; /* of ours, guarded by if_rev: a mismatch is a newer local change */
     struct store_txn txn;
     struct store_op op;
     char key[];
@@ -470,7 +497,7 @@ static void bridge__written(void *arg, struct store_txn *t)
 {
     struct bridge__write *w = arg;
     struct bridge *b = w->b;
-    if (t->err != STORE_OK) {
+    if (t->err != STORE_OK && !(w->echo && t->err == STORE_EREV)) {
         atomic_fetch_add(&b->errors_in, 1);
         bridge__warn_in(b, "the change of %s from MQTT failed: %s", w->key, store_err_text(t->err));
     }
@@ -567,43 +594,160 @@ static uint64_t bridge__echo_hash(const char *topic, size_t tlen, const void *pa
     return h;
 }
 
-/* Whether the message is the echo of a transient message of ours (and
- * forgets it): a transient message is stored nowhere, not even here. */
-static bool bridge__echo(struct bridge *b, const char *topic, size_t tlen, const void *payload,
-                         size_t len)
+/* Frees echo entry `e`; the caller holds echo_lock. */
+static void bridge__echo_free(struct bridge *b, struct bridge__awaited *e)
 {
-    bool found = false;
-    pthread_mutex_lock(&b->echo_lock);
-    if (b->echo_live > 0) {
-        uint64_t h = bridge__echo_hash(topic, tlen, payload, len);
-        int64_t now = now_us();
-        for (unsigned i = 0; i < BRIDGE_ECHOES && b->echo_live > 0; i++) {
-            if (b->echoes[i].until_us == 0)
-                continue;
-            bool expired = b->echoes[i].until_us < now;
-            if (expired || (!found && b->echoes[i].hash == h)) {
-                found |= !expired;
-                b->echoes[i].until_us = 0;
-                b->echo_live--;
-            }
-        }
+    if (e->until_us != 0) {
+        assert(b->echo_live > 0);
+        e->until_us = 0;
+        b->echo_live--;
     }
-    pthread_mutex_unlock(&b->echo_lock);
-    return found;
 }
 
-static void bridge__expect_echo(struct bridge *b, const char *topic, const void *payload,
-                                size_t len)
+/* The entry of publish `seq` when it is still awaited, or NULL; the caller
+ * holds echo_lock. */
+static struct bridge__awaited *bridge__echo_find(struct bridge *b, uint64_t seq)
+{
+    struct bridge__awaited *e = &b->echoes[(seq - 1) % BRIDGE_ECHOES];
+    return seq != 0 && e->seq == seq && e->until_us != 0 ? e : NULL;
+}
+
+enum bridge__echo_kind {
+    ECHO_NONE, /* another client's message */
+    ECHO_SKIP, /* to be skipped: a transient echo, or a later publish of ours follows */
+    ECHO_LAST  /* the echo of our latest awaited publish on the topic (of `*rev`) */
+};
+
+/* What a message is to us (invariant 4): the echo of a transient message
+ * (stored nowhere, not even here), of a retained one followed by a later
+ * retained publish of ours on the topic that has not echoed yet, of our
+ * latest retained one, or none. `retained`: the message's flag, or -1 when
+ * the protocol (3.1.1) does not tell. The echo is that of our earliest
+ * awaited publish of the same topic and payload, which it frees. */
+static enum bridge__echo_kind bridge__echo(struct bridge *b, const char *topic, size_t tlen,
+                                           const void *payload, size_t len, int retained,
+                                           int64_t *rev)
+{
+    enum bridge__echo_kind kind = ECHO_NONE;
+    bool skip = false;
+    pthread_mutex_lock(&b->echo_lock);
+    if (b->echo_live == 0)
+        goto out;
+    uint64_t h = bridge__echo_hash(topic, tlen, payload, len);
+    int64_t now = now_us();
+    struct bridge__awaited *match = NULL;
+    for (unsigned i = 0; i < BRIDGE_ECHOES && b->echo_live > 0; i++) {
+        struct bridge__awaited *e = &b->echoes[i];
+        if (e->until_us == 0)
+            continue;
+        if (e->until_us < now)
+            bridge__echo_free(b, e); /* awaited no longer: today's behaviour */
+        else if (e->hash == h && (retained < 0 || e->retained == (retained != 0)) &&
+                 (match == NULL || e->seq < match->seq))
+            match = e;
+    }
+    if (match == NULL)
+        goto out; /* another client's */
+    bool was_retained = match->retained;
+    uint64_t seq = match->seq, th = match->topic_hash;
+    *rev = match->rev;
+    bridge__echo_free(b, match);
+    if (!was_retained) {
+        kind = ECHO_SKIP;
+        goto out;
+    }
+    for (unsigned i = 0; i < BRIDGE_ECHOES && !skip; i++) {
+        const struct bridge__awaited *e = &b->echoes[i];
+        skip = e->until_us != 0 && e->retained && e->topic_hash == th && e->seq > seq;
+    }
+    kind = skip ? ECHO_SKIP : ECHO_LAST;
+out:
+    pthread_mutex_unlock(&b->echo_lock);
+    return kind;
+}
+
+/* Awaits the echo of a publish of ours about to be handed to Paho, when an
+ * in map covers its topic. Its seq (for bridge__echo_sent), or 0. */
+static uint64_t bridge__expect_echo(struct bridge *b, const char *topic, const void *payload,
+                                    size_t len, int64_t rev, bool retained)
 {
     size_t tlen = strlen(topic);
     if (bridge__in_map(b, topic, tlen) == NULL)
+        return 0;
+    uint64_t h = bridge__echo_hash(topic, tlen, payload, len);
+    uint64_t th = bridge__echo_hash(topic, tlen, NULL, 0);
+    pthread_mutex_lock(&b->echo_lock);
+    uint64_t seq = ++b->echo_seq;
+    struct bridge__awaited *e = &b->echoes[(seq - 1) % BRIDGE_ECHOES];
+    b->echo_live += e->until_us == 0; /* else the oldest is overwritten */
+    *e = (struct bridge__awaited){.hash = h,
+                                  .topic_hash = th,
+                                  .seq = seq,
+                                  .until_us = now_us() + BRIDGE_ECHO_WAIT * 1000000ll,
+                                  .rev = rev,
+                                  .retained = retained};
+    pthread_mutex_unlock(&b->echo_lock);
+    return seq;
+}
+
+/* What became of publish `seq`: the broker has it (`acked`: its echo will
+ * come), or it failed (it may never echo, so it is awaited no longer). */
+static void bridge__echo_sent(struct bridge *b, uint64_t seq, bool acked)
+{
+    if (seq == 0)
         return;
     pthread_mutex_lock(&b->echo_lock);
-    unsigned i = b->echo_next++ % BRIDGE_ECHOES;
-    b->echo_live += b->echoes[i].until_us == 0;
-    b->echoes[i].hash = bridge__echo_hash(topic, tlen, payload, len);
-    b->echoes[i].until_us = now_us() + 10 * 1000000;
+    struct bridge__awaited *e = bridge__echo_find(b, seq);
+    if (e != NULL && acked)
+        e->acked = true;
+    else if (e != NULL)
+        bridge__echo_free(b, e);
     pthread_mutex_unlock(&b->echo_lock);
+}
+
+/* A new connection sends again what was not acknowledged (invariant 2):
+ * those publishes may never echo, so they are awaited no longer. */
+static void bridge__echo_reset(struct bridge *b)
+{
+    pthread_mutex_lock(&b->echo_lock);
+    for (unsigned i = 0; i < BRIDGE_ECHOES && b->echo_live > 0; i++)
+        if (b->echoes[i].retained && !b->echoes[i].acked)
+            bridge__echo_free(b, &b->echoes[i]);
+    pthread_mutex_unlock(&b->echo_lock);
+}
+
+/* Whether `key` holds a local change newer than `rev`, the change our latest
+ * awaited publish carried: one not yet handed to Paho (still in the outbox,
+ * or not even committed), so the echo is skipped as bridge__echo would have
+ * had it been published (invariant 4). Otherwise `*if_rev` gets the rev the
+ * echo is applied on (0: absent), so that a local change made meanwhile is
+ * not undone. `key` is valid. When the key is absent a deletion came after,
+ * ours or another client's, which it cannot tell: the echo is applied, as
+ * before invariant 4 (a deletion of ours that was published is caught by
+ * bridge__echo; one not yet handed to Paho leaves a moment on the older
+ * value). Waits for the commits the answer reflects (store_get), as Paho's
+ * thread already does for BRIDGE_IN_PENDING. */
+static bool bridge__newer_here(struct bridge *b, const char *topic, size_t tlen, const char *key,
+                               size_t klen, int64_t rev, int64_t *if_rev)
+{
+    struct store_entry *cur = NULL;
+    /* Only a key whose changes go out to this very topic will see its newer
+     * change echo here; any other is left to the broker's order. */
+    char *out = bridge__topic(b, key, klen, STORE_ORIGIN_HTTP);
+    bool same = out != NULL && strlen(out) == tlen && memcmp(out, topic, tlen) == 0;
+    free(out);
+    *if_rev = STORE_ANY_REV;
+    if (!same)
+        return false;
+    if (store_get(b->store, key, klen, &cur) != STORE_OK) {
+        *if_rev = 0;
+        return false;
+    }
+    int64_t cur_rev = store_entry_rev(cur);
+    bool newer = cur_rev > rev && store_entry_origin(cur) != STORE_ORIGIN_MQTT;
+    store_entry_unref(cur);
+    *if_rev = cur_rev;
+    return newer;
 }
 
 static int bridge__arrived(void *ctx, char *topic, int topic_len, MQTTAsync_message *m)
@@ -615,7 +759,13 @@ static int bridge__arrived(void *ctx, char *topic, int topic_len, MQTTAsync_mess
 
     if (map == NULL) /* a subscription of an earlier configuration, say */
         goto out;
-    if (bridge__echo(b, topic, tlen, m->payload, (size_t)m->payloadlen))
+    /* MQTT 3.1.1 does not tell a retained message from a live one. */
+    bool retained = m->retained || b->cfg.protocol != 5;
+    int64_t echo_rev = 0, if_rev = STORE_ANY_REV;
+    enum bridge__echo_kind echo =
+        bridge__echo(b, topic, tlen, m->payload, (size_t)m->payloadlen,
+                     b->cfg.protocol == 5 ? m->retained != 0 : -1, &echo_rev);
+    if (echo == ECHO_SKIP)
         goto out;
     atomic_fetch_add(&b->messages_in, 1);
     key = map__rewrite(topic, tlen, map->fpre, map->pattern, map->ppre, &klen);
@@ -632,6 +782,8 @@ static int bridge__arrived(void *ctx, char *topic, int topic_len, MQTTAsync_mess
                         m->payloadlen);
         goto out;
     }
+    if (echo == ECHO_LAST && bridge__newer_here(b, topic, tlen, key, klen, echo_rev, &if_rev))
+        goto out;
     struct bridge__write *w = calloc(1, sizeof *w + klen + 1);
     if (w == NULL)
         goto oom;
@@ -639,12 +791,13 @@ static int bridge__arrived(void *ctx, char *topic, int topic_len, MQTTAsync_mess
     w->b = b;
     w->op.key = w->key;
     w->op.klen = klen;
-    w->op.if_rev = STORE_ANY_REV;
+    w->op.if_rev = if_rev;
+    w->echo = echo == ECHO_LAST;
     w->op.origin = STORE_ORIGIN_MQTT;
-    /* MQTT 3.1.1 does not tell a retained message from a live one. */
-    bool retained = m->retained || b->cfg.protocol != 5;
     if (m->payloadlen == 0 && retained) {
         w->op.kind = STORE_OP_DELETE;
+        if (if_rev == 0) /* absent already: nothing to guard */
+            w->op.if_rev = STORE_ANY_REV;
     } else {
         w->op.kind = STORE_OP_SET;
         /* The state the broker holds, sent again (at a subscribe, or as
@@ -822,6 +975,7 @@ static int bridge__status(struct bridge *b, const char *status)
 
 static void bridge__connected(struct bridge *b, int session_present, int receive_max)
 {
+    bridge__echo_reset(b); /* before this connection publishes anything */
     pthread_mutex_lock(&b->lock);
     b->state = BS_CONNECTED;
     /* Paho holds back what exceeds the broker's receive maximum and sends it
@@ -937,6 +1091,7 @@ static void bridge__settle(struct bridge__sent *s, bool resend)
 
 static void bridge__delivered(struct bridge__sent *s)
 {
+    bridge__echo_sent(s->b, s->echo_seq, true);
     store_outbox_ack(s->b->store, s->topic, s->rev);
     atomic_fetch_add(&s->b->messages_out, 1);
     bridge__settle(s, false);
@@ -957,6 +1112,7 @@ static void bridge__sent_ok(void *ctx, MQTTAsync_successData *r)
 static void bridge__sent_failed(struct bridge__sent *s, int reason, const char *message)
 {
     struct bridge *b = s->b;
+    bridge__echo_sent(b, s->echo_seq, false);
     /* Refusals that sending again cannot change: the row goes. */
     if (reason == MQTTREASONCODE_NOT_AUTHORIZED || reason == MQTTREASONCODE_TOPIC_NAME_INVALID ||
         reason == MQTTREASONCODE_PACKET_TOO_LARGE ||
@@ -1046,7 +1202,7 @@ static void bridge__publish_now(void *arg, const char *topic, const struct store
     MQTTAsync_message msg;
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     bridge__message(b, e, 0, &msg);
-    bridge__expect_echo(b, topic, msg.payload, (size_t)msg.payloadlen);
+    bridge__expect_echo(b, topic, msg.payload, (size_t)msg.payloadlen, 0, false);
     int rc = MQTTAsync_sendMessage(b->client, topic, &msg, &ro);
     MQTTProperties_free(&msg.properties);
     if (rc != MQTTASYNC_SUCCESS)
@@ -1068,6 +1224,9 @@ static int bridge__publish(struct bridge *b, const struct store_outbox_msg *m, u
     MQTTAsync_message msg;
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     bridge__message(b, m->entry, 1, &msg);
+    /* Awaited before Paho has it: the echo may come before sendMessage returns. */
+    s->echo_seq =
+        bridge__expect_echo(b, m->topic, msg.payload, (size_t)msg.payloadlen, m->rev, true);
     ro.context = s;
     if (b->cfg.protocol == 5) {
         ro.onSuccess5 = bridge__sent_ok5;
@@ -1081,6 +1240,7 @@ static int bridge__publish(struct bridge *b, const struct store_outbox_msg *m, u
     if (rc == MQTTASYNC_SUCCESS)
         return 0;
     log_debug("bridge: cannot publish to %s now: %s", m->topic, MQTTAsync_strerror(rc));
+    bridge__echo_sent(b, s->echo_seq, false);
     free(s);
     return -1;
 }

@@ -2,8 +2,9 @@
 direction with content types, labels and binary payloads, deletes, maps,
 the status topic and its will, a broker that goes away and comes back, a
 killed almanac with a full outbox, bad credentials, an unreachable broker,
-MQTT 3.1.1, two almanacs on one broker converging, and two brokers joined
-by mosquitto's own bridge. Clients are mosquitto_pub, mosquitto_sub and curl.
+MQTT 3.1.1, two almanacs on one broker converging, the late echoes of our
+own publishes never taking a key back, and two brokers joined by
+mosquitto's own bridge. Clients are mosquitto_pub, mosquitto_sub and curl.
 """
 import json
 import re
@@ -431,26 +432,38 @@ class Convergence(BridgeCase):
     KEYS = 8
     WRITES = 300
 
-    def writer(self, d, name, seed):
+    def writer(self, d, name, seed, failures):
         import random
         rnd = random.Random(seed)
         with tempfile.NamedTemporaryFile("w", suffix=".curl", delete=False) as cfg:
-            for n in range(self.WRITES):
-                key = f"conv/k{rnd.randrange(self.KEYS)}"
-                cfg.write(f'url = "{d.url("/api/v1/keys/" + key)}"\nrequest = "PUT"\n'
-                          f'data-binary = "{name}-{n}"\noutput = "/dev/null"\nnext\n')
-        subprocess.run(["curl", "-sS", "-K", cfg.name], check=True, timeout=120)
+            cfg.write("next\n".join(
+                f'url = "{d.url("/api/v1/keys/conv/k" + str(rnd.randrange(self.KEYS)))}"\n'
+                f'request = "PUT"\ndata-binary = "{name}-{n}"\noutput = "/dev/null"\n'
+                for n in range(self.WRITES)))
+        out = subprocess.run(["curl", "-sS", "--fail", "-K", cfg.name], capture_output=True,
+                             timeout=120)
         os.unlink(cfg.name)
+        if out.returncode != 0:  # a thread's exception would go unseen
+            failures.append(f"{name}: curl exited with {out.returncode}: {out.stderr!r}")
 
     def test_two_gateways_on_one_broker_converge_without_ping_pong(self):
-        a = self.daemon()
-        b = self.daemon()
-        threads = [threading.Thread(target=self.writer, args=(a, "a", 1)),
-                   threading.Thread(target=self.writer, args=(b, "b", 2))]
+        self.converge()
+
+    def test_two_gateways_converge_mqtt311(self):
+        """MQTT 3.1.1 does not tell our echoes retained: they converge all the same."""
+        self.converge("--bridge_protocol", "3.1.1")
+
+    def converge(self, *args):
+        a = self.daemon(*args)
+        b = self.daemon(*args)
+        failures = []
+        threads = [threading.Thread(target=self.writer, args=(a, "a", 1, failures)),
+                   threading.Thread(target=self.writer, args=(b, "b", 2, failures))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        self.assertEqual(failures, [])
 
         def converged():
             retained = self.broker.retained("conv/#")
@@ -470,6 +483,114 @@ class Convergence(BridgeCase):
                              (y["messages_in"], y["messages_out"]))
             self.assertLessEqual(y["messages_out"], self.WRITES)
             self.assertEqual(y["outbox"], 0)
+
+
+class OwnEchoes(BridgeCase):
+    """The echoes of our own retained publishes come back from the broker
+    late, after newer values of ours went out: applying one then would take
+    the key back to an older value for a moment (events, history)."""
+    KEYS = 4
+    WRITES = 20
+    RUNS = 3
+
+    def puts(self, d, key, failures):
+        """WRITES PUTs of 1..WRITES to `key`, one after the other, as fast as
+        one curl on one connection goes; a failure goes to `failures`."""
+        with tempfile.NamedTemporaryFile("w", suffix=".curl", delete=False) as cfg:
+            cfg.write("next\n".join(f'url = "{d.url("/api/v1/keys/" + key)}"\n'
+                                     f'request = "PUT"\ndata-binary = "{n}"\n'
+                                     'output = "/dev/null"\n'
+                                     for n in range(1, self.WRITES + 1)))
+        out = subprocess.run(["curl", "-sS", "--fail", "-K", cfg.name], capture_output=True,
+                             timeout=60)
+        os.unlink(cfg.name)
+        if out.returncode != 0:
+            failures.append(f"{key}: curl exited with {out.returncode}: {out.stderr!r}")
+
+    @staticmethod
+    def number(e):
+        return int(e["value"] if "value" in e else e["text"])
+
+    def test_rapid_puts_never_go_back_to_an_older_value(self):
+        self.rapid_puts(self.daemon(), "flap5", self.RUNS)  # the default map: both #
+
+    def test_rapid_puts_mqtt311(self):
+        self.rapid_puts(self.daemon("--bridge_protocol", "3.1.1"), "flap311", 1)
+
+    def rapid_puts(self, d, prefix, runs):
+        expected = list(range(1, self.WRITES + 1))
+        last = str(self.WRITES).encode()
+        for run in range(runs):
+            keys = [f"{prefix}/r{run}/k{i}" for i in range(self.KEYS)]
+            c = harness.Client(d)
+            self.assertEqual(c.request("subscribe", pattern=f"{prefix}/r{run}/#",
+                                       live_only=True)["type"], "ok")
+            seen = {k: [] for k in keys}
+
+            def read():
+                while True:
+                    m = c.recv()
+                    if m is None:
+                        return
+                    if m.get("type") == "event" and m.get("key") in seen:
+                        seen[m["key"]].append(m)
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            failures = []
+            writers = [threading.Thread(target=self.puts, args=(d, k, failures)) for k in keys]
+            for t in writers:
+                t.start()
+            for t in writers:
+                t.join()
+            self.assertEqual(failures, [])
+            wait_for(lambda: {t: v[0] for t, v in self.broker.retained(
+                f"{prefix}/r{run}/#").items()} == {k: last for k in keys}, 10, 0.2,
+                "the broker to retain the last values")
+            for k in keys:
+                self.wait_value(d, k, "value", self.WRITES)
+            wait_for(lambda: self.bridge(d)["outbox"] == 0, what="an empty outbox")
+            time.sleep(1)  # the last echoes are in
+            c.sock.shutdown(2)
+            reader.join(10)
+            c.close()
+            for k in keys:
+                got = [(self.number(e), e["origin"]) for e in seen[k]]
+                self.assertEqual(got, [(n, "http") for n in expected],
+                                 f"{k}: the events went back to older values")
+                r = curl(d, "GET", f"/api/v1/history/{k}?order=asc")
+                self.assertEqual(r.status, 200, r)
+                got = [(self.number(e), e["origin"]) for e in r.json()["records"]]
+                self.assertEqual(got, [(n, "http") for n in expected],
+                                 f"{k}: the history went back to older values")
+                e = self.envelope(d, k)
+                self.assertEqual((e["value"], e["origin"]), (self.WRITES, "http"))
+            self.assertEqual({t: v[0] for t, v in self.broker.retained(
+                f"{prefix}/r{run}/#").items()}, {k: last for k in keys})
+
+    def test_same_value_twice_then_a_delete(self):
+        """1, 1, 2, 2, then a delete and a set again: our echoes never bring
+        back what was replaced, and the broker ends with what we hold."""
+        d = self.daemon()
+        key = "flap/same"
+        for v in ("1", "1", "2", "2"):
+            self.assertIn(curl(d, "PUT", f"/api/v1/keys/{key}", v).status, (200, 201))
+        self.assertEqual(curl(d, "DELETE", f"/api/v1/keys/{key}").status, 200)
+        wait_for(lambda: key not in self.broker.retained(key), 10, 0.2, "the delete")
+        time.sleep(1)
+        self.assertEqual(curl(d, "GET", f"/api/v1/keys/{key}").status, 404)
+        self.assertIn(curl(d, "PUT", f"/api/v1/keys/{key}", "3").status, (200, 201))
+        self.wait_retained(key, b"3")
+        time.sleep(1)
+        e = self.envelope(d, key)
+        self.assertEqual((e["value"], e["origin"]), (3, "http"))
+        r = curl(d, "GET", f"/api/v1/history/{key}?order=asc").json()["records"]
+        got = [("deleted",) if x.get("deleted") else (x["value"], x["origin"]) for x in r]
+        self.assertEqual(got, [(1, "http"), (1, "http"), (2, "http"), (2, "http"), ("deleted",),
+                               (3, "http")])
+        # another client's change after ours is applied as ever
+        self.broker.pub(key, "4")
+        e = self.wait_value(d, key, "value", 4)
+        self.assertEqual(e["origin"], "mqtt")
 
 
 class ScaleOut(unittest.TestCase):
