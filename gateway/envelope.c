@@ -367,13 +367,17 @@ void envelope_list_end(struct envelope_list *l, bool more)
     buf_free(&l->last);
 }
 
-void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool children)
+void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool children,
+                    uint64_t below)
 {
     struct envelope_children *l = arg;
     buf_adds(l->b, l->n++ ? ",{\"name\":" : "{\"name\":");
     buf_add_jstr(l->b, name, nlen);
     buf_adds(l->b, value ? ",\"value\":true" : ",\"value\":false");
-    buf_adds(l->b, children ? ",\"children\":true}" : ",\"children\":false}");
+    buf_adds(l->b, children ? ",\"children\":true" : ",\"children\":false");
+    if (children && below != STORE_BELOW_UNKNOWN)
+        buf_addf(l->b, ",\"keys\":%llu", (unsigned long long)below);
+    buf_adds(l->b, "}");
 }
 
 void envelope_add_error(struct buf *b, int err, const char *message)

@@ -55,7 +55,9 @@ char *envelope_dump_json(const json_t *v);
 /* The pieces of list answers, shared by HTTP and sessions. `envelope_list`
  * is the store_pget visitor writing envelopes (with `type_field`) and
  * keeping the last key as the next cursor; `envelope_child` the
- * store_ls visitor writing {"name","value","children"} objects. */
+ * store_ls visitor writing {"name","value","children"} objects, with
+ * "keys" (how many are below) on a folder whose keys the caller may all
+ * read. */
 struct envelope_list {
     struct buf *b;
     const char *type_field;
@@ -69,7 +71,8 @@ struct envelope_children {
     struct buf *b;
     size_t n;
 };
-void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool children);
+void envelope_child(void *arg, const char *name, size_t nlen, bool value, bool children,
+                    uint64_t below);
 
 /* History: a query from a transport's arguments (HTTP's query string,
  * a session message's fields): start, stop, limit (at most `max_limit`),

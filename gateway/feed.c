@@ -76,9 +76,13 @@ static void feed__envelope(struct buf *b, const struct feed_event *ev, const cha
         return;
     }
     envelope_add_as(b, ev->key, ev->klen, ev->entry, type_field);
-    if (ev->transient && !b->oom && b->len > 0) {
+    /* A live change that made its key says so (a page counting the keys of
+     * a folder it never listed learns of a new one); a snapshot or replay
+     * cannot tell cheaply, and says nothing. */
+    bool created = !ev->transient && ev->live != NULL && ev->live->old == NULL;
+    if ((ev->transient || created) && !b->oom && b->len > 0) {
         b->len--; /* its closing brace */
-        buf_adds(b, ",\"transient\":true}");
+        buf_adds(b, ev->transient ? ",\"transient\":true}" : ",\"created\":true}");
     }
 }
 

@@ -150,7 +150,7 @@ static const struct {
     const char *args[STRICT_NAMES_MAX];
     const char *headers[STRICT_NAMES_MAX];
 } http__options[] = {
-    {ROUTE_KEYS, M_GET | M_HEAD, {"envelope", "limit", "after"}, {NULL}},
+    {ROUTE_KEYS, M_GET | M_HEAD, {"envelope", "limit", "after", "contains"}, {NULL}},
     {ROUTE_KEYS, M_PUT, {NULL}, {"X-Almanac-Label-", "X-Almanac-TTL"}},
     {ROUTE_PUBLISH, M_POST, {NULL}, {"X-Almanac-Label-"}},
     {ROUTE_EVENTS, M_GET, {"live_only", "since", "start", "label.", "exclude."}, {NULL}},

@@ -332,7 +332,8 @@ static enum MHD_Result http__get_pattern(struct req *r)
     struct envelope_list l = {.b = &b, .type_field = "type"};
     char why[512];
     int err = ops_pget(r->h->ops, &r->caller, r->path, r->plen, after, after ? strlen(after) : 0,
-                       limit, envelope_list_visit, &l, &more, why, sizeof why);
+                       http__arg(r, "contains"), limit, envelope_list_visit, &l, &more, why,
+                       sizeof why);
     envelope_list_end(&l, more);
     if (err != STORE_OK) {
         buf_free(&b);
@@ -359,7 +360,10 @@ enum MHD_Result http__keys(struct req *r)
             return http__error(r, STORE_EBADREQ,
                                "envelope is for a key: %s is a pattern, answered with envelopes",
                                r->path);
-        const char *list = http__arg(r, "limit") ? "limit" : http__arg(r, "after") ? "after" : NULL;
+        const char *list = http__arg(r, "limit")      ? "limit"
+                           : http__arg(r, "after")    ? "after"
+                           : http__arg(r, "contains") ? "contains"
+                                                      : NULL;
         if (!wild && list != NULL)
             return http__error(r, STORE_EBADREQ, "%s is for a pattern, and %s is a key", list,
                                r->path);

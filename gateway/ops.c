@@ -292,17 +292,41 @@ int ops_get(struct ops *o, const struct caller *c, const char *key, size_t klen,
     return STORE_ENOTFOUND;
 }
 
+/* A substring search (pget's `contains`) on top of the reader's filter. */
+struct ops__search {
+    const char *needle;
+    size_t nlen;
+    struct store_filter reader; /* keep NULL: every key may be read */
+};
+
+static bool ops__has(void *arg, const char *key, size_t klen)
+{
+    const struct ops__search *s = arg;
+    bool found = s->nlen == 0;
+    for (size_t i = 0; !found && i + s->nlen <= klen; i++)
+        found = strncasecmp(key + i, s->needle, s->nlen) == 0;
+    return found && (s->reader.keep == NULL || s->reader.keep(s->reader.arg, key, klen));
+}
+
 int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen, const char *after,
-             size_t alen, size_t limit, store_visit_fn visit, void *arg, bool *more, char *why,
-             size_t why_len)
+             size_t alen, const char *contains, size_t limit, store_visit_fn visit, void *arg,
+             bool *more, char *why, size_t why_len)
 {
     bool wild;
-    struct store_filter filter;
+    struct ops__search search = {.needle = contains, .nlen = contains ? strlen(contains) : 0};
+    struct store_filter *filter = &search.reader;
     *more = false;
     int err = ops_pattern(o, c, pat, plen, &wild, why, why_len);
-    if (err != STORE_OK || (err = ops__read_pattern(c, pat, plen, &filter, why, why_len)) != 0)
+    if (err != STORE_OK || (err = ops__read_pattern(c, pat, plen, filter, why, why_len)) != 0)
         return err;
-    return store_pget(o->store, pat, plen, filter.keep ? &filter : NULL, after, alen, limit, visit,
+    if (search.nlen > ops__max_key(o)) {
+        snprintf(why, why_len, "contains is longer than max_key_bytes (%zu)", ops__max_key(o));
+        return STORE_EBADREQ;
+    }
+    struct store_filter has = {.keep = ops__has, .arg = &search};
+    if (contains != NULL)
+        filter = &has;
+    return store_pget(o->store, pat, plen, filter->keep ? filter : NULL, after, alen, limit, visit,
                       arg, more);
 }
 
@@ -314,6 +338,7 @@ struct ops__kid {
     char *name;
     size_t nlen;
     bool value, children;
+    uint64_t below;
 };
 
 struct ops__kids {
@@ -322,7 +347,8 @@ struct ops__kids {
     bool oom;
 };
 
-static void ops__gather(void *arg, const char *name, size_t nlen, bool value, bool children)
+static void ops__gather(void *arg, const char *name, size_t nlen, bool value, bool children,
+                        uint64_t below)
 {
     struct ops__kids *k = arg;
     if (k->n == k->cap) {
@@ -345,6 +371,7 @@ static void ops__gather(void *arg, const char *name, size_t nlen, bool value, bo
     kid->nlen = nlen;
     kid->value = value;
     kid->children = children;
+    kid->below = below;
     k->n++;
 }
 
@@ -398,8 +425,10 @@ static int ops__ls_filtered(struct ops *o, const struct caller *c, const char *k
             bool more;
             store_pget(o->store, path, plen, &filter, NULL, 0, 1, ops__found, &below, &more);
         }
+        /* How many keys are below is told only to who may read them all. */
         if (holds || below)
-            child(arg, k->name, k->nlen, holds, below);
+            child(arg, k->name, k->nlen, holds, below,
+                  below && privs_cover(p->read, path, plen) ? k->below : STORE_BELOW_UNKNOWN);
     }
     if (kids.oom) {
         snprintf(why, why_len, "out of memory");
@@ -452,7 +481,7 @@ int ops_history(struct ops *o, const struct caller *c, const struct store_histor
 int ops_export(struct ops *o, const struct caller *c, const char *after, size_t alen, size_t limit,
                store_visit_fn visit, void *arg, bool *more, char *why, size_t why_len)
 {
-    return ops_pget(o, c, "#", 1, after, alen, limit, visit, arg, more, why, why_len);
+    return ops_pget(o, c, "#", 1, after, alen, NULL, limit, visit, arg, more, why, why_len);
 }
 
 /* ---- writes ---- */

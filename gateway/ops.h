@@ -63,10 +63,11 @@ int ops_pattern(struct ops *o, const struct caller *c, const char *pat, size_t p
 int ops_get(struct ops *o, const struct caller *c, const char *key, size_t klen,
             struct store_entry **out, char *why, size_t why_len);
 /* Visits at most `limit` entries of `pat` after the key `after` (NULL:
- * from the start); `*more` tells whether more follow. */
+ * from the start) whose key contains `contains` (NULL: any; ASCII letters
+ * match in either case); `*more` tells whether more follow. */
 int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen, const char *after,
-             size_t alen, size_t limit, store_visit_fn visit, void *arg, bool *more, char *why,
-             size_t why_len);
+             size_t alen, const char *contains, size_t limit, store_visit_fn visit, void *arg,
+             bool *more, char *why, size_t why_len);
 /* The children of `key` (NULL: of the root). */
 int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
            store_child_fn child, void *arg, char *why, size_t why_len);

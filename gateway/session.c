@@ -464,8 +464,13 @@ static int session__pget(struct session *s, json_int_t id, json_t *msg)
     const char *pat = session__field(s, id, msg, "pattern", &plen);
     json_t *jlimit = json_object_get(msg, "limit");
     const char *after = session__str(msg, "after", &alen);
+    const char *contains = NULL;
     json_int_t limit = SESSION_LIST_DEFAULT;
     if (pat == NULL)
+        return 0;
+    size_t clen; /* no NUL: a session's JSON may not hold one */
+    if (json_object_get(msg, "contains") != NULL &&
+        (contains = session__field(s, id, msg, "contains", &clen)) == NULL)
         return 0;
     if (jlimit != NULL) {
         limit = json_is_integer(jlimit) ? json_integer_value(jlimit) : 0;
@@ -478,7 +483,7 @@ static int session__pget(struct session *s, json_int_t id, json_t *msg)
     struct buf b = {0};
     struct envelope_list l = {.b = &b, .type_field = "content_type"};
     buf_addf(&b, "{\"type\":\"entries\",\"id\":%lld,\"entries\":[", (long long)id);
-    int err = ops_pget(s->ops, &s->caller, pat, plen, after, alen, (size_t)limit,
+    int err = ops_pget(s->ops, &s->caller, pat, plen, after, alen, contains, (size_t)limit,
                        envelope_list_visit, &l, &more, why, sizeof why);
     envelope_list_end(&l, more);
     if (err != STORE_OK) {
@@ -1053,7 +1058,7 @@ static const struct {
     const char *fields[STRICT_NAMES_MAX]; /* NULL-terminated when fewer */
 } session__v1_requests[] = {
     {"get", session__get, {"key"}},
-    {"pget", session__pget, {"pattern", "limit", "after"}},
+    {"pget", session__pget, {"pattern", "limit", "after", "contains"}},
     {"set",
      session__set,
      {"key", "value", "text", "base64", "content_type", "labels", "if_rev", "ttl"}},

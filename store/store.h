@@ -202,8 +202,11 @@ int store_pget(struct store *s, const char *pat, size_t plen, const struct store
                bool *more);
 
 /* Called for each child of a node in name order: its name, whether it holds
- * a value and whether it has children. */
-typedef void (*store_child_fn)(void *arg, const char *name, size_t nlen, bool value, bool children);
+ * a value, whether it has children, and how many keys are below it (not
+ * counting its own; STORE_BELOW_UNKNOWN when the caller may not know). */
+#define STORE_BELOW_UNKNOWN UINT64_MAX
+typedef void (*store_child_fn)(void *arg, const char *name, size_t nlen, bool value, bool children,
+                               uint64_t below);
 /* Lists the children of `key` (NULL or klen 0 with `root` for the root).
  * STORE_ENOTFOUND when no key starts with `key/` and `key` holds nothing. */
 int store_ls(struct store *s, bool root, const char *key, size_t klen, store_child_fn child,

@@ -20,7 +20,10 @@
  * Invariants:
  *   1. every node but the root holds an entry or has children;
  *   2. no two children of a node share a first segment;
- *   3. `count` is the number of nodes holding an entry.
+ *   3. `count` is the number of nodes holding an entry;
+ *   4. a node's `below` is the number of entries in the nodes under it (so
+ *      ls tells a folder's size without walking it); only the nodes above
+ *      a key that appears or goes change (tree__below).
  * A node with no entry and one child may be merged with it (tree__del does,
  * when memory allows); nothing depends on that being done.
  * The caller holds the store's lock: read for lookups, write for changes.
@@ -47,6 +50,7 @@ struct node {
     } kids;
     struct store_entry *entry; /* owned reference, or NULL */
     uint32_t nkids;
+    uint32_t below; /* invariant 4 */
     uint16_t nlen;
     uint8_t kbits;
     uint8_t cls; /* size / 8 for a slab node, 0 for a malloc'd one */
@@ -481,6 +485,8 @@ static int node__split(struct tree *t, struct node *c, size_t at)
     tail->nkids = c->nkids;
     tail->kbits = c->kbits;
     tail->entry = c->entry;
+    tail->below = c->below;
+    c->below += c->entry != NULL; /* the same keys, now all in tail */
     c->nlen = (uint16_t)at;
     c->entry = NULL;
     c->kids.chain = tail;
@@ -489,12 +495,50 @@ static int node__split(struct tree *t, struct node *c, size_t at)
     return 0;
 }
 
+/* Invariant 4 when a key appears (+1) or goes (-1): every node on the way
+ * down to it, the root too, counts one more or less. The way is kept as it
+ * is walked, up to TREE_WAY nodes; a deeper key is walked again. */
+#define TREE_WAY 32
+struct way {
+    struct node *n[TREE_WAY];
+    size_t len;
+    bool deep;
+};
+
+static void way__add(struct way *w, struct node *n)
+{
+    if (w->len < TREE_WAY)
+        w->n[w->len++] = n;
+    else
+        w->deep = true;
+}
+
+static void tree__below(struct tree *t, const struct way *w, const char *key, size_t klen,
+                        int delta)
+{
+    if (!w->deep) {
+        for (size_t i = 0; i < w->len; i++)
+            w->n[i]->below += (uint32_t)delta;
+        return;
+    }
+    struct node *n = &t->root; /* `key` ends at a node */
+    for (;;) {
+        n->below += (uint32_t)delta;
+        n = node__child(n, key, seg_end(key, klen, 0));
+        if (n->nlen == klen)
+            return;
+        key += n->nlen + 1;
+        klen -= n->nlen + 1;
+    }
+}
+
 int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *e,
               struct store_entry **old)
 {
     struct node *n = &t->root;
     const char *rem = key;
     size_t rlen = klen;
+    struct way way = {.n = {n}, .len = 1};
 
     *old = NULL;
     for (;;) {
@@ -509,6 +553,7 @@ int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *
             c->entry = e;
             t->count++;
             t->shape++;
+            tree__below(t, &way, key, klen, 1);
             return STORE_OK;
         }
         /* c starts with rem's first segment; keep what they share. */
@@ -520,11 +565,14 @@ int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *
         if (common == rlen) {
             *old = c->entry;
             c->entry = e;
-            if (*old == NULL)
+            if (*old == NULL) {
                 t->count++;
+                tree__below(t, &way, key, klen, 1);
+            }
             return STORE_OK;
         }
         n = c;
+        way__add(&way, c);
         rem += common + 1;
         rlen -= common + 1;
     }
@@ -551,6 +599,7 @@ static void node__merge(struct tree *t, struct node *parent, struct node *n)
     m->nkids = kid->nkids;
     m->kbits = kid->kbits;
     m->entry = kid->entry;
+    m->below = kid->below;
     struct node **link = node__link_of(parent, n); /* same first segment: same bucket */
     m->next = n->next;
     *link = m;
@@ -567,6 +616,7 @@ struct store_entry *tree__del(struct tree *t, const char *key, size_t klen)
     struct node *n = &t->root, *parent = NULL, *grand = NULL;
     const char *rem = key;
     size_t rlen = klen;
+    struct way way = {.n = {n}, .len = 1};
 
     for (;;) {
         struct node *c = node__child(n, rem, seg_end(rem, rlen, 0));
@@ -578,12 +628,14 @@ struct store_entry *tree__del(struct tree *t, const char *key, size_t klen)
         n = c;
         if (c->nlen == rlen)
             break;
+        way__add(&way, c);
         rem += c->nlen + 1;
         rlen -= c->nlen + 1;
     }
     struct store_entry *old = n->entry;
     if (old == NULL)
         return NULL;
+    tree__below(t, &way, key, klen, -1); /* while the way down is as it was */
     n->entry = NULL;
     t->count--;
     t->shape++;
@@ -762,7 +814,9 @@ struct ls_ctx {
 static void ls__kid(void *arg, struct pos kid, const char *seg, size_t len)
 {
     struct ls_ctx *l = arg;
-    l->child(l->arg, seg, len, pos__entry(kid) != NULL, pos__has_kids(kid));
+    /* Inside a name, below the position are the node's entry and its own. */
+    uint64_t below = kid.n->below + (pos__at_node(kid) ? 0 : kid.n->entry != NULL);
+    l->child(l->arg, seg, len, pos__entry(kid) != NULL, pos__has_kids(kid), below);
 }
 
 int tree__ls(const struct tree *t, bool root, const char *key, size_t klen, store_child_fn child,

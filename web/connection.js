@@ -11,8 +11,9 @@ import { $ } from './util.js';
 export const session = {
   ws: null, nextId: 1, pending: new Map(), backoff: 1000, lastRev: 0, subs: new Map(),
   ready: false, online: false, authRequired: false, server: '', timer: null,
-  // Set by main.js: welcome(), event(m), dropped(), revoked(message),
-  // unauthorized(message) (a request anonymous may not make).
+  // Set by main.js: welcome(), event(m), sync(kind), dropped(),
+  // revoked(message), unauthorized(message) (a request anonymous may not
+  // make).
   hooks: {},
 
   connect() {
@@ -74,6 +75,7 @@ export const session = {
       if (!kind) return; // a subscription given up when the principal changed
       if (m.type === 'event') return this.hooks.event(m, kind);
       if (kind === 'live' && m.rev > this.lastRev) this.lastRev = m.rev;
+      if (this.hooks.sync) this.hooks.sync(kind);
       return;
     }
     if (m.type === 'error' && m.id === null) { // about the session, not a request

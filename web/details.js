@@ -1,5 +1,7 @@
-// The details of the selected key: its value and facts, the edit form
-// (compare-and-set with if_rev), publish, delete, and delete by pattern.
+// The details of the selected key: its value and facts (rev, time, type,
+// origin, retained or not, expiry, labels), copy buttons for the key and
+// the value, the edit form (compare-and-set with if_rev), publish, delete,
+// and delete by pattern.
 //
 // Invariants:
 // 1. Save is enabled only when the form differs from the stored value
@@ -19,6 +21,7 @@ import {
 import { session } from './connection.js';
 import { render } from './tree.js';
 import { loadChart, appendPoint, hideChart } from './chart.js';
+import { loadMessages, appendMessage, clearMessages } from './messages.js';
 
 export let selected = null;
 let shown = null;     // the stored entry on screen (invariant 4)
@@ -30,9 +33,11 @@ const NARROW = '(max-width: 700px)'; // style.css: one column
 
 // `reveal`: the user picked it; in one column the details scroll into view.
 export async function select(path, { reveal = false } = {}) {
-  if (path !== selected) { editBase = null; shown = null; fileLoaded = false; }
+  if (path !== selected) { editBase = null; shown = null; fileLoaded = false; delete $('details').dataset.key; }
   selected = path;
   $('key-title').textContent = path;
+  $('copy-key').hidden = false;
+  say('copy-msg', '');
   say('edit-msg', '');
   if (reveal && matchMedia(NARROW).matches) $('details').scrollIntoView({ block: 'start' });
   try {
@@ -40,9 +45,10 @@ export async function select(path, { reveal = false } = {}) {
     if (path !== selected) return;
     showEntry(e);
     loadChart(path, e);
+    loadMessages(path);
   } catch (e) {
     if (path !== selected) return;
-    if (e.code === 'not_found') { showEntry({ key: path, deleted: true }); hideChart(); }
+    if (e.code === 'not_found') { showEntry({ key: path, deleted: true }); hideChart(); loadMessages(path); }
     else if (e.code === 'offline') unreadable(path);
     else say('edit-msg', `Not read: ${e.message}`);
   }
@@ -52,8 +58,10 @@ export async function select(path, { reveal = false } = {}) {
 // Selected while disconnected: nothing of another key is left standing.
 function unreadable(path) {
   shown = null;
+  delete $('details').dataset.key;
   $('meta').hidden = $('value-box').hidden = $('edit').hidden = true;
   hideChart();
+  clearMessages();
   $('details-msg').textContent = `Not connected: ${path} cannot be read until the connection is back.`;
   $('details-msg').hidden = false;
 }
@@ -61,9 +69,12 @@ function unreadable(path) {
 export function clearDetails() {
   selected = shown = editBase = null;
   fileLoaded = false;
+  delete $('details').dataset.key;
   $('key-title').textContent = 'Select a key';
+  $('copy-key').hidden = true;
   $('meta').hidden = $('value-box').hidden = $('edit').hidden = $('details-msg').hidden = true;
   hideChart();
+  clearMessages();
   $('value').textContent = $('edit-value').value = '';
   $('transient').hidden = true;
   say('edit-msg', '');
@@ -125,20 +136,27 @@ function fillEdit(e) {
 
 export function showEntry(e) {
   shown = e;
+  $('details').dataset.key = e.key; // whose details are shown (the tests wait for it)
   $('details-msg').hidden = true;
   $('meta').hidden = $('value-box').hidden = $('edit').hidden = false;
   $('transient').hidden = true;
+  $('copy-value').hidden = !!e.deleted;
   if (e.deleted) {
     $('m-rev').textContent = e.rev || '';
-    $('m-time').textContent = e.ts ? new Date(e.ts / 1000).toISOString() : '';
-    $('m-type').textContent = $('m-origin').textContent = $('m-labels').textContent = '';
+    $('m-time').textContent = e.ts ? timeText(e.ts) : '';
+    for (const id of ['m-type', 'm-origin', 'm-retained', 'm-expires', 'm-labels']) $(id).textContent = '';
     $('value').textContent = '(deleted)';
     $('binary-as-label').hidden = true;
   } else {
     $('m-rev').textContent = e.rev;
-    $('m-time').textContent = new Date(e.ts / 1000).toISOString();
+    $('m-time').textContent = timeText(e.ts);
     $('m-type').textContent = e.content_type;
-    $('m-origin').textContent = e.origin;
+    $('m-origin').textContent = ORIGINS[e.origin] || e.origin;
+    // A stored value is the key's retained state; what MQTT sees of it
+    // depends on the bridge's maps.
+    $('m-retained').textContent = 'yes: stored, the current value of the key' +
+      (e.origin === 'mqtt' ? ' (as the broker retains it)' : '; the bridge publishes it retained where it maps the key out');
+    $('m-expires').textContent = e.expires ? timeText(e.expires) : 'never';
     $('m-labels').textContent = Object.entries(e.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ') || '—';
     const binary = 'base64' in e;
     $('binary-as-label').hidden = !binary;
@@ -154,6 +172,7 @@ export function showEntry(e) {
 // apart (invariant 4).
 export function liveEntry(m) {
   if (m.key !== selected) return;
+  appendMessage(m);
   if (m.transient) {
     const text = 'value' in m ? JSON.stringify(m.value) : 'text' in m ? m.text : `‹${entryBytes(m).length} bytes›`;
     $('transient-text').textContent = `Published at ${timeText(m.ts)}, not stored: ${text.slice(0, 200)}`;
@@ -163,6 +182,36 @@ export function liveEntry(m) {
   showEntry(m);
   if (!m.deleted) appendPoint(m);
   else hideChart();
+}
+
+// What `origin` means, for people who do not know the API.
+const ORIGINS = {
+  http: 'http (an HTTP request)', ws: 'ws (a WebSocket session: this page or another client)',
+  tcp: 'tcp (a session on the TCP port, the CLI)', unix: 'unix (a session on the Unix socket)',
+  mqtt: 'mqtt (a message from the broker, through the bridge)', sys: 'sys (the server: an expiry, a will)',
+};
+
+// Copies `text`: the Clipboard API where the page may use it, else the
+// older way through a selected, hidden text area.
+async function copy(text, what) {
+  try {
+    if (navigator.clipboard && window.isSecureContext) await navigator.clipboard.writeText(text);
+    else {
+      const t = document.createElement('textarea');
+      t.value = text;
+      t.setAttribute('readonly', '');
+      t.style.position = 'fixed';
+      t.style.opacity = '0';
+      document.body.appendChild(t);
+      t.select();
+      const ok = document.execCommand('copy');
+      t.remove();
+      if (!ok) throw new Error('the browser refused');
+    }
+    say('copy-msg', `Copied the ${what}.`, true);
+  } catch (err) {
+    say('copy-msg', `Not copied: ${err.message}`);
+  }
 }
 
 function startEdit() {
@@ -192,6 +241,9 @@ function confirmDialog(text) {
 }
 
 export function initDetails() {
+  $('copy-key').addEventListener('click', () => { if (selected) copy(selected, 'key'); });
+  // The value as it is shown: JSON pretty-printed, text, binary as hex or base64.
+  $('copy-value').addEventListener('click', () => { if (shown && !shown.deleted) copy($('value').textContent, 'value'); });
   $('binary-as').addEventListener('change', () => {
     if (!shown) return;
     $('value').textContent = format(entryBytes(shown), $('binary-as').value);

@@ -10,9 +10,11 @@
 import { $, timeText } from './util.js';
 import { session } from './connection.js';
 import { auth, initAuth, signedIn, signedOut, needSignIn, showSignIn } from './auth.js';
-import { nodes, initTree, reloadTree, clearTree, applyEvent, render } from './tree.js';
+import { nodes, initTree, reloadTree, clearTree, applyEvent, render, refreshCounts } from './tree.js';
 import { initDetails, select, selected, clearDetails, liveEntry, updateSave } from './details.js';
 import { initChart } from './chart.js';
+import { initMessages } from './messages.js';
+import { initPublish } from './publish.js';
 
 // Forgets every key and value shown (after a sign-out).
 export function clearView() {
@@ -32,7 +34,7 @@ function setStale(on) {
   stale = on;
   $('panes').dataset.stale = String(on);
   $('stale-bar').hidden = !on;
-  $('edit-fields').disabled = $('pdelete-fields').disabled = on;
+  $('edit-fields').disabled = $('pdelete-fields').disabled = $('pub-fields').disabled = on;
   updateSave();
 }
 
@@ -64,9 +66,12 @@ async function onWelcome() {
 
 // The live subscription resumes with `since`, so no change made while the
 // page was away is missed; with lastRev 0 the tree starts afresh. Then the
-// details and the chart are read again.
+// details and the chart are read again, and the folders' numbers once the
+// replay is in (its `sync`).
+let countsStale = false;
 async function startFeeds() {
   const since = session.lastRev;
+  countsStale = since > 0;
   try {
     let ok;
     try {
@@ -151,6 +156,11 @@ function setBridge(state, unknown = false) {
 session.hooks = {
   welcome: onWelcome,
   event: onEvent,
+  sync: (kind) => {
+    if (kind !== 'live' || !countsStale) return;
+    countsStale = false;
+    refreshCounts();
+  },
   dropped: () => setStale(true),
   revoked: (message) => { if (auth.principal) signedOut(message); },
   unauthorized: needSignIn,
@@ -159,6 +169,8 @@ initAuth();
 initTree();
 initDetails();
 initChart();
+initMessages();
+initPublish();
 $('retry').addEventListener('click', () => session.retry());
 setInterval(refreshInfo, 5000);
 render();

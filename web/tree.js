@@ -1,7 +1,9 @@
 // The key tree: loaded lazily with `ls`, one folder at a time as it is
 // expanded; a virtual list (only the rows in view are in the DOM, fixed
-// height ROW); the WAI-ARIA tree pattern driven by the keyboard; a pattern
-// filter (a flat list of matches); live changes applied in place.
+// height ROW); the WAI-ARIA tree pattern driven by the keyboard; a search
+// (a substring, or a pattern when it holds + or #: a flat list of
+// matches); live changes applied in place; on each folder row the number
+// of keys below it and of the changes seen below it since the page opened.
 //
 // Invariants:
 // 1. A node's `children` is null until the folder was listed, then the
@@ -9,6 +11,11 @@
 //    live events alone (applyEvent): a change never sends `ls`.
 // 2. `rows` is what the tree shows, in order; focusIndex < rows.length
 //    unless rows is empty.
+// 3. A folder's `keys` is the number of keys below it as `ls` told it
+//    (null: not told, the principal may not read them all), then kept by
+//    live events: a deletion takes one off every folder above the key, a
+//    change marked `created` adds one (a replay after a reconnection
+//    carries no such mark: refreshCounts reads them again).
 import { $, say, shortValue } from './util.js';
 import { session } from './connection.js';
 import { select, selected } from './details.js';
@@ -24,6 +31,14 @@ const values = new Map();    // path -> short text of its stored value
 const published = new Map(); // path -> short text of a transient publish since
 const flashes = new Map();   // path -> until (ms)
 const fetching = new Set();
+const changes = new Map();   // folder path -> changes seen below it since the page opened
+let search = null;           // the search's substring (its matches are marked), or null
+let searched = '';           // the search's text, pattern or substring
+
+function filterLabel(count) {
+  const keys = `${count.toLocaleString()} ${count === 1 ? 'key' : 'keys'}`;
+  return search !== null ? `${keys} containing “${search}”` : `${keys} matching ${searched}`;
+}
 
 function node(path) {
   let n = nodes.get(path);
@@ -31,7 +46,7 @@ function node(path) {
     const cut = path.lastIndexOf('/');
     n = { path, name: cut < 0 ? path : path.slice(cut + 1), parent: cut < 0 ? '' : path.slice(0, cut),
           depth: path === '' ? -1 : path.split('/').length - 1, value: false, kids: false,
-          expanded: false, children: null };
+          expanded: false, children: null, keys: null };
     nodes.set(path, n);
   }
   return n;
@@ -44,13 +59,43 @@ async function load(path) {
     const k = node(path === '' ? c.name : path + '/' + c.name);
     k.value = c.value;
     k.kids = c.children;
+    k.keys = c.children && c.keys !== undefined ? c.keys : null;
     return k.path;
   });
+}
+
+// Invariant 3 after a reconnection: every listed folder's children are
+// asked again for their numbers (the structure is kept by the replay).
+export async function refreshCounts() {
+  const listed = [...nodes.values()].filter((n) => n.children).map((n) => n.path);
+  for (const path of listed) {
+    try {
+      const reply = await session.request('ls', path === '' ? {} : { key: path });
+      for (const c of reply.children) {
+        const k = nodes.get(path === '' ? c.name : path + '/' + c.name);
+        if (k) k.keys = c.children && c.keys !== undefined ? c.keys : null;
+      }
+    } catch (e) { if (e.code === 'offline') return; }
+  }
+  scheduleRender();
+}
+
+// What a folder row says of its size and activity, and the longer form.
+function countText(n) {
+  const seen = changes.get(n.path) || 0;
+  const parts = [];
+  if (n.keys !== null) parts.push(`${n.keys.toLocaleString()} ${n.keys === 1 ? 'key' : 'keys'}`);
+  if (seen) parts.push(`${seen.toLocaleString()} Δ`);
+  const long = (n.keys !== null ? `${n.keys.toLocaleString()} keys below` : 'keys below: not known') +
+    `; ${seen.toLocaleString()} changes seen since this page opened`;
+  return [parts.join(' · '), long];
 }
 
 // Forgets every key and value shown (after a sign-out).
 export function clearTree() {
   nodes.clear();
+  changes.clear();
+  search = null;
   values.clear();
   published.clear();
   flashes.clear();
@@ -87,7 +132,7 @@ export function layout() {
   else flatten('');
   focusIndex = Math.min(focusIndex, Math.max(0, rows.length - 1));
   $('tree-spacer').style.height = rows.length * ROW + 'px';
-  $('tree-count').textContent = filterRows ? `${rows.length.toLocaleString()} keys match` : '';
+  $('tree-count').textContent = filterRows ? filterLabel(rows.length) : '';
   render();
 }
 
@@ -103,7 +148,8 @@ export function render() {
       el = document.createElement('div');
       el.className = 'node';
       el.setAttribute('role', 'treeitem');
-      el.innerHTML = '<span class="twisty" aria-hidden="true"></span><span class="name"></span><span class="val"></span>';
+      el.innerHTML = '<span class="twisty" aria-hidden="true"></span><span class="name"></span>' +
+        '<span class="cnt"></span><span class="val"></span>';
       el.addEventListener('click', () => activate(Number(el.dataset.index), true));
       tree.appendChild(el);
       pool.push(el);
@@ -127,20 +173,32 @@ export function render() {
     if (n.kids && !filterRows) el.setAttribute('aria-expanded', String(n.expanded));
     else el.removeAttribute('aria-expanded');
     el.children[0].textContent = n.kids && !filterRows ? (n.expanded ? '▾' : '▸') : '';
-    el.children[1].textContent = filterRows ? n.path : n.name;
+    showName(el.children[1], filterRows ? n.path : n.name);
     el.title = n.path;
+    const [count, countLong] = n.kids && !filterRows ? countText(n) : ['', ''];
+    el.children[2].textContent = count;
+    el.children[2].title = countLong;
     const pub = published.get(n.path);
     const v = n.value ? values.get(n.path) : undefined;
     // A transient publish is not the stored value: marked, and said so.
-    el.children[2].textContent = pub !== undefined ? `⇢ ${pub}` : v === undefined ? '' : v;
-    el.children[2].classList.toggle('transient', pub !== undefined);
-    el.children[2].title = pub !== undefined ? 'published, not stored' : '';
+    el.children[3].textContent = pub !== undefined ? `⇢ ${pub}` : v === undefined ? '' : v;
+    el.children[3].classList.toggle('transient', pub !== undefined);
+    el.children[3].title = pub !== undefined ? 'published, not stored' : '';
     if (n.value && v === undefined) fetchValue(n.path);
     el.classList.toggle('flash', (flashes.get(n.path) || 0) > now);
     el.classList.toggle('active', index === focusIndex);
   }
   if (rows[focusIndex]) tree.setAttribute('aria-activedescendant', 'row-' + focusIndex);
   else tree.removeAttribute('aria-activedescendant');
+}
+
+// A row's name, the search's substring marked in it.
+function showName(span, name) {
+  const at = search ? name.toLowerCase().indexOf(search.toLowerCase()) : -1;
+  if (at < 0) { span.textContent = name; return; }
+  const mark = document.createElement('mark');
+  mark.textContent = name.slice(at, at + search.length);
+  span.replaceChildren(name.slice(0, at), mark, name.slice(at + search.length));
 }
 
 async function fetchValue(path) {
@@ -252,9 +310,11 @@ function emptied(path) {
 
 // A stored key appears: it (and the folders to it) go into the folders
 // already listed; a folder not listed yet only learns it has children.
+// True when the page can tell the key is new (it had no row, or a new
+// folder leads to it).
 function addKey(path) {
   let parent = nodes.get('');
-  if (!parent || !parent.children) return;
+  if (!parent || !parent.children) return false;
   const parts = path.split('/');
   for (let i = 1; i <= parts.length; i++) {
     const p = parts.slice(0, i).join('/');
@@ -262,11 +322,27 @@ function addKey(path) {
     const at = place(parent.children, p);
     const k = node(p);
     if (parent.children[at] !== p) { parent.children.splice(at, 0, p); reshaped = true; }
-    if (leaf) { k.value = true; return; }
-    if (!k.kids) reshaped = true; // a twisty appears
+    if (leaf) {
+      const fresh = !k.value;
+      k.value = true;
+      return fresh;
+    }
+    const fresh = !k.kids;
+    if (fresh) { reshaped = true; k.keys = 0; } // a twisty appears, over nothing yet
     k.kids = true;
-    if (!k.children) return; // listed when it is expanded
+    if (fresh || !k.children) return fresh; // a folder not listed is listed when expanded
     parent = k;
+  }
+  return false;
+}
+
+// Invariant 3, and the changes seen: for every folder above `path`.
+function countAbove(path, keys) {
+  for (let p = path, cut; (cut = p.lastIndexOf('/')) > 0;) {
+    p = p.slice(0, cut);
+    changes.set(p, (changes.get(p) || 0) + 1);
+    const f = nodes.get(p);
+    if (f && f.keys !== null && keys) f.keys = Math.max(0, f.keys + keys);
   }
 }
 
@@ -284,7 +360,8 @@ export function applyEvent(m) {
         n.value = false;
         if (!n.kids || (n.children && n.children.length === 0)) removeNode(n);
       } else emptied(path);
-    } else addKey(path); // a row already listed: only its value changes
+      countAbove(path, -1);
+    } else countAbove(path, addKey(path) || m.created ? 1 : 0); // a listed row: only its value changes
   }
   // The row, or its nearest shown ancestor, lights up.
   let p = path;
@@ -339,21 +416,27 @@ export function initTree() {
     scrollToFocus();
   });
 
-  // A pattern filter: its matches as a flat list (pget, page by page). An
-  // error stays beside the filter until the next one is tried, and no
-  // earlier matches are left standing under it.
+  // The search: its matches as a flat list (pget, page by page). Keys
+  // never hold + or #, so a text with one is a pattern (home/+/temp) and
+  // any other a substring, either case (`contains`). An error stays beside
+  // the search until the next one is tried, and no earlier matches are left
+  // standing under it.
   $('filter-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const input = $('filter');
-    const pattern = input.value.trim();
+    const text = input.value.trim();
     say('filter-msg', '');
     input.removeAttribute('aria-invalid');
-    if (!pattern) { filterRows = null; layout(); return; }
+    search = null;
+    if (!text) { filterRows = null; layout(); return; }
+    const wild = /[+#]/.test(text);
+    searched = text;
+    const ask = wild ? { pattern: text, limit: 10000 } : { pattern: '#', contains: text, limit: 10000 };
     const found = [];
     let after = null;
     try {
       do {
-        const page = await session.request('pget', after ? { pattern, limit: 10000, after } : { pattern, limit: 10000 });
+        const page = await session.request('pget', after ? { ...ask, after } : ask);
         for (const e of page.entries) {
           const n = node(e.key);
           n.value = true;
@@ -363,6 +446,7 @@ export function initTree() {
         after = page.next;
       } while (after && found.length < 200000);
       filterRows = found;
+      if (!wild) search = text;
     } catch (e) {
       filterRows = [];
       input.setAttribute('aria-invalid', 'true');

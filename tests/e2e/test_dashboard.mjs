@@ -6,84 +6,20 @@
 // with 100,000 keys, works by keyboard and in a narrow window.
 // Screenshots go to --out (the build's test output).
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import net from 'node:net';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { fixture, run, out, expand } from './lib.mjs';
 
-const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);
-const binary = arg('--binary');
-const out = arg('--out', join(tmpdir(), 'almanac-e2e'));
-mkdirSync(out, { recursive: true });
-const dir = mkdtempSync(join(tmpdir(), 'almanac-e2e-'));
-chmodSync(dir, 0o777); // mosquitto started as root runs as user mosquitto
-const procs = [];
-let port, mqttPort;
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
-
-async function startBroker() {
-  mqttPort = await freePort();
-  writeFileSync(join(dir, 'mosquitto.conf'), `listener ${mqttPort} 127.0.0.1\nallow_anonymous true\n`);
-  procs.push(spawn('mosquitto', ['-c', join(dir, 'mosquitto.conf')], { stdio: 'ignore' }));
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise((resolve) => {
-      const s = net.connect(mqttPort, '127.0.0.1', () => { s.end(); resolve(true); }).on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('mosquitto did not start');
-}
-
-function startAlmanac() {
-  return new Promise((resolve, reject) => {
-    let log = '';
-    const p = spawn(binary, ['serve', '--http_listen', '127.0.0.1:0', '--tcp_listen', 'off',
-      '--data_dir', join(dir, 'data'), '--bridge_url', `mqtt://127.0.0.1:${mqttPort}`,
-      '--bridge_client_id', 'almanac-e2e', '--sys_interval', '1']);
-    procs.push(p);
-    p.stderr.on('data', (d) => {
-      log += d;
-      const m = log.match(/listening on http:\/\/127\.0\.0\.1:(\d+)\//);
-      if (m && /ready/.test(log)) { port = Number(m[1]); resolve(); }
-    });
-    p.on('exit', (code) => reject(new Error(`almanac exited ${code}:\n${log}`)));
-  });
-}
-
-const api = (path, init) => fetch(`http://127.0.0.1:${port}${path}`, init);
-const pub = (topic, payload) => spawnSync('mosquitto_pub', ['-p', String(mqttPort), '-t', topic, '-m', payload, '-r', '-q', '1']);
-
-async function shot(page, name) {
-  await page.screenshot({ path: join(out, `dashboard-${name}.png`), fullPage: true });
-}
-
-async function expand(page, path) {
-  // Opens each level of `path` in the tree by clicking its row.
-  const parts = path.split('/');
-  for (let i = 1; i < parts.length; i++) {
-    const p = parts.slice(0, i).join('/');
-    const row = page.locator(`.node[data-path="${p}"]`);
-    await row.waitFor();
-    if ((await row.getAttribute('aria-expanded')) !== 'true') await row.click();
-  }
-  const leaf = page.locator(`.node[data-path="${path}"]`);
-  await leaf.waitFor();
-  return leaf;
-}
+const f = fixture('e2e');
+const { api } = f;
+const pub = (topic, payload) => spawnSync('mosquitto_pub', ['-p', String(f.mqttPort), '-t', topic, '-m', payload, '-r', '-q', '1']);
+const shot = (page, name) => page.screenshot({ path: join(out, `dashboard-${name}.png`), fullPage: true });
 
 const tests = [];
 const test = (name, fn) => tests.push({ name, fn });
 
 test('loads, connects and shows the server and the bridge', async (page) => {
-  await page.goto(`http://127.0.0.1:${port}/`);
+  await page.goto(f.url());
   await page.locator('#conn[data-state="online"]').waitFor();
   await page.waitForFunction(() => /almanac \S+ · /.test(document.getElementById('server').textContent));
   await page.waitForFunction(() => /MQTT bridge: connected/.test(document.getElementById('bridge').textContent));
@@ -99,7 +35,7 @@ test('a value published with mosquitto_pub appears live', async (page) => {
   assert.match(await row.getAttribute('class'), /flash/);
   await row.click();
   await page.waitForFunction(() => document.getElementById('value').textContent === '21.5');
-  assert.equal(await page.locator('#m-origin').textContent(), 'mqtt');
+  assert.match(await page.locator('#m-origin').textContent(), /^mqtt \(a message from the broker/);
   await shot(page, 'live');
 });
 
@@ -108,6 +44,7 @@ test('the chart shows points for a key with history', async (page) => {
   await page.waitForFunction(() => document.getElementById('value').textContent === '22.75');
   await page.selectOption('#range', '86400'); // reload the history
   await page.waitForFunction(() => /points/.test(document.getElementById('chart-info').textContent));
+  assert.equal(await page.locator('#chart .uplot canvas').count(), 1, 'drawn by uPlot');
   const n = Number(await page.locator('#chart').getAttribute('data-points'));
   assert.ok(n >= 1, `points: ${n}`);
   pub('home/e2e/temp', '25');
@@ -116,7 +53,7 @@ test('the chart shows points for a key with history', async (page) => {
 });
 
 test('a value edited in the page reaches mosquitto_sub', async (page) => {
-  const sub = spawn('mosquitto_sub', ['-p', String(mqttPort), '-t', 'home/e2e/temp', '-C', '1', '-R', '-W', '20']);
+  const sub = spawn('mosquitto_sub', ['-p', String(f.mqttPort), '-t', 'home/e2e/temp', '-C', '1', '-R', '-W', '20']);
   const exited = new Promise((resolve) => sub.on('exit', resolve));
   let got = '';
   sub.stdout.on('data', (d) => { got += d; });
@@ -198,36 +135,9 @@ test('keyboard and a narrow window', async (page) => {
   await shot(page, 'narrow');
 });
 
-let browser, failed = 0;
-try {
-  await startBroker();
-  await startAlmanac();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  for (const t of tests) {
-    try {
-      await t.fn(page);
-      console.log(`ok   ${t.name}`);
-    } catch (e) {
-      failed++;
-      console.log(`FAIL ${t.name}\n${e.stack}`);
-      await shot(page, 'failure').catch(() => {});
-    }
-  }
-  assert.deepEqual(errors, [], 'no JavaScript errors in the page');
-} catch (e) {
-  failed++;
-  console.log(e.stack);
-} finally {
-  if (browser) await browser.close();
-  for (const p of procs) p.kill();
-  rmSync(dir, { recursive: true, force: true });
-}
-console.log(`${tests.length - failed}/${tests.length} passed; screenshots in ${out}`);
-process.exit(failed ? 1 : 0);
+await run(f, 'dashboard', tests.map(({ name, fn }) => [name, fn]), {
+  setup: async () => {
+    await f.startBroker();
+    await f.startAlmanac();
+  },
+});

@@ -13,143 +13,29 @@
 // every view stale, edits disabled, a Retry button, the bridge in another
 // colour; started again on the same port and data: fresh.
 // Screenshots go to --out (the build's test output).
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import net from 'node:net';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { fixture, run, out, expand, open, text, waitText, contrastOf } from './lib.mjs';
 
-const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);
-const binary = arg('--binary');
-const out = arg('--out', join(tmpdir(), 'almanac-e2e'));
-mkdirSync(out, { recursive: true });
-const dir = mkdtempSync(join(tmpdir(), 'almanac-edits-'));
-chmodSync(dir, 0o777); // mosquitto started as root runs as user mosquitto
-const procs = [];
-let port, mqttPort, almanac;
-
-setTimeout(() => {
-  console.log('FAIL the whole test took more than 100 s');
-  for (const p of procs) p.kill('SIGKILL');
-  process.exit(1);
-}, 100000).unref();
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
-
-async function startBroker() {
-  mqttPort = await freePort();
-  writeFileSync(join(dir, 'mosquitto.conf'), `listener ${mqttPort} 127.0.0.1\nallow_anonymous true\n`);
-  procs.push(spawn('mosquitto', ['-c', join(dir, 'mosquitto.conf')], { stdio: 'ignore' }));
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise((resolve) => {
-      const s = net.connect(mqttPort, '127.0.0.1', () => { s.end(); resolve(true); }).on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('mosquitto did not start');
-}
-
-// On a fixed port, so that a restart is the same server to the page.
-function startAlmanac() {
-  return new Promise((resolve, reject) => {
-    let log = '';
-    const p = spawn(binary, ['serve', '--http_listen', `127.0.0.1:${port}`, '--tcp_listen', 'off',
-      '--data_dir', join(dir, 'data'), '--bridge_url', `mqtt://127.0.0.1:${mqttPort}`,
-      '--bridge_client_id', 'almanac-e2e-edits', '--sys_interval', '1']);
-    procs.push(p);
-    almanac = p;
-    p.stderr.on('data', (d) => {
-      log += d;
-      if (/listening on http/.test(log) && /ready/.test(log)) resolve();
-    });
-    p.on('exit', (code) => reject(new Error(`almanac exited ${code}:\n${log}`)));
-  });
-}
-
-async function stopAlmanac() {
-  const p = almanac;
-  const gone = new Promise((resolve) => p.on('exit', resolve));
-  p.kill('SIGTERM');
-  await gone;
-}
-
-const api = (path, init) => fetch(`http://127.0.0.1:${port}${path}`, init);
-const put = async (key, body, type) => {
-  const r = await api(`/api/v1/keys/${key}`, { method: 'PUT', body, headers: { 'Content-Type': type } });
-  assert.ok(r.status === 200 || r.status === 201, `PUT ${key}: ${r.status}`);
-  return (await r.json()).rev;
-};
-const revOf = async (key) => Number((await api(`/api/v1/keys/${key}`, { method: 'HEAD' })).headers.get('x-almanac-rev'));
-const raw = async (key) => {
-  const r = await api(`/api/v1/keys/${key}`);
-  return { type: r.headers.get('content-type'), bytes: [...new Uint8Array(await r.arrayBuffer())], rev: Number(r.headers.get('x-almanac-rev')) };
-};
-
-async function shot(page, name) {
-  await page.screenshot({ path: join(out, `edits-${name}.png`), fullPage: true });
-}
-
-async function expand(page, path) {
-  const parts = path.split('/');
-  for (let i = 1; i < parts.length; i++) {
-    const row = page.locator(`.node[data-path="${parts.slice(0, i).join('/')}"]`);
-    await row.waitFor();
-    if ((await row.getAttribute('aria-expanded')) !== 'true') await row.click();
-  }
-  const leaf = page.locator(`.node[data-path="${path}"]`);
-  await leaf.waitFor();
-  return leaf;
-}
-
-async function open(page, key) {
-  await (await expand(page, key)).click();
-  await page.waitForFunction((k) => document.getElementById('key-title').textContent === k &&
-    document.getElementById('m-rev').textContent !== '', key);
-}
-
-const text = (page, id) => page.locator(`#${id}`).textContent();
-const waitText = (page, id, re) => page.waitForFunction(
-  ([i, src]) => new RegExp(src).test(document.getElementById(i).textContent), [id, re.source]);
+const f = fixture('edits');
+const { api, revOf } = f;
+const put = (key, body, type) => f.put(key, body, type);
+const raw = async (key) => { const r = await f.raw(key); return { ...r, bytes: [...r.bytes] }; };
+const shot = (page, name, fullPage = true) => page.screenshot({ path: join(out, `edits-${name}.png`), fullPage });
 const saveDisabled = (page) => page.locator('#save').isDisabled();
 // A submit however it is made (Enter, a script): the page must refuse it.
 const forceSubmit = (page) => page.evaluate(() => document.getElementById('edit').requestSubmit());
 
-// Every WebSocket frame the page sends, as JSON.
-const sent = [];
+// Every WebSocket frame the page sends, as JSON (the runner's).
+let sent = [];
 const lsSince = (mark) => sent.slice(mark).filter((m) => m.type === 'ls');
-
-// WCAG contrast of an element's text against the first opaque background.
-function contrastOf(selector) {
-  const el = document.querySelector(selector);
-  if (!el || el.offsetParent === null) return null;
-  const rgb = (s) => (s.match(/[\d.]+/g) || []).map(Number);
-  const lum = ([r, g, b]) => {
-    const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
-    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
-  };
-  const fg = rgb(getComputedStyle(el).color);
-  let bg = [255, 255, 255];
-  for (let e = el; e; e = e.parentElement) {
-    const c = rgb(getComputedStyle(e).backgroundColor);
-    if (c.length >= 3 && (c.length < 4 || c[3] > 0.9)) { bg = c; break; }
-  }
-  const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
-  return Math.round(((a + 0.05) / (b + 0.05)) * 100) / 100;
-}
 
 const tests = [];
 const test = (name, fn) => tests.push({ name, fn });
 let connectedColour;
 
 test('loads; favicon.ico is served, and no request fails', async (page, bad) => {
-  await page.goto(`http://127.0.0.1:${port}/`);
+  await page.goto(f.url());
   await page.locator('#conn[data-state="online"]').waitFor();
   await page.locator('#bridge[data-state="connected"]').waitFor();
   connectedColour = await page.locator('#bridge').evaluate((e) => getComputedStyle(e).color);
@@ -386,7 +272,7 @@ test('the WAI-ARIA tree: roles, states, a keyboard walk with a visible cursor, n
 
 test('stopped: every view stale, edits disabled, Retry; started again: fresh', async (page) => {
   await open(page, 'edits/text');
-  await stopAlmanac();
+  await f.stopAlmanac();
   await page.locator('#panes[data-stale="true"]').waitFor();
   for (const s of ['#stale-bar', '.browse .stale-tag', '.details .stale-tag', '#retry']) {
     assert.equal(await page.locator(s).isVisible(), true, `${s} shown`);
@@ -409,7 +295,7 @@ test('stopped: every view stale, edits disabled, Retry; started again: fresh', a
   assert.equal(await page.locator('#value').isVisible(), false);
   assert.equal(await page.locator('#meta').isVisible(), false);
   await shot(page, 'stale-other-key');
-  await startAlmanac();
+  await f.startAlmanac();
   await put('edits/json', '{"a":3}', 'application/json'); // while the page is away
   await put('edits/text', 'fresh', 'text/csv');
   // Retry, unless the page's own backoff was quicker.
@@ -438,47 +324,18 @@ test('a narrow window: one column, the details scrolled into view on selection',
   });
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
   assert.ok(width <= 420, `no sideways scrolling: ${width}`);
-  await page.screenshot({ path: join(out, 'edits-narrow.png') });
+  await shot(page, 'narrow', false);
 });
 
-let browser, failed = 0;
-try {
-  await startBroker();
-  port = await freePort();
-  await startAlmanac();
-  await put('edits/bin', Buffer.from([0, 255, 16, 0x41, 0xfe]), 'application/x-e2e');
-  await put('edits/json', '{"a":1,"b":[1,2]}', 'application/json');
-  await put('edits/text', 'a,b\n1,2', 'text/csv');
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
-  const errors = [];
-  const bad = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  page.on('response', (r) => { if (r.status() >= 400) bad.push(`${r.status()} ${r.url()}`); });
-  page.on('websocket', (ws) => ws.on('framesent', (f) => sent.push(JSON.parse(f.payload))));
-  for (const t of tests) {
-    const t0 = Date.now();
-    try {
-      await t.fn(page, bad);
-      console.log(`ok   ${t.name} (${Date.now() - t0} ms)`);
-    } catch (e) {
-      failed++;
-      console.log(`FAIL ${t.name}\n${e.stack}`);
-      await shot(page, 'failure').catch(() => {});
-    }
-  }
-  assert.deepEqual(errors, [], 'no JavaScript errors in the page');
-} catch (e) {
-  failed++;
-  console.log(e.stack);
-} finally {
-  if (browser) await browser.close();
-  for (const p of procs) p.kill();
-  rmSync(dir, { recursive: true, force: true });
-}
-console.log(`${tests.length - failed}/${tests.length} passed; screenshots in ${out}`);
-process.exit(failed ? 1 : 0);
+await run(f, 'edits', tests.map(({ name, fn }) => [name, (page, ctx) => {
+  sent = ctx.sent;
+  return fn(page, ctx.bad);
+}]), {
+  setup: async () => {
+    await f.startBroker();
+    await f.startAlmanac();
+    await put('edits/bin', Buffer.from([0, 255, 16, 0x41, 0xfe]), 'application/x-e2e');
+    await put('edits/json', '{"a":1,"b":[1,2]}', 'application/json');
+    await put('edits/text', 'a,b\n1,2', 'text/csv');
+  },
+});

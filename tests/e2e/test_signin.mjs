@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { expand, launch } from './lib.mjs';
 
 const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);
 const binary = arg('--binary');
@@ -87,18 +87,6 @@ async function expectForm(page, { timeout } = {}) {
 async function signIn(page, token) {
   await page.fill('#signin-token', token);
   await page.click('#signin-submit');
-}
-
-async function expand(page, path) {
-  const parts = path.split('/');
-  for (let i = 1; i < parts.length; i++) {
-    const row = page.locator(`.node[data-path="${parts.slice(0, i).join('/')}"]`);
-    await row.waitFor();
-    if ((await row.getAttribute('aria-expanded')) !== 'true') await row.click();
-  }
-  const leaf = page.locator(`.node[data-path="${path}"]`);
-  await leaf.waitFor();
-  return leaf;
 }
 
 const msg = (page, id) => page.locator(`#${id}`).textContent();
@@ -300,11 +288,7 @@ try {
   for (const [k, v] of [['home/a', '1'], ['work/b', '2']]) {
     assert.equal((await admin(port, 'PUT', `/api/v1/keys/${k}`, v)).status, 201);
   }
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launch();
   context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
   const page = await context.newPage();
   const errors = [];

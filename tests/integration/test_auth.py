@@ -257,9 +257,15 @@ class Leaks(unittest.TestCase):
             # a branch with nothing readable answers as one that does not exist
             self.assertEqual(curl(d, "GET", "/api/v1/ls/bob").json(), {"children": []})
             self.assertEqual(curl(d, "GET", "/api/v1/ls/dave").json(), {"children": []})
+            # the number of keys below a folder only when all of them may be read
             r = curl(d, "GET", "/api/v1/ls/alice")
             self.assertEqual(r.json()["children"],
-                             [{"name": "public", "value": False, "children": True}])
+                             [{"name": "public", "value": False, "children": True, "keys": 1}])
+            self.assertEqual(curl(d, "GET", "/api/v1/ls").json()["children"],
+                             [{"name": "alice", "value": False, "children": True}])
+            # a substring search finds only what may be read
+            r = curl(d, "GET", "/api/v1/keys/%23?contains=p")
+            self.assertEqual([x["key"] for x in r.json()["entries"]], ["alice/public/p"], r)
         finally:
             d.stop()
             d.cleanup()

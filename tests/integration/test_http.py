@@ -186,15 +186,36 @@ class HttpApi(unittest.TestCase):
         for k in ("ls/a/b", "ls/a", "ls/c", "ls/b/d/e"):
             self.req("PUT", K + k, "1")
         r = self.req("GET", "/api/v1/ls/ls").json()
-        self.assertEqual(r["children"], [
-            {"name": "a", "value": True, "children": True},
-            {"name": "b", "value": False, "children": True},
+        self.assertEqual(r["children"], [  # keys: how many are below a folder
+            {"name": "a", "value": True, "children": True, "keys": 1},
+            {"name": "b", "value": False, "children": True, "keys": 1},
             {"name": "c", "value": True, "children": False},
         ])
+        self.req("PUT", K + "ls/b/f", "1")
+        self.req("PUT", K + "ls/b/d/g", "1")
+        self.assertEqual(self.req("GET", "/api/v1/ls/ls").json()["children"][1]["keys"], 3)
+        self.req("DELETE", K + "ls/b/d/e")
+        self.assertEqual(self.req("GET", "/api/v1/ls/ls").json()["children"][1]["keys"], 2)
         root = [c["name"] for c in self.req("GET", "/api/v1/ls").json()["children"]]
         self.assertIn("ls", root)
         self.assertEqual(root, sorted(root))
         self.assertError(self.req("GET", "/api/v1/ls/nothing/here"), 404, "not_found")
+
+    def test_substring_search(self):
+        for k in ("find/home/Kitchen/temp", "find/home/kitchen2", "find/office/temp", "find/kit"):
+            self.req("PUT", K + k, "1")
+        r = self.req("GET", K + "find/%23?contains=kitchen").json()
+        self.assertEqual([e["key"] for e in r["entries"]],
+                         ["find/home/Kitchen/temp", "find/home/kitchen2"])  # either case
+        r = self.req("GET", K + "find/%23?contains=KITCHEN&limit=1").json()
+        self.assertEqual(r["next"], "find/home/Kitchen/temp")
+        r = self.req("GET", K + "find/%23?contains=kitchen&after=" + r["next"]).json()
+        self.assertEqual([e["key"] for e in r["entries"]], ["find/home/kitchen2"])
+        r = self.req("GET", K + "find/%2B/temp?contains=office").json()
+        self.assertEqual([e["key"] for e in r["entries"]], ["find/office/temp"])
+        self.assertEqual(self.req("GET", K + "find/%23?contains=nowhere").json()["entries"], [])
+        self.assertError(self.req("GET", K + "find/kit?contains=k"), 400, "bad_request")
+        self.assertError(self.req("GET", K + "find/%23?contains=" + "x" * 1025), 400, "bad_request")
 
     def test_publish(self):
         r = self.req("POST", "/api/v1/publish/pub/x", "hi")

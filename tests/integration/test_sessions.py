@@ -67,8 +67,11 @@ class Sessions(unittest.TestCase):
         self.assertEqual(c.request("pget", pattern="s/+", after="s/a")["entries"][0]["text"], "hi")
         self.assertEqual(c.request("ls", key="s")["children"][0],
                          {"name": "a", "value": True, "children": False})
-        self.assertIn({"name": "s", "value": False, "children": True},
+        self.assertIn({"name": "s", "value": False, "children": True, "keys": 2},
                       c.request("ls")["children"])
+        self.assertEqual([x["key"] for x in c.request("pget", pattern="#", contains="S/B")["entries"]],
+                         ["s/b"])
+        self.assertEqual(c.request("pget", pattern="#", contains=7)["error"], "bad_request")
         self.assertEqual(c.request("delete", key="s/a")["deleted"], 1)
         self.assertEqual(c.request("delete", key="s/#")["deleted"], 1)
         self.assertEqual(c.request("get", key="s/a")["error"], "not_found")
@@ -193,6 +196,8 @@ class Sessions(unittest.TestCase):
                          [("sub/3", False), ("sub/1", True), ("sub/p", False)])
         self.assertTrue(all(e["rev"] > sync["rev"] for e in live[:2]))
         self.assertTrue(live[2]["transient"])
+        # A live change that made its key says so; the snapshot does not.
+        self.assertEqual([e.get("created") for e in snap + live], [None, None, True, None, None])
         # live_only: the sync comes at once; unique drops repeated values.
         ok2 = c.request("subscribe", pattern="sub/3", live_only=True, unique=True)
         self.assertEqual(c.recv()["type"], "sync")
@@ -201,6 +206,7 @@ class Sessions(unittest.TestCase):
         got = [c.recv() for _ in range(4)]  # sub 1 sees three, sub 2 sees one
         mine = [e for e in got if e["sub"] == ok2["sub"]]
         self.assertEqual([e["text"] for e in mine], ["4"])
+        self.assertNotIn("created", mine[0])  # sub/3 was there
         self.assertEqual(c.request("unsubscribe", sub=sid)["type"], "ok")
         w.request("set", key="sub/9", text="9")
         self.assertEqual(c.request("ping")["type"], "pong")

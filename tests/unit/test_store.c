@@ -363,15 +363,18 @@ static void test_pattern_paging(void **state)
 struct children {
     char names[16][16];
     bool value[16], kids[16];
+    uint64_t below[16];
     size_t n;
 };
 
-static void on_child(void *arg, const char *name, size_t nlen, bool value, bool kids)
+static void on_child(void *arg, const char *name, size_t nlen, bool value, bool kids,
+                     uint64_t below)
 {
     struct children *c = arg;
     memcpy(c->names[c->n], name, nlen);
     c->names[c->n][nlen] = '\0';
     c->value[c->n] = value;
+    c->below[c->n] = below;
     c->kids[c->n++] = kids;
 }
 
@@ -388,10 +391,13 @@ static void test_ls(void **state)
     assert_true(c.value[0] && !c.kids[0]);
     assert_string_equal(c.names[1], "k");
     assert_true(c.value[1] && c.kids[1]);
+    assert_int_equal(c.below[0], 0);
+    assert_int_equal(c.below[1], 1); /* h/k/t, not h/k itself */
     assert_int_equal(store_ls(f->s, false, "x", 1, on_child, &c), STORE_ENOTFOUND);
     struct children r = {0};
     assert_int_equal(store_ls(f->s, true, NULL, 0, on_child, &r), STORE_OK);
     assert_int_equal(r.n, 1);
+    assert_int_equal(r.below[0], 3);
     /* Deleting the last key under a node prunes it. */
     size_t n;
     assert_int_equal(del(f->s, "h/#", true, &n), STORE_OK);

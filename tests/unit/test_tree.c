@@ -104,12 +104,15 @@ static void check_walk(struct tree *t, const struct model *m, const char *pat)
 struct kids {
     char names[MAX_KEYS][64];
     bool value[MAX_KEYS], has_kids[MAX_KEYS];
+    uint64_t below[MAX_KEYS];
     size_t n;
 };
 
-static void on_child(void *arg, const char *name, size_t nlen, bool value, bool children)
+static void on_child(void *arg, const char *name, size_t nlen, bool value, bool children,
+                     uint64_t below)
 {
     struct kids *k = arg;
+    k->below[k->n] = below;
     memcpy(k->names[k->n], name, nlen);
     k->names[k->n][nlen] = '\0';
     k->value[k->n] = value;
@@ -147,8 +150,10 @@ static void check_ls(struct tree *t, const struct model *m, const char *prefix)
         }
         if (rest[seg] == '\0')
             want.value[j] = true;
-        else
+        else {
             want.has_kids[j] = true;
+            want.below[j]++; /* a key under the child: the child's count */
+        }
     }
     int err = tree__ls(t, prefix == NULL, prefix, plen, on_child, &got);
     if (!exists) {
@@ -165,6 +170,7 @@ static void check_ls(struct tree *t, const struct model *m, const char *prefix)
             fail_msg("ls '%s': unexpected child '%s'", prefix ? prefix : "", got.names[i]);
         assert_int_equal(got.value[i], want.value[j]);
         assert_int_equal(got.has_kids[i], want.has_kids[j]);
+        assert_int_equal(got.below[i], want.below[j]);
         if (i > 0)
             assert_true(store_key_cmp(got.names[i - 1], strlen(got.names[i - 1]), got.names[i],
                                       strlen(got.names[i])) < 0);
@@ -332,12 +338,57 @@ static void test_merge_frees_tables(void **state)
     }
 }
 
+/* The number of keys below each node (ls's `keys`) for keys deeper than
+ * the way tree.c keeps as it walks (TREE_WAY nodes): the deep path walks
+ * again. Every level of a 40-segment chain with a branch at each. */
+static void test_below_deep_keys(void **state)
+{
+    char key[256] = "";
+    size_t len = 0;
+    struct tree *t = tree__new();
+    (void)state;
+    for (int depth = 1; depth <= 40; depth++) {
+        len += (size_t)snprintf(key + len, sizeof key - len, depth > 1 ? "/s%d" : "s%d", depth);
+        char side[300];
+        snprintf(side, sizeof side, "%s/x", key);
+        set_key(t, side); /* a key beside the chain at every level */
+    }
+    set_key(t, key); /* the deepest */
+    struct kids root = {0};
+    assert_int_equal(tree__ls(t, true, NULL, 0, on_child, &root), STORE_OK);
+    assert_int_equal(root.n, 1);
+    assert_int_equal(root.below[0], 41);
+    /* Below s1/…/s39: s40 (with its x and its own entry) and x. */
+    char at[256];
+    memcpy(at, key, len);
+    at[strrchr(key, '/') - key] = '\0';
+    struct kids k = {0};
+    assert_int_equal(tree__ls(t, false, at, strlen(at), on_child, &k), STORE_OK);
+    assert_int_equal(k.n, 2);
+    assert_string_equal(k.names[0], "s40");
+    assert_int_equal(k.below[0], 1);
+    del_key(t, key);
+    del_key(t, "s1/x");
+    struct kids after = {0};
+    assert_int_equal(tree__ls(t, true, NULL, 0, on_child, &after), STORE_OK);
+    assert_int_equal(after.below[0], 39);
+    /* s40 holds nothing now, so it was merged with its x ("s40/x"): ls
+     * still shows s40, with its x below, from inside that node's name. */
+    memset(&k, 0, sizeof k);
+    assert_int_equal(tree__ls(t, false, at, strlen(at), on_child, &k), STORE_OK);
+    assert_string_equal(k.names[0], "s40");
+    assert_false(k.value[0]);
+    assert_int_equal(k.below[0], 1);
+    tree__free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_model),
         cmocka_unit_test(test_wide_node),
         cmocka_unit_test(test_merge_frees_tables),
+        cmocka_unit_test(test_below_deep_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
