@@ -721,11 +721,10 @@ static void bridge__echo_reset(struct bridge *b)
  * or not even committed), so the echo is skipped as bridge__echo would have
  * had it been published (invariant 4). Otherwise `*if_rev` gets the rev the
  * echo is applied on (0: absent), so that a local change made meanwhile is
- * not undone. `key` is valid. When the key is absent a deletion came after,
- * ours or another client's, which it cannot tell: the echo is applied, as
- * before invariant 4 (a deletion of ours that was published is caught by
- * bridge__echo; one not yet handed to Paho leaves a moment on the older
- * value). Waits for the commits the answer reflects (store_get), as Paho's
+ * not undone. `key` is valid. When the key is absent a deletion came after:
+ * ours when the outbox holds a newer change of the topic (skipped), else
+ * another client's (applied). Waits for the commits the answer reflects
+ * (store_get; the outbox has a change once it is committed), as Paho's
  * thread already does for BRIDGE_IN_PENDING. */
 static bool bridge__newer_here(struct bridge *b, const char *topic, size_t tlen, const char *key,
                                size_t klen, int64_t rev, int64_t *if_rev)
@@ -735,14 +734,20 @@ static bool bridge__newer_here(struct bridge *b, const char *topic, size_t tlen,
      * change echo here; any other is left to the broker's order. */
     char *out = bridge__topic(b, key, klen, STORE_ORIGIN_HTTP);
     bool same = out != NULL && strlen(out) == tlen && memcmp(out, topic, tlen) == 0;
-    free(out);
     *if_rev = STORE_ANY_REV;
-    if (!same)
-        return false;
-    if (store_get(b->store, key, klen, &cur) != STORE_OK) {
-        *if_rev = 0;
+    if (!same) {
+        free(out);
         return false;
     }
+    if (store_get(b->store, key, klen, &cur) != STORE_OK) {
+        /* Gone: by a deletion of ours still waiting for the broker (newer
+         * than the echo: skipped), or by another client's (applied). */
+        bool newer = store_outbox_waiting(b->store, out) > rev;
+        free(out);
+        *if_rev = 0;
+        return newer;
+    }
+    free(out);
     int64_t cur_rev = store_entry_rev(cur);
     bool newer = cur_rev > rev && store_entry_origin(cur) != STORE_ORIGIN_MQTT;
     store_entry_unref(cur);

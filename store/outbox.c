@@ -184,6 +184,16 @@ size_t outbox__next(struct outbox *ob, int64_t after, struct store_outbox_msg *o
     return n;
 }
 
+int64_t outbox__waiting(struct outbox *ob, const char *topic)
+{
+    size_t tlen = strlen(topic);
+    pthread_mutex_lock(&ob->lock);
+    struct obx_item *it = *outbox__slot(ob, topic, tlen, outbox__hash(topic, tlen));
+    int64_t rev = it != NULL ? it->rev : 0;
+    pthread_mutex_unlock(&ob->lock);
+    return rev;
+}
+
 bool outbox__ack(struct outbox *ob, const char *topic, int64_t rev)
 {
     size_t tlen = strlen(topic);

@@ -862,6 +862,11 @@ void store_outbox_msg_clear(struct store_outbox_msg *m)
     memset(m, 0, sizeof *m);
 }
 
+int64_t store_outbox_waiting(struct store *s, const char *topic)
+{
+    return outbox__waiting(s->outbox, topic);
+}
+
 void store_outbox_ack(struct store *s, const char *topic, int64_t rev)
 {
     if (!outbox__ack(s->outbox, topic, rev))

@@ -278,6 +278,9 @@ struct store_outbox_msg {
  * rev order. Returns how many; release each with store_outbox_msg_clear. */
 size_t store_outbox_next(struct store *s, int64_t after, struct store_outbox_msg *out, size_t max);
 void store_outbox_msg_clear(struct store_outbox_msg *m);
+/* The rev of the committed change waiting for (or sent to, not yet
+ * acknowledged by) the broker on `topic`, or 0 when none waits. */
+int64_t store_outbox_waiting(struct store *s, const char *topic);
 /* The broker has `topic` at `rev`: its row goes in the next commit, unless a
  * newer change of the topic waits. Any thread; does not block on SQLite. */
 void store_outbox_ack(struct store *s, const char *topic, int64_t rev);

@@ -113,6 +113,8 @@ void outbox__free(struct outbox *ob);
  * deletion), replacing what waited for the topic. */
 int outbox__put(struct outbox *ob, const char *topic, int64_t rev, struct store_entry *e);
 size_t outbox__next(struct outbox *ob, int64_t after, struct store_outbox_msg *out, size_t max);
+/* The rev of the change waiting for `topic`, or 0. */
+int64_t outbox__waiting(struct outbox *ob, const char *topic);
 /* Removes the item of `topic` if its rev is `rev`, remembering the row's
  * deletion for the committer. Whether it did. */
 bool outbox__ack(struct outbox *ob, const char *topic, int64_t rev);
