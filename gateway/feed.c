@@ -109,7 +109,7 @@ void feed_add_envelope(struct buf *b, const struct feed_event *ev, const char *t
         buf_add(b, live->cache + 1, live->cache_len - 1);
         return;
     }
-    if (ev->entry != NULL && !ev->transient) { /* straight in: a snapshot's */
+    if (live == NULL && ev->entry != NULL && !ev->transient) { /* straight in: a snapshot's */
         buf_adds(b, head);
         envelope_add_fields(b, ev->key, ev->klen, ev->entry, type_field);
         return;

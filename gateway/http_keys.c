@@ -419,7 +419,7 @@ enum MHD_Result http__ls(struct req *r)
     char why[512];
     buf_adds(&b, "{\"children\":[");
     int err = ops_ls(r->h->ops, &r->caller, root ? NULL : r->path, root ? 0 : r->plen,
-                     envelope_child, &l, why, sizeof why);
+                     envelope_child, &l, NULL, why, sizeof why);
     if (err != STORE_OK) {
         buf_free(&b);
         return http__error(r, err, "%s", why);

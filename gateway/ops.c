@@ -29,6 +29,7 @@
 #include "sys.h"
 
 #include <assert.h>
+#include <ctype.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,10 +293,15 @@ int ops_get(struct ops *o, const struct caller *c, const char *key, size_t klen,
     return STORE_ENOTFOUND;
 }
 
-/* A substring search (pget's `contains`) on top of the reader's filter. */
+/* A substring search (pget's `contains`) on top of the reader's filter.
+ * It examines every key of the pattern until `limit` match, so its cost is
+ * a pattern walk's; the needle is short (OPS_CONTAINS_MAX) and each key is
+ * scanned for the needle's first letter before it is compared. */
+#define OPS_CONTAINS_MAX 256
 struct ops__search {
     const char *needle;
     size_t nlen;
+    int first; /* the needle's first byte, lower case */
     struct store_filter reader; /* keep NULL: every key may be read */
 };
 
@@ -304,7 +310,8 @@ static bool ops__has(void *arg, const char *key, size_t klen)
     const struct ops__search *s = arg;
     bool found = s->nlen == 0;
     for (size_t i = 0; !found && i + s->nlen <= klen; i++)
-        found = strncasecmp(key + i, s->needle, s->nlen) == 0;
+        found = tolower((unsigned char)key[i]) == s->first &&
+                strncasecmp(key + i, s->needle, s->nlen) == 0;
     return found && (s->reader.keep == NULL || s->reader.keep(s->reader.arg, key, klen));
 }
 
@@ -319,10 +326,11 @@ int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen
     int err = ops_pattern(o, c, pat, plen, &wild, why, why_len);
     if (err != STORE_OK || (err = ops__read_pattern(c, pat, plen, filter, why, why_len)) != 0)
         return err;
-    if (search.nlen > ops__max_key(o)) {
-        snprintf(why, why_len, "contains is longer than max_key_bytes (%zu)", ops__max_key(o));
+    if (search.nlen > OPS_CONTAINS_MAX) {
+        snprintf(why, why_len, "contains is at most %d bytes", OPS_CONTAINS_MAX);
         return STORE_EBADREQ;
     }
+    search.first = search.nlen ? tolower((unsigned char)contains[0]) : 0;
     struct store_filter has = {.keep = ops__has, .arg = &search};
     if (contains != NULL)
         filter = &has;
@@ -382,7 +390,8 @@ static void ops__found(void *arg, const char *key, size_t klen, const struct sto
 }
 
 static int ops__ls_filtered(struct ops *o, const struct caller *c, const char *key, size_t klen,
-                            store_child_fn child, void *arg, char *why, size_t why_len)
+                            store_child_fn child, void *arg, int64_t *rev, char *why,
+                            size_t why_len)
 {
     const struct principal *p = c->principal;
     size_t max = ops__max_key(o);
@@ -407,7 +416,8 @@ static int ops__ls_filtered(struct ops *o, const struct caller *c, const char *k
         goto out;
     }
     bool covered = privs_cover(p->read, path, at + 1);
-    if (store_ls(o->store, key == NULL, key, klen, ops__gather, &kids) != STORE_OK && covered) {
+    if (store_ls(o->store, key == NULL, key, klen, ops__gather, &kids, rev) != STORE_OK &&
+        covered) {
         snprintf(why, why_len, "key %.*s does not exist", (int)klen, key);
         err = STORE_ENOTFOUND; /* not covered: as empty, so no name is probed */
         goto out;
@@ -443,7 +453,7 @@ out:
 }
 
 int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
-           store_child_fn child, void *arg, char *why, size_t why_len)
+           store_child_fn child, void *arg, int64_t *rev, char *why, size_t why_len)
 {
     const struct principal *p = c->principal;
     int err;
@@ -452,8 +462,8 @@ int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
     if (p->authenticated && !auth_live(p))
         return ops__refuse(c, why, why_len, "list", key ? key : "the root", key ? klen : 8);
     if (!ops__admin(p))
-        return ops__ls_filtered(o, c, key, klen, child, arg, why, why_len);
-    if (store_ls(o->store, key == NULL, key, klen, child, arg) == STORE_OK)
+        return ops__ls_filtered(o, c, key, klen, child, arg, rev, why, why_len);
+    if (store_ls(o->store, key == NULL, key, klen, child, arg, rev) == STORE_OK)
         return STORE_OK;
     snprintf(why, why_len, "key %.*s does not exist", (int)klen, key);
     return STORE_ENOTFOUND;

@@ -68,9 +68,10 @@ int ops_get(struct ops *o, const struct caller *c, const char *key, size_t klen,
 int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen, const char *after,
              size_t alen, const char *contains, size_t limit, store_visit_fn visit, void *arg,
              bool *more, char *why, size_t why_len);
-/* The children of `key` (NULL: of the root). */
+/* The children of `key` (NULL: of the root); `*rev` (unless NULL) the rev
+ * the answer is of (store_ls). */
 int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,
-           store_child_fn child, void *arg, char *why, size_t why_len);
+           store_child_fn child, void *arg, int64_t *rev, char *why, size_t why_len);
 /* A history query of q->pattern, of the records the caller may read;
  * `*out` for store_history_next. */
 int ops_history(struct ops *o, const struct caller *c, const struct store_history_query *q,

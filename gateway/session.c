@@ -572,13 +572,16 @@ static int session__ls(struct session *s, json_int_t id, json_t *msg)
     struct buf b = {0};
     struct envelope_children l = {.b = &b};
     buf_addf(&b, "{\"type\":\"children\",\"id\":%lld,\"children\":[", (long long)id);
-    int err = ops_ls(s->ops, &s->caller, key, klen, envelope_child, &l, why, sizeof why);
+    int64_t rev = 0;
+    int err = ops_ls(s->ops, &s->caller, key, klen, envelope_child, &l, &rev, why, sizeof why);
     if (err != STORE_OK) {
         buf_free(&b);
         session__error(s, &id, err, "%s", why);
         return 0;
     }
-    buf_adds(&b, "]}");
+    /* The rev the answer is of: a client counting keys from events skips
+     * the ones at or below it (they are in the answer). */
+    buf_addf(&b, "],\"rev\":%lld}", (long long)rev);
     session__send(s, &b);
     return 0;
 }

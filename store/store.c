@@ -525,7 +525,7 @@ int store_pget(struct store *s, const char *pat, size_t plen, const struct store
 }
 
 int store_ls(struct store *s, bool root, const char *key, size_t klen, store_child_fn child,
-             void *arg)
+             void *arg, int64_t *rev)
 {
     pthread_rwlock_rdlock(&s->lock);
     int64_t seen = s->rev;
@@ -536,6 +536,8 @@ int store_ls(struct store *s, bool root, const char *key, size_t klen, store_chi
     seen = s->rev;
     pthread_rwlock_unlock(&s->lock);
     store__await(s, seen);
+    if (rev != NULL)
+        *rev = seen;
     return err;
 }
 

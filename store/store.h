@@ -208,9 +208,11 @@ int store_pget(struct store *s, const char *pat, size_t plen, const struct store
 typedef void (*store_child_fn)(void *arg, const char *name, size_t nlen, bool value, bool children,
                                uint64_t below);
 /* Lists the children of `key` (NULL or klen 0 with `root` for the root).
- * STORE_ENOTFOUND when no key starts with `key/` and `key` holds nothing. */
+ * STORE_ENOTFOUND when no key starts with `key/` and `key` holds nothing.
+ * `*rev` (unless NULL) gets the rev the answer is of: every change up to it
+ * is in it, and committed; none after it. */
 int store_ls(struct store *s, bool root, const char *key, size_t klen, store_child_fn child,
-             void *arg);
+             void *arg, int64_t *rev);
 
 enum store_op_kind { STORE_OP_SET, STORE_OP_DELETE, STORE_OP_GET };
 

@@ -12,10 +12,11 @@
 // 2. `rows` is what the tree shows, in order; focusIndex < rows.length
 //    unless rows is empty.
 // 3. A folder's `keys` is the number of keys below it as `ls` told it
-//    (null: not told, the principal may not read them all), then kept by
-//    live events: a deletion takes one off every folder above the key, a
-//    change marked `created` adds one (a replay after a reconnection
-//    carries no such mark: refreshCounts reads them again).
+//    (null: not told, the principal may not read them all) at rev
+//    `countedAt`, then kept by the live events after that rev: a deletion
+//    takes one off every folder above the key, a change marked `created`
+//    adds one (a replay after a reconnection carries no such mark:
+//    refreshCounts reads them again).
 import { $, say, shortValue } from './util.js';
 import { session } from './connection.js';
 import { select, selected } from './details.js';
@@ -46,7 +47,7 @@ function node(path) {
     const cut = path.lastIndexOf('/');
     n = { path, name: cut < 0 ? path : path.slice(cut + 1), parent: cut < 0 ? '' : path.slice(0, cut),
           depth: path === '' ? -1 : path.split('/').length - 1, value: false, kids: false,
-          expanded: false, children: null, keys: null };
+          expanded: false, children: null, keys: null, countedAt: 0 };
     nodes.set(path, n);
   }
   return n;
@@ -60,8 +61,12 @@ async function load(path) {
     k.value = c.value;
     k.kids = c.children;
     k.keys = c.children && c.keys !== undefined ? c.keys : null;
+    k.countedAt = reply.rev;
     return k.path;
   });
+  // The root's own number is never shown: it says whether a folder that
+  // appears at the top may be counted (every one listed there was).
+  if (path === '') n.keys = reply.children.every((c) => !c.children || c.keys !== undefined) ? 0 : null;
 }
 
 // Invariant 3 after a reconnection: every listed folder's children are
@@ -73,7 +78,10 @@ export async function refreshCounts() {
       const reply = await session.request('ls', path === '' ? {} : { key: path });
       for (const c of reply.children) {
         const k = nodes.get(path === '' ? c.name : path + '/' + c.name);
-        if (k) k.keys = c.children && c.keys !== undefined ? c.keys : null;
+        if (k) {
+          k.keys = c.children && c.keys !== undefined ? c.keys : null;
+          k.countedAt = reply.rev;
+        }
       }
     } catch (e) { if (e.code === 'offline') return; }
   }
@@ -192,9 +200,13 @@ export function render() {
   else tree.removeAttribute('aria-activedescendant');
 }
 
+// ASCII letters in lower case, nothing else changed (the length stays):
+// how the server's `contains` compares.
+const asciiLower = (s) => s.replace(/[A-Z]/g, (c) => c.toLowerCase());
+
 // A row's name, the search's substring marked in it.
 function showName(span, name) {
-  const at = search ? name.toLowerCase().indexOf(search.toLowerCase()) : -1;
+  const at = search ? asciiLower(name).indexOf(asciiLower(search)) : -1;
   if (at < 0) { span.textContent = name; return; }
   const mark = document.createElement('mark');
   mark.textContent = name.slice(at, at + search.length);
@@ -328,7 +340,9 @@ function addKey(path) {
       return fresh;
     }
     const fresh = !k.kids;
-    if (fresh) { reshaped = true; k.keys = 0; } // a twisty appears, over nothing yet
+    // A twisty appears, over nothing yet: counted when the folder above is
+    // (the principal reads everything below it), else not known.
+    if (fresh) { reshaped = true; k.keys = parent.keys !== null ? 0 : null; }
     k.kids = true;
     if (fresh || !k.children) return fresh; // a folder not listed is listed when expanded
     parent = k;
@@ -337,12 +351,12 @@ function addKey(path) {
 }
 
 // Invariant 3, and the changes seen: for every folder above `path`.
-function countAbove(path, keys) {
+function countAbove(path, keys, rev) {
   for (let p = path, cut; (cut = p.lastIndexOf('/')) > 0;) {
     p = p.slice(0, cut);
     changes.set(p, (changes.get(p) || 0) + 1);
     const f = nodes.get(p);
-    if (f && f.keys !== null && keys) f.keys = Math.max(0, f.keys + keys);
+    if (f && f.keys !== null && keys && rev > f.countedAt) f.keys = Math.max(0, f.keys + keys);
   }
 }
 
@@ -360,8 +374,8 @@ export function applyEvent(m) {
         n.value = false;
         if (!n.kids || (n.children && n.children.length === 0)) removeNode(n);
       } else emptied(path);
-      countAbove(path, -1);
-    } else countAbove(path, addKey(path) || m.created ? 1 : 0); // a listed row: only its value changes
+      countAbove(path, -1, m.rev);
+    } else countAbove(path, addKey(path) || m.created ? 1 : 0, m.rev); // a listed row: only its value changes
   }
   // The row, or its nearest shown ancestor, lights up.
   let p = path;

@@ -67,8 +67,9 @@ class Sessions(unittest.TestCase):
         self.assertEqual(c.request("pget", pattern="s/+", after="s/a")["entries"][0]["text"], "hi")
         self.assertEqual(c.request("ls", key="s")["children"][0],
                          {"name": "a", "value": True, "children": False})
-        self.assertIn({"name": "s", "value": False, "children": True, "keys": 2},
-                      c.request("ls")["children"])
+        ls = c.request("ls")
+        self.assertIn({"name": "s", "value": False, "children": True, "keys": 2}, ls["children"])
+        self.assertGreaterEqual(ls["rev"], rev + 2)  # the rev the answer is of: every write in it
         self.assertEqual([x["key"] for x in c.request("pget", pattern="#", contains="S/B")["entries"]],
                          ["s/b"])
         self.assertEqual(c.request("pget", pattern="#", contains=7)["error"], "bad_request")

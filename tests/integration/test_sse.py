@@ -90,6 +90,10 @@ class Sse(unittest.TestCase):
         self.assertEqual([(e["event"], e["id"]) for e in live], [("put", str(r2)),
                                                                  ("delete", str(r3))])
         self.assertTrue(r2 > sync)
+        # A live change that made its key says so, as in sessions; the
+        # snapshot does not.
+        self.assertTrue(live[0]["data"]["created"])
+        self.assertNotIn("created", first[0]["data"])
         self.assertEqual(live[1]["data"], {"key": "sse/a", "rev": r3,
                                            "ts": live[1]["data"]["ts"], "deleted": True})
         s.close()

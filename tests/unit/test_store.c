@@ -385,7 +385,7 @@ static void test_ls(void **state)
     assert_int_equal(set(f->s, "h/k/t", "1", -1, NULL), STORE_OK);
     assert_int_equal(set(f->s, "h/b", "1", -1, NULL), STORE_OK);
     assert_int_equal(set(f->s, "h/k", "1", -1, NULL), STORE_OK);
-    assert_int_equal(store_ls(f->s, false, "h", 1, on_child, &c), STORE_OK);
+    assert_int_equal(store_ls(f->s, false, "h", 1, on_child, &c, NULL), STORE_OK);
     assert_int_equal(c.n, 2);
     assert_string_equal(c.names[0], "b");
     assert_true(c.value[0] && !c.kids[0]);
@@ -393,16 +393,16 @@ static void test_ls(void **state)
     assert_true(c.value[1] && c.kids[1]);
     assert_int_equal(c.below[0], 0);
     assert_int_equal(c.below[1], 1); /* h/k/t, not h/k itself */
-    assert_int_equal(store_ls(f->s, false, "x", 1, on_child, &c), STORE_ENOTFOUND);
+    assert_int_equal(store_ls(f->s, false, "x", 1, on_child, &c, NULL), STORE_ENOTFOUND);
     struct children r = {0};
-    assert_int_equal(store_ls(f->s, true, NULL, 0, on_child, &r), STORE_OK);
+    assert_int_equal(store_ls(f->s, true, NULL, 0, on_child, &r, NULL), STORE_OK);
     assert_int_equal(r.n, 1);
     assert_int_equal(r.below[0], 3);
     /* Deleting the last key under a node prunes it. */
     size_t n;
     assert_int_equal(del(f->s, "h/#", true, &n), STORE_OK);
     struct children empty = {0};
-    assert_int_equal(store_ls(f->s, true, NULL, 0, on_child, &empty), STORE_OK);
+    assert_int_equal(store_ls(f->s, true, NULL, 0, on_child, &empty, NULL), STORE_OK);
     assert_int_equal(empty.n, 0);
 }
 
