@@ -553,10 +553,10 @@ static int bridge__entry(struct bridge *b, const char *key, MQTTAsync_message *m
         }
     }
     size_t len = (size_t)m->payloadlen;
-    int err = store_entry_new(m->payload, len, type, labels, STORE_ORIGIN_MQTT, e);
+    int err = store_entry_make(b->store, m->payload, len, type, labels, STORE_ORIGIN_MQTT, e);
     if (err == STORE_EBODY) {
         bridge__warn_in(b, "%s: the payload is not %s; its type is sniffed instead", key, type);
-        err = store_entry_new(m->payload, len, NULL, labels, STORE_ORIGIN_MQTT, e);
+        err = store_entry_make(b->store, m->payload, len, NULL, labels, STORE_ORIGIN_MQTT, e);
     }
     free(labels);
     /* MQTT 5's message expiry interval (the broker counts down what it

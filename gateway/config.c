@@ -124,7 +124,8 @@ static int config__max_key_bytes(struct config *cfg, const char *value, char *wh
 
 static int config__max_value_bytes(struct config *cfg, const char *value, char *why, size_t why_len)
 {
-    return config__size_in(value, 1, (size_t)1 << 30, &cfg->limits.max_value_bytes, why, why_len);
+    /* 256 MiB: the most an MQTT message can carry (API.md "Large values"). */
+    return config__size_in(value, 1, (size_t)256 << 20, &cfg->limits.max_value_bytes, why, why_len);
 }
 
 static int config__max_body_bytes(struct config *cfg, const char *value, char *why, size_t why_len)
@@ -526,6 +527,18 @@ static int config__history_max_bytes(struct config *cfg, const char *value, char
     return config__size_in(value, 64 * 1024, SIZE_MAX, &cfg->history_max_bytes, why, why_len);
 }
 
+static int config__blob_min_bytes(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__size_in(value, 1024, (size_t)1 << 30, &cfg->blob_min_bytes, why, why_len);
+}
+
+static int config__blob_file_bytes(struct config *cfg, const char *value, char *why,
+                                   size_t why_len)
+{
+    return config__size_in(value, (size_t)1 << 20, (size_t)1 << 32, &cfg->blob_file_bytes, why,
+                           why_len);
+}
+
 static const struct {
     const char *name;
     config_parse_fn parse;
@@ -578,6 +591,8 @@ static const struct {
     {"history_keys", config__history_keys},
     {"history_retention", config__history_retention},
     {"history_max_bytes", config__history_max_bytes},
+    {"blob_min_bytes", config__blob_min_bytes},
+    {"blob_file_bytes", config__blob_file_bytes},
 };
 #define CONFIG_NOPTIONS (sizeof config__options / sizeof config__options[0])
 
@@ -694,6 +709,8 @@ static void config__defaults(struct config *cfg)
     cfg->bridge.session_expiry = 7 * 86400;
     cfg->history_retention_us = 7 * 86400000000ll;
     cfg->history_max_bytes = (size_t)1 << 30;
+    cfg->blob_min_bytes = 64 << 10;
+    cfg->blob_file_bytes = 64 << 20;
 }
 
 int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why_len)

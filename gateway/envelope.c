@@ -346,7 +346,7 @@ int envelope_entry(const json_t *obj, size_t max_value, bool type_alias, enum st
     return envelope__entry(obj, NULL, 0, max_value, type_alias, origin, out, why, why_len);
 }
 
-void envelope_list_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+bool envelope_list_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
 {
     struct envelope_list *l = arg;
     if (l->n++)
@@ -354,6 +354,7 @@ void envelope_list_visit(void *arg, const char *key, size_t klen, const struct s
     envelope_add_as(l->b, key, klen, e, l->type_field);
     l->last.len = 0;
     buf_add(&l->last, key, klen);
+    return l->b->len < ENVELOPE_LIST_BYTES;
 }
 
 void envelope_list_end(struct envelope_list *l, bool more)

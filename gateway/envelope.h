@@ -64,7 +64,10 @@ struct envelope_list {
     size_t n;
     struct buf last;
 };
-void envelope_list_visit(void *arg, const char *key, size_t klen, const struct store_entry *e);
+/* A page ends once it holds ENVELOPE_LIST_BYTES (large values: a page of
+ * 1000 would not fit in memory), with a cursor to the next. */
+#define ENVELOPE_LIST_BYTES (16u << 20)
+bool envelope_list_visit(void *arg, const char *key, size_t klen, const struct store_entry *e);
 /* Appends `],"next":<cursor or null>` after the entries and frees `last`. */
 void envelope_list_end(struct envelope_list *l, bool more);
 struct envelope_children {

@@ -34,6 +34,8 @@ struct config {
     size_t nhistory_keys;
     int64_t history_retention_us;         /* 0: no history */
     size_t history_max_bytes;             /* 0: no cap */
+    size_t blob_min_bytes;                /* values this large go to blob files */
+    size_t blob_file_bytes;               /* a blob file's size, at most */
     int64_t sse_heartbeat_us;             /* a comment line on idle SSE streams */
     int64_t http_header_timeout_us;       /* a request's headers must be in by then */
     unsigned http_max_connections;        /* 0: derived from the descriptor limit */

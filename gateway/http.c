@@ -283,6 +283,11 @@ static enum MHD_Result http__dispatch(struct req *r)
 
 static void http__body_append(struct req *r, const char *data, size_t len)
 {
+    if (r->blob != NULL) { /* store_blob_entry says what went wrong */
+        store_blob_write(r->blob, data, len);
+        r->blen += len;
+        return;
+    }
     if (r->too_large || len > r->body_max - r->blen) {
         r->too_large = true;
         return;
@@ -301,6 +306,22 @@ static void http__body_append(struct req *r, const char *data, size_t len)
     }
     memcpy(r->body + r->blen, data, len);
     r->blen += len;
+}
+
+/* A PUT of a large value (Content-Length at least blob_min_bytes) goes to
+ * a blob file as it arrives, never held whole in memory: so the key and the
+ * privilege are checked first, before a byte is written (API.md "Large
+ * values"). */
+static enum MHD_Result http__begin_blob(struct req *r, size_t len)
+{
+    char why[512];
+    int err = ops_may_write(r->h->ops, &r->caller, r->path, r->plen, why, sizeof why);
+    if (err != STORE_OK)
+        return http__error(r, err, "%s", why);
+    err = store_blob_open(r->h->store, len, &r->blob);
+    if (err == STORE_OK || err == STORE_ENOTFOUND) /* ENOTFOUND: small, taken in memory */
+        return MHD_YES;
+    return http__error(r, err, "%s", store_err_text(err));
 }
 
 /* A CORS preflight: allowed origins get the methods and headers of
@@ -411,6 +432,8 @@ static enum MHD_Result http__begin(struct req *r, const char *url, const char *m
     if (cl != NULL && strtoull(cl, NULL, 10) > r->body_max)
         return http__error(r, STORE_ETOOLARGE, "the body is %s bytes, more than the limit of %zu",
                            cl, r->body_max);
+    if (cl != NULL && r->route == ROUTE_KEYS && r->method == M_PUT)
+        return http__begin_blob(r, (size_t)strtoull(cl, NULL, 10));
     return MHD_YES;
 }
 
@@ -469,6 +492,7 @@ static void http__completed(void *cls, struct MHD_Connection *conn, void **con_c
     import_free(r->import);
     free(r->path);
     free(r->body);
+    store_blob_abort(r->blob);
     free(r);
     *con_cls = NULL;
     atomic_fetch_sub(&h->active, 1);

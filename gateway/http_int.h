@@ -93,6 +93,7 @@ struct req {
     char *body;
     size_t blen, bcap, body_max;
     bool too_large;
+    struct store_blob *blob; /* a large PUT body, written to a blob file as it comes */
     /* a write under way: answered once `committed` is set */
     _Atomic bool committed;
     struct ops_write w;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 /* Parses `"123"` (an ETag of ours) into *rev; -1 when it is not one. */
 static int http__etag_rev(const char *s, int64_t *rev)
@@ -117,7 +118,20 @@ static int http__body_entry(struct req *r, struct store_entry **out, enum MHD_Re
         *answer = http__error(r, STORE_EBADREQ, "%s", why);
         goto fail;
     }
-    err = store_entry_new(r->body ? r->body : "", r->blen, type, labels, r->caller.transport, out);
+    if (r->blob != NULL) { /* its bytes are in a blob file already */
+        err = store_blob_entry(r->blob, type, labels, r->caller.transport, out);
+        r->blob = NULL;
+        if (err == STORE_EBADREQ) {
+            *answer = http__error(r, err, "the body ended before its Content-Length");
+            goto fail;
+        }
+        if (err == STORE_EFULL) {
+            *answer = http__error(r, err, "%s", store_err_text(err));
+            goto fail;
+        }
+    } else
+        err = store_entry_new(r->body ? r->body : "", r->blen, type, labels, r->caller.transport,
+                              out);
     if (err == STORE_EBODY) {
         *answer = http__error(r, STORE_EBODY, "the body is not valid JSON, as Content-Type %s says",
                               type);
@@ -259,8 +273,19 @@ static enum MHD_Result http__get_key(struct req *r)
     } else {
         size_t len;
         const void *value = store_entry_value(e, &len);
-        resp = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)value,
-                                                                      http__unref_entry, e);
+        /* A value in a blob file is sent from its descriptor (sendfile);
+         * MHD closes the copy it is given. */
+        int fd = -1;
+        uint64_t off;
+        if (store_entry_file(e, &fd, &off) && (fd = dup(fd)) >= 0) {
+            resp = MHD_create_response_from_fd_at_offset64((uint64_t)len, fd, off);
+            if (resp == NULL)
+                close(fd);
+        } else {
+            fd = -1;
+            resp = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)value,
+                                                                          http__unref_entry, e);
+        }
         if (resp != NULL) {
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, store_entry_type(e));
             /* A stored page or SVG is a client's bytes: shown, never run
@@ -288,7 +313,8 @@ static enum MHD_Result http__get_key(struct req *r)
             }
             MHD_add_response_header(resp, "X-Almanac-Origin",
                                     store_origin_name(store_entry_origin(e)));
-            e = NULL; /* the response holds it now */
+            if (fd < 0)
+                e = NULL; /* the response holds it now */
         }
     }
     store_entry_unref(e);

@@ -464,7 +464,9 @@ static enum MHD_Result http__stream(struct req *r, struct stream *st, const char
 static bool http__history_fill(struct stream *st)
 {
     struct store_record rec;
-    for (int i = 0; i < 256; i++) {
+    /* Streamed: a fill stops at 256 records or ENVELOPE_LIST_BYTES unread,
+     * the next goes on once the client has read it. */
+    for (int i = 0; i < 256 && st->b.len - st->off < ENVELOPE_LIST_BYTES; i++) {
         int rc = store_history_next(st->it, &rec);
         if (rc < 0) {
             st->b.oom = true; /* ends the answer short: the client sees it broken */
@@ -523,7 +525,7 @@ enum MHD_Result http__history(struct req *r)
 }
 
 /* export: every entry but the $-keys, one envelope a line, a page at a time. */
-static void http__export_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+static bool http__export_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
 {
     struct stream *st = arg;
     envelope_add(&st->b, key, klen, e);
@@ -532,6 +534,7 @@ static void http__export_visit(void *arg, const char *key, size_t klen, const st
     st->after = strndup(key, klen);
     if (st->after == NULL)
         st->b.oom = true;
+    return st->b.len - st->off < ENVELOPE_LIST_BYTES; /* a page of large values ends early */
 }
 
 /* The next page of the export into st->b; `*more` says whether one follows. */

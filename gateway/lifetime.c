@@ -304,7 +304,7 @@ struct will__found {
     size_t n, cap;
 };
 
-static void will__visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+static bool will__visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
 {
     struct will__found *f = arg;
     size_t vlen;
@@ -318,7 +318,7 @@ static void will__visit(void *arg, const char *key, size_t klen, const struct st
         if (records != NULL)
             f->records = records;
         if (ids == NULL || records == NULL)
-            return;
+            return true;
         f->cap = cap;
     }
     f->records[f->n] = json_loadb(v, vlen, 0, NULL);
@@ -329,6 +329,7 @@ static void will__visit(void *arg, const char *key, size_t klen, const struct st
         json_decref(f->records[f->n]);
         free(f->ids[f->n]);
     }
+    return true;
 }
 
 void will_recover(struct store *s)

@@ -89,7 +89,9 @@ static int serve(int argc, char **argv)
                                 .history_keys = cfg.history_keys,
                                 .nhistory_keys = cfg.nhistory_keys,
                                 .history_retention_us = cfg.history_retention_us,
-                                .history_max_bytes = cfg.history_max_bytes};
+                                .history_max_bytes = cfg.history_max_bytes,
+                                .blob_min_bytes = cfg.blob_min_bytes,
+                                .blob_file_bytes = cfg.blob_file_bytes};
     bridge_outbox_hooks(bridge, &scfg.outbox);
     if (store_open(&scfg, &store, why, sizeof why) != STORE_OK) {
         log_error("almanac: %s", why);

@@ -383,10 +383,11 @@ static void ops__gather(void *arg, const char *name, size_t nlen, bool value, bo
     k->n++;
 }
 
-static void ops__found(void *arg, const char *key, size_t klen, const struct store_entry *e)
+static bool ops__found(void *arg, const char *key, size_t klen, const struct store_entry *e)
 {
     (void)key, (void)klen, (void)e;
     *(bool *)arg = true;
+    return false; /* one is enough */
 }
 
 static int ops__ls_filtered(struct ops *o, const struct caller *c, const char *key, size_t klen,
@@ -537,6 +538,15 @@ int ops_delete(struct ops *o, const struct caller *c, struct ops_write *w, const
         return err;
     w->one.must_exist = must_exist && !w->one.pattern;
     return ops__submit(o, w, done, arg, why, why_len);
+}
+
+int ops_may_write(struct ops *o, const struct caller *c, const char *key, size_t klen, char *why,
+                  size_t why_len)
+{
+    int err = ops__key(o, key, klen, why, why_len);
+    if (err == STORE_OK && !ops__writes(c->principal, key, klen))
+        err = ops__refuse(c, why, why_len, "write", key, klen);
+    return err;
 }
 
 int ops_check(struct ops *o, const struct caller *c, struct store_op *op, char *why, size_t why_len)

@@ -68,6 +68,10 @@ int ops_get(struct ops *o, const struct caller *c, const char *key, size_t klen,
 int ops_pget(struct ops *o, const struct caller *c, const char *pat, size_t plen, const char *after,
              size_t alen, const char *contains, size_t limit, store_visit_fn visit, void *arg,
              bool *more, char *why, size_t why_len);
+/* Whether `c` may write `key` (a valid key): STORE_OK, or the error of a
+ * set refused for it, with `why`. */
+int ops_may_write(struct ops *o, const struct caller *c, const char *key, size_t klen, char *why,
+                  size_t why_len);
 /* The children of `key` (NULL: of the root); `*rev` (unless NULL) the rev
  * the answer is of (store_ls). */
 int ops_ls(struct ops *o, const struct caller *c, const char *key, size_t klen,

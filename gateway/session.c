@@ -542,11 +542,15 @@ static int session__history(struct session *s, json_int_t id, json_t *msg)
     struct store_record rec;
     int64_t next;
     buf_addf(&b, "{\"type\":\"records\",\"id\":%lld,\"records\":[", (long long)id);
-    for (size_t n = 0; (err = store_history_next(h, &rec)) == 1; n++) {
+    /* A page ends early once it holds ENVELOPE_LIST_BYTES (large values). */
+    for (size_t n = 0; b.len < ENVELOPE_LIST_BYTES && (err = store_history_next(h, &rec)) == 1;
+         n++) {
         if (n > 0)
             buf_add(&b, ",", 1);
         envelope_add_record(&b, &rec, "content_type");
     }
+    if (err == 1)
+        err = 0; /* stopped early: `next` says where to go on */
     store_history_close(h, &next);
     if (err < 0) {
         buf_free(&b);

@@ -50,6 +50,7 @@ struct db {
     sqlite3 *ckpt_conn; /* the checkpointer's */
     struct worker ckpt;
     sqlite3_stmt *put, *del, *rev, *obx_put, *obx_del, *hist_put, *hist_count;
+    struct blobs *blobs; /* NULL: no blob files */
     int schema_version;
     int lock_fd;
     char *path;
@@ -79,7 +80,7 @@ static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
     [2] = "DROP INDEX history_key_rev;"
           "DROP INDEX history_ts;"
           "CREATE INDEX history_key_ts ON history(key, ts);"
-          "INSERT INTO meta(name, value) SELECT 'history_bytes', coalesce(sum(" HISTORY_ROW_SIZE_SQL
+          "INSERT INTO meta(name, value) SELECT 'history_bytes', coalesce(sum(" HISTORY_ROW_SIZE_SQL_2
           "), 0) FROM history;"
           "INSERT INTO meta(name, value) SELECT 'history_records', count(*) FROM history;"
           "INSERT INTO meta(name, value) SELECT 'history_floor', value FROM meta WHERE name = "
@@ -92,6 +93,23 @@ static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
     /* Keys that expire: when (µs), NULL for never. */
     [4] = "ALTER TABLE entries ADD COLUMN expires INTEGER;"
           "ALTER TABLE outbox ADD COLUMN expires INTEGER;",
+    /* Values in blob files (blob.c): where, how long, their CRC-32C; the
+     * value column then holds nothing. The indexes find a file's rows. */
+    [5] = "ALTER TABLE entries ADD COLUMN blob_file INTEGER;"
+          "ALTER TABLE entries ADD COLUMN blob_off INTEGER;"
+          "ALTER TABLE entries ADD COLUMN blob_len INTEGER;"
+          "ALTER TABLE entries ADD COLUMN blob_crc INTEGER;"
+          "ALTER TABLE history ADD COLUMN blob_file INTEGER;"
+          "ALTER TABLE history ADD COLUMN blob_off INTEGER;"
+          "ALTER TABLE history ADD COLUMN blob_len INTEGER;"
+          "ALTER TABLE history ADD COLUMN blob_crc INTEGER;"
+          "ALTER TABLE outbox ADD COLUMN blob_file INTEGER;"
+          "ALTER TABLE outbox ADD COLUMN blob_off INTEGER;"
+          "ALTER TABLE outbox ADD COLUMN blob_len INTEGER;"
+          "ALTER TABLE outbox ADD COLUMN blob_crc INTEGER;"
+          "CREATE INDEX entries_blob ON entries(blob_file) WHERE blob_file IS NOT NULL;"
+          "CREATE INDEX history_blob ON history(blob_file) WHERE blob_file IS NOT NULL;"
+          "CREATE INDEX outbox_blob ON outbox(blob_file) WHERE blob_file IS NOT NULL;",
 };
 
 static int db__exec(struct db *db, const char *sql, char *why, size_t why_len)
@@ -309,7 +327,8 @@ int db__open(const char *dir, enum store_durability durability, uint64_t max_byt
         goto fail;
     if (sqlite3_prepare_v3(db->conn,
                            "INSERT OR REPLACE INTO entries(key, rev, ts, type, labels, origin, "
-                           "value, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           "value, expires, " DB_BLOB_COLUMNS ") "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            -1, SQLITE_PREPARE_PERSISTENT, &db->put, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn, "DELETE FROM entries WHERE key = ?", -1,
                            SQLITE_PREPARE_PERSISTENT, &db->del, NULL) != SQLITE_OK ||
@@ -317,13 +336,14 @@ int db__open(const char *dir, enum store_durability durability, uint64_t max_byt
                            SQLITE_PREPARE_PERSISTENT, &db->rev, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn,
                            "INSERT OR REPLACE INTO outbox(topic, rev, type, labels, value, "
-                           "deleted, expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           "deleted, expires, " DB_BLOB_COLUMNS ") "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            -1, SQLITE_PREPARE_PERSISTENT, &db->obx_put, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn, "DELETE FROM outbox WHERE topic = ? AND rev = ?", -1,
                            SQLITE_PREPARE_PERSISTENT, &db->obx_del, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn,
                            "INSERT INTO history(rev, key, ts, type, labels, origin, value, "
-                           "deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           "deleted, " DB_BLOB_COLUMNS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            -1, SQLITE_PREPARE_PERSISTENT, &db->hist_put, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn,
                            "UPDATE meta SET value = value + (CASE name WHEN 'history_bytes' "
@@ -416,9 +436,58 @@ bool db__col_origin(sqlite3_stmt *st, int col, enum store_origin *origin)
     return true;
 }
 
-int db__col_entry(sqlite3_stmt *st, int type_col, int labels_col, int value_col,
-                  enum store_origin origin, int64_t rev, int64_t ts, int64_t expires,
-                  struct store_entry **out, const char **bad)
+void db__set_blobs(struct db *db, struct blobs *blobs)
+{
+    db->blobs = blobs;
+}
+
+/* Binds the blob columns from `col` on when `e`'s value is in a blob file
+ * (the value column gets nothing then); whether it is. */
+static bool db__bind_blob(sqlite3_stmt *st, int col, const struct store_entry *e)
+{
+    struct blob_file *f;
+    uint64_t off;
+    uint32_t crc;
+    size_t len;
+    if (!entry__blob_ref(e, &f, &off, &crc))
+        return false;
+    store_entry_value(e, &len);
+    sqlite3_bind_int64(st, col, blob__id(f));
+    sqlite3_bind_int64(st, col + 1, (int64_t)off);
+    sqlite3_bind_int64(st, col + 2, (int64_t)len);
+    sqlite3_bind_int64(st, col + 3, crc);
+    return true;
+}
+
+/* The blob entry of the blob columns from `blob_col` on; STORE_ENOTFOUND
+ * when they are NULL (the value is in the value column). */
+static int db__col_blob(struct blobs *b, sqlite3_stmt *st, int blob_col, const char *type,
+                        const char *labels, enum store_origin origin, int64_t expires,
+                        struct store_entry **out, const char **bad)
+{
+    int64_t id, off, len, crc;
+    if (sqlite3_column_type(st, blob_col) == SQLITE_NULL)
+        return STORE_ENOTFOUND;
+    if (b == NULL || !db__col_int(st, blob_col, &id) || id <= 0 || id > UINT32_MAX ||
+        !db__col_int(st, blob_col + 1, &off) || off < 0 || !db__col_int(st, blob_col + 2, &len) ||
+        len <= 0 || len > UINT32_MAX || !db__col_int(st, blob_col + 3, &crc) || crc < 0 ||
+        crc > UINT32_MAX) {
+        *bad = "blob";
+        return STORE_EINTERNAL;
+    }
+    struct blob_file *f = blobs__file(b, (uint32_t)id);
+    if (f == NULL || !blobs__holds(b, f, (uint64_t)off, (uint64_t)len)) {
+        blob__unref(f);
+        *bad = "blob (its file is missing or too short)";
+        return STORE_EINTERNAL;
+    }
+    *out = entry__blob(f, (uint64_t)off, (size_t)len, (uint32_t)crc, type, labels, origin, expires);
+    return *out != NULL ? STORE_OK : STORE_EINTERNAL;
+}
+
+int db__col_entry(sqlite3_stmt *st, struct blobs *blobs, int type_col, int labels_col,
+                  int value_col, int blob_col, enum store_origin origin, int64_t rev, int64_t ts,
+                  int64_t expires, struct store_entry **out, const char **bad)
 {
     size_t tlen = 0, llen = 0, vlen;
     const char *type = db__col_text(st, type_col, UINT8_MAX, &tlen), *labels = NULL;
@@ -440,6 +509,12 @@ int db__col_entry(sqlite3_stmt *st, int type_col, int labels_col, int value_col,
     if (vtype != SQLITE_BLOB && vtype != SQLITE_TEXT) {
         *bad = "value";
         return STORE_EINTERNAL;
+    }
+    int err = db__col_blob(blobs, st, blob_col, type, labels, origin, expires, out, bad);
+    if (err != STORE_ENOTFOUND) {
+        if (err == STORE_OK)
+            entry__stamp(*out, rev, ts);
+        return err;
     }
     /* NULL for an empty blob, or when out of memory. */
     const void *value = sqlite3_column_blob(st, value_col);
@@ -498,7 +573,8 @@ int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, s
         return err;
     err = STORE_EINTERNAL;
     if (sqlite3_prepare_v2(db->conn,
-                           "SELECT key, rev, ts, type, labels, origin, value, expires FROM entries",
+                           "SELECT key, rev, ts, type, labels, origin, value, expires, "
+                           DB_BLOB_COLUMNS " FROM entries",
                            -1, &st, NULL) != SQLITE_OK)
         goto fail;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -520,7 +596,8 @@ int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, s
         else if (sqlite3_column_type(st, 7) != SQLITE_NULL &&
                  (!db__col_int(st, 7, &expires) || expires <= 0))
             bad = "expires";
-        else if (db__col_entry(st, 3, 4, 6, origin, erev, ts, expires, &e, &bad) != STORE_OK &&
+        else if (db__col_entry(st, db->blobs, 3, 4, 6, 8, origin, erev, ts, expires, &e, &bad) !=
+                     STORE_OK &&
                  bad == NULL)
             goto oom;
         if (bad != NULL) {
@@ -609,8 +686,8 @@ int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
     int rc, err = STORE_EINTERNAL;
 
     if (sqlite3_prepare_v2(db->conn,
-                           "SELECT topic, rev, type, labels, value, deleted, expires FROM outbox "
-                           "ORDER BY rev",
+                           "SELECT topic, rev, type, labels, value, deleted, expires, "
+                           DB_BLOB_COLUMNS " FROM outbox ORDER BY rev",
                            -1, &st, NULL) != SQLITE_OK)
         goto fail;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -629,8 +706,8 @@ int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
                  (!db__col_int(st, 6, &expires) || expires <= 0))
             bad = "expires";
         else if (!deleted &&
-                 db__col_entry(st, 2, 3, 4, STORE_ORIGIN_HTTP, rev, 0, expires, &e, &bad) !=
-                     STORE_OK &&
+                 db__col_entry(st, db->blobs, 2, 3, 4, 7, STORE_ORIGIN_HTTP, rev, 0, expires, &e,
+                               &bad) != STORE_OK &&
                  bad == NULL)
             goto oom;
         if (bad != NULL) {
@@ -675,6 +752,8 @@ static int db__write_outbox(struct db *db, const struct change *c)
         const void *value = store_entry_value(c->entry, &vlen);
         sqlite3_bind_text(st, 3, store_entry_type(c->entry), -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 4, store_entry_labels(c->entry), -1, SQLITE_STATIC);
+        if (db__bind_blob(st, 8, c->entry))
+            vlen = 0;
         sqlite3_bind_blob(st, 5, vlen ? value : "", (int)vlen, SQLITE_STATIC);
         if (store_entry_expires(c->entry) > 0)
             sqlite3_bind_int64(st, 7, store_entry_expires(c->entry));
@@ -699,7 +778,8 @@ static int db__write_history(struct db *db, const struct change *c, uint64_t *by
         sqlite3_bind_text(st, 4, type, (int)tlen, SQLITE_STATIC);
         sqlite3_bind_text(st, 5, labels, (int)llen, SQLITE_STATIC);
         sqlite3_bind_int(st, 6, (int)store_entry_origin(c->entry));
-        sqlite3_bind_blob(st, 7, vlen ? value : "", (int)vlen, SQLITE_STATIC);
+        bool blob = db__bind_blob(st, 9, c->entry);
+        sqlite3_bind_blob(st, 7, vlen && !blob ? value : "", blob ? 0 : (int)vlen, SQLITE_STATIC);
     } else
         sqlite3_bind_int(st, 6, (int)c->origin);
     sqlite3_bind_int(st, 8, c->entry == NULL);
@@ -727,6 +807,8 @@ static int db__write_change(struct db *db, const struct change *c)
     sqlite3_bind_text(st, 4, store_entry_type(c->entry), -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, store_entry_labels(c->entry), -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 6, (int)store_entry_origin(c->entry));
+    if (db__bind_blob(st, 9, c->entry))
+        vlen = 0;
     sqlite3_bind_blob(st, 7, vlen ? value : "", (int)vlen, SQLITE_STATIC);
     int64_t expires = store_entry_expires(c->entry);
     if (expires > 0)

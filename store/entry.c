@@ -2,11 +2,12 @@
  * entry.c — values with their type, labels, rev, ts, origin and expiry;
  * and the label filters of history queries and feeds (store_labels).
  *
- * An entry is one allocation: a fixed header, then the value bytes, then a
- * custom content type and the labels JSON (each NUL-terminated, each only
- * when present), then the expiry time (8 bytes, only when `expiring`, so
- * an entry that never expires pays nothing for it). The three common types
- * are a one-byte id instead.
+ * An entry is one allocation: a fixed header, then the value bytes (or,
+ * for a value kept in a blob file, the reference `struct entry_blob`),
+ * then a custom content type and the labels JSON (each NUL-terminated, each
+ * only when present), then the expiry time (8 bytes, only when `expiring`,
+ * so an entry that never expires pays nothing for it). The three common
+ * types are a one-byte id instead.
  * Invariants:
  *   1. after entry__stamp and before it is shared, an entry never changes;
  *   2. `refs` counts every holder (tree, change records, readers), and the
@@ -45,9 +46,23 @@ struct store_entry {
     uint8_t type_id;
     uint8_t origin;
     bool expiring; /* the data ends with the expiry time (µs) */
+    bool blob;     /* the value is in a blob file: data starts with entry_blob */
     char data[];   /* value, [type NUL], [labels NUL], [expires]; allocated
                       from offsetof */
 };
+
+/* Where a blob entry's value is (blob.c): the file holds a reference. */
+struct entry_blob {
+    struct blob_file *file;
+    uint64_t off;
+    uint32_t crc;
+};
+
+/* The bytes data[] gives the value: the value, or its reference. */
+static size_t entry__vsize(const struct store_entry *e)
+{
+    return e->blob ? sizeof(struct entry_blob) : e->vlen;
+}
 
 const char *store_origin_name(enum store_origin o)
 {
@@ -88,7 +103,8 @@ bool store_type_is_json(const char *type)
 }
 
 static struct store_entry *entry__alloc(const void *value, size_t len, const char *type,
-                                        const char *labels, enum store_origin origin)
+                                        const char *labels, enum store_origin origin,
+                                        const struct entry_blob *blob)
 {
     uint8_t type_id = TYPE_CUSTOM;
     size_t tlen = strlen(type), llen = labels ? strlen(labels) : 0;
@@ -100,8 +116,9 @@ static struct store_entry *entry__alloc(const void *value, size_t len, const cha
         tlen = 0;
     if (len > UINT32_MAX || tlen > UINT8_MAX || llen > UINT16_MAX)
         return NULL;
+    size_t vsize = blob ? sizeof *blob : len;
     size_t size =
-        offsetof(struct store_entry, data) + len + (tlen ? tlen + 1 : 0) + (llen ? llen + 1 : 0);
+        offsetof(struct store_entry, data) + vsize + (tlen ? tlen + 1 : 0) + (llen ? llen + 1 : 0);
     struct store_entry *e = malloc(size);
     if (e == NULL)
         return NULL;
@@ -114,12 +131,15 @@ static struct store_entry *entry__alloc(const void *value, size_t len, const cha
     e->labels_len = (uint16_t)llen;
     e->origin = (uint8_t)origin;
     e->expiring = false;
-    if (len)
+    e->blob = blob != NULL;
+    if (blob)
+        memcpy(e->data, blob, sizeof *blob);
+    else if (len)
         memcpy(e->data, value, len);
     if (tlen)
-        memcpy(e->data + len, type, tlen + 1);
+        memcpy(e->data + vsize, type, tlen + 1);
     if (llen)
-        memcpy(e->data + len + (tlen ? tlen + 1 : 0), labels, llen + 1);
+        memcpy(e->data + vsize + (tlen ? tlen + 1 : 0), labels, llen + 1);
     return e;
 }
 
@@ -133,15 +153,15 @@ int store_entry_new(const void *value, size_t len, const char *type, const char 
         return STORE_EBODY;
     if (labels_json != NULL && strcmp(labels_json, "{}") == 0)
         labels_json = NULL;
-    *out = entry__alloc(value, len, type, labels_json, origin);
+    *out = entry__alloc(value, len, type, labels_json, origin, NULL);
     return *out ? STORE_OK : STORE_EINTERNAL;
 }
 
 /* The bytes of `e` before its expiry time. */
 static size_t entry__size(const struct store_entry *e)
 {
-    return offsetof(struct store_entry, data) + e->vlen + (e->type_len ? e->type_len + 1u : 0) +
-           (e->labels_len ? e->labels_len + 1u : 0);
+    return offsetof(struct store_entry, data) + entry__vsize(e) +
+           (e->type_len ? e->type_len + 1u : 0) + (e->labels_len ? e->labels_len + 1u : 0);
 }
 
 int store_entry_expire_at(struct store_entry **e, int64_t expires)
@@ -172,7 +192,7 @@ struct store_entry *entry__load(const void *value, size_t len, const char *type,
                                 const char *labels_json, enum store_origin origin, int64_t rev,
                                 int64_t ts, int64_t expires)
 {
-    struct store_entry *e = entry__alloc(value, len, type, labels_json, origin);
+    struct store_entry *e = entry__alloc(value, len, type, labels_json, origin, NULL);
     if (e != NULL && store_entry_expire_at(&e, expires) != STORE_OK) {
         free(e);
         return NULL;
@@ -180,6 +200,82 @@ struct store_entry *entry__load(const void *value, size_t len, const char *type,
     if (e != NULL)
         entry__stamp(e, rev, ts);
     return e;
+}
+
+struct store_entry *entry__blob(struct blob_file *file, uint64_t off, size_t len, uint32_t crc,
+                                const char *type, const char *labels_json,
+                                enum store_origin origin, int64_t expires)
+{
+    struct entry_blob ref = {.file = file, .off = off, .crc = crc};
+    struct store_entry *e = entry__alloc(NULL, len, type, labels_json, origin, &ref);
+    if (e != NULL && store_entry_expire_at(&e, expires) != STORE_OK) {
+        free(e);
+        e = NULL;
+    }
+    if (e == NULL)
+        blob__unref(file);
+    return e;
+}
+
+bool entry__blob_ref(const struct store_entry *e, struct blob_file **file, uint64_t *off,
+                     uint32_t *crc)
+{
+    if (!e->blob)
+        return false;
+    struct entry_blob ref;
+    memcpy(&ref, e->data, sizeof ref);
+    *file = ref.file;
+    *off = ref.off;
+    *crc = ref.crc;
+    return true;
+}
+
+int entry__to_blob(struct blobs *b, size_t min, struct store_entry **e)
+{
+    struct store_entry *in = *e;
+    if (b == NULL || in->blob || in->vlen < min || in->vlen == 0)
+        return STORE_OK;
+    struct blob_file *f;
+    uint64_t off;
+    uint32_t crc;
+    int err = blobs__write(b, in->data, in->vlen, &f, &off, &crc);
+    if (err != STORE_OK)
+        return err;
+    struct store_entry *out = entry__blob(f, off, in->vlen, crc, store_entry_type(in),
+                                          store_entry_labels(in), (enum store_origin)in->origin,
+                                          store_entry_expires(in));
+    if (out == NULL)
+        return STORE_EINTERNAL;
+    store_entry_unref(in);
+    *e = out;
+    return STORE_OK;
+}
+
+struct store_entry *entry__moved(const struct store_entry *e, struct blob_file *file, uint64_t off)
+{
+    size_t size = entry__size(e) + (e->expiring ? sizeof(int64_t) : 0);
+    struct store_entry *n = malloc(size);
+    if (n == NULL)
+        return NULL;
+    memcpy(n, e, size);
+    atomic_init(&n->refs, 1);
+    struct entry_blob ref;
+    memcpy(&ref, n->data, sizeof ref);
+    ref.file = file;
+    ref.off = off;
+    memcpy(n->data, &ref, sizeof ref);
+    blob__ref(file);
+    return n;
+}
+
+bool store_entry_file(const struct store_entry *e, int *fd, uint64_t *off)
+{
+    struct blob_file *f;
+    uint32_t crc;
+    if (!entry__blob_ref(e, &f, off, &crc))
+        return false;
+    *fd = blob__fd(f);
+    return true;
 }
 
 void entry__stamp(struct store_entry *e, int64_t rev, int64_t ts)
@@ -195,24 +291,33 @@ void store_entry_ref(struct store_entry *e)
 
 void store_entry_unref(struct store_entry *e)
 {
-    if (e != NULL && atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
-        free(e);
+    if (e == NULL || atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    struct blob_file *f;
+    uint64_t off;
+    uint32_t crc;
+    if (entry__blob_ref(e, &f, &off, &crc))
+        blob__unref(f);
+    free(e);
 }
 
 const void *store_entry_value(const struct store_entry *e, size_t *len)
 {
+    struct blob_file *f;
+    uint64_t off;
+    uint32_t crc;
     *len = e->vlen;
-    return e->data;
+    return entry__blob_ref(e, &f, &off, &crc) ? blob__data(f, off) : e->data;
 }
 
 const char *store_entry_type(const struct store_entry *e)
 {
-    return e->type_len ? e->data + e->vlen : entry__types[e->type_id];
+    return e->type_len ? e->data + entry__vsize(e) : entry__types[e->type_id];
 }
 
 const char *store_entry_labels(const struct store_entry *e)
 {
-    return e->labels_len ? e->data + e->vlen + (e->type_len ? e->type_len + 1u : 0) : NULL;
+    return e->labels_len ? e->data + entry__vsize(e) + (e->type_len ? e->type_len + 1u : 0) : NULL;
 }
 
 int64_t store_entry_rev(const struct store_entry *e)
@@ -232,9 +337,16 @@ enum store_origin store_entry_origin(const struct store_entry *e)
 
 bool store_entry_same(const struct store_entry *a, const struct store_entry *b)
 {
-    return a->vlen == b->vlen && a->type_id == b->type_id &&
-           strcmp(store_entry_type(a), store_entry_type(b)) == 0 &&
-           memcmp(a->data, b->data, a->vlen) == 0;
+    size_t alen, blen;
+    const void *av = store_entry_value(a, &alen), *bv = store_entry_value(b, &blen);
+    struct blob_file *f;
+    uint64_t off;
+    uint32_t ac, bc;
+    /* Two blobs with other checksums differ: no need to read them. */
+    if (entry__blob_ref(a, &f, &off, &ac) && entry__blob_ref(b, &f, &off, &bc) && ac != bc)
+        return false;
+    return alen == blen && a->type_id == b->type_id &&
+           strcmp(store_entry_type(a), store_entry_type(b)) == 0 && memcmp(av, bv, alen) == 0;
 }
 
 /* ---- label filters ---- */

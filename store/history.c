@@ -43,6 +43,7 @@
 
 struct history {
     char *path;
+    struct blobs *blobs;
     int64_t retention_us;
     uint64_t max_bytes;
 
@@ -151,8 +152,8 @@ fail:
     return false;
 }
 
-int history__open(const char *path, int64_t retention_us, uint64_t max_bytes, struct history **out,
-                  char *why, size_t why_len)
+int history__open(const char *path, struct blobs *blobs, int64_t retention_us, uint64_t max_bytes,
+                  struct history **out, char *why, size_t why_len)
 {
     struct history *h = calloc(1, sizeof *h);
     *out = NULL;
@@ -161,6 +162,7 @@ int history__open(const char *path, int64_t retention_us, uint64_t max_bytes, st
         snprintf(why, why_len, "out of memory");
         return STORE_EINTERNAL;
     }
+    h->blobs = blobs;
     h->retention_us = retention_us;
     h->max_bytes = max_bytes;
     pthread_mutex_init(&h->pool_lock, NULL);
@@ -212,7 +214,7 @@ void history__stats(struct history *h, struct store_stats *out)
 
 /* ---- reading records ---- */
 
-#define HISTORY_COLUMNS "rev, key, ts, type, labels, origin, value, deleted"
+#define HISTORY_COLUMNS "rev, key, ts, type, labels, origin, value, deleted, " DB_BLOB_COLUMNS
 
 /* Copies `klen` bytes of `key` and a NUL into `*buf`, grown as needed. */
 static int history__copy_key(char **buf, size_t *cap, const char *key, size_t klen)
@@ -233,8 +235,8 @@ static int history__copy_key(char **buf, size_t *cap, const char *key, size_t kl
  * needed), the entry a new reference (NULL: a deletion). STORE_OK, or
  * STORE_EINTERNAL with `*bad` naming a corrupt column (NULL: out of
  * memory). */
-static int history__row(sqlite3_stmt *st, char **key, size_t *kcap, struct store_record *rec,
-                        struct store_entry **entry, const char **bad)
+static int history__row(const struct history *h, sqlite3_stmt *st, char **key, size_t *kcap,
+                        struct store_record *rec, struct store_entry **entry, const char **bad)
 {
     size_t klen = 0;
     int64_t deleted = 0;
@@ -258,7 +260,8 @@ static int history__row(sqlite3_stmt *st, char **key, size_t *kcap, struct store
     rec->key = *key;
     rec->klen = klen;
     if (!deleted &&
-        db__col_entry(st, 3, 4, 6, origin, rec->rev, rec->ts, 0, entry, bad) != STORE_OK)
+        db__col_entry(st, h->blobs, 3, 4, 6, 8, origin, rec->rev, rec->ts, 0, entry, bad) !=
+            STORE_OK)
         return STORE_EINTERNAL;
     rec->entry = *entry;
     return STORE_OK;
@@ -324,7 +327,7 @@ int history__replay(struct history *h, const char *pat, size_t plen, int64_t sin
         struct store_record rec;
         struct store_entry *e;
         const char *bad;
-        if (history__row(st, &key, &kcap, &rec, &e, &bad) != STORE_OK) {
+        if (history__row(h, st, &key, &kcap, &rec, &e, &bad) != STORE_OK) {
             history__log_row(h, st, bad);
             logged = true;
             goto out;
@@ -606,7 +609,7 @@ static int history__step(struct store_history *it, struct store_record *rec)
         }
         store_entry_unref(it->entry);
         const char *bad;
-        if (history__row(it->st, &it->key, &it->kcap, rec, &it->entry, &bad) != STORE_OK) {
+        if (history__row(it->h, it->st, &it->key, &it->kcap, rec, &it->entry, &bad) != STORE_OK) {
             history__log_row(it->h, it->st, bad);
             return -STORE_EINTERNAL;
         }
@@ -727,10 +730,9 @@ void store_history_close(struct store_history *it, int64_t *next)
 {
     if (next != NULL) {
         struct store_record rec;
-        /* A next page exists when one more record would follow. */
-        *next = it->emitted > 0 && it->emitted >= it->q.limit && history__produce(it, &rec) == 1
-                    ? it->last_rev
-                    : 0;
+        /* A next page exists when one more record would follow (the
+         * limit was reached, or the reader stopped before it). */
+        *next = it->emitted > 0 && history__produce(it, &rec) == 1 ? it->last_rev : 0;
     }
     sqlite3_finalize(it->st);
     sqlite3_finalize(it->before);

@@ -61,6 +61,7 @@ struct store {
     struct expiry *expiry; /* keys that expire */
 
     struct history *history; /* NULL: history is off */
+    struct blobs *blobs;     /* NULL: no blob files (blob_file_bytes 0) */
     char **hist_keys;        /* owned copies of cfg.history_keys, or "#" */
     size_t nhist_keys;
     int64_t last_ts; /* the ts of the last change; under `lock` */
@@ -221,6 +222,50 @@ static void store__outbox_add(struct store *s, const struct commit *list)
         s->cfg.outbox.ready(s->cfg.outbox.arg);
 }
 
+/* Compaction moved the value of `key` (blob.c): its entry, if it still is
+ * the one that maps the old place, is swapped for the same entry mapping
+ * the copy. Not a change: no rev, no event. */
+static void store__relocate(void *arg, const char *key, const struct blob_file *from,
+                            uint64_t off, struct blob_file *to, uint64_t to_off)
+{
+    struct store *s = arg;
+    struct store_entry *old = NULL;
+    struct blob_file *f;
+    uint64_t at;
+    uint32_t crc;
+    size_t klen = strlen(key);
+    pthread_rwlock_wrlock(&s->lock);
+    struct store_entry *e = tree__get(s->tree, key, klen);
+    if (e != NULL && entry__blob_ref(e, &f, &at, &crc) && f == from && at == off) {
+        struct store_entry *n = entry__moved(e, to, to_off);
+        if (n != NULL && tree__set(s->tree, key, klen, n, &old) != STORE_OK)
+            store_entry_unref(n);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    store_entry_unref(old);
+}
+
+/* Invariant 3 of blob.c: the blob files the rows of `list` reference are
+ * held while they are written (`hold`), released after. */
+static void store__hold_blobs(struct store *s, const struct commit *list, bool hold)
+{
+    if (s->blobs == NULL)
+        return;
+    for (const struct commit *c = list; c != NULL; c = c->next)
+        for (size_t i = 0; i < c->n; i++) {
+            struct blob_file *f;
+            uint64_t off;
+            uint32_t crc;
+            const struct change *ch = &c->changes[i];
+            if (ch->transient || ch->entry == NULL || !entry__blob_ref(ch->entry, &f, &off, &crc))
+                continue;
+            if (hold)
+                blobs__hold(s->blobs, f);
+            else
+                blobs__release(s->blobs, f);
+        }
+}
+
 static void *store__committer(void *arg)
 {
     struct store *s = arg;
@@ -246,8 +291,11 @@ static void *store__committer(void *arg)
                 n += !c->changes[i].transient;
         store__prepare(s, list);
         uint64_t hist_bytes = 0, hist_records = 0;
-        int err = n + nacks > 0 ? db__write(s->db, list, acks, nacks, &hist_bytes, &hist_records)
-                                : STORE_OK;
+        store__hold_blobs(s, list, true);
+        int err = s->blobs != NULL ? blobs__sync(s->blobs) : STORE_OK;
+        if (err == STORE_OK && n + nacks > 0)
+            err = db__write(s->db, list, acks, nacks, &hist_bytes, &hist_records);
+        store__hold_blobs(s, list, false);
         if (err == STORE_OK && hist_records > 0)
             history__added(s->history, hist_bytes, hist_records);
         for (size_t i = 0; i < nacks; i++)
@@ -367,8 +415,8 @@ static int store__open_history(struct store *s, const struct store_config *cfg, 
     }
     if (cfg->history_retention_us <= 0)
         return STORE_OK;
-    return history__open(db__path(s->db), cfg->history_retention_us, cfg->history_max_bytes,
-                         &s->history, why, why_len);
+    return history__open(db__path(s->db), s->blobs, cfg->history_retention_us,
+                         cfg->history_max_bytes, &s->history, why, why_len);
 oom:
     snprintf(why, why_len, "out of memory");
     return STORE_EINTERNAL;
@@ -403,9 +451,17 @@ int store_open(const struct store_config *cfg, struct store **out, char *why, si
     if ((err = db__open(cfg->data_dir, cfg->durability, cfg->max_db_bytes, &s->db, why, why_len)) !=
         STORE_OK)
         goto fail;
+    if (cfg->blob_file_bytes > 0 &&
+        (err = blobs__open(cfg->data_dir, db__path(s->db), cfg->blob_file_bytes, cfg->max_db_bytes,
+                           cfg->durability == STORE_DURABLE_FSYNC, &s->blobs, why, why_len)) !=
+            STORE_OK)
+        goto fail;
+    db__set_blobs(s->db, s->blobs);
     int64_t t0 = now_us();
     if ((err = db__load(s->db, store__load_one, s, &rev, why, why_len)) != STORE_OK ||
-        (err = db__load_outbox(s->db, s->outbox, why, why_len)) != STORE_OK)
+        (err = db__load_outbox(s->db, s->outbox, why, why_len)) != STORE_OK ||
+        (s->blobs != NULL &&
+         (err = blobs__trim(s->blobs, store__relocate, s, why, why_len)) != STORE_OK))
         goto fail;
     int64_t load_ms = (now_us() - t0) / 1000;
     s->rev = rev;
@@ -465,6 +521,7 @@ void store_close(struct store *s)
     history__close(s->history);
     db__close(s->db);
     tree__free(s->tree);
+    blobs__close(s->blobs); /* after the entries that map its files */
     for (size_t i = 0; i < s->nhist_keys; i++)
         free(s->hist_keys[i]);
     free(s->hist_keys);
@@ -653,15 +710,14 @@ static int store__delete_one(struct store *s, struct commit *c, const char *key,
     return STORE_OK;
 }
 
-static void store__snap_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+static bool store__snap_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
 {
     struct store_snapshot *snap = arg;
-    if (snap->failed)
-        return;
     store_entry_ref((struct store_entry *)e);
     if (snapshot__add(snap, key, klen, (struct store_entry *)e, store_entry_rev(e),
                       store_entry_ts(e)) != STORE_OK)
         snap->failed = true;
+    return !snap->failed;
 }
 
 static int store__apply_delete(struct store *s, struct commit *c, struct store_op *op, int64_t ts)
@@ -717,6 +773,16 @@ int store_submit(struct store *s, struct store_txn *t, store_done_fn done, void 
     c->txn = t;
     c->done = done;
     c->arg = arg;
+    /* Large values go to a blob file first, outside the lock: the commit
+     * that references them comes after their bytes (blob.c). */
+    for (i = 0; i < t->n && err == STORE_OK; i++)
+        if (t->ops[i].kind == STORE_OP_SET && t->ops[i].entry != NULL)
+            err = t->ops[i].err =
+                entry__to_blob(s->blobs, s->cfg.blob_min_bytes, &t->ops[i].entry);
+    if (err != STORE_OK) {
+        t->fail = i - 1;
+        goto out;
+    }
     pthread_rwlock_wrlock(&s->lock);
     if (atomic_load(&s->draining)) {
         pthread_rwlock_unlock(&s->lock);
@@ -1032,4 +1098,94 @@ void store_stats(struct store *s, struct store_stats *out)
     out->history = s->history != NULL;
     if (s->history != NULL)
         history__stats(s->history, out);
+    blobs__stats(s->blobs, &out->blob_files, &out->blob_bytes);
+}
+
+/* ---- values written straight to a blob file ---- */
+
+struct store_blob {
+    struct blob_file *file;
+    uint64_t off;
+    size_t len, done;
+    uint32_t crc;
+    int err;
+};
+
+int store_blob_open(struct store *s, size_t len, struct store_blob **out)
+{
+    *out = NULL;
+    if (s->blobs == NULL || len < s->cfg.blob_min_bytes || len == 0)
+        return STORE_ENOTFOUND;
+    struct store_blob *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return STORE_EINTERNAL;
+    int err = blobs__reserve(s->blobs, len, &w->file, &w->off);
+    if (err != STORE_OK) {
+        free(w);
+        return err;
+    }
+    w->len = len;
+    *out = w;
+    return STORE_OK;
+}
+
+int store_blob_write(struct store_blob *w, const void *data, size_t len)
+{
+    if (w->err == STORE_OK && len > w->len - w->done)
+        w->err = STORE_EBADREQ; /* more than opened */
+    if (w->err == STORE_OK)
+        w->err = blob__pwrite(w->file, data, len, w->off + w->done);
+    if (w->err == STORE_OK) {
+        w->crc = blob__crc_more(w->crc, data, len);
+        w->done += len;
+    }
+    return w->err;
+}
+
+int store_blob_entry(struct store_blob *w, const char *type, const char *labels_json,
+                     enum store_origin origin, struct store_entry **out)
+{
+    int err = w->err != STORE_OK ? w->err : w->done != w->len ? STORE_EBADREQ : STORE_OK;
+    /* Judged from the file's pages, as store_entry_new judges the bytes. */
+    const void *value = blob__data(w->file, w->off);
+    *out = NULL;
+    if (err == STORE_OK && (type == NULL || type[0] == '\0'))
+        type = store_sniff_type(value, w->len);
+    else if (err == STORE_OK && store_type_is_json(type) && !store_json_valid(value, w->len))
+        err = STORE_EBODY;
+    if (labels_json != NULL && strcmp(labels_json, "{}") == 0)
+        labels_json = NULL;
+    if (err == STORE_OK) {
+        *out = entry__blob(w->file, w->off, w->len, w->crc, type, labels_json, origin, 0);
+        w->file = NULL; /* the entry took it, also on failure */
+        err = *out != NULL ? STORE_OK : STORE_EINTERNAL;
+    }
+    store_blob_abort(w);
+    return err;
+}
+
+void store_blob_abort(struct store_blob *w)
+{
+    if (w == NULL)
+        return;
+    blob__unref(w->file);
+    free(w);
+}
+
+int store_entry_make(struct store *s, const void *value, size_t len, const char *type,
+                     const char *labels_json, enum store_origin origin, struct store_entry **out)
+{
+    struct store_blob *w;
+    int err = store_blob_open(s, len, &w);
+    if (err == STORE_ENOTFOUND)
+        return store_entry_new(value, len, type, labels_json, origin, out);
+    *out = NULL;
+    if (err != STORE_OK)
+        return err;
+    if (store_blob_write(w, value, len) != STORE_OK) {
+        err = w->err;
+        store_blob_abort(w);
+        return err;
+    }
+    return store_blob_entry(w, type, labels_json, origin, out);
 }

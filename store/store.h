@@ -101,9 +101,30 @@ struct store_entry; /* a value with its type, labels, rev, ts and origin */
  * the value is not of its type, STORE_EINTERNAL when out of memory. */
 int store_entry_new(const void *value, size_t len, const char *type, const char *labels_json,
                     enum store_origin origin, struct store_entry **out);
+/* A value of a known length written straight to a blob file as it arrives
+ * (an HTTP body), never held in memory whole: open it (STORE_ENOTFOUND
+ * when `len` is under blob_min_bytes or there are no blob files, then take
+ * the bytes as usual; STORE_EFULL), write its bytes in order, then make
+ * the entry of it as store_entry_new would (STORE_EBODY: not the JSON its
+ * type says; STORE_EBADREQ: fewer bytes than opened), or abort it. Either
+ * ends `w`; the bytes of an aborted one are referenced by nothing. */
+struct store;
+struct store_blob;
+int store_blob_open(struct store *s, size_t len, struct store_blob **out);
+int store_blob_write(struct store_blob *w, const void *data, size_t len);
+int store_blob_entry(struct store_blob *w, const char *type, const char *labels_json,
+                     enum store_origin origin, struct store_entry **out);
+void store_blob_abort(struct store_blob *w);
+/* store_entry_new, with a value of at least blob_min_bytes written to a blob
+ * file at once (no copy of it in memory): for values that arrive whole. */
+int store_entry_make(struct store *s, const void *value, size_t len, const char *type,
+                     const char *labels_json, enum store_origin origin, struct store_entry **out);
 void store_entry_ref(struct store_entry *e);
 void store_entry_unref(struct store_entry *e);
 const void *store_entry_value(const struct store_entry *e, size_t *len);
+/* Whether the value of `e` is kept in a blob file, and where: a descriptor
+ * (valid while `e` is held; for sendfile, not to be closed) and an offset. */
+bool store_entry_file(const struct store_entry *e, int *fd, uint64_t *off);
 const char *store_entry_type(const struct store_entry *e);
 /* The labels as a compact JSON object, or NULL when there are none. */
 const char *store_entry_labels(const struct store_entry *e);
@@ -155,6 +176,9 @@ struct store_config {
     enum store_durability durability;
     uint64_t max_db_bytes; /* 0: no cap; beyond it writes fail with STORE_EFULL */
     struct store_limits limits;
+    /* Values of at least `blob_min_bytes` live in blob files under
+     * data_dir/blobs, each of at most `blob_file_bytes` (0: no blob files). */
+    size_t blob_min_bytes, blob_file_bytes;
     struct store_outbox_hooks outbox; /* topic NULL: nothing goes to the outbox */
     /* History: the changes of keys matching one of `history_keys` (none
      * given: "#") are kept, for `history_retention_us` (0: no history) and
@@ -184,8 +208,9 @@ const struct store_limits *store_limits(const struct store *s);
 int store_get(struct store *s, const char *key, size_t klen, struct store_entry **out);
 
 /* Called for each entry of a pattern get, in key order, with a borrowed key
- * and entry (valid during the call only). */
-typedef void (*store_visit_fn)(void *arg, const char *key, size_t klen,
+ * and entry (valid during the call only). False: no more, however many the
+ * limit allows (the walk then says more may follow). */
+typedef bool (*store_visit_fn)(void *arg, const char *key, size_t klen,
                                const struct store_entry *e);
 /* Which keys a walk may return: those `keep` says yes to (under the tree's
  * read lock: it must not call the store). */
@@ -454,6 +479,7 @@ struct store_stats {
     bool history;          /* history is kept */
     int64_t history_floor; /* history holds every change after this rev */
     uint64_t history_bytes, history_records, history_pruned;
+    uint64_t blob_files, blob_bytes; /* blob files and the bytes they hold */
     const char *db_path;
     enum store_durability durability;
 };

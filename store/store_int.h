@@ -22,6 +22,71 @@ struct store_entry *entry__load(const void *value, size_t len, const char *type,
                                 const char *labels_json, enum store_origin origin, int64_t rev,
                                 int64_t ts, int64_t expires);
 
+/* ---- blob.c: values kept in blob files; see the file for its invariants ---- */
+
+struct blobs;
+struct blob_file;
+/* Opens data_dir/blobs (creating it) and maps its files, each up to
+ * `file_max` bytes (a larger value gets a file of its own), all together
+ * at most `max_bytes` (0: no cap); `fsync`: the committer syncs them
+ * before each commit (blobs__sync). The collector reads `db_path`. */
+int blobs__open(const char *data_dir, const char *db_path, size_t file_max, uint64_t max_bytes,
+                bool fsync, struct blobs **out, char *why, size_t why_len);
+/* Compaction moved the blob at `off` of `from`, the value of `key`, to
+ * `to_off` of `to`: the key's entry in memory, if it still maps the old
+ * place, is swapped for one that maps the copy. */
+typedef void (*blob_relocate_fn)(void *arg, const char *key, const struct blob_file *from,
+                                 uint64_t off, struct blob_file *to, uint64_t to_off);
+/* After the database is loaded: cuts each file after its last referenced
+ * byte, removes files nothing references, starts the collector (which
+ * compacts through `relocate`). */
+int blobs__trim(struct blobs *b, blob_relocate_fn relocate, void *arg, char *why,
+                size_t why_len);
+void blobs__close(struct blobs *b);
+/* Appends `len` bytes: `*file` (a new reference), `*off`, their checksum.
+ * STORE_OK, STORE_EFULL (no space) or STORE_EINTERNAL. */
+int blobs__write(struct blobs *b, const void *data, size_t len, struct blob_file **file,
+                 uint64_t *off, uint32_t *crc);
+/* Reserves `len` bytes of the current file: `*file` (a new reference) and
+ * `*off`; the caller writes them (blob__pwrite). */
+int blobs__reserve(struct blobs *b, size_t len, struct blob_file **file, uint64_t *off);
+/* Writes `len` bytes at `at` of `f`; STORE_OK, STORE_EFULL, STORE_EINTERNAL. */
+int blob__pwrite(struct blob_file *f, const void *data, size_t len, uint64_t at);
+/* Syncs the files written since the last sync (durability fsync). */
+int blobs__sync(struct blobs *b);
+/* A new reference to file `id`, or NULL when there is no such file. */
+struct blob_file *blobs__file(struct blobs *b, uint32_t id);
+/* Whether file `f` holds the bytes [off, off + len). */
+bool blobs__holds(struct blobs *b, const struct blob_file *f, uint64_t off, uint64_t len);
+/* A commit writes rows that reference `f` (invariant 3 of blob.c): around it. */
+void blobs__hold(struct blobs *b, struct blob_file *f);
+void blobs__release(struct blobs *b, struct blob_file *f);
+/* The files and the bytes they hold. */
+void blobs__stats(struct blobs *b, uint64_t *files, uint64_t *bytes);
+void blob__ref(struct blob_file *f);
+void blob__unref(struct blob_file *f);
+const void *blob__data(const struct blob_file *f, uint64_t off);
+int blob__fd(const struct blob_file *f);
+uint32_t blob__id(const struct blob_file *f);
+uint32_t blob__crc(const void *data, size_t len);
+/* The CRC-32C of the bytes behind `crc` (0: none) followed by `data`. */
+uint32_t blob__crc_more(uint32_t crc, const void *data, size_t len);
+
+/* A blob entry: the value is `len` bytes at `off` of `file` (the entry
+ * takes the reference, also on failure: NULL, out of memory). Not stamped. */
+struct store_entry *entry__blob(struct blob_file *file, uint64_t off, size_t len, uint32_t crc,
+                                const char *type, const char *labels_json,
+                                enum store_origin origin, int64_t expires);
+/* Whether `e` is a blob entry, and where its value is (borrowed). */
+bool entry__blob_ref(const struct store_entry *e, struct blob_file **file, uint64_t *off,
+                     uint32_t *crc);
+/* Moves the value of an unshared entry of at least `min` bytes to a blob
+ * file: `*e` becomes the blob entry. STORE_OK (also when nothing moves). */
+int entry__to_blob(struct blobs *b, size_t min, struct store_entry **e);
+/* A copy of blob entry `e` (rev, ts and all) whose value is at `off` of
+ * `file` (a new reference taken), or NULL (out of memory). */
+struct store_entry *entry__moved(const struct store_entry *e, struct blob_file *file, uint64_t off);
+
 /* ---- expiry.c: keys that expire; see the file for its invariants ---- */
 
 struct expiry;
@@ -132,11 +197,17 @@ int snapshot__add(struct store_snapshot *snap, const char *key, size_t klen, str
 /* What a history record counts for history_max_bytes: its lengths and this. */
 #define HISTORY_ROW_BYTES 40
 #define HISTORY_ROW_SIZE_SQL                                                                       \
+    "(length(CAST(key AS BLOB)) + coalesce(length(value), 0) + coalesce(blob_len, 0) + "           \
+    "coalesce(length(CAST(type AS BLOB)), 0) + coalesce(length(CAST(labels AS BLOB)), 0) + 40)"
+/* The same before schema 5 (no blob files), as migration 2 wrote it. */
+#define HISTORY_ROW_SIZE_SQL_2                                                                     \
     "(length(CAST(key AS BLOB)) + coalesce(length(value), 0) + "                                   \
     "coalesce(length(CAST(type AS BLOB)), 0) + coalesce(length(CAST(labels AS BLOB)), 0) + 40)"
 
 struct history;
-int history__open(const char *path, int64_t retention_us, uint64_t max_bytes, struct history **out,
+/* Records whose value is in a blob file are read through `blobs`. */
+int history__open(const char *path, struct blobs *blobs, int64_t retention_us, uint64_t max_bytes,
+                  struct history **out,
                   char *why, size_t why_len);
 void history__close(struct history *h);
 /* A commit added `records` records of `bytes`. */
@@ -168,7 +239,9 @@ void worker__stop(struct worker *w);
 
 /* ---- db.c: SQLite persistence ---- */
 
-#define DB_SCHEMA_VERSION 4
+#define DB_SCHEMA_VERSION 5
+/* The columns of a value kept in a blob file (schema 5), in this order. */
+#define DB_BLOB_COLUMNS "blob_file, blob_off, blob_len, blob_crc"
 
 struct db;
 int db__open(const char *dir, enum store_durability durability, uint64_t max_bytes, struct db **out,
@@ -198,12 +271,16 @@ const char *db__col_text(sqlite3_stmt *st, int col, size_t max, size_t *len);
 const char *db__col_key(sqlite3_stmt *st, int col, size_t *len);
 /* an origin in range; */
 bool db__col_origin(sqlite3_stmt *st, int col, enum store_origin *origin);
-/* the entry made of the type, labels and value columns, stamped (rev, ts):
- * STORE_OK with a new reference in `*out`, or STORE_EINTERNAL with `*bad`
- * naming the corrupt column (NULL: out of memory). */
-int db__col_entry(sqlite3_stmt *st, int type_col, int labels_col, int value_col,
-                  enum store_origin origin, int64_t rev, int64_t ts, int64_t expires,
-                  struct store_entry **out, const char **bad);
+/* the entry made of the type, labels and value columns, or of the four
+ * blob columns from `blob_col` on when they are not NULL (its file found
+ * through `blobs`), stamped (rev, ts): STORE_OK with a new reference in
+ * `*out`, or STORE_EINTERNAL with `*bad` naming the corrupt column (NULL:
+ * out of memory). */
+int db__col_entry(sqlite3_stmt *st, struct blobs *blobs, int type_col, int labels_col,
+                  int value_col, int blob_col, enum store_origin origin, int64_t rev, int64_t ts,
+                  int64_t expires, struct store_entry **out, const char **bad);
+/* The blob files entries are read from (NULL: none). */
+void db__set_blobs(struct db *db, struct blobs *blobs);
 /* A meta value (0 when absent), and setting one; only before the committer
  * starts. */
 int64_t db__meta(struct db *db, const char *name);

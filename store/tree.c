@@ -714,7 +714,10 @@ static void walk__emit(struct walk *w, struct pos p)
         return;
     }
     w->count++;
-    w->visit(w->arg, w->buf, w->len, e);
+    if (!w->visit(w->arg, w->buf, w->len, e)) {
+        w->more = true;
+        w->stop = true;
+    }
 }
 
 static void walk__at(struct walk *w, struct pos p, size_t pi, bool root);

@@ -28,9 +28,22 @@ the figures are ratios that a shared, noisy machine does not distort much.
   expiry  100,000 keys like site/NN/devN/temp, imported to expire at the same
           moment: the p99 of acknowledged PUTs (wrk) in the 5 s before it
           against the 5 s from it, and how long until the last key is gone.
+  blobput acknowledged PUTs of 256 KiB values (random bytes) from 8 writers (wrk)
+          over 64 keys, history on: MB/s against dd writing 1 GiB in 256 KiB
+          blocks to the same filesystem with conv=fsync (the goal's peer) and
+          with oflag=dsync (a sync per block); then 4,000 retained 256 KiB
+          payloads (QoS 1) through mosquitto: the rate at which almanac's
+          bridge has them committed against a bare libmosquitto subscriber
+          counting the same stream.
+  blobget GET of one 256 KiB value with wrk (50 connections), against nginx
+          serving the same bytes from a file with sendfile on.
+  blobmem 10,000 values of 256 KiB (2.5 GiB; fewer, said so, when the disk
+          has not five times that free) written by 8 clients and read back:
+          the growth of the process's RSS and anonymous memory. Takes about
+          a minute and a half and 13 GiB of disk: only when named.
 
 Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory] [history] [bridge] [auth]
-       [expiry]
+       [expiry] [blobput] [blobget] [blobmem]
 Peers: wrk, nginx, redis-server, redis-cli, mosquitto and mqtt_load (built
 beside almanac with libmosquitto); tests/bench/run installs them.
 """
@@ -550,11 +563,343 @@ def bench_expiry(binary, tmp, keys=100_000, window=5):
           f"was gone {gone.get('t', float('nan')):.2f} s after its time")
 
 
+BLOB = 256 * 1024  # bytes of each large value (issue #15)
+
+BLOB_PUT_LUA = """
+local bodies = {}
+local counter = 0
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+function init(args)
+  -- 17 different values per thread (17 and its HALF keys share no factor:
+  -- a key never gets the value it holds)
+  local f = assert(io.open("SOURCE", "rb"))
+  f:seek("set", id * 17 * BLOB)
+  for i = 1, 17 do bodies[i] = f:read(BLOB) end
+  f:close()
+end
+function request()
+  counter = counter + 1
+  return wrk.format("PUT", "/api/v1/keys/cam/" .. (id * HALF + counter % HALF) .. "/frame",
+                    {["Content-Type"] = "application/octet-stream"}, bodies[counter % 17 + 1])
+end
+"""
+
+
+def random_file(path, size):
+    with open(path, "wb") as f:
+        for _ in range(size // (16 << 20)):
+            f.write(os.urandom(16 << 20))
+        f.write(os.urandom(size % (16 << 20)))
+        os.fsync(f.fileno())
+
+
+def dd(src, dst, count, flag):
+    """dd's bytes/s writing `count` blocks of 256 KiB from src (in the page
+    cache) to dst, with conv=fsync or oflag=dsync."""
+    t = time.perf_counter()
+    subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=256K", f"count={count}", flag],
+                   capture_output=True, check=True)
+    rate = count * BLOB / (time.perf_counter() - t)
+    os.unlink(dst)
+    return rate
+
+
+def mqtt_publish(port, messages, topics, payload, topic="cam/{}/frame"):
+    """Publishes `messages` retained QoS 1 messages (to `topic` with N from 0
+    to topics-1 in turn, each `payload` with its sequence number in front)
+    over a plain MQTT 3.1.1 connection, at most 16 unacknowledged; the
+    seconds until the last PUBACK."""
+    def varint(n):
+        out = bytearray()
+        while True:
+            n, b = divmod(n, 128)
+            out.append(b | (128 if n else 0))
+            if not n:
+                return bytes(out)
+
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rx = s.makefile("rb")
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x08blob-pub"
+    s.sendall(b"\x10" + varint(len(body)) + body)
+    assert rx.read(4) == b"\x20\x02\x00\x00", "no CONNACK"
+    window = threading.Semaphore(16)
+
+    def acks():
+        for _ in range(messages):
+            assert rx.read(4)[0] == 0x40, "not a PUBACK"
+            window.release()
+    reader = threading.Thread(target=acks, daemon=True)
+    reader.start()
+    t = time.perf_counter()
+    for n in range(messages):
+        assert window.acquire(timeout=30), "no PUBACK for 30 s"
+        name = topic.format(n % topics).encode()
+        head = len(name).to_bytes(2, "big") + name + (n % 65535 + 1).to_bytes(2, "big")
+        s.sendall(b"\x33" + varint(len(head) + len(payload)) + head
+                  + n.to_bytes(8, "big") + payload[8:])
+    reader.join()
+    elapsed = time.perf_counter() - t
+    s.close()
+    return elapsed
+
+
+def bench_blobput(binary, tmp, keys=64, messages=4000):
+    src = os.path.join(tmp, "blob-src")
+    random_file(src, 1 << 30)  # 1 GiB: dd's input, and the values wrk sends
+    script = os.path.join(tmp, "blobput.lua")
+    with open(script, "w") as f:
+        f.write(BLOB_PUT_LUA.replace("SOURCE", src).replace("BLOB", str(BLOB))
+                .replace("HALF", str(keys // 2)))
+    # The peer: the same bytes through dd to the same filesystem, before and
+    # after almanac's run (the best of each), each after a sync so that it
+    # writes back only its own bytes.
+    rates = {"conv=fsync": [], "oflag=dsync": []}
+
+    def dd_both():
+        for flag, runs in rates.items():
+            os.sync()
+            runs.append(dd(src, os.path.join(tmp, "dd-out"), (1 << 30) // BLOB, flag))
+    dd_both()
+    # almanac: 8 writers (wrk, 2 threads of 4 connections) over 64 keys, history on.
+    os.sync()
+    a = Almanac(binary, os.path.join(tmp, "blobput"))
+    try:
+        cpu = a.cpu_s()
+        rps, p99 = wrk(a.url("/"), script, connections=8)
+        cores = (a.cpu_s() - cpu) / DURATION
+        st = info(a)
+    finally:
+        a.stop()
+    dd_both()
+    rate = rps * BLOB
+    fsync, dsync = max(rates["conv=fsync"]), max(rates["oflag=dsync"])
+    each = "; ".join(f"{flag} " + ", ".join(f"{r / 1e6:,.0f}" for r in runs)
+                     for flag, runs in rates.items())
+    print(f"blobput http: almanac {rate / 1e6:,.1f} MB/s of 256 KiB values acknowledged "
+          f"({rps:,.0f} PUT/s, p99 {p99}; 8 writers over {keys} keys, history on; daemon CPU "
+          f"{cores:.2f} cores; then db {st['storage']['db_bytes'] / 2**20:,.0f} MiB, WAL "
+          f"{st['storage']['wal_bytes'] / 2**20:,.0f} MiB, {st['history']['records']:,} history "
+          f"records); dd conv=fsync {fsync / 1e6:,.0f} MB/s: ratio {rate / fsync:.2f} "
+          f"(goal >= 0.6); dd oflag=dsync (a sync per 256 KiB) {dsync / 1e6:,.0f} MB/s: "
+          f"{rate / dsync:.2f} [dd MB/s before, after: {each}]")
+
+    # MQTT: retained 256 KiB payloads through mosquitto, bridged in, against
+    # mqtt_load counting the same stream (mosquitto_sub takes only about
+    # 80-130 MB/s of such payloads: it would set the pace, not the broker).
+    with open(src, "rb") as f:
+        payload = f.read(BLOB)
+    os.unlink(src)
+    load = os.path.join(os.path.dirname(binary), "mqtt_load")
+    port = free_port()
+    conf = os.path.join(tmp, "mosquitto-blob.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                "max_queued_messages 0\nmax_inflight_messages 100\n")
+    broker = subprocess.Popen(["mosquitto", "-c", conf], stderr=subprocess.DEVNULL)
+    a = None
+    try:
+        time.sleep(0.3)
+        a = Almanac(binary, os.path.join(tmp, "blobput-mqtt"), "--bridge_url",
+                    f"mqtt://127.0.0.1:{port}", "--bridge_map", "in bench/#")
+        while info(a)["bridge"]["state"] != "connected":
+            time.sleep(0.05)
+        counter = subprocess.Popen([load, "count", str(port), str(messages), "1"],
+                                   stdout=subprocess.PIPE, text=True)
+        assert counter.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # subscribed, and $SYS/bridge/state written
+        rev0 = info(a)["storage"]["committed_rev"]
+        t0 = time.time()
+        pub = {}
+        publisher = threading.Thread(target=lambda: pub.update(
+            s=mqtt_publish(port, messages, keys, payload, "bench/{}/frame")))
+        publisher.start()
+        # almanac: changes committed, polled until all are in or none came for 3 s.
+        got, last, t_last = 0, rev0, t0
+        while got < messages and time.time() - t_last < 3:
+            rev = info(a)["storage"]["committed_rev"]
+            if rev != last:
+                last, t_last = rev, time.time()
+            got = last - rev0
+            time.sleep(0.005)
+        publisher.join()
+        n, last_us = map(int, counter.communicate()[0].split())
+    finally:
+        if a:
+            a.stop()
+        broker.terminate()
+        broker.wait()
+    alm_rate = got / (t_last - t0)
+    sub_rate = n / (last_us / 1e6 - t0)
+    print(f"blobput mqtt: almanac committed {got:,} of {messages:,} retained 256 KiB payloads "
+          f"(QoS 1) at {alm_rate:,.0f}/s ({alm_rate * BLOB / 1e6:,.1f} MB/s), libmosquitto "
+          f"subscriber counted {n:,} at {sub_rate:,.0f}/s ({sub_rate * BLOB / 1e6:,.1f} MB/s) "
+          f"(publisher {messages / pub['s']:,.0f}/s): {alm_rate / sub_rate:.2f}x")
+
+
+def bench_blobget(binary, tmp):
+    value = os.urandom(BLOB)
+    a = Almanac(binary, os.path.join(tmp, "blobget"))
+    url = a.url("/api/v1/keys/cam/0/frame")
+    req = urllib.request.Request(url, data=value, method="PUT",
+                                 headers={"Content-Type": "application/octet-stream"})
+    urllib.request.urlopen(req).read()
+    www = os.path.join(tmp, "www-blob")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, "frame"), "wb") as f:
+        f.write(value)
+    nport = free_port()
+    conf = os.path.join(tmp, "nginx-blob.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; worker_processes 2; pid {tmp}/nginx.pid; error_log stderr error;
+events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 1000000; sendfile on;
+  server {{ listen 127.0.0.1:{nport}; root {www};
+    location / {{ default_type application/octet-stream; }} }} }}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", tmp])
+    try:
+        wait_http(f"http://127.0.0.1:{nport}/frame")
+        assert urllib.request.urlopen(url).read() == value
+        assert urllib.request.urlopen(f"http://127.0.0.1:{nport}/frame").read() == value
+        results = []
+        for _ in range(2):  # alternate, so neither gets only the quiet moments
+            results.append((wrk(url), wrk(f"http://127.0.0.1:{nport}/frame")))
+    finally:
+        nginx.terminate()
+        nginx.wait()
+        a.stop()
+    arps = max(r[0][0] for r in results)
+    nrps = max(r[1][0] for r in results)
+    print(f"blobget: almanac {arps:,.0f} req/s, {arps * BLOB / 1e6:,.0f} MB/s "
+          f"(p99 {results[-1][0][1]}), nginx with sendfile {nrps:,.0f} req/s, "
+          f"{nrps * BLOB / 1e6:,.0f} MB/s (p99 {results[-1][1][1]}): ratio {arps / nrps:.2f} "
+          f"(goal >= 0.9) [each run req/s: almanac "
+          f"{', '.join(f'{r[0][0]:,.0f}' for r in results)}; nginx "
+          f"{', '.join(f'{r[1][0]:,.0f}' for r in results)}]")
+
+
+def memory_of(pid):
+    """VmRSS, RssAnon, RssFile (/proc/PID/status) and Anonymous
+    (smaps_rollup), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        status = f.read()
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        rollup = f.read()
+    m = {k: int(re.search(rf"^{k}:\s+(\d+) kB", status, re.M).group(1)) * 1024
+         for k in ("VmRSS", "RssAnon", "RssFile")}
+    m["Anonymous"] = int(re.search(r"^Anonymous:\s+(\d+) kB", rollup, re.M).group(1)) * 1024
+    return m
+
+
+def bench_blobmem(binary, tmp, n=10_000, writers=8):
+    import http.client
+    # Disk: the values as state, history up to history_max_bytes (1 GiB), and
+    # a WAL that under steady writes holds every page written until they stop
+    # (2.5 GiB of values left 3.5 GiB of database and 6.5 GiB of WAL): five
+    # times the payload, and 1 GiB to spare.
+    free = shutil.disk_usage(tmp).free
+    if free < 5 * n * BLOB + (1 << 30):
+        wanted, n = n, max(100, (free - (1 << 30)) // (5 * BLOB))
+        print(f"blobmem: {free / 2**30:.1f} GiB free in {tmp}: {n:,} values instead of "
+              f"{wanted:,}")
+    base = os.urandom(BLOB)
+    tail = base[8:]
+
+    def value(i):
+        return i.to_bytes(8, "big") + tail
+
+    a = Almanac(binary, os.path.join(tmp, "blobmem"))
+    try:
+        time.sleep(0.5)
+        before = memory_of(a.proc.pid)
+        peak = [before["VmRSS"]]
+        done = threading.Event()
+
+        def watch():
+            while not done.wait(0.1):
+                peak[0] = max(peak[0], memory_of(a.proc.pid)["VmRSS"])
+
+        def run(fn):
+            errors = []
+
+            def worker(w):
+                conn = http.client.HTTPConnection("127.0.0.1", a.port)
+                try:
+                    for i in range(w, n, writers):
+                        fn(conn, i)
+                except Exception as e:
+                    errors.append(e)
+                finally:
+                    conn.close()
+            ts = [threading.Thread(target=worker, args=(w,)) for w in range(writers)]
+            t = time.perf_counter()
+            for th in ts:
+                th.start()
+            for th in ts:
+                th.join()
+            if errors:
+                raise errors[0]
+            return time.perf_counter() - t
+
+        def put(conn, i):
+            conn.request("PUT", f"/api/v1/keys/cam/{i}/frame", value(i),
+                         {"Content-Type": "application/octet-stream"})
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status in (200, 201), (r.status, body[:200])
+
+        def get(conn, i):
+            # Byte-exact, without building value(i): with 8 threads that
+            # made the client ten times slower than the daemon.
+            body = http_get(conn, f"/api/v1/keys/cam/{i}/frame")
+            assert len(body) == BLOB and body.startswith(i.to_bytes(8, "big")) \
+                and body.endswith(tail), i
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            write_s = run(put)
+            written = memory_of(a.proc.pid)
+            read_s = run(get)
+            read = memory_of(a.proc.pid)
+        finally:
+            done.set()
+            watcher.join()
+        st = info(a)
+    finally:
+        a.stop()
+    mib = 2**20
+
+    def growth(m, k):
+        d = m[k] - before[k]
+        return f"{d / mib:+,.0f} MiB ({d / n / 1024:+.1f} KiB a value)"
+
+    grown = read["VmRSS"] - before["VmRSS"]
+    print(f"blobmem: {n:,} values of 256 KiB ({n * BLOB / mib:,.0f} MiB, history on) written by "
+          f"{writers} Python clients in {write_s:.1f} s ({n * BLOB / write_s / 1e6:,.0f} MB/s), "
+          f"read back byte-exact in {read_s:.1f} s ({n * BLOB / read_s / 1e6:,.0f} MB/s); the "
+          f"process grew by {grown / mib:,.0f} MiB of RSS, {grown / (n * BLOB):.2f}x the payload "
+          f"(goal < 16 MiB for 10,000 values) [from {before['VmRSS'] / mib:,.0f} MiB RSS, "
+          f"{before['RssAnon'] / mib:,.0f} anonymous; after writing: RSS "
+          f"{growth(written, 'VmRSS')}, anonymous {growth(written, 'RssAnon')}, file-backed "
+          f"{growth(written, 'RssFile')}; "
+          f"after reading: RSS {growth(read, 'VmRSS')}, anonymous {growth(read, 'RssAnon')} "
+          f"(smaps_rollup: {growth(read, 'Anonymous')}), file-backed {growth(read, 'RssFile')}; "
+          f"peak RSS {peak[0] / mib:,.0f} MiB; then db {st['storage']['db_bytes'] / mib:,.0f} MiB, "
+          f"WAL {st['storage']['wal_bytes'] / mib:,.0f} MiB, {st['history']['records']:,} history "
+          f"records ({st['history']['pruned']:,} pruned)]")
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--binary", required=True)
     p.add_argument("which", nargs="*",
-                   default=["get", "put", "memory", "history", "bridge", "auth", "expiry"])
+                   default=["get", "put", "memory", "history", "bridge", "auth", "expiry",
+                            "blobput", "blobget"])
     args = p.parse_args()
     binary = os.path.abspath(args.binary)
     tmp = tempfile.mkdtemp(prefix="almanac-bench-")

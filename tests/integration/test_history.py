@@ -401,7 +401,7 @@ class Migration(HistoryCase):
         d = self.daemon(data_dir=data)
         self.assertIn("applied schema migration 2", d.log_text())
         info = curl(d, "GET", "/api/v1/info").json()
-        self.assertEqual(info["schema_version"], 4)  # through 2, 3 and 4
+        self.assertEqual(info["schema_version"], 5)  # through 2, 3, 4 and 5
         e = curl(d, "GET", "/api/v1/keys/home/kitchen/temp?envelope=1").json()
         self.assertEqual((e["rev"], e["value"], e["type"]), (6, {"v": 21.5}, "application/json"))
         e = curl(d, "GET", "/api/v1/keys/home/kitchen/mood?envelope=1").json()

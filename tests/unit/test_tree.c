@@ -55,13 +55,14 @@ struct seen {
     size_t n;
 };
 
-static void on_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
+static bool on_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
 {
     struct seen *s = arg;
     assert_true(s->n < MAX_KEYS && klen < 64);
     memcpy(s->keys[s->n], key, klen);
     s->keys[s->n][klen] = '\0';
     s->entries[s->n++] = e;
+    return true;
 }
 
 static int cmp_key(const void *a, const void *b)
