@@ -4,7 +4,8 @@
 // "signed in as".
 import { $ } from './util.js';
 import { session } from './connection.js';
-import { clearView, restartFeeds, forgetInfo } from './main.js';
+// What main.js does for a sign-in or out (it sets these: no import circle).
+export const authHooks = { clearView: () => {}, restartFeeds: async () => {}, forgetInfo: () => {} };
 import { render } from './tree.js';
 
 const TOKEN_KEY = 'almanac.token';
@@ -24,7 +25,7 @@ export const auth = {
 
 export function signedIn(name) {
   auth.principal = name;
-  forgetInfo();
+  authHooks.forgetInfo();
   $('edit-msg').textContent = $('pdelete-msg').textContent = '';
   setWho();
 }
@@ -33,9 +34,9 @@ export function signedIn(name) {
 // token this tab kept: it is forgotten, and so is what it showed.
 export function signedOut(message) {
   auth.forget();
-  forgetInfo();
+  authHooks.forgetInfo();
   session.lastRev = 0; // the next connection starts afresh
-  clearView();
+  authHooks.clearView();
   showSignIn(/revoked|expired/i.test(message)
     ? `Signed out: ${message}. Sign in again with a valid token.`
     : `Signed out: the token was revoked or has expired. The server said: ${message}. Sign in again with a valid token.`);
@@ -97,7 +98,7 @@ export function initAuth() {
       input.value = '';
       signedIn(ok.principal);
       hideSignIn();
-      await restartFeeds();
+      await authHooks.restartFeeds();
     } catch (e) {
       signInSay(e.code === 'offline' ? 'Not connected to the server; try again when it is back.'
         : `Not signed in: ${e.message}.`);
@@ -110,10 +111,10 @@ export function initAuth() {
   $('signin-open').addEventListener('click', () => showSignIn(''));
   $('signout').addEventListener('click', () => {
     auth.forget();
-    forgetInfo();
+    authHooks.forgetInfo();
     setWho();
     session.lastRev = 0;
-    clearView();
+    authHooks.clearView();
     signInSay('Signed out.', true); // shown if the new connection asks for a token
     session.reconnect(); // anonymous from its start
   });

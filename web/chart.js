@@ -32,7 +32,7 @@
 import uPlot from './vendor/uplot/uPlot.esm.js';
 import { $, timeText } from './util.js';
 import { session } from './connection.js';
-import { selected } from './details.js';
+import { selected } from './selection.js';
 
 const RAW = 1000;       // records read whole before the history is downsampled
 const STEPS = 300;      // steps of a downsampled history

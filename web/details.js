@@ -22,8 +22,8 @@ import { session } from './connection.js';
 import { render } from './tree.js';
 import { loadChart, appendPoint, hideChart } from './chart.js';
 import { loadMessages, appendMessage, clearMessages } from './messages.js';
+import { selected, setSelected } from './selection.js';
 
-export let selected = null;
 let shown = null;     // the stored entry on screen (invariant 4)
 let editBase = null;  // the rev the edit started from (null: not editing)
 let editAs = 'json';  // the representation in the edit box (invariant 2)
@@ -34,7 +34,7 @@ const NARROW = '(max-width: 700px)'; // style.css: one column
 // `reveal`: the user picked it; in one column the details scroll into view.
 export async function select(path, { reveal = false } = {}) {
   if (path !== selected) { editBase = null; shown = null; fileLoaded = false; delete $('details').dataset.key; }
-  selected = path;
+  setSelected(path);
   $('key-title').textContent = path;
   $('copy-key').hidden = false;
   say('copy-msg', '');
@@ -67,7 +67,8 @@ function unreadable(path) {
 }
 
 export function clearDetails() {
-  selected = shown = editBase = null;
+  setSelected(null);
+  shown = editBase = null;
   fileLoaded = false;
   delete $('details').dataset.key;
   $('key-title').textContent = 'Select a key';

@@ -9,9 +9,10 @@
 // edit is disabled, and a Retry button reconnects at once.
 import { $, timeText } from './util.js';
 import { session } from './connection.js';
-import { auth, initAuth, signedIn, signedOut, needSignIn, showSignIn } from './auth.js';
+import { auth, authHooks, initAuth, signedIn, signedOut, needSignIn, showSignIn } from './auth.js';
 import { nodes, initTree, reloadTree, clearTree, applyEvent, render, refreshCounts } from './tree.js';
-import { initDetails, select, selected, clearDetails, liveEntry, updateSave } from './details.js';
+import { initDetails, select, clearDetails, liveEntry, updateSave } from './details.js';
+import { selected, selection } from './selection.js';
 import { initChart } from './chart.js';
 import { initMessages } from './messages.js';
 import { initPublish } from './publish.js';
@@ -165,6 +166,8 @@ session.hooks = {
   revoked: (message) => { if (auth.principal) signedOut(message); },
   unauthorized: needSignIn,
 };
+Object.assign(authHooks, { clearView, restartFeeds, forgetInfo });
+selection.pick = select;
 initAuth();
 initTree();
 initDetails();

@@ -18,7 +18,7 @@
 //    when that neighbour changes.
 import { $, bytesFromBase64, hexFromBytes, timeText } from './util.js';
 import { session } from './connection.js';
-import { selected } from './details.js';
+import { selected } from './selection.js';
 
 const PAGE = 50;  // records a history request asks for
 const CAP = 200;  // items kept while live changes come in (invariant 3)

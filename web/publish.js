@@ -9,7 +9,7 @@
 // pressed; an error leaves the form as it was, for another try.
 import { $, say, bytesFromHex, bytesFromBase64Text, base64FromBytes } from './util.js';
 import { session } from './connection.js';
-import { select, selected } from './details.js';
+import { selected, selection } from './selection.js';
 
 // The value's fields of a set or publish (API.md "Entry envelope").
 function valueFields() {
@@ -50,7 +50,7 @@ export function initPublish() {
         open.type = 'button';
         open.className = 'link';
         open.textContent = 'Show it';
-        open.addEventListener('click', () => select(key, { reveal: true }));
+        open.addEventListener('click', () => selection.pick(key, { reveal: true }));
         $('pub-msg').append(' ', open);
       } else {
         await session.request('publish', { key, ...fields });

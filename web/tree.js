@@ -19,7 +19,7 @@
 //    refreshCounts reads them again).
 import { $, say, shortValue } from './util.js';
 import { session } from './connection.js';
-import { select, selected } from './details.js';
+import { selected, selection } from './selection.js';
 
 export const ROW = 28; // px, the height of a tree row (style.css .node)
 
@@ -256,7 +256,7 @@ function activate(index, click) {
   if (!n) return;
   focusIndex = index;
   if (click && n.kids && !filterRows) toggle(n, !n.expanded);
-  if (n.value) select(n.path, { reveal: true });
+  if (n.value) selection.pick(n.path, { reveal: true });
   render();
 }
 
@@ -420,7 +420,7 @@ export function initTree() {
       case 'Enter': case ' ':
         if (n) {
           if (n.kids && !filterRows && !n.value) toggle(n, !n.expanded);
-          if (n.value) select(n.path, { reveal: true });
+          if (n.value) selection.pick(n.path, { reveal: true });
         }
         break;
       default: return;
