@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
 /* Parses `"123"` (an ETag of ours) into *rev; -1 when it is not one. */
 static int http__etag_rev(const char *s, int64_t *rev)
@@ -272,20 +271,13 @@ static enum MHD_Result http__get_key(struct req *r)
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     } else {
         size_t len;
+        /* A value in a blob file is its file's mapped pages: sent from there
+         * as any value, with no copy (the response holds the entry, so the
+         * map stays). MHD's descriptor responses (sendfile) measured slower:
+         * 0.69x nginx against 1.16x (tests/bench blobget). */
         const void *value = store_entry_value(e, &len);
-        /* A value in a blob file is sent from its descriptor (sendfile);
-         * MHD closes the copy it is given. */
-        int fd = -1;
-        uint64_t off;
-        if (store_entry_file(e, &fd, &off) && (fd = dup(fd)) >= 0) {
-            resp = MHD_create_response_from_fd_at_offset64((uint64_t)len, fd, off);
-            if (resp == NULL)
-                close(fd);
-        } else {
-            fd = -1;
-            resp = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)value,
-                                                                          http__unref_entry, e);
-        }
+        resp = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)value,
+                                                                      http__unref_entry, e);
         if (resp != NULL) {
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, store_entry_type(e));
             /* A stored page or SVG is a client's bytes: shown, never run
@@ -313,8 +305,7 @@ static enum MHD_Result http__get_key(struct req *r)
             }
             MHD_add_response_header(resp, "X-Almanac-Origin",
                                     store_origin_name(store_entry_origin(e)));
-            if (fd < 0)
-                e = NULL; /* the response holds it now */
+            e = NULL; /* the response holds it now */
         }
     }
     store_entry_unref(e);

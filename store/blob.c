@@ -2,8 +2,8 @@
  * blob.c — values of at least blob_min_bytes, out of memory and out of
  * SQLite's pages (ARCHITECTURE.md "Large values"): append-only files
  * data_dir/blobs/NNNNNNNN.blob, each mapped read-only whole, so an entry's
- * value is a pointer into a map (file-backed pages, not the heap) and HTTP
- * sends it from the descriptor (sendfile). A blob is written once and
+ * value is a pointer into a map (file-backed pages, not the heap) that HTTP
+ * sends from with no copy. A blob is written once and
  * shared by the entry, its history record and its outbox row, which hold
  * (file, offset, length, checksum).
  *
@@ -17,7 +17,7 @@
  *
  * Space: a sealed file (no longer written to) that no row references and no
  * entry in memory maps is removed by the collector (a worker that looks
- * about once a second when the database changed, else once a minute). A sealed file whose live bytes (those rows reference) fall under
+ * every few seconds while the database changes, else once a minute). A sealed file whose live bytes (those rows reference) fall under
  * half is compacted: its live blobs are copied to the current file and
  * synced, the rows are pointed at the copies in one transaction, and the
  * store swaps the entries in memory (`relocate`); the file then holds
@@ -72,6 +72,8 @@ struct blobs {
     bool fsync;
     pthread_mutex_t lock;
     struct blob_file *files; /* newest first */
+    struct blob_file **byid; /* the files by id (NULL: none, or gone), `nbyid` long */
+    uint32_t nbyid;
     struct blob_file *cur;   /* NULL: the next blob opens a new file */
     uint32_t next_id;
     sqlite3 *conn; /* the collector's */
@@ -80,7 +82,6 @@ struct blobs {
     void *relocate_arg;
     int64_t seen_version; /* the database's data_version at the last scan */
     int64_t seen_at;      /* and when (µs) */
-    _Atomic uint64_t removed;
 };
 
 /* ---- CRC-32C: SSE 4.2's instruction where the CPU has it ---- */
@@ -158,11 +159,6 @@ const void *blob__data(const struct blob_file *f, uint64_t off)
     return f->map + off;
 }
 
-int blob__fd(const struct blob_file *f)
-{
-    return f->fd;
-}
-
 uint32_t blob__id(const struct blob_file *f)
 {
     return f->id;
@@ -207,10 +203,29 @@ fail:
 
 static struct blob_file *blob__find(const struct blobs *b, uint32_t id)
 {
-    for (struct blob_file *f = b->files; f != NULL; f = f->next)
-        if (f->id == id)
-            return f;
-    return NULL;
+    return id < b->nbyid ? b->byid[id] : NULL;
+}
+
+/* Puts file `f` at the head of the list and in `byid`; -1 when out of
+ * memory (the caller still owns f). The caller holds the lock, or is alone. */
+static int blob__add(struct blobs *b, struct blob_file *f)
+{
+    if (f->id >= b->nbyid) {
+        uint32_t n = b->nbyid ? b->nbyid : 64;
+        while (n <= f->id)
+            n *= 2;
+        struct blob_file **v = realloc(b->byid, n * sizeof *v);
+        if (v == NULL)
+            return -1;
+        memset(v + b->nbyid, 0, (n - b->nbyid) * sizeof *v);
+        b->byid = v;
+        b->nbyid = n;
+    }
+    b->byid[f->id] = f;
+    f->next = b->files;
+    b->files = f;
+    b->total += f->end;
+    return 0;
 }
 
 struct blob_file *blobs__file(struct blobs *b, uint32_t id)
@@ -245,8 +260,11 @@ int blobs__reserve(struct blobs *b, size_t len, struct blob_file **out, uint64_t
             return STORE_EINTERNAL;
         }
         b->next_id++;
-        f->next = b->files;
-        b->files = f;
+        if (blob__add(b, f) != 0) {
+            pthread_mutex_unlock(&b->lock);
+            blob__unref(f);
+            return STORE_EINTERNAL;
+        }
         b->cur = f;
     }
     *off = f->end;
@@ -366,12 +384,12 @@ static void blob__remove(struct blobs *b, struct blob_file *f)
     blob__path(b, f->id, path, sizeof path);
     f->gone = true;
     b->total -= f->end;
+    b->byid[f->id] = NULL;
     struct blob_file **p = &b->files;
     while (*p != f)
         p = &(*p)->next;
     *p = f->next;
     unlink(path);
-    atomic_fetch_add(&b->removed, 1);
 }
 
 /* ---- compaction ---- */
@@ -544,9 +562,11 @@ static void blob__compact_one(struct blobs *b)
     }
 }
 
-/* Whether the files are worth a look: the database changed since the last
- * one (PRAGMA data_version), or a minute went by (readers let go of
- * entries without any change). */
+/* Whether the files are worth a look (each costs a query or two per
+ * sealed file): the database changed since the last one (PRAGMA
+ * data_version) and BLOB_SCAN_SECONDS went by, or a minute did (readers
+ * let go of entries without any change). */
+#define BLOB_SCAN_SECONDS 5
 static bool blob__worth_a_scan(struct blobs *b)
 {
     sqlite3_stmt *st = NULL;
@@ -555,7 +575,9 @@ static bool blob__worth_a_scan(struct blobs *b)
         sqlite3_step(st) == SQLITE_ROW)
         version = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
-    if (version == b->seen_version && now - b->seen_at < 60 * 1000000ll)
+    int64_t since = now - b->seen_at;
+    if (since < BLOB_SCAN_SECONDS * 1000000ll ||
+        (version == b->seen_version && since < 60 * 1000000ll))
         return false;
     b->seen_version = version;
     b->seen_at = now;
@@ -658,9 +680,11 @@ int blobs__open(const char *data_dir, const char *db_path, size_t file_max, uint
         struct blob_file *f = blob__open_file(b, ids[i], file_max, false, why, why_len);
         if (f == NULL)
             goto fail;
-        f->next = b->files;
-        b->files = f;
-        b->total += f->end;
+        if (blob__add(b, f) != 0) {
+            blob__unref(f);
+            snprintf(why, why_len, "out of memory");
+            goto fail;
+        }
         b->next_id = ids[i] + 1;
     }
     if (sqlite3_open_v2(db_path, &b->conn, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
@@ -784,6 +808,7 @@ void blobs__close(struct blobs *b)
         blob__unref(f); /* entries still held keep theirs */
     }
     pthread_mutex_destroy(&b->lock);
+    free(b->byid);
     free(b->dir);
     free(b);
 }

@@ -268,16 +268,6 @@ struct store_entry *entry__moved(const struct store_entry *e, struct blob_file *
     return n;
 }
 
-bool store_entry_file(const struct store_entry *e, int *fd, uint64_t *off)
-{
-    struct blob_file *f;
-    uint32_t crc;
-    if (!entry__blob_ref(e, &f, off, &crc))
-        return false;
-    *fd = blob__fd(f);
-    return true;
-}
-
 void entry__stamp(struct store_entry *e, int64_t rev, int64_t ts)
 {
     e->rev = rev;

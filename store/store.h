@@ -122,9 +122,6 @@ int store_entry_make(struct store *s, const void *value, size_t len, const char 
 void store_entry_ref(struct store_entry *e);
 void store_entry_unref(struct store_entry *e);
 const void *store_entry_value(const struct store_entry *e, size_t *len);
-/* Whether the value of `e` is kept in a blob file, and where: a descriptor
- * (valid while `e` is held; for sendfile, not to be closed) and an offset. */
-bool store_entry_file(const struct store_entry *e, int *fd, uint64_t *off);
 const char *store_entry_type(const struct store_entry *e);
 /* The labels as a compact JSON object, or NULL when there are none. */
 const char *store_entry_labels(const struct store_entry *e);

@@ -66,7 +66,6 @@ void blobs__stats(struct blobs *b, uint64_t *files, uint64_t *bytes);
 void blob__ref(struct blob_file *f);
 void blob__unref(struct blob_file *f);
 const void *blob__data(const struct blob_file *f, uint64_t off);
-int blob__fd(const struct blob_file *f);
 uint32_t blob__id(const struct blob_file *f);
 uint32_t blob__crc(const void *data, size_t len);
 /* The CRC-32C of the bytes behind `crc` (0: none) followed by `data`. */

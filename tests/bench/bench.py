@@ -129,35 +129,42 @@ def wrk(url, script=None, connections=50, headers=(), duration=DURATION):
     return rps, p99
 
 
-def bench_get(binary, tmp):
-    value = b'{"v":21.5}'
-    a = Almanac(binary, os.path.join(tmp, "get"))
-    req = urllib.request.Request(a.url("/api/v1/keys/site/0042/sensor/17/temp"), data=value,
-                                 method="PUT")
-    urllib.request.urlopen(req).read()
-    www = os.path.join(tmp, "www")
+def get_against_nginx(binary, tmp, name, key, value, ctype, sendfile=False):
+    """GET of one stored value from almanac, and of the same bytes from a
+    file served by nginx, alternately twice (so neither gets only the quiet
+    moments): [((almanac req/s, p99), (nginx req/s, p99))...]."""
+    a = Almanac(binary, os.path.join(tmp, name))
+    url = a.url("/api/v1/keys/" + key)
+    urllib.request.urlopen(urllib.request.Request(url, data=value, method="PUT",
+                                                  headers={"Content-Type": ctype})).read()
+    www = os.path.join(tmp, "www-" + name)
     os.makedirs(www, exist_ok=True)
-    with open(os.path.join(www, "temp"), "wb") as f:
+    with open(os.path.join(www, "value"), "wb") as f:
         f.write(value)
     nport = free_port()
-    conf = os.path.join(tmp, "nginx.conf")
+    conf = os.path.join(tmp, f"nginx-{name}.conf")
     with open(conf, "w") as f:
         f.write(f"""daemon off; worker_processes 2; pid {tmp}/nginx.pid; error_log stderr error;
 events {{ worker_connections 1024; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{nport}; root {www}; location / {{ default_type application/json; }} }} }}
+http {{ access_log off; keepalive_requests 1000000; sendfile {"on" if sendfile else "off"};
+  server {{ listen 127.0.0.1:{nport}; root {www}; location / {{ default_type {ctype}; }} }} }}
 """)
     nginx = subprocess.Popen(["nginx", "-c", conf, "-p", tmp])
+    peer = f"http://127.0.0.1:{nport}/value"
     try:
-        wait_http(f"http://127.0.0.1:{nport}/temp")
-        results = []
-        for _ in range(2):  # alternate, so neither gets only the quiet moments
-            results.append((wrk(a.url("/api/v1/keys/site/0042/sensor/17/temp")),
-                            wrk(f"http://127.0.0.1:{nport}/temp")))
+        wait_http(peer)
+        assert urllib.request.urlopen(url).read() == value
+        assert urllib.request.urlopen(peer).read() == value
+        return [(wrk(url), wrk(peer)) for _ in range(2)]
     finally:
         nginx.terminate()
         nginx.wait()
         a.stop()
+
+
+def bench_get(binary, tmp):
+    results = get_against_nginx(binary, tmp, "get", "site/0042/sensor/17/temp", b'{"v":21.5}',
+                                "application/json")
     arps = max(r[0][0] for r in results)
     nrps = max(r[1][0] for r in results)
     print(f"get: almanac {arps:,.0f} req/s (p99 {results[-1][0][1]}), "
@@ -742,37 +749,8 @@ def bench_blobput(binary, tmp, keys=64, messages=4000):
 
 
 def bench_blobget(binary, tmp):
-    value = os.urandom(BLOB)
-    a = Almanac(binary, os.path.join(tmp, "blobget"))
-    url = a.url("/api/v1/keys/cam/0/frame")
-    req = urllib.request.Request(url, data=value, method="PUT",
-                                 headers={"Content-Type": "application/octet-stream"})
-    urllib.request.urlopen(req).read()
-    www = os.path.join(tmp, "www-blob")
-    os.makedirs(www, exist_ok=True)
-    with open(os.path.join(www, "frame"), "wb") as f:
-        f.write(value)
-    nport = free_port()
-    conf = os.path.join(tmp, "nginx-blob.conf")
-    with open(conf, "w") as f:
-        f.write(f"""daemon off; worker_processes 2; pid {tmp}/nginx.pid; error_log stderr error;
-events {{ worker_connections 1024; }}
-http {{ access_log off; keepalive_requests 1000000; sendfile on;
-  server {{ listen 127.0.0.1:{nport}; root {www};
-    location / {{ default_type application/octet-stream; }} }} }}
-""")
-    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", tmp])
-    try:
-        wait_http(f"http://127.0.0.1:{nport}/frame")
-        assert urllib.request.urlopen(url).read() == value
-        assert urllib.request.urlopen(f"http://127.0.0.1:{nport}/frame").read() == value
-        results = []
-        for _ in range(2):  # alternate, so neither gets only the quiet moments
-            results.append((wrk(url), wrk(f"http://127.0.0.1:{nport}/frame")))
-    finally:
-        nginx.terminate()
-        nginx.wait()
-        a.stop()
+    results = get_against_nginx(binary, tmp, "blobget", "cam/0/frame", os.urandom(BLOB),
+                                "application/octet-stream", sendfile=True)
     arps = max(r[0][0] for r in results)
     nrps = max(r[1][0] for r in results)
     print(f"blobget: almanac {arps:,.0f} req/s, {arps * BLOB / 1e6:,.0f} MB/s "

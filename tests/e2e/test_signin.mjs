@@ -14,26 +14,16 @@
 // "Sign in" link, and a save anonymous may not make brings up the form.
 // Screenshots go to --out (the build's test output).
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
-import { expand, launch } from './lib.mjs';
+import { binary, out, fixture, run, expand } from './lib.mjs';
 
-const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);
-const binary = arg('--binary');
-const out = arg('--out', join(tmpdir(), 'almanac-e2e'));
-mkdirSync(out, { recursive: true });
-const dir = mkdtempSync(join(tmpdir(), 'almanac-signin-'));
+// Two daemons of its own (with an admin token; the second with
+// anonymous_read), in the fixture's folder, stopped by the runner.
+const f = fixture('signin');
+const { dir, procs } = f;
 const ADMIN = 'admin-' + randomBytes(16).toString('hex');
-const procs = [];
-
-setTimeout(() => {
-  console.log('FAIL the whole test took more than 200 s');
-  for (const p of procs) p.kill('SIGKILL');
-  process.exit(1);
-}, 200000).unref();
 
 let seq = 0;
 function startAlmanac(extra = []) {
@@ -280,37 +270,18 @@ test('with anonymous_read: keys without a token, a "Sign in" link, and a save th
   }
 });
 
-let failed = 0;
-try {
-  port = await startAlmanac();
-  alice = await makeToken(port, 'alice', ['home/#'], ['home/#']);
-  reader = await makeToken(port, 'reader', ['home/#'], []);
-  for (const [k, v] of [['home/a', '1'], ['work/b', '2']]) {
-    assert.equal((await admin(port, 'PUT', `/api/v1/keys/${k}`, v)).status, 201);
-  }
-  browser = await launch();
-  context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  for (const t of tests) {
-    try {
-      await t.fn(page);
-      console.log(`ok   ${t.name}`);
-    } catch (e) {
-      failed++;
-      console.log(`FAIL ${t.name}\n${e.stack}`);
-      await shot(page, 'failure').catch(() => {});
+await run(f, 'signin', tests.map(({ name, fn }) => [name, (page, ctx) => {
+  context = ctx.context;
+  browser = context.browser();
+  return fn(page);
+}]), {
+  limitMs: 200000,
+  setup: async () => {
+    port = await startAlmanac();
+    alice = await makeToken(port, 'alice', ['home/#'], ['home/#']);
+    reader = await makeToken(port, 'reader', ['home/#'], []);
+    for (const [k, v] of [['home/a', '1'], ['work/b', '2']]) {
+      assert.equal((await admin(port, 'PUT', `/api/v1/keys/${k}`, v)).status, 201);
     }
-  }
-  assert.deepEqual(errors, [], 'no JavaScript errors in the page');
-} catch (e) {
-  failed++;
-  console.log(e.stack);
-} finally {
-  if (browser) await browser.close();
-  for (const p of procs) p.kill();
-  rmSync(dir, { recursive: true, force: true });
-}
-console.log(`${tests.length - failed}/${tests.length} passed; screenshots in ${out}`);
-process.exit(failed ? 1 : 0);
+  },
+});
