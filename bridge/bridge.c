@@ -852,7 +852,9 @@ static void bridge__schedule(struct bridge *b, const char *what, const char *why
     unsigned wait = b->backoff;
     b->next_attempt_us = now_us() + (int64_t)wait * 1000000;
     b->backoff = b->backoff * 2 > BRIDGE_BACKOFF_MAX ? BRIDGE_BACKOFF_MAX : b->backoff * 2;
-    snprintf(b->last_error, sizeof b->last_error, "%s %s: %s", what, b->cfg.url, why);
+    if (snprintf(b->last_error, sizeof b->last_error, "%s %s: %s", what, b->cfg.url, why) >=
+        (int)sizeof b->last_error)
+        b->last_error[sizeof b->last_error - 1] = '\0'; /* cut (a long URL or reason) */
     bool stopping = b->stop;
     pthread_cond_signal(&b->cond);
     pthread_mutex_unlock(&b->lock);

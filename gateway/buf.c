@@ -74,9 +74,15 @@ void buf_add_i64(struct buf *b, int64_t n)
 
 void buf_add_jstr(struct buf *b, const char *s, size_t len)
 {
+    buf_add(b, "\"", 1);
+    buf_add_jstr_inner(b, s, len);
+    buf_add(b, "\"", 1);
+}
+
+void buf_add_jstr_inner(struct buf *b, const char *s, size_t len)
+{
     static const char hex[] = "0123456789abcdef";
     size_t run = 0;
-    buf_add(b, "\"", 1);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\')
@@ -98,7 +104,6 @@ void buf_add_jstr(struct buf *b, const char *s, size_t len)
         }
     }
     buf_add(b, s + run, len - run);
-    buf_add(b, "\"", 1);
 }
 
 void buf_free(struct buf *b)

@@ -23,6 +23,9 @@ void buf_adds(struct buf *b, const char *s);
 void buf_addf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends `len` bytes of UTF-8 as a quoted JSON string. */
 void buf_add_jstr(struct buf *b, const char *s, size_t len);
+/* The same without the quotes: a string written in pieces (escapes are
+ * per byte, so a piece may end anywhere). */
+void buf_add_jstr_inner(struct buf *b, const char *s, size_t len);
 void buf_free(struct buf *b);
 
 #endif

@@ -14,25 +14,29 @@
 #include <ctype.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-/* Appends valid JSON without the white space outside its strings. */
-static void envelope__minify(struct buf *b, const char *s, size_t len)
+/* Appends a piece of valid JSON without the white space outside its
+ * strings; `v` carries where the last piece ended (in a string, after a
+ * backslash). */
+static void envelope__minify(struct buf *b, struct envelope_value *v, const char *s, size_t len)
 {
     size_t run = 0;
-    bool in_string = false;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
-        if (in_string) {
+        if (v->escaped)
+            v->escaped = false;
+        else if (v->in_string) {
             if (c == '\\')
-                i++;
+                v->escaped = true;
             else if (c == '"')
-                in_string = false;
+                v->in_string = false;
         } else if (c == '"')
-            in_string = true;
+            v->in_string = true;
         else if (c == ' ' || c == '\n' || c == '\r' || c == '\t') {
             buf_add(b, s + run, i - run);
             run = i + 1;
@@ -49,12 +53,10 @@ static bool envelope__is_text(const char *type)
 static void envelope__add_base64(struct buf *b, const void *data, size_t len)
 {
     size_t out = 4 * ((len + 2) / 3);
-    buf_add(b, "\"", 1);
     if (buf_reserve(b, out)) {
         EVP_EncodeBlock((unsigned char *)b->p + b->len, data, (int)len);
         b->len += out;
     }
-    buf_add(b, "\"", 1);
 }
 
 void envelope_add(struct buf *b, const char *key, size_t klen, const struct store_entry *e)
@@ -72,10 +74,20 @@ void envelope_add_as(struct buf *b, const char *key, size_t klen, const struct s
 void envelope_add_fields(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
                          const char *type_field)
 {
-    size_t vlen;
-    const char *value = store_entry_value(e, &vlen);
-    const char *type = store_entry_type(e), *labels = store_entry_labels(e);
+    struct envelope_value v;
+    envelope_add_head(b, key, klen, e, type_field, &v);
+    while (envelope_value_more(b, &v, SIZE_MAX))
+        ;
+    envelope_add_tail(b, e);
+}
 
+void envelope_add_head(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
+                       const char *type_field, struct envelope_value *v)
+{
+    const char *type = store_entry_type(e);
+    size_t len;
+    const char *value = store_entry_value(e, &len);
+    *v = (struct envelope_value){.p = value, .len = len};
     buf_adds(b, "\"key\":");
     buf_add_jstr(b, key, klen);
     buf_adds(b, ",\"rev\":");
@@ -87,15 +99,40 @@ void envelope_add_fields(struct buf *b, const char *key, size_t klen, const stru
     buf_adds(b, "\":");
     buf_add_jstr(b, type, strlen(type));
     if (store_type_is_json(type)) {
+        v->how = 'j';
         buf_adds(b, ",\"value\":");
-        envelope__minify(b, value, vlen);
-    } else if (envelope__is_text(type) && store_utf8_valid(value, vlen)) {
-        buf_adds(b, ",\"text\":");
-        buf_add_jstr(b, value, vlen);
+    } else if (envelope__is_text(type) && store_utf8_valid(v->p, v->len)) {
+        v->how = 't';
+        buf_adds(b, ",\"text\":\"");
     } else {
-        buf_adds(b, ",\"base64\":");
-        envelope__add_base64(b, value, vlen);
+        v->how = 'b';
+        buf_adds(b, ",\"base64\":\"");
     }
+}
+
+bool envelope_value_more(struct buf *b, struct envelope_value *v, size_t max)
+{
+    size_t n = v->len - v->off;
+    if (n > max)
+        n = v->how != 'b' ? max : max < 3 ? 3 : max / 3 * 3; /* base64: whole groups until the last */
+    const char *p = v->p + v->off;
+    if (v->how == 'j')
+        envelope__minify(b, v, p, n);
+    else if (v->how == 't')
+        buf_add_jstr_inner(b, p, n);
+    else
+        envelope__add_base64(b, p, n);
+    v->off += n;
+    if (v->off < v->len)
+        return true;
+    if (v->how != 'j')
+        buf_add(b, "\"", 1);
+    return false;
+}
+
+void envelope_add_tail(struct buf *b, const struct store_entry *e)
+{
+    const char *labels = store_entry_labels(e);
     buf_adds(b, ",\"labels\":");
     buf_adds(b, labels ? labels : "{}");
     buf_adds(b, ",\"origin\":\"");
@@ -254,7 +291,7 @@ static int envelope__entry(const json_t *obj, const char *raw, size_t raw_len, s
     }
     if (value != NULL && raw != NULL) {
         struct buf b = {0};
-        envelope__minify(&b, raw, raw_len);
+        envelope__minify(&b, &(struct envelope_value){0}, raw, raw_len);
         buf_add(&b, "", 1);
         if (b.oom) {
             buf_free(&b);

@@ -21,6 +21,22 @@ void envelope_add_as(struct buf *b, const char *key, size_t klen, const struct s
  * opens with fields of its own ({"type":"event","sub":1, ...). */
 void envelope_add_fields(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
                          const char *type_field);
+/* The same in three parts, for a streamed answer that writes a large value
+ * a piece at a time from where it lies (a blob's mapped pages) instead of
+ * copying it whole into the buffer: the fields up to the value
+ * (envelope_add_head, which sets up `v`), the value (envelope_value_more,
+ * at most `max` of its bytes a call, true while more remain; the entry must
+ * stay alive until the last), then the rest (envelope_add_tail). */
+struct envelope_value {
+    const char *p;
+    size_t len, off;
+    char how; /* 'j' JSON (minified), 't' text, 'b' base64 */
+    bool in_string, escaped; /* where the JSON's last piece ended */
+};
+void envelope_add_head(struct buf *b, const char *key, size_t klen, const struct store_entry *e,
+                       const char *type_field, struct envelope_value *v);
+bool envelope_value_more(struct buf *b, struct envelope_value *v, size_t max);
+void envelope_add_tail(struct buf *b, const struct store_entry *e);
 /* Appends the deletion form. */
 void envelope_add_deleted(struct buf *b, const char *key, size_t klen, int64_t rev, int64_t ts);
 /* An entry from a JSON object carrying exactly one of `value`, `text`,

@@ -406,7 +406,13 @@ enum MHD_Result http__ws(struct req *r)
 /* ---- history, export and import ---- */
 
 /* A streamed answer: `fill` appends the next part to `b` and says whether
- * more follows; MHD takes the bytes as the client reads them. */
+ * more follows; MHD takes the bytes as the client reads them. A fill stops
+ * once STREAM_PIECE bytes wait unread, and a value goes out at most
+ * STREAM_PIECE of its bytes a fill, from where it lies (a large value's
+ * mapped pages): an answer holds about two pieces of heap, whatever the
+ * size of the values. */
+#define STREAM_PIECE 65536u
+
 struct stream {
     struct buf b;
     size_t off;
@@ -415,17 +421,60 @@ struct stream {
     void (*end)(struct stream *st);
     struct ops *ops;
     struct caller caller; /* whose reads these are */
+    /* the envelope whose value is being written (NULL: none), and whether
+     * the stream holds a reference to it (else its source keeps it) */
+    const struct store_entry *entry;
+    bool held;
+    struct envelope_value val;
     /* history */
     struct store_history *it;
     bool first;
     /* export */
     char *after;
+    bool more; /* pages follow */
 };
+
+/* The next piece of the value in progress, and once it is whole the end of
+ * its envelope (and a line's end after export's): true while some remains. */
+static bool http__value_more(struct stream *st)
+{
+    if (st->entry == NULL)
+        return false;
+    if (envelope_value_more(&st->b, &st->val, STREAM_PIECE))
+        return true;
+    envelope_add_tail(&st->b, st->entry);
+    if (st->held) {
+        buf_add(&st->b, "\n", 1);
+        store_entry_unref((struct store_entry *)st->entry);
+    }
+    st->entry = NULL;
+    st->held = false;
+    return false;
+}
+
+/* Starts the envelope of `e`: its fields up to the value, and the value's
+ * first piece. */
+static void http__value_start(struct stream *st, const char *key, size_t klen,
+                              const struct store_entry *e, bool hold)
+{
+    buf_add(&st->b, "{", 1);
+    envelope_add_head(&st->b, key, klen, e, "type", &st->val);
+    st->entry = e;
+    st->held = hold;
+    if (hold)
+        store_entry_ref((struct store_entry *)e);
+    http__value_more(st);
+}
 
 static ssize_t http__stream_read(void *cls, uint64_t pos, char *out, size_t max)
 {
     struct stream *st = cls;
     (void)pos;
+    if (st->off > 0 && st->b.len - st->off < max) { /* what is unread to the front */
+        memmove(st->b.p, st->b.p + st->off, st->b.len - st->off);
+        st->b.len -= st->off;
+        st->off = 0;
+    }
     while (st->b.len - st->off < max && !st->done && !st->b.oom)
         st->done = !st->fill(st);
     if (st->b.oom)
@@ -435,14 +484,14 @@ static ssize_t http__stream_read(void *cls, uint64_t pos, char *out, size_t max)
         return MHD_CONTENT_READER_END_OF_STREAM;
     memcpy(out, st->b.p + st->off, n);
     st->off += n;
-    if (st->off == st->b.len)
-        st->b.len = st->off = 0;
     return (ssize_t)n;
 }
 
 static void http__stream_free(void *cls)
 {
     struct stream *st = cls;
+    if (st->held)
+        store_entry_unref((struct store_entry *)st->entry);
     if (st->end)
         st->end(st);
     buf_free(&st->b);
@@ -464,9 +513,10 @@ static enum MHD_Result http__stream(struct req *r, struct stream *st, const char
 static bool http__history_fill(struct stream *st)
 {
     struct store_record rec;
-    /* Streamed: a fill stops at 256 records or ENVELOPE_LIST_BYTES unread,
-     * the next goes on once the client has read it. */
-    for (int i = 0; i < 256 && st->b.len - st->off < ENVELOPE_LIST_BYTES; i++) {
+    /* the iterator keeps the record's entry until the next record */
+    if (http__value_more(st))
+        return true;
+    while (st->b.len - st->off < STREAM_PIECE) {
         int rc = store_history_next(st->it, &rec);
         if (rc < 0) {
             st->b.oom = true; /* ends the answer short: the client sees it broken */
@@ -485,7 +535,12 @@ static bool http__history_fill(struct stream *st)
         if (!st->first)
             buf_add(&st->b, ",", 1);
         st->first = false;
-        envelope_add_record(&st->b, &rec, "type");
+        if (rec.entry == NULL)
+            envelope_add_deleted(&st->b, rec.key, rec.klen, rec.rev, rec.ts);
+        else
+            http__value_start(st, rec.key, rec.klen, rec.entry, false);
+        if (st->entry != NULL)
+            return true;
     }
     return true;
 }
@@ -524,37 +579,40 @@ enum MHD_Result http__history(struct req *r)
     return http__stream(r, st, "application/json");
 }
 
-/* export: every entry but the $-keys, one envelope a line, a page at a time. */
+/* export: every entry but the $-keys, one envelope a line, a page at a time
+ * (a page ends at a value not written whole: the fills write the rest). */
 static bool http__export_visit(void *arg, const char *key, size_t klen, const struct store_entry *e)
 {
     struct stream *st = arg;
-    envelope_add(&st->b, key, klen, e);
-    buf_add(&st->b, "\n", 1);
     free(st->after);
     st->after = strndup(key, klen);
     if (st->after == NULL)
         st->b.oom = true;
-    return st->b.len - st->off < ENVELOPE_LIST_BYTES; /* a page of large values ends early */
+    http__value_start(st, key, klen, e, true);
+    return st->entry == NULL && st->b.len - st->off < STREAM_PIECE;
 }
 
-/* The next page of the export into st->b; `*more` says whether one follows. */
-static int http__export_page(struct stream *st, bool *more, char *why, size_t why_len)
+/* The next page of the export into st->b. */
+static int http__export_page(struct stream *st, char *why, size_t why_len)
 {
     char *after = st->after; /* the walk's cursor; the visits set the next one */
     st->after = NULL;
     int err = ops_export(st->ops, &st->caller, after, after ? strlen(after) : 0, 1000,
-                         http__export_visit, st, more, why, why_len);
+                         http__export_visit, st, &st->more, why, why_len);
     free(after);
     return err;
 }
 
 static bool http__export_fill(struct stream *st)
 {
-    bool more = false;
     char why[256];
-    if (http__export_page(st, &more, why, sizeof why) != STORE_OK)
+    if (http__value_more(st))
+        return true;
+    if (!st->more)
+        return false;
+    if (http__export_page(st, why, sizeof why) != STORE_OK)
         st->b.oom = true; /* ends the answer short: the client sees it broken */
-    return more;
+    return st->more || st->entry != NULL;
 }
 
 static void http__export_end(struct stream *st)
@@ -565,7 +623,6 @@ static void http__export_end(struct stream *st)
 enum MHD_Result http__export(struct req *r)
 {
     struct stream *st = calloc(1, sizeof *st);
-    bool more = false;
     char why[256];
     if (st == NULL)
         return MHD_NO;
@@ -575,12 +632,12 @@ enum MHD_Result http__export(struct req *r)
     st->end = http__export_end;
     /* The first page before the answer: a refusal is an error, not a 200
      * cut short. */
-    int err = http__export_page(st, &more, why, sizeof why);
+    int err = http__export_page(st, why, sizeof why);
     if (err != STORE_OK) {
         http__stream_free(st);
         return http__error(r, err, "%s", why);
     }
-    st->done = !more;
+    st->done = !st->more && st->entry == NULL;
     return http__stream(r, st, "application/x-ndjson");
 }
 

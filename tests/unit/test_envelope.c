@@ -47,6 +47,47 @@ static void test_forms(void **state)
     free(s);
 }
 
+/* A value written in pieces of every size from 1 byte up reads the same as
+ * written whole: a JSON string's escape or white space, a text's escapes
+ * and base64's groups of three may fall on any piece's edge. */
+static void test_pieces(void **state)
+{
+    (void)state;
+    const struct {
+        const char *value, *type;
+    } cases[] = {
+        {"{ \"a\\\" b\" : [1, \"x \\\\\"],\n \"c\":\"\\u00e9 \" }", NULL},
+        {"l\"i\\ne\n\t\x01 caf\xc3\xa9 end", "text/plain; charset=utf-8"},
+        {"\x00\xff\x10\x20\x30\x40\x50 binary bytes", "application/octet-stream"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        size_t len = strlen(cases[c].value);
+        if (c == 2)
+            len = 30;
+        struct store_entry *e;
+        assert_int_equal(store_entry_new(cases[c].value, len, cases[c].type, NULL,
+                                         STORE_ORIGIN_HTTP, &e),
+                         STORE_OK);
+        struct buf whole = {0};
+        envelope_add_fields(&whole, "k", 1, e, "type");
+        for (size_t piece = 1; piece <= len; piece++) {
+            struct buf b = {0};
+            struct envelope_value v;
+            envelope_add_head(&b, "k", 1, e, "type", &v);
+            while (envelope_value_more(&b, &v, piece))
+                ;
+            envelope_add_tail(&b, e);
+            assert_false(b.oom);
+            if (b.len != whole.len || memcmp(b.p, whole.p, b.len) != 0)
+                fail_msg("case %zu in pieces of %zu: %.*s, whole: %.*s", c, piece, (int)b.len,
+                         b.p, (int)whole.len, whole.p);
+            buf_free(&b);
+        }
+        buf_free(&whole);
+        store_entry_unref(e);
+    }
+}
+
 static struct store_entry *from_json(const char *text, int want, char *why)
 {
     json_t *j = json_loads(text, 0, NULL);
@@ -100,6 +141,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forms),
         cmocka_unit_test(test_entries_from_json),
+        cmocka_unit_test(test_pieces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
