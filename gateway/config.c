@@ -334,7 +334,7 @@ static int config__pattern_list(struct config *cfg, char ***list, size_t *n, int
     bool wild;
     char what[256];
     if (store_pattern_check(value, strlen(value), SIZE_MAX, &wild, what, sizeof what) != STORE_OK) {
-        snprintf(why, why_len, "%s", what);
+        snprintf(why, why_len, "'%s': %s", value, what);
         return -1;
     }
     return config__list_add(cfg, list, n, source, value);
@@ -491,15 +491,14 @@ static int config__bridge_map(struct config *cfg, const char *value, char *why, 
 
 static int config__history_keys(struct config *cfg, const char *value, char *why, size_t why_len)
 {
-    bool wild;
-    char detail[256];
-    if (store_pattern_check(value, strlen(value), 65535, &wild, detail, sizeof detail) !=
-        STORE_OK) {
-        snprintf(why, why_len, "'%s': %s", value, detail);
-        return -1;
-    }
-    return config__list_add(cfg, &cfg->history_keys, &cfg->nhistory_keys, &cfg->history_keys_source,
-                            value);
+    return config__pattern_list(cfg, &cfg->history_keys, &cfg->nhistory_keys,
+                                &cfg->history_keys_source, value, why, why_len);
+}
+
+static int config__metrics_keys(struct config *cfg, const char *value, char *why, size_t why_len)
+{
+    return config__pattern_list(cfg, &cfg->metrics_keys, &cfg->nmetrics_keys,
+                                &cfg->metrics_keys_source, value, why, why_len);
 }
 
 static int config__history_retention(struct config *cfg, const char *value, char *why,
@@ -589,6 +588,7 @@ static const struct {
     {"bridge_status_topic", config__bridge_status_topic},
     {"bridge_map", config__bridge_map},
     {"history_keys", config__history_keys},
+    {"metrics_keys", config__metrics_keys},
     {"history_retention", config__history_retention},
     {"history_max_bytes", config__history_max_bytes},
     {"blob_min_bytes", config__blob_min_bytes},
@@ -782,6 +782,7 @@ void config_free(struct config *cfg)
     cfg->http_listen = cfg->data_dir = cfg->tcp_listen = cfg->unix_socket = NULL;
     bridge_config_free(&cfg->bridge);
     config__list_clear(&cfg->history_keys, &cfg->nhistory_keys);
+    config__list_clear(&cfg->metrics_keys, &cfg->nmetrics_keys);
     config__list_clear(&cfg->http_hosts, &cfg->nhttp_hosts);
     config__list_clear(&cfg->cors_origins, &cfg->ncors_origins);
     config__list_clear(&cfg->anonymous_read, &cfg->nanonymous_read);

@@ -32,6 +32,8 @@ struct config {
     struct bridge_config bridge;
     char **history_keys; /* patterns; none: "#" */
     size_t nhistory_keys;
+    char **metrics_keys; /* patterns whose numbers /metrics shows too; none by default */
+    size_t nmetrics_keys;
     int64_t history_retention_us;         /* 0: no history */
     size_t history_max_bytes;             /* 0: no cap */
     size_t blob_min_bytes;                /* values this large go to blob files */
@@ -59,8 +61,8 @@ struct config {
     /* While loading: which source (file, environment, flags) is being read,
      * and which one gave the values of a repeatable option so far; a later
      * source's replace an earlier one's. */
-    int source, maps_source, history_keys_source, http_hosts_source, cors_origins_source,
-        anonymous_read_source, anonymous_write_source;
+    int source, maps_source, history_keys_source, metrics_keys_source, http_hosts_source,
+        cors_origins_source, anonymous_read_source, anonymous_write_source;
 };
 
 /* Fills `cfg` from the defaults, then the file of `-c FILE` (if any), the

@@ -95,6 +95,8 @@ static const struct {
     {ROUTE_HISTORY, HTTP_PREFIX "history/", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_EXPORT, HTTP_PREFIX "export", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_IMPORT, HTTP_PREFIX "import", M_POST, "POST"},
+    {ROUTE_PROMETHEUS, HTTP_PREFIX "prometheus/", M_GET | M_HEAD, "GET, HEAD"},
+    {ROUTE_PROMETHEUS, HTTP_PREFIX "prometheus", M_GET | M_HEAD, "GET, HEAD"},
     {ROUTE_TOKENS, HTTP_PREFIX "tokens/", M_DELETE, "DELETE"},
     {ROUTE_TOKENS, HTTP_PREFIX "tokens", M_GET | M_HEAD | M_POST, "GET, HEAD, POST"},
     {ROUTE_HEALTH, "/health", M_GET | M_HEAD, "GET, HEAD"},
@@ -158,6 +160,7 @@ static const struct {
      M_GET | M_HEAD,
      {"start", "stop", "limit", "order", "after", "every", "label.", "exclude."},
      {NULL}},
+    {ROUTE_PROMETHEUS, M_GET | M_HEAD, {"pattern", "prefix", "max_age"}, {NULL}},
 };
 
 static const char *const http__get_args[] = {"access_token", NULL};
@@ -273,6 +276,8 @@ static enum MHD_Result http__dispatch(struct req *r)
         return http__web(r);
     case ROUTE_TOKENS:
         return http__tokens(r);
+    case ROUTE_PROMETHEUS:
+        return http__prometheus(r);
     case ROUTE_NONE:
         break;
     }

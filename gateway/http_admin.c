@@ -3,6 +3,7 @@
  * /api/v1/info, the Prometheus /metrics, and the access tokens.
  */
 #include "http_int.h"
+#include "prom.h"
 #include "strict.h"
 #include "clock.h"
 #include "version.h"
@@ -160,6 +161,90 @@ enum MHD_Result http__metrics(struct req *r)
         if (n)
             buf_addf(&b, "almanac_http_responses_total{code=\"%u\"} %llu\n", s,
                      (unsigned long long)n);
+    }
+    /* the numbers of the metrics_keys the caller may read, after ours; a
+     * pattern that fails says why in a comment and spoils nothing else */
+    for (size_t i = 0; i < r->h->cfg->nmetrics_keys; i++) {
+        const char *pat = r->h->cfg->metrics_keys[i];
+        struct prom *p = prom_new(NULL, 0, PROM_SAMPLES_MAX);
+        struct buf values = {0};
+        err = p ? prom_collect(p, r->h->ops, &r->caller, pat, strlen(pat), why, sizeof why)
+                : STORE_EINTERNAL;
+        if (err == STORE_OK && (err = prom_write(p, &values)) == STORE_ETOOLARGE)
+            snprintf(why, sizeof why, "more than %u samples", PROM_SAMPLES_MAX);
+        if (err == STORE_OK)
+            buf_add(&b, values.p, values.len);
+        else
+            buf_addf(&b, "# metrics_keys %s: %s\n", pat, err == STORE_EINTERNAL ? "out of memory" : why);
+        buf_free(&values);
+        prom_free(p);
+    }
+    return http__text(r, 200, &b, "text/plain; version=0.0.4");
+}
+
+/* ---- numeric values as Prometheus gauges: GET /api/v1/prometheus/{pattern}
+ * or /api/v1/prometheus?pattern=P&pattern=Q (a scrape config's `params`),
+ * with `prefix` before each name and `max_age` leaving out values older ---- */
+
+struct http__patterns {
+    const char *v[16];
+    size_t n;
+    bool too_many;
+};
+
+static enum MHD_Result http__pattern_arg(void *cls, enum MHD_ValueKind kind, const char *name,
+                                         const char *value)
+{
+    struct http__patterns *ps = cls;
+    (void)kind;
+    if (strcmp(name, "pattern") != 0)
+        return MHD_YES;
+    if (ps->n == sizeof ps->v / sizeof ps->v[0]) {
+        ps->too_many = true;
+        return MHD_NO;
+    }
+    ps->v[ps->n++] = value ? value : "";
+    return MHD_YES;
+}
+
+enum MHD_Result http__prometheus(struct req *r)
+{
+    char why[512];
+    const char *prefix = http__arg(r, "prefix"), *age = http__arg(r, "max_age");
+    int64_t max_age = 0;
+    struct http__patterns ps = {.n = 0};
+    if (prefix != NULL && (prefix[0] == '\0' || strlen(prefix) > 64 || !prom_name_ok(prefix)))
+        return http__error(r, STORE_EBADREQ,
+                           "prefix must be 1 to 64 letters, digits, '_' or ':', not a digit first");
+    if (age != NULL && (config_parse_duration(age, &max_age) != 0 || max_age <= 0))
+        return http__error(r, STORE_EBADREQ, "max_age must be a duration such as 90s, 10m or 2h");
+    if (r->path != NULL)
+        ps.v[ps.n++] = r->path;
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, http__pattern_arg, &ps);
+    if (ps.too_many)
+        return http__error(r, STORE_EBADREQ, "at most %zu patterns", sizeof ps.v / sizeof ps.v[0]);
+    if (ps.n == 0)
+        return http__error(r, STORE_EBADREQ,
+                           "which keys? /api/v1/prometheus/{pattern} or ?pattern= (repeatable)");
+    struct prom *p = prom_new(prefix, max_age ? now_us() - max_age : 0, PROM_SAMPLES_MAX);
+    if (p == NULL)
+        return MHD_NO;
+    for (size_t i = 0; i < ps.n; i++) {
+        int err = prom_collect(p, r->h->ops, &r->caller, ps.v[i], strlen(ps.v[i]), why, sizeof why);
+        if (err != STORE_OK) {
+            prom_free(p);
+            return http__error(r, err, "%s", why);
+        }
+    }
+    struct buf b = {0};
+    int err = prom_write(p, &b);
+    prom_free(p);
+    if (err != STORE_OK) {
+        buf_free(&b);
+        if (err == STORE_ETOOLARGE)
+            return http__error(r, err, "more than %u samples: narrow the pattern, or use max_age",
+                               PROM_SAMPLES_MAX);
+        return MHD_NO;
     }
     return http__text(r, 200, &b, "text/plain; version=0.0.4");
 }

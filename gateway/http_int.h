@@ -39,6 +39,7 @@ enum route {
     ROUTE_IMPORT,
     ROUTE_WEB,
     ROUTE_TOKENS,
+    ROUTE_PROMETHEUS,
 };
 
 enum method {
@@ -143,6 +144,7 @@ enum MHD_Result http__health(struct req *r);
 enum MHD_Result http__ready(struct req *r);
 enum MHD_Result http__info(struct req *r);
 enum MHD_Result http__metrics(struct req *r);
+enum MHD_Result http__prometheus(struct req *r);
 enum MHD_Result http__tokens(struct req *r);
 enum MHD_Result http__web(struct req *r);
 
