@@ -195,7 +195,9 @@ export class Almanac {
       if (this.ws !== ws) return;
       this.ws = null;
       this.dropped(ev && ev.reason ? ev.reason : 'the connection closed');
-      if (!this.closed && this.options.reconnect) this.schedule();
+      if (this.closed) return;
+      if (this.options.reconnect) this.schedule();
+      else for (const sub of [...this.resumable]) sub.end(new AlmanacError('offline', 'the connection closed'));
     };
   }
 
