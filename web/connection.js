@@ -1,114 +1,106 @@
-// The session with the server (API.md "Session protocol") over /api/v1/ws:
-// requests with ids and their replies as promises, subscriptions' events
-// handed to `hooks.event`, and reconnection with a backoff after a drop.
+// The dashboard's session with the server: almanac's JavaScript client
+// (clients/js/almanac.js, served as /web/almanac.js) with what the page adds
+// to it: the connection state in the header, the sign-in form brought up
+// by an `unauthorized` answer, and the hooks main.js sets.
+//
+// The client reconnects by itself (a backoff from 1 s doubling to 10 s);
+// main.js resumes the feeds after each welcome, with `since`, itself,
+// because it presents a stored token first and redraws the views after
+// (its subscriptions are made with `resume: false`).
 //
 // `ready` turns true once the welcome is in and a stored token has been
 // presented (main.js): until then only `auth` may be sent, so it goes
 // before any other request of the connection. `online` is false from a drop
 // until the next welcome: every view is stale then (main.js).
 import { $ } from './util.js';
+import { Almanac } from './almanac.js';
+
+const client = new Almanac(undefined, { backoff: 1000, maxBackoff: 10000 });
 
 export const session = {
-  ws: null, nextId: 1, pending: new Map(), backoff: 1000, lastRev: 0, subs: new Map(),
-  ready: false, online: false, authRequired: false, server: '', timer: null,
-  // Set by main.js: welcome(), event(m), sync(kind), dropped(),
+  client,
+  lastRev: 0, subs: new Map(), // server sub id → Subscription
+  ready: false, online: false, authRequired: false, server: '',
+  // Set by main.js: welcome(), event(m, kind), sync(kind), dropped(),
   // revoked(message), unauthorized(message) (a request anonymous may not
   // make).
   hooks: {},
 
-  connect() {
-    clearTimeout(this.timer);
-    this.timer = null;
-    setConn('connecting');
-    this.ready = false;
-    const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/api/v1/ws';
-    const ws = new WebSocket(url, 'almanac.v1');
-    this.ws = ws;
-    ws.onmessage = (m) => this.receive(JSON.parse(m.data));
-    ws.onclose = () => {
-      if (this.ws !== ws) return;
-      this.ws = null;
-      this.dropped();
-      this.timer = setTimeout(() => this.connect(), this.backoff);
-      this.backoff = Math.min(this.backoff * 2, 10000);
-    };
-  },
+  get ws() { return client.ws; },
+
+  connect() { client.open(); },
 
   // Ends this connection and opens a fresh one at once (after signing out).
-  reconnect() {
-    const ws = this.ws;
-    this.ws = null; // its close is not a drop to recover from
-    if (ws) ws.close();
-    this.dropped();
-    this.connect();
-  },
+  reconnect() { client.reconnect(); },
 
   // The Retry button: try now instead of after the backoff.
-  retry() {
-    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return; // on its way already
-    this.backoff = 1000;
-    this.connect();
-  },
-
-  dropped() {
-    this.ready = false;
-    this.online = false;
-    setConn('offline');
-    for (const p of this.pending.values()) p.reject(Object.assign(new Error('disconnected'), { code: 'offline' }));
-    this.pending.clear();
-    this.subs.clear();
-    if (this.hooks.dropped) this.hooks.dropped();
-  },
-
-  receive(m) {
-    if (m.type === 'welcome') {
-      this.backoff = 1000;
-      this.online = true;
-      this.authRequired = m.auth_required === true;
-      this.server = m.server || '';
-      setConn('online');
-      this.hooks.welcome();
-      return;
-    }
-    if (m.type === 'event' || m.type === 'sync') {
-      const kind = this.subs.get(m.sub);
-      if (!kind) return; // a subscription given up when the principal changed
-      if (m.type === 'event') return this.hooks.event(m, kind);
-      if (kind === 'live' && m.rev > this.lastRev) this.lastRev = m.rev;
-      if (this.hooks.sync) this.hooks.sync(kind);
-      return;
-    }
-    if (m.type === 'error' && m.id === null) { // about the session, not a request
-      if (m.sub !== undefined) this.subs.delete(m.sub); // no longer readable
-      // Revoked or expired (the server closes next); a session that never
-      // signed in is only closed after a while, and reconnects.
-      else if (m.error === 'unauthorized') this.hooks.revoked(m.message);
-      return;
-    }
-    const p = this.pending.get(m.id);
-    if (!p) return;
-    this.pending.delete(m.id);
-    if (m.type === 'error') {
-      // A request anonymous may not make: sign in (a refused `auth` is the
-      // sign-in form's own business, a quiet request the caller's).
-      if (m.error === 'unauthorized' && p.type !== 'auth' && !p.quiet) this.hooks.unauthorized(m.message);
-      p.reject(Object.assign(new Error(m.message), { code: m.error }));
-    } else p.resolve(m);
-  },
+  retry() { client.retry(); },
 
   // `quiet`: an `unauthorized` answer does not bring up the sign-in form.
-  request(type, fields = {}, { quiet = false } = {}) {
-    return new Promise((resolve, reject) => {
-      if (!this.ws || this.ws.readyState !== WebSocket.OPEN || (!this.ready && type !== 'auth')) {
-        reject(Object.assign(new Error('not connected'), { code: 'offline' }));
-        return;
-      }
-      const id = this.nextId++;
-      this.pending.set(id, { resolve, reject, type, quiet });
-      this.ws.send(JSON.stringify({ type, id, ...fields }));
-    });
+  async request(type, fields = {}, { quiet = false } = {}) {
+    if (!this.ready && type !== 'auth') throw Object.assign(new Error('not connected'), { code: 'offline' });
+    try {
+      return await client.request(type, fields);
+    } catch (e) {
+      // A request anonymous may not make: sign in (a refused `auth` is the
+      // sign-in form's own business, a quiet request the caller's).
+      if (e.code === 'unauthorized' && type !== 'auth' && !quiet) this.hooks.unauthorized(e.message);
+      throw e;
+    }
+  },
+
+  // A subscription whose events go to hooks.event(m, kind); `live` ones
+  // move lastRev with their `sync`. Resolves with the subscription.
+  async subscribe(kind, fields, { quiet = false } = {}) {
+    if (!this.ready) throw Object.assign(new Error('not connected'), { code: 'offline' });
+    const { pattern, ...rest } = fields;
+    try {
+      const sub = await client.subscribe(pattern, {
+        ...rest,
+        resume: false,
+        onEvent: (m) => this.hooks.event(m, kind),
+        onSync: (m) => {
+          if (kind === 'live' && m.rev > this.lastRev) this.lastRev = m.rev;
+          if (this.hooks.sync) this.hooks.sync(kind);
+        },
+        onError: () => this.subs.delete(sub.serverId), // no longer readable
+      });
+      this.subs.set(sub.serverId, sub);
+      return sub;
+    } catch (e) {
+      if (e.code === 'unauthorized' && !quiet) this.hooks.unauthorized(e.message);
+      throw e;
+    }
   },
 };
+
+client.on('connecting', () => {
+  session.ready = false;
+  setConn('connecting');
+});
+
+client.on('welcome', (m) => {
+  session.online = true;
+  session.authRequired = m.auth_required === true;
+  session.server = m.server || '';
+  setConn('online');
+  session.hooks.welcome();
+});
+
+client.on('close', () => {
+  session.ready = false;
+  session.online = false;
+  setConn('offline');
+  session.subs.clear();
+  if (session.hooks.dropped) session.hooks.dropped();
+});
+
+// About the session, not a request: a subscription no longer readable (its
+// onError), or the token revoked or expired (the server closes next); a
+// session that never signed in is only closed after a while, and reconnects.
+client.on('error', (e) => {
+  if (e.sub === undefined && e.code === 'unauthorized') session.hooks.revoked(e.message);
+});
 
 function setConn(state) {
   const el = $('conn');

@@ -74,22 +74,19 @@ async function startFeeds() {
   const since = session.lastRev;
   countsStale = since > 0;
   try {
-    let ok;
     try {
-      ok = await session.request('subscribe', since > 0 ? { pattern: '#', since } : { pattern: '#', live_only: true });
+      await session.subscribe('live', since > 0 ? { pattern: '#', since } : { pattern: '#', live_only: true });
     } catch (e) {
       if (e.code !== 'history_gone') throw e;
-      ok = await session.request('subscribe', { pattern: '#', live_only: true });
+      await session.subscribe('live', { pattern: '#', live_only: true });
       reloadTree(); // too much was missed: start again from the current state
     }
-    session.subs.set(ok.sub, 'live');
   } catch (e) {
     if (e.code === 'offline') return;
     // unauthorized: the sign-in form is up; forbidden: nothing to watch.
   }
   // The bridge's state is $SYS/bridge/state, which not every principal may read.
-  session.request('subscribe', { pattern: '$SYS/bridge/#' }, { quiet: true })
-    .then((sys) => session.subs.set(sys.sub, 'sys'))
+  session.subscribe('sys', { pattern: '$SYS/bridge/#' }, { quiet: true })
     .catch(() => setBridge(null));
   if (since === 0) await reloadTree();
   setStale(false);
@@ -100,7 +97,7 @@ async function startFeeds() {
 // After a sign-in on this connection: the old principal's subscriptions go,
 // and what may be seen now is loaded afresh.
 export async function restartFeeds() {
-  for (const sub of session.subs.keys()) session.request('unsubscribe', { sub }).catch(() => {});
+  for (const sub of session.subs.values()) sub.close().catch(() => {});
   session.subs.clear();
   session.lastRev = 0;
   await startFeeds();
