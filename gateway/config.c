@@ -612,6 +612,81 @@ static int config__find(const char *name, size_t len)
     return -1;
 }
 
+/* ---- help: every option with its default, from conf/almanac.conf ---- */
+
+extern const unsigned char config_text[]; /* conf/almanac.conf, compiled in (conf/embed.cmake) */
+
+/* The option a line of the conf text names ("name value", or "#name value"
+ * for one without a default), or -1; `*value` then points at its value. */
+static int config__doc_option(const char *line, size_t len, const char **value)
+{
+    const char *p = line[0] == '#' ? line + 1 : line, *end = line + len;
+    size_t n = 0;
+    while (p + n < end && (islower((unsigned char)p[n]) || p[n] == '_'))
+        n++;
+    if (n == 0 || p + n == end || p[n] != ' ')
+        return -1;
+    *value = p + n + 1;
+    return config__find(p, n);
+}
+
+int config_help(FILE *out)
+{
+    bool shown[CONFIG_NOPTIONS] = {false};
+    const char *block = NULL; /* where the comment above started */
+    int missing = 0;
+    fprintf(out, "usage: almanac serve [-c FILE] [--OPTION VALUE ...]\n\n"
+                 "Runs the server. Each option is a line `name value` of the file given\n"
+                 "with -c, ALMANAC_<NAME> in the environment, or --name value here (a flag\n"
+                 "wins over the environment, the environment over the file). Each is\n"
+                 "described in almanac.conf(5) and conf/almanac.conf.\n");
+    for (const char *line = (const char *)config_text; *line;) {
+        const char *nl = strchr(line, '\n'), *value = NULL;
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        int opt = config__doc_option(line, len, &value);
+        if (len == 0)
+            block = NULL;
+        else if (strncmp(line, "# ---- ", 7) == 0) {
+            size_t t = 7;
+            while (t < len && line[t] != '-')
+                t++;
+            fprintf(out, "\n%.*s:\n", (int)(t > 8 ? t - 8 : 0), line + 7);
+            block = NULL;
+        } else if (opt >= 0 && !shown[opt]) {
+            shown[opt] = true;
+            int vlen = (int)(line + len - value);
+            if (line[0] != '#') {
+                fprintf(out, "  --%-28s default: %.*s\n", config__options[opt].name, vlen, value);
+            } else {
+                /* no default, unless the comment above says "Default: X." */
+                const char *d = block ? strstr(block, "Default") : NULL;
+                int dlen = 0;
+                if (d != NULL && d < line && (d = strstr(d, ": ")) != NULL && d < line) {
+                    d += 2;
+                    while (d[dlen] && d[dlen] != '\n' && !(d[dlen] == '.' && (d[dlen + 1] == '\n')))
+                        dlen++;
+                }
+                if (dlen > 0 && (dlen != vlen || strncmp(d, value, (size_t)vlen) != 0))
+                    fprintf(out, "  --%-28s default: %.*s (e.g. %.*s)\n", config__options[opt].name,
+                            dlen, d, vlen, value);
+                else if (dlen > 0)
+                    fprintf(out, "  --%-28s default: %.*s\n", config__options[opt].name, dlen, d);
+                else
+                    fprintf(out, "  --%-28s default: none (e.g. %.*s)\n", config__options[opt].name,
+                            vlen, value);
+            }
+        } else if (line[0] == '#' && block == NULL)
+            block = line;
+        line += len + (nl != NULL);
+    }
+    for (size_t i = 0; i < CONFIG_NOPTIONS; i++)
+        if (!shown[i]) {
+            fprintf(out, "  --%-28s (not in almanac.conf)\n", config__options[i].name);
+            missing++;
+        }
+    return missing;
+}
+
 static int config__set(struct config *cfg, int opt, const char *value, const char *where, char *why,
                        size_t why_len)
 {

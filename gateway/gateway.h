@@ -11,6 +11,8 @@
 #include "log.h"
 #include "store.h"
 
+#include <stdio.h>
+
 /* ---- config.c ---- */
 
 struct config {
@@ -71,6 +73,10 @@ struct config {
  * names the file and line, the variable or the flag. */
 int config_load(struct config *cfg, int argc, char **argv, char *why, size_t why_len);
 void config_free(struct config *cfg);
+/* Writes `almanac serve --help`: every option with its default, as
+ * conf/almanac.conf (compiled in) documents them. Returns how many options
+ * it does not document (0; a test checks). */
+int config_help(FILE *out);
 /* Parses "1024", "64KiB", "1MiB", "1GiB", "10MB"; -1 when malformed. */
 int config_parse_size(const char *text, size_t *out);
 /* Parses a duration into µs: a number with us, ms, s, m, h, d or w. */

@@ -20,13 +20,27 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: almanac serve [-c FILE] [--OPTION VALUE ...]\n"
-                 "       almanac [-s HOST:PORT] [--json] get|set|del|ls|sub|pub|info ...\n"
-                 "       almanac version\n"
-                 "\n"
-                 "Options are those of conf/almanac.conf; each can also be set as\n"
-                 "ALMANAC_<OPTION> in the environment. A flag wins over the environment,\n"
-                 "the environment over the file.\n");
+    fprintf(out,
+            "usage: almanac COMMAND [ARGS]   (almanac COMMAND --help for its options)\n"
+            "\n"
+            "The server:\n"
+            "  serve [-c FILE] [--OPTION VALUE ...]  run it (almanac serve --help: every option)\n"
+            "\n"
+            "Clients of a running server (-s HOST:PORT, --token T, --tls, --cafile FILE, --json):\n"
+            "  get KEY|PATTERN          a value, or every entry a pattern matches\n"
+            "  set KEY VALUE            store a value (`-` reads it from stdin)\n"
+            "  del KEY|PATTERN          delete a key, or every key a pattern matches\n"
+            "  ls [KEY]                 the children of a key (the top without one)\n"
+            "  sub PATTERN              the current entries, then every change, live\n"
+            "  pub KEY VALUE            publish without storing (subscribers and MQTT see it)\n"
+            "  history KEY|PATTERN      past changes (--start, --stop, --limit, --desc, --every)\n"
+            "  export                   every entry as JSON lines, to stdout\n"
+            "  import                   JSON lines as export writes them, from stdin\n"
+            "  info                     the server's version, keys, rev, storage and bridge\n"
+            "  token create|ls|rm       access tokens (an admin's)\n"
+            "\n"
+            "  version                  almanac's version\n"
+            "  help                     this\n");
 }
 
 /* Raises the descriptor limit to what the system allows (as nginx's
@@ -137,8 +151,12 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(argv[1], "serve") == 0)
+    if (strcmp(argv[1], "serve") == 0) {
+        for (int i = 2; i < argc; i++)
+            if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+                return config_help(stdout) == 0 ? 0 : 1;
         return serve(argc - 2, argv + 2);
+    }
     if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
         printf("almanac %s\n", ALMANAC_VERSION);
         return 0;

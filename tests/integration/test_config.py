@@ -2,6 +2,7 @@
 starts as it is; bad files, variables and flags stop the start with a
 message naming the place, and leave no server behind."""
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,25 @@ class Config(unittest.TestCase):
         finally:
             self.assertEqual(d.stop(), 0)
             d.cleanup()
+
+    def test_help(self):
+        """`almanac --help` names every command; `almanac serve --help` every
+        option of conf/almanac.conf with its default (and config.c knows no
+        option the file leaves out: the exit status says so)."""
+        r = subprocess.run([harness.BINARY, "--help"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0)
+        for cmd in ("serve", "get", "set", "del", "ls", "sub", "pub", "history", "export",
+                    "import", "info", "token", "version"):
+            self.assertRegex(r.stdout, rf"\n  {cmd} ", cmd)
+        r = serve(["--help"])
+        self.assertEqual(r.returncode, 0, r.stdout)
+        listed = dict(re.findall(r"^  --([a-z_]+) +default: (.*)$", r.stdout, re.M))
+        self.assertGreater(len(listed), 50)
+        self.assertEqual(listed["http_listen"], "127.0.0.1:8480")
+        self.assertEqual(listed["history_keys"], "# (e.g. home/#)")
+        self.assertEqual(listed["bridge_map"], "both #")
+        self.assertTrue(listed["jwt_key"].startswith("none"))
+        self.assertNotIn("not in almanac.conf", r.stdout)
 
     def test_bad_configuration_stops_the_start(self):
         with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
