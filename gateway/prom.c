@@ -220,7 +220,8 @@ static bool prom__visit(struct prom *p, const char *key, size_t klen, const stru
         v = json_loadb(value, vlen, JSON_DECODE_ANY, NULL);
         if (v == NULL) /* an integer beyond 64 bits */
             v = json_loadb(value, vlen, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
-    } else if (strncasecmp(type, "text/", 5) == 0 && vlen > 0 && vlen < 64) {
+    } else if (strncasecmp(type, "text/", 5) == 0 && vlen > 0 && vlen < 64 &&
+               memchr(value, '\0', vlen) == NULL) {
         char text[64], *end;
         memcpy(text, value, vlen);
         text[vlen] = '\0';
