@@ -18,10 +18,10 @@
 # touched: the test fails naming it. Whatever happens, the trap stops the
 # daemon and purges what this test installed.
 #
-# usage: test_package.sh SOURCE_DIR BUILD_DIR VERSION
+# usage: test_package.sh SOURCE_DIR BUILD_DIR VERSION [CPACK]
 set -uo pipefail
 
-SRC=$1 BUILD=$2 VERSION=$3
+SRC=$1 BUILD=$2 VERSION=$3 CPACK=${4:-cpack}
 fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok: $*"; }
 
@@ -32,7 +32,7 @@ elif sudo -n true 2>/dev/null; then
 else
     fail "installing a package needs root or passwordless sudo (run ctest as root, or configure sudo -n)"
 fi
-for tool in cpack dpkg dpkg-deb dpkg-query dpkg-shlibdeps setpriv curl groff python3; do
+for tool in "$CPACK" dpkg dpkg-deb dpkg-query dpkg-shlibdeps setpriv curl groff python3; do
     command -v "$tool" >/dev/null || fail "$tool is missing (.ci/install-deps installs dpkg-dev, groff-base, curl)"
 done
 
@@ -74,7 +74,7 @@ diff -u "$BUILD/packaging/almanac.service.local" "$SRC/conf/almanac.service" \
 ok "conf/almanac.service is the template's /usr/local copy"
 
 # 1. The package, from this build tree.
-cpack -G DEB --config "$BUILD/CPackConfig.cmake" -B "$SCRATCH" >"$SCRATCH/cpack.log" 2>&1 \
+"$CPACK" -G DEB --config "$BUILD/CPackConfig.cmake" -B "$SCRATCH" >"$SCRATCH/cpack.log" 2>&1 \
     || { cat "$SCRATCH/cpack.log" >&2; fail "cpack -G DEB failed"; }
 DEB=$SCRATCH/almanac_${VERSION}_$(dpkg --print-architecture).deb
 [ -f "$DEB" ] || fail "cpack wrote no $(basename "$DEB") (it wrote: $(ls "$SCRATCH"))"
