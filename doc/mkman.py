@@ -138,7 +138,8 @@ def conf_page(intro, blocks, version):
     out += [
         ".PP",
         "Below, an option shown as \\fBname\\fR \\fIvalue\\fR is set by default to that value;",
-        "one marked \\fI(unset by default)\\fR is not set unless given, and its value is an example.",
+        "one marked \\fI(unset by default)\\fR is not set unless given, one marked",
+        "\\fI(default: X)\\fR means X unless given; the value shown with either is an example.",
         ".SH OPTIONS",
     ]
     for b in blocks:
@@ -152,7 +153,10 @@ def conf_page(intro, blocks, version):
             for i, (is_set, name, value) in enumerate(opts):
                 if i:
                     out.append(".br")
-                tail = "" if is_set else " \\fI(unset by default)\\fR"
+                # a block that says "Default: X." (or "Default (...): X.") names it
+                said = re.search(r"Default[^:]*: (.+?)\.(?:\s|$)", " ".join(text))
+                tail = ("" if is_set else f" \\fI(default: {esc(said.group(1))})\\fR" if said
+                        else " \\fI(unset by default)\\fR")
                 out.append("\\fB%s\\fR \\fI%s\\fR%s" % (esc(name), esc(value), tail))
             if text:
                 out.append(".RS 4")
