@@ -40,9 +40,13 @@ class Crash(unittest.TestCase):
         with tempfile.NamedTemporaryFile("w", suffix=".curl", delete=False) as cfg:
             for n in range(1, REQUESTS + 1):
                 key = f"crash/{rnd}/{w}/{n}" if n % 2 else f"crash/shared/{w}"
+                # the shared keys' numbers grow across rounds, so a write of
+                # this round committed but not acknowledged is above the last
+                # acknowledged one of the round before
+                seq = n if n % 2 else rnd * REQUESTS + n
                 cfg.write(f'header = "Authorization: Bearer {self.token}"\n'  # `next` resets it
                           f'url = "{d.url("/api/v1/keys/" + key)}"\nrequest = "PUT"\n'
-                          f'data-binary = "{value_of(key, n)}"\noutput = "/dev/null"\n'
+                          f'data-binary = "{value_of(key, seq)}"\noutput = "/dev/null"\n'
                           'write-out = "%{http_code} %{url_effective}\\n"\nnext\n')
             path = cfg.name
         try:
@@ -59,7 +63,7 @@ class Crash(unittest.TestCase):
                 if code.startswith("2"):
                     with lock:
                         if key.startswith("crash/shared/"):
-                            shared[w] = n
+                            shared[w] = rnd * REQUESTS + n
                         else:
                             acked[key] = value_of(key, n).encode()
             proc.stdout.close()
