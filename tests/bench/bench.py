@@ -7,9 +7,10 @@ the figures are ratios that a shared, noisy machine does not distort much.
   put     acknowledged PUTs from 50 concurrent writers (wrk), against Redis
           SET from 50 clients (appendfsync everysec) and against raw SQLite
           committing each write on its own (WAL, synchronous=NORMAL).
-  memory  1,000,000 keys like site/0042/sensor/17/temp with small JSON values:
-          RSS growth per key against Redis's used_memory for the same keys,
-          and the time from start to /ready with those keys on disk.
+  memory  1,000,000 keys like site/42/dev1234/temp with small JSON values:
+          heap (anonymous memory) and RSS growth per key against Redis's
+          used_memory for the same keys, and the time from start to /ready
+          with those keys on disk (best of three).
   history 1,000,000 records of one key among 1,000 others: a query of 10,000
           records from the middle and a full scan streamed over HTTP, against
           the same reads done with raw SQLite (Python's sqlite3) on the same
