@@ -562,11 +562,128 @@ out:
     return err;
 }
 
+/* db__load reads the rows on the calling thread and hands them, in batches,
+ * to a thread of its own that calls `fn` (which builds the tree): a start
+ * does SQLite's work and the tree's at once, on two cores. `fn` is called
+ * from that one thread, in row order, one batch at a time. */
+#define DB_LOAD_BATCH 4096
+
+struct load_batch {
+    char *keys; /* the keys, one after another */
+    size_t used, cap, n;
+    size_t klen[DB_LOAD_BATCH];
+    struct store_entry *e[DB_LOAD_BATCH]; /* owned until handed to fn */
+};
+
+struct loader {
+    db_load_fn fn;
+    void *arg;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct load_batch *full; /* handed over and not yet done with; NULL: none */
+    bool done;               /* no batch will come */
+    bool failed;             /* fn failed: the rows after are dropped */
+    struct load_batch batch[2];
+};
+
+static void *loader__main(void *arg)
+{
+    struct loader *l = arg;
+    pthread_mutex_lock(&l->lock);
+    for (;;) {
+        while (l->full == NULL && !l->done)
+            pthread_cond_wait(&l->cond, &l->lock);
+        struct load_batch *b = l->full;
+        bool failed = l->failed;
+        if (b == NULL)
+            break;
+        pthread_mutex_unlock(&l->lock);
+        for (size_t i = 0, off = 0; i < b->n; off += b->klen[i], i++) {
+            if (failed)
+                store_entry_unref(b->e[i]);
+            else if (l->fn(l->arg, b->keys + off, b->klen[i], b->e[i]) != STORE_OK)
+                failed = true; /* it took e */
+        }
+        b->n = b->used = 0;
+        pthread_mutex_lock(&l->lock);
+        l->failed = failed;
+        l->full = NULL;
+        pthread_cond_broadcast(&l->cond);
+    }
+    pthread_mutex_unlock(&l->lock);
+    return NULL;
+}
+
+/* Adds a row to the batch being filled; hands it over when full. Returns
+ * false when out of memory (e is released) or when fn failed. */
+static bool loader__add(struct loader *l, struct load_batch **cur, const char *key, size_t klen,
+                        struct store_entry *e)
+{
+    struct load_batch *b = *cur;
+    if (b->used + klen > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 64 * 1024;
+        while (cap < b->used + klen)
+            cap *= 2;
+        char *keys = realloc(b->keys, cap);
+        if (keys == NULL) {
+            store_entry_unref(e);
+            return false;
+        }
+        b->keys = keys;
+        b->cap = cap;
+    }
+    memcpy(b->keys + b->used, key, klen);
+    b->used += klen;
+    b->klen[b->n] = klen;
+    b->e[b->n++] = e;
+    if (b->n < DB_LOAD_BATCH)
+        return true;
+    pthread_mutex_lock(&l->lock);
+    while (l->full != NULL)
+        pthread_cond_wait(&l->cond, &l->lock);
+    l->full = b;
+    pthread_cond_broadcast(&l->cond);
+    bool ok = !l->failed;
+    pthread_mutex_unlock(&l->lock);
+    *cur = b == &l->batch[0] ? &l->batch[1] : &l->batch[0];
+    return ok;
+}
+
+/* Hands over what is left (unless `drop`), waits for the thread to be done
+ * and frees the batches. Whether fn succeeded for every row handed over. */
+static bool loader__finish(struct loader *l, pthread_t thread, struct load_batch *cur, bool drop)
+{
+    pthread_mutex_lock(&l->lock);
+    while (l->full != NULL)
+        pthread_cond_wait(&l->cond, &l->lock);
+    if (!drop && cur->n > 0) {
+        l->full = cur;
+        pthread_cond_broadcast(&l->cond);
+        while (l->full != NULL)
+            pthread_cond_wait(&l->cond, &l->lock);
+    }
+    l->done = true;
+    pthread_cond_broadcast(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+    pthread_join(thread, NULL);
+    for (size_t i = 0; i < cur->n; i++)
+        store_entry_unref(cur->e[i]);
+    free(l->batch[0].keys);
+    free(l->batch[1].keys);
+    pthread_cond_destroy(&l->cond);
+    pthread_mutex_destroy(&l->lock);
+    return !l->failed;
+}
+
 int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, size_t why_len)
 {
     sqlite3_stmt *st = NULL;
     int rc, err = STORE_EINTERNAL;
     uint64_t row = 0;
+    struct loader *l = NULL;
+    struct load_batch *cur = NULL;
+    pthread_t thread;
+    bool loading = false;
 
     *rev = 0;
     if ((err = db__load_rev(db, rev, why, why_len)) != STORE_OK)
@@ -577,6 +694,20 @@ int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, s
                            DB_BLOB_COLUMNS " FROM entries",
                            -1, &st, NULL) != SQLITE_OK)
         goto fail;
+    if ((l = calloc(1, sizeof *l)) == NULL)
+        goto oom;
+    l->fn = fn;
+    l->arg = arg;
+    pthread_mutex_init(&l->lock, NULL);
+    pthread_cond_init(&l->cond, NULL);
+    if (pthread_create(&thread, NULL, loader__main, l) != 0) {
+        pthread_cond_destroy(&l->cond);
+        pthread_mutex_destroy(&l->lock);
+        snprintf(why, why_len, "cannot start the loader thread");
+        goto out;
+    }
+    loading = true;
+    cur = &l->batch[0];
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct store_entry *e = NULL;
         const char *bad = NULL;
@@ -609,13 +740,16 @@ int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, s
                          db->path, (unsigned long long)row);
             goto out;
         }
-        if (fn(arg, key, klen, e) != STORE_OK) /* it took `e` */
+        if (!loader__add(l, &cur, key, klen, e)) /* it took `e` */
             goto oom;
         if (erev > *rev)
             *rev = erev;
     }
     if (rc != SQLITE_DONE)
         goto fail;
+    loading = false;
+    if (!loader__finish(l, thread, cur, false))
+        goto oom;
     err = STORE_OK;
     goto out;
 oom:
@@ -624,6 +758,9 @@ oom:
 fail:
     snprintf(why, why_len, "cannot load %s: %s", db->path, sqlite3_errmsg(db->conn));
 out:
+    if (loading)
+        loader__finish(l, thread, cur, true);
+    free(l);
     sqlite3_finalize(st);
     return err;
 }

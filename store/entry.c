@@ -7,16 +7,27 @@
  * then a custom content type and the labels JSON (each NUL-terminated, each
  * only when present), then the expiry time (8 bytes, only when `expiring`,
  * so an entry that never expires pays nothing for it). The three common
- * types are a one-byte id instead.
+ * types are a two-bit id instead. The header is 25 bytes, so a reading of up
+ * to 15 bytes ({"v":21.5}) fits malloc's 48-byte chunk; the lengths of the
+ * type and the labels are not kept (strlen finds them, off the hot paths).
+ * Entries of up to ENTRY_SLAB_MAX bytes come from pages carved in multiples
+ * of 8 bytes, each size with its free list (as tree.c's nodes, but under a
+ * mutex: any thread may drop the last reference), so a reading costs 40
+ * bytes, not malloc's 48 or 64; an entry's size, found from its fields,
+ * tells where it came from. The pages live as long as the process, as
+ * malloc's arena does; the free lists are reused by entries of their size.
  * Invariants:
  *   1. after entry__stamp and before it is shared, an entry never changes;
  *   2. `refs` counts every holder (tree, change records, readers), and the
- *      last unref frees it.
+ *      last unref frees it;
+ *   3. an entry's allocation is entry__mem_size(its fields): what
+ *      entry__mem_alloc was given for it.
  */
 #include "store_int.h"
 
 #include <assert.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -41,15 +52,17 @@ struct store_entry {
     int64_t ts;
     _Atomic uint32_t refs;
     uint32_t vlen;
-    uint16_t labels_len; /* without its NUL; 0: no labels */
-    uint8_t type_len;    /* without its NUL; 0: a builtin type */
-    uint8_t type_id;
-    uint8_t origin;
-    bool expiring; /* the data ends with the expiry time (µs) */
-    bool blob;     /* the value is in a blob file: data starts with entry_blob */
-    char data[];   /* value, [type NUL], [labels NUL], [expires]; allocated
-                      from offsetof */
+    unsigned type_id : 2;  /* TYPE_CUSTOM: the type follows the value */
+    unsigned origin : 3;   /* enum store_origin */
+    unsigned expiring : 1; /* the data ends with the expiry time (µs) */
+    unsigned blob : 1;     /* the value is in a blob file: data starts with entry_blob */
+    unsigned labels : 1;   /* labels JSON follows the value (and type) */
+    char data[];           /* value, [type NUL], [labels NUL], [expires];
+                              allocated from offsetof */
 };
+
+_Static_assert(TYPE_COUNT <= 4 && STORE_ORIGIN_COUNT <= 8, "type_id and origin fit their bits");
+_Static_assert(offsetof(struct store_entry, data) == 25, "a 25-byte header");
 
 /* Where a blob entry's value is (blob.c): the file holds a reference. */
 struct entry_blob {
@@ -57,6 +70,94 @@ struct entry_blob {
     uint64_t off;
     uint32_t crc;
 };
+
+#define ENTRY_SLAB_MAX  64
+#define ENTRY_SLAB_PAGE (64 * 1024)
+
+/* The sanitizer build sees a freed or never-given slab entry as freed. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define ENTRY_POISON(p, n)   ASAN_POISON_MEMORY_REGION(p, n)
+#define ENTRY_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define ENTRY_POISON(p, n)   ((void)(p), (void)(n))
+#define ENTRY_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+struct entry_free {
+    struct entry_free *next;
+};
+
+struct entry_page {
+    struct entry_page *next; /* so every page stays reachable (LeakSanitizer) */
+    char mem[];
+};
+
+/* The one allocator of small entries, shared by every store in the process
+ * (entries outlive the store that made them in readers' hands). */
+static struct {
+    pthread_mutex_t lock;
+    struct entry_free *free[ENTRY_SLAB_MAX / 8 + 1];
+    struct entry_page *pages;
+    char *bump; /* the free end of the newest page */
+    size_t left;
+} entry__slab = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* What an entry of `size` bytes takes from its allocator. */
+static size_t entry__mem_size(size_t size)
+{
+    return (size + 7) & ~(size_t)7;
+}
+
+/* Room for an entry of `size` bytes, or NULL. Free with entry__mem_free. */
+static void *entry__mem_alloc(size_t size)
+{
+    size_t m = entry__mem_size(size);
+    void *p = NULL;
+    if (m > ENTRY_SLAB_MAX)
+        return malloc(size);
+    pthread_mutex_lock(&entry__slab.lock);
+    if (entry__slab.free[m / 8] != NULL) {
+        p = entry__slab.free[m / 8];
+        ENTRY_UNPOISON(p, m);
+        entry__slab.free[m / 8] = entry__slab.free[m / 8]->next;
+    } else {
+        if (entry__slab.left < m) {
+            /* The page's tail (under ENTRY_SLAB_MAX bytes) is left. */
+            struct entry_page *page = malloc(ENTRY_SLAB_PAGE);
+            if (page != NULL) {
+                page->next = entry__slab.pages;
+                entry__slab.pages = page;
+                entry__slab.bump = page->mem;
+                entry__slab.left = ENTRY_SLAB_PAGE - offsetof(struct entry_page, mem);
+                ENTRY_POISON(entry__slab.bump, entry__slab.left);
+            }
+        }
+        if (entry__slab.left >= m) {
+            p = entry__slab.bump;
+            ENTRY_UNPOISON(p, m);
+            entry__slab.bump += m;
+            entry__slab.left -= m;
+        }
+    }
+    pthread_mutex_unlock(&entry__slab.lock);
+    return p;
+}
+
+static void entry__mem_free(void *p, size_t size)
+{
+    size_t m = entry__mem_size(size);
+    if (m > ENTRY_SLAB_MAX) {
+        free(p);
+        return;
+    }
+    struct entry_free *f = p;
+    pthread_mutex_lock(&entry__slab.lock);
+    f->next = entry__slab.free[m / 8];
+    entry__slab.free[m / 8] = f;
+    ENTRY_POISON(f, m);
+    pthread_mutex_unlock(&entry__slab.lock);
+}
 
 /* The bytes data[] gives the value: the value, or its reference. */
 static size_t entry__vsize(const struct store_entry *e)
@@ -112,34 +213,29 @@ static struct store_entry *entry__alloc(const void *value, size_t len, const cha
     for (int i = 1; i < TYPE_COUNT; i++)
         if (strcmp(type, entry__types[i]) == 0)
             type_id = (uint8_t)i;
-    if (type_id != TYPE_CUSTOM)
-        tlen = 0;
-    if (len > UINT32_MAX || tlen > UINT8_MAX || llen > UINT16_MAX)
+    if (len > UINT32_MAX || (type_id == TYPE_CUSTOM && tlen > UINT8_MAX) || llen > UINT16_MAX)
         return NULL;
-    size_t vsize = blob ? sizeof *blob : len;
-    size_t size =
-        offsetof(struct store_entry, data) + vsize + (tlen ? tlen + 1 : 0) + (llen ? llen + 1 : 0);
-    struct store_entry *e = malloc(size);
+    size_t vsize = blob ? sizeof *blob : len, tsize = type_id == TYPE_CUSTOM ? tlen + 1 : 0;
+    size_t size = offsetof(struct store_entry, data) + vsize + tsize + (llen ? llen + 1 : 0);
+    struct store_entry *e = entry__mem_alloc(size);
     if (e == NULL)
         return NULL;
     atomic_init(&e->refs, 1);
     e->vlen = (uint32_t)len;
     e->rev = 0;
     e->ts = 0;
-    e->type_id = type_id;
-    e->type_len = (uint8_t)tlen;
-    e->labels_len = (uint16_t)llen;
-    e->origin = (uint8_t)origin;
-    e->expiring = false;
+    e->type_id = type_id & 3u;
+    e->origin = (unsigned)origin & 7u;
+    e->expiring = 0;
     e->blob = blob != NULL;
+    e->labels = llen > 0;
     if (blob)
         memcpy(e->data, blob, sizeof *blob);
     else if (len)
         memcpy(e->data, value, len);
-    if (tlen)
-        memcpy(e->data + vsize, type, tlen + 1);
+    memcpy(e->data + vsize, type, tsize);
     if (llen)
-        memcpy(e->data + vsize + (tlen ? tlen + 1 : 0), labels, llen + 1);
+        memcpy(e->data + vsize + tsize, labels, llen + 1);
     return e;
 }
 
@@ -157,11 +253,24 @@ int store_entry_new(const void *value, size_t len, const char *type, const char 
     return *out ? STORE_OK : STORE_EINTERNAL;
 }
 
+/* The bytes of the custom type (with its NUL) after the value, or 0. */
+static size_t entry__tsize(const struct store_entry *e)
+{
+    return e->type_id == TYPE_CUSTOM ? strlen(e->data + entry__vsize(e)) + 1 : 0;
+}
+
 /* The bytes of `e` before its expiry time. */
 static size_t entry__size(const struct store_entry *e)
 {
-    return offsetof(struct store_entry, data) + entry__vsize(e) +
-           (e->type_len ? e->type_len + 1u : 0) + (e->labels_len ? e->labels_len + 1u : 0);
+    size_t size = offsetof(struct store_entry, data) + entry__vsize(e) + entry__tsize(e);
+    return e->labels ? size + strlen(e->data + (size - offsetof(struct store_entry, data))) + 1
+                     : size;
+}
+
+/* All the bytes of `e` (invariant 3). */
+static size_t entry__full_size(const struct store_entry *e)
+{
+    return entry__size(e) + (e->expiring ? sizeof(int64_t) : 0);
 }
 
 int store_entry_expire_at(struct store_entry **e, int64_t expires)
@@ -170,10 +279,14 @@ int store_entry_expire_at(struct store_entry **e, int64_t expires)
     if (expires <= 0)
         return STORE_OK;
     size_t size = entry__size(*e);
-    struct store_entry *n = (*e)->expiring ? *e : realloc(*e, size + sizeof expires);
-    if (n == NULL)
-        return STORE_EINTERNAL;
-    n->expiring = true;
+    struct store_entry *n = *e;
+    if (!n->expiring) {
+        if ((n = entry__mem_alloc(size + sizeof expires)) == NULL)
+            return STORE_EINTERNAL;
+        memcpy(n, *e, size);
+        entry__mem_free(*e, size);
+    }
+    n->expiring = 1;
     memcpy(n->data + (size - offsetof(struct store_entry, data)), &expires, sizeof expires);
     *e = n;
     return STORE_OK;
@@ -194,7 +307,7 @@ struct store_entry *entry__load(const void *value, size_t len, const char *type,
 {
     struct store_entry *e = entry__alloc(value, len, type, labels_json, origin, NULL);
     if (e != NULL && store_entry_expire_at(&e, expires) != STORE_OK) {
-        free(e);
+        entry__mem_free(e, entry__full_size(e));
         return NULL;
     }
     if (e != NULL)
@@ -209,7 +322,7 @@ struct store_entry *entry__blob(struct blob_file *file, uint64_t off, size_t len
     struct entry_blob ref = {.file = file, .off = off, .crc = crc};
     struct store_entry *e = entry__alloc(NULL, len, type, labels_json, origin, &ref);
     if (e != NULL && store_entry_expire_at(&e, expires) != STORE_OK) {
-        free(e);
+        entry__mem_free(e, entry__full_size(e));
         e = NULL;
     }
     if (e == NULL)
@@ -253,8 +366,8 @@ int entry__to_blob(struct blobs *b, size_t min, struct store_entry **e)
 
 struct store_entry *entry__moved(const struct store_entry *e, struct blob_file *file, uint64_t off)
 {
-    size_t size = entry__size(e) + (e->expiring ? sizeof(int64_t) : 0);
-    struct store_entry *n = malloc(size);
+    size_t size = entry__full_size(e);
+    struct store_entry *n = entry__mem_alloc(size);
     if (n == NULL)
         return NULL;
     memcpy(n, e, size);
@@ -288,7 +401,7 @@ void store_entry_unref(struct store_entry *e)
     uint32_t crc;
     if (entry__blob_ref(e, &f, &off, &crc))
         blob__unref(f);
-    free(e);
+    entry__mem_free(e, entry__full_size(e));
 }
 
 const void *store_entry_value(const struct store_entry *e, size_t *len)
@@ -302,12 +415,12 @@ const void *store_entry_value(const struct store_entry *e, size_t *len)
 
 const char *store_entry_type(const struct store_entry *e)
 {
-    return e->type_len ? e->data + entry__vsize(e) : entry__types[e->type_id];
+    return e->type_id == TYPE_CUSTOM ? e->data + entry__vsize(e) : entry__types[e->type_id];
 }
 
 const char *store_entry_labels(const struct store_entry *e)
 {
-    return e->labels_len ? e->data + entry__vsize(e) + (e->type_len ? e->type_len + 1u : 0) : NULL;
+    return e->labels ? e->data + entry__vsize(e) + entry__tsize(e) : NULL;
 }
 
 int64_t store_entry_rev(const struct store_entry *e)
@@ -369,5 +482,5 @@ bool store_labels_pass(const struct store_labels *f, const char *json, size_t le
 bool store_labels_pass_entry(const struct store_labels *f, const struct store_entry *e)
 {
     const char *labels = store_entry_labels(e);
-    return store_labels_pass(f, labels, labels ? e->labels_len : 0);
+    return store_labels_pass(f, labels, labels ? strlen(labels) : 0);
 }

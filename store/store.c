@@ -361,6 +361,8 @@ static int store__apply_expired(void *arg, struct store_txn *t)
     return err;
 }
 
+/* Called by db.c's loader thread for each row, in order, while store_open
+ * waits in db__load: nothing else touches the tree or the expiry heap yet. */
 static int store__load_one(void *arg, const char *key, size_t klen, struct store_entry *e)
 {
     struct store *s = arg;

@@ -10,6 +10,13 @@
  * itself. The root has an empty name and never holds an entry (every key has
  * a segment).
  *
+ * Most nodes are leaves (a million `site/NN/devN/temp` keys are a million
+ * "devN/temp" leaves under 100 nodes), so a node is two shapes: a leaf is
+ * 20 bytes and its name (32 in all for "dev1234/temp"); an *inner* node has
+ * a `struct node_kids` (its children and `below`) just before it, in the
+ * same allocation. A leaf that gets a child is copied into an inner node in
+ * its place (node__grow); an inner node that loses its children stays one.
+ *
  * A *position* is a node and a segment boundary in its name: (n, end) stands
  * for the key made of the names on the way down and n->name[0..end). Inside
  * a name a position has exactly one child, the next segment, and no entry;
@@ -23,13 +30,17 @@
  *   3. `count` is the number of nodes holding an entry;
  *   4. a node's `below` is the number of entries in the nodes under it (so
  *      ls tells a folder's size without walking it); only the nodes above
- *      a key that appears or goes change (tree__below).
+ *      a key that appears or goes change (tree__below); a leaf's is 0;
+ *   5. a node with children is inner, and the root is; nothing outlives the
+ *      write lock pointing at a node but the sort cache, which `shape`
+ *      (bumped whenever a node is added, removed or moved) invalidates.
  * A node with no entry and one child may be merged with it (tree__del does,
  * when memory allows); nothing depends on that being done.
  * The caller holds the store's lock: read for lookups, write for changes.
  */
 #include "store_int.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -43,19 +54,26 @@
 #define SLAB_MAX       512 /* nodes above this many bytes come from malloc */
 
 struct node {
-    struct node *next; /* the next sibling in the parent's chain or bucket */
+    struct node *next;         /* the next sibling in the parent's chain or bucket */
+    struct store_entry *entry; /* owned reference, or NULL */
+    uint16_t nlen;
+    uint8_t cls;   /* size / 8 for a slab node, 0 for a malloc'd one */
+    uint8_t inner; /* a struct node_kids comes just before (invariant 5) */
+    char name[];
+};
+
+/* What an inner node has besides a leaf's fields, in front of it. */
+struct node_kids {
     union {
         struct node *chain;    /* kbits == 0 */
         struct node **buckets; /* kbits > 0 */
     } kids;
-    struct store_entry *entry; /* owned reference, or NULL */
     uint32_t nkids;
     uint32_t below; /* invariant 4 */
-    uint16_t nlen;
     uint8_t kbits;
-    uint8_t cls; /* size / 8 for a slab node, 0 for a malloc'd one */
-    char name[];
 };
+
+_Static_assert(sizeof(struct node_kids) % 8 == 0, "a node after its kids is aligned");
 
 /* Nodes come from pages carved in multiples of 8 bytes, each size with its
  * free list: only the tree's writer (under the write lock) allocates and
@@ -63,6 +81,10 @@ struct node {
 struct slab_page {
     struct slab_page *next;
     char mem[];
+};
+
+struct slab_free {
+    struct slab_free *next;
 };
 
 /* Walks and ls sort a node's children; for wide nodes the result is kept
@@ -77,16 +99,16 @@ struct sort_cache {
 };
 
 struct tree {
-    struct node root;
+    struct node *root;
     uint64_t count;
-    uint64_t shape;             /* bumped whenever a node is added or removed */
+    uint64_t shape;             /* bumped whenever a node is added, removed or moved */
     pthread_mutex_t cache_lock; /* readers share the cache */
     struct sort_cache cache[SORT_CACHE];
     uint64_t clock;
     struct slab_page *pages;
     char *bump; /* the free end of the newest page */
     size_t left;
-    struct node *free[SLAB_MAX / 8 + 1];
+    struct slab_free *free[SLAB_MAX / 8 + 1];
 };
 
 static size_t seg_end(const char *s, size_t len, size_t from)
@@ -108,11 +130,29 @@ static size_t node__first_len(const struct node *n)
     return seg_end(n->name, n->nlen, 0);
 }
 
+/* The children and `below` of an inner node. */
+static struct node_kids *node__k(const struct node *n)
+{
+    assert(n->inner);
+    return (struct node_kids *)(void *)((char *)(uintptr_t)n - sizeof(struct node_kids));
+}
+
+static uint32_t node__nkids(const struct node *n)
+{
+    return n->inner ? node__k(n)->nkids : 0;
+}
+
+static uint32_t node__below(const struct node *n)
+{
+    return n->inner ? node__k(n)->below : 0;
+}
+
 static struct node **node__slot(struct node *n, const char *seg, size_t len)
 {
-    if (n->kbits == 0)
-        return &n->kids.chain;
-    return &n->kids.buckets[node__hash(seg, len) & ((1u << n->kbits) - 1)];
+    struct node_kids *k = node__k(n);
+    if (k->kbits == 0)
+        return &k->kids.chain;
+    return &k->kids.buckets[node__hash(seg, len) & ((1u << k->kbits) - 1)];
 }
 
 /* Whether `seg` (one segment) is the first segment of c's name. */
@@ -125,6 +165,8 @@ static bool node__starts_with(const struct node *c, const char *seg, size_t len)
 /* The child whose first segment is `seg`, or NULL. */
 static struct node *node__child(const struct node *n, const char *seg, size_t len)
 {
+    if (!n->inner)
+        return NULL;
     struct node *c = *node__slot((struct node *)n, seg, len);
     for (; c != NULL; c = c->next)
         if (node__starts_with(c, seg, len))
@@ -142,13 +184,14 @@ static void node__link(struct node *n, struct node *c)
 /* Rehashes into 2^bits buckets. Returns 0, or -1 when out of memory. */
 static int node__rehash(struct node *n, uint8_t bits)
 {
+    struct node_kids *k = node__k(n);
     struct node **table = calloc((size_t)1 << bits, sizeof *table);
     struct node *all = NULL;
     if (table == NULL)
         return -1;
-    size_t nb = n->kbits ? (size_t)1 << n->kbits : 1;
+    size_t nb = k->kbits ? (size_t)1 << k->kbits : 1;
     for (size_t b = 0; b < nb; b++) {
-        struct node *c = n->kbits ? n->kids.buckets[b] : n->kids.chain;
+        struct node *c = k->kbits ? k->kids.buckets[b] : k->kids.chain;
         while (c != NULL) {
             struct node *next = c->next;
             c->next = all;
@@ -156,10 +199,10 @@ static int node__rehash(struct node *n, uint8_t bits)
             c = next;
         }
     }
-    if (n->kbits)
-        free(n->kids.buckets);
-    n->kids.buckets = table;
-    n->kbits = bits;
+    if (k->kbits)
+        free(k->kids.buckets);
+    k->kids.buckets = table;
+    k->kbits = bits;
     while (all != NULL) {
         struct node *next = all->next;
         node__link(n, all);
@@ -168,67 +211,87 @@ static int node__rehash(struct node *n, uint8_t bits)
     return 0;
 }
 
-static struct node *node__alloc(struct tree *t, size_t len)
+/* A node with room for a `len`-byte name, inner or a leaf; only cls and
+ * inner are set. */
+static struct node *node__alloc(struct tree *t, size_t len, bool inner)
 {
-    size_t size = (offsetof(struct node, name) + len + 7) & ~(size_t)7;
+    size_t pre = inner ? sizeof(struct node_kids) : 0;
+    size_t size = (pre + offsetof(struct node, name) + len + 7) & ~(size_t)7;
+    char *mem;
     struct node *n;
     if (size > SLAB_MAX) {
-        if ((n = malloc(size)) != NULL)
-            n->cls = 0;
+        if ((mem = malloc(size)) == NULL)
+            return NULL;
+        n = (struct node *)(void *)(mem + pre);
+        n->cls = 0;
+        n->inner = inner;
         return n;
     }
     size_t cls = size / 8;
-    if ((n = t->free[cls]) != NULL) {
-        t->free[cls] = n->next;
-        return n;
+    if (t->free[cls] != NULL) {
+        mem = (char *)t->free[cls];
+        t->free[cls] = t->free[cls]->next;
+    } else {
+        if (t->left < size) {
+            struct slab_page *page = malloc(SLAB_PAGE);
+            if (page == NULL)
+                return NULL;
+            page->next = t->pages;
+            t->pages = page;
+            t->bump = page->mem;
+            t->left = SLAB_PAGE - offsetof(struct slab_page, mem);
+        }
+        mem = t->bump;
+        t->bump += size;
+        t->left -= size;
     }
-    if (t->left < size) {
-        struct slab_page *page = malloc(SLAB_PAGE);
-        if (page == NULL)
-            return NULL;
-        page->next = t->pages;
-        t->pages = page;
-        t->bump = page->mem;
-        t->left = SLAB_PAGE - offsetof(struct slab_page, mem);
-    }
-    n = (struct node *)(void *)t->bump;
-    t->bump += size;
-    t->left -= size;
+    n = (struct node *)(void *)(mem + pre);
     n->cls = (uint8_t)cls;
+    n->inner = inner;
     return n;
+}
+
+/* The start of n's allocation. */
+static void *node__base(struct node *n)
+{
+    return (char *)n - (n->inner ? sizeof(struct node_kids) : 0);
 }
 
 static void node__release(struct tree *t, struct node *n)
 {
+    struct slab_free *f = node__base(n);
     if (n->cls == 0) {
-        free(n);
+        free(f);
         return;
     }
-    n->next = t->free[n->cls];
-    t->free[n->cls] = n;
+    f->next = t->free[n->cls];
+    t->free[n->cls] = f;
 }
 
-static struct node *node__new(struct tree *t, const char *name, size_t len)
+static struct node *node__new(struct tree *t, const char *name, size_t len, bool inner)
 {
-    struct node *c = node__alloc(t, len);
+    struct node *c = node__alloc(t, len, inner);
     if (c == NULL)
         return NULL;
     uint8_t cls = c->cls;
-    memset(c, 0, offsetof(struct node, name));
+    memset(node__base(c), 0,
+           (inner ? sizeof(struct node_kids) : 0) + offsetof(struct node, name));
     c->cls = cls;
+    c->inner = inner;
     c->nlen = (uint16_t)len;
     memcpy(c->name, name, len);
     return c;
 }
 
-/* Adds `c` under `n`, growing n's table first when it is full. */
+/* Adds `c` under inner `n`, growing n's table first when it is full. */
 static int node__add(struct node *n, struct node *c)
 {
-    if (n->nkids >= TREE_CHAIN_MAX && n->nkids >= TREE_LOAD * ((uint32_t)1 << n->kbits) &&
-        node__rehash(n, n->kbits ? (uint8_t)(n->kbits + 1) : 3) != 0)
+    struct node_kids *k = node__k(n);
+    if (k->nkids >= TREE_CHAIN_MAX && k->nkids >= TREE_LOAD * ((uint32_t)1 << k->kbits) &&
+        node__rehash(n, k->kbits ? (uint8_t)(k->kbits + 1) : 3) != 0)
         return -1;
     node__link(n, c);
-    n->nkids++;
+    k->nkids++;
     return 0;
 }
 
@@ -241,43 +304,58 @@ static struct node **node__link_of(struct node *n, struct node *c)
     return p;
 }
 
+/* Puts `m` in c's place under `parent` (m's first segment is c's: the same
+ * chain or bucket). c is left for the caller to release. */
+static void node__replace(struct tree *t, struct node *parent, struct node *c, struct node *m)
+{
+    struct node **link = node__link_of(parent, c);
+    m->next = c->next;
+    *link = m;
+    t->shape++; /* invariant 5: the sort cache may hold c */
+}
+
 static void node__unlink(struct node *n, struct node *c)
 {
+    struct node_kids *k = node__k(n);
     *node__link_of(n, c) = c->next;
-    if (--n->nkids == 0 && n->kbits) {
-        free(n->kids.buckets);
-        n->kids.chain = NULL;
-        n->kbits = 0;
+    if (--k->nkids == 0 && k->kbits) {
+        free(k->kids.buckets);
+        k->kids.chain = NULL;
+        k->kbits = 0;
     }
 }
 
 /* The only child of a node with one child. */
 static struct node *node__only_kid(const struct node *n)
 {
-    if (n->kbits == 0)
-        return n->kids.chain;
+    const struct node_kids *k = node__k(n);
+    if (k->kbits == 0)
+        return k->kids.chain;
     for (size_t b = 0;; b++)
-        if (n->kids.buckets[b] != NULL)
-            return n->kids.buckets[b];
+        if (k->kids.buckets[b] != NULL)
+            return k->kids.buckets[b];
 }
 
 /* Releases what the nodes below `n` hold; their pages go with the tree. */
 static void node__free_kids(struct node *n)
 {
-    size_t nb = n->kbits ? (size_t)1 << n->kbits : 1;
+    if (!n->inner)
+        return;
+    struct node_kids *k = node__k(n);
+    size_t nb = k->kbits ? (size_t)1 << k->kbits : 1;
     for (size_t b = 0; b < nb; b++) {
-        struct node *c = n->kbits ? n->kids.buckets[b] : n->kids.chain;
+        struct node *c = k->kbits ? k->kids.buckets[b] : k->kids.chain;
         while (c != NULL) {
             struct node *next = c->next;
             node__free_kids(c);
             store_entry_unref(c->entry);
             if (c->cls == 0)
-                free(c);
+                free(node__base(c));
             c = next;
         }
     }
-    if (n->kbits)
-        free(n->kids.buckets);
+    if (k->kbits)
+        free(k->kids.buckets);
 }
 
 static int node__name_cmp(const void *a, const void *b)
@@ -292,14 +370,15 @@ static int node__name_cmp(const void *a, const void *b)
 static struct node **node__sorted(const struct node *n, size_t *count)
 {
     *count = 0;
-    if (n->nkids == 0)
+    if (node__nkids(n) == 0)
         return NULL;
-    struct node **v = malloc(n->nkids * sizeof *v);
+    const struct node_kids *k = node__k(n);
+    struct node **v = malloc(k->nkids * sizeof *v);
     if (v == NULL)
         return NULL;
-    size_t i = 0, nb = n->kbits ? (size_t)1 << n->kbits : 1;
+    size_t i = 0, nb = k->kbits ? (size_t)1 << k->kbits : 1;
     for (size_t b = 0; b < nb; b++)
-        for (struct node *c = n->kbits ? n->kids.buckets[b] : n->kids.chain; c; c = c->next)
+        for (struct node *c = k->kbits ? k->kids.buckets[b] : k->kids.chain; c; c = c->next)
             v[i++] = c;
     qsort(v, i, sizeof *v, node__name_cmp);
     *count = i;
@@ -309,8 +388,13 @@ static struct node **node__sorted(const struct node *n, size_t *count)
 struct tree *tree__new(void)
 {
     struct tree *t = calloc(1, sizeof(struct tree));
-    if (t != NULL)
-        pthread_mutex_init(&t->cache_lock, NULL);
+    if (t == NULL)
+        return NULL;
+    if ((t->root = node__new(t, "", 0, true)) == NULL) {
+        free(t);
+        return NULL;
+    }
+    pthread_mutex_init(&t->cache_lock, NULL);
     return t;
 }
 
@@ -319,9 +403,9 @@ struct tree *tree__new(void)
 static struct node **tree__sorted(const struct tree *ct, const struct node *n, size_t *count)
 {
     struct tree *t = (struct tree *)ct; /* the cache changes under readers too */
-    if (n->nkids < SORT_CACHE_MIN)
+    if (node__nkids(n) < SORT_CACHE_MIN)
         return node__sorted(n, count);
-    struct node **v = malloc(n->nkids * sizeof *v);
+    struct node **v = malloc(node__nkids(n) * sizeof *v);
     if (v == NULL)
         return NULL;
     pthread_mutex_lock(&t->cache_lock);
@@ -356,7 +440,7 @@ void tree__free(struct tree *t)
 {
     if (t == NULL)
         return;
-    node__free_kids(&t->root);
+    node__free_kids(t->root);
     for (size_t i = 0; i < SORT_CACHE; i++)
         free(t->cache[i].kids);
     pthread_mutex_destroy(&t->cache_lock);
@@ -392,7 +476,7 @@ static const struct store_entry *pos__entry(struct pos p)
 
 static bool pos__has_kids(struct pos p)
 {
-    return !pos__at_node(p) || p.n->nkids > 0;
+    return !pos__at_node(p) || node__nkids(p.n) > 0;
 }
 
 /* The child of `p` whose segment is `seg`; false when there is none. */
@@ -415,7 +499,7 @@ static bool pos__child(struct pos p, const char *seg, size_t len, struct pos *ou
 /* The position of `key`; false when no key starts with it. */
 static bool tree__pos(const struct tree *t, const char *key, size_t klen, struct pos *out)
 {
-    struct pos p = {&t->root, 0};
+    struct pos p = {t->root, 0};
     for (size_t i = 0;;) {
         size_t e = seg_end(key, klen, i);
         if (!pos__child(p, key + i, e - i, &p))
@@ -440,7 +524,7 @@ static int pos__kids(const struct tree *t, struct pos p, pos_kid_fn fn, void *ar
     }
     size_t count;
     struct node **kids = tree__sorted(t, p.n, &count);
-    if (kids == NULL && p.n->nkids > 0)
+    if (kids == NULL && node__nkids(p.n) > 0)
         return -1;
     for (size_t i = 0; i < count; i++) {
         size_t e = node__first_len(kids[i]);
@@ -473,26 +557,59 @@ static size_t common_segments(const char *a, size_t alen, const char *b, size_t 
     return common;
 }
 
-/* Splits `c` after `at` bytes of its name: c keeps the head (in place, so
- * its parent's link stays valid) and one new child takes the tail with c's
- * entry and children. Returns 0, or -1 when out of memory. */
-static int node__split(struct tree *t, struct node *c, size_t at)
+/* Splits `c`, a child of `parent`, after `at` bytes of its name (at least
+ * its first segment): the head takes c's place and one new child the tail,
+ * with c's entry and children. An inner c keeps the head in place (so its
+ * parent's link stays valid); a leaf is replaced by a new inner head and
+ * released. Returns the head, or NULL (nothing changed) when out of memory. */
+static struct node *node__split(struct tree *t, struct node *parent, struct node *c, size_t at)
 {
-    struct node *tail = node__new(t, c->name + at + 1, c->nlen - at - 1);
+    bool kids = node__nkids(c) > 0;
+    struct node *tail = node__new(t, c->name + at + 1, c->nlen - at - 1, kids);
+    struct node *head = c;
     if (tail == NULL)
-        return -1;
-    tail->kids = c->kids;
-    tail->nkids = c->nkids;
-    tail->kbits = c->kbits;
+        return NULL;
+    if (!c->inner) {
+        if ((head = node__new(t, c->name, at, true)) == NULL) {
+            node__release(t, tail);
+            return NULL;
+        }
+        node__replace(t, parent, c, head);
+    }
+    if (kids) {
+        struct node_kids *tk = node__k(tail), *ck = node__k(c);
+        tk->kids = ck->kids;
+        tk->nkids = ck->nkids;
+        tk->kbits = ck->kbits;
+        tk->below = ck->below;
+    }
     tail->entry = c->entry;
-    tail->below = c->below;
-    c->below += c->entry != NULL; /* the same keys, now all in tail */
-    c->nlen = (uint16_t)at;
-    c->entry = NULL;
-    c->kids.chain = tail;
-    c->nkids = 1;
-    c->kbits = 0;
-    return 0;
+    uint32_t below = node__below(c) + (c->entry != NULL); /* the same keys, now all in tail */
+    struct node_kids *hk = node__k(head);
+    head->nlen = (uint16_t)at;
+    head->entry = NULL;
+    hk->below = below;
+    hk->kids.chain = tail;
+    tail->next = NULL;
+    hk->nkids = 1;
+    hk->kbits = 0;
+    if (head != c)
+        node__release(t, c);
+    return head;
+}
+
+/* Copies leaf `c`, a child of `parent`, into an inner node in its place, so
+ * that it can take a child; releases c. Returns the copy, or NULL (nothing
+ * changed) when out of memory. */
+static struct node *node__grow(struct tree *t, struct node *parent, struct node *c)
+{
+    struct node *m = node__new(t, c->name, c->nlen, true);
+    if (m == NULL)
+        return NULL;
+    m->entry = c->entry;
+    node__replace(t, parent, c, m);
+    node__release(t, c);
+    return m;
 }
 
 /* Invariant 4 when a key appears (+1) or goes (-1): every node on the way
@@ -518,12 +635,12 @@ static void tree__below(struct tree *t, const struct way *w, const char *key, si
 {
     if (!w->deep) {
         for (size_t i = 0; i < w->len; i++)
-            w->n[i]->below += (uint32_t)delta;
+            node__k(w->n[i])->below += (uint32_t)delta;
         return;
     }
-    struct node *n = &t->root; /* `key` ends at a node */
+    struct node *n = t->root; /* `key` ends at a node; those above are inner */
     for (;;) {
-        n->below += (uint32_t)delta;
+        node__k(n)->below += (uint32_t)delta;
         n = node__child(n, key, seg_end(key, klen, 0));
         if (n->nlen == klen)
             return;
@@ -535,7 +652,7 @@ static void tree__below(struct tree *t, const struct way *w, const char *key, si
 int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *e,
               struct store_entry **old)
 {
-    struct node *n = &t->root;
+    struct node *n = t->root; /* inner, as each n below */
     const char *rem = key;
     size_t rlen = klen;
     struct way way = {.n = {n}, .len = 1};
@@ -544,7 +661,7 @@ int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *
     for (;;) {
         struct node *c = node__child(n, rem, seg_end(rem, rlen, 0));
         if (c == NULL) {
-            if ((c = node__new(t, rem, rlen)) == NULL)
+            if ((c = node__new(t, rem, rlen, false)) == NULL)
                 return STORE_EINTERNAL;
             if (node__add(n, c) != 0) {
                 node__release(t, c);
@@ -558,10 +675,11 @@ int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *
         }
         /* c starts with rem's first segment; keep what they share. */
         size_t common = common_segments(c->name, c->nlen, rem, rlen);
-        if (common < c->nlen && node__split(t, c, common) != 0)
-            return STORE_EINTERNAL;
-        if (common < c->nlen)
+        if (common < c->nlen) {
+            if ((c = node__split(t, n, c, common)) == NULL)
+                return STORE_EINTERNAL;
             t->shape++;
+        }
         if (common == rlen) {
             *old = c->entry;
             c->entry = e;
@@ -571,6 +689,8 @@ int tree__set(struct tree *t, const char *key, size_t klen, struct store_entry *
             }
             return STORE_OK;
         }
+        if (!c->inner && (c = node__grow(t, n, c)) == NULL)
+            return STORE_EINTERNAL;
         n = c;
         way__add(&way, c);
         rem += common + 1;
@@ -586,34 +706,31 @@ static void node__merge(struct tree *t, struct node *parent, struct node *n)
 {
     struct node *kid = node__only_kid(n);
     size_t len = (size_t)n->nlen + 1 + kid->nlen;
+    bool inner = node__nkids(kid) > 0;
     if (len > UINT16_MAX)
         return;
-    struct node *m = node__alloc(t, len);
+    struct node *m = node__alloc(t, len, inner);
     if (m == NULL)
         return;
     memcpy(m->name, n->name, n->nlen);
     m->name[n->nlen] = '/';
     memcpy(m->name + n->nlen + 1, kid->name, kid->nlen);
     m->nlen = (uint16_t)len;
-    m->kids = kid->kids;
-    m->nkids = kid->nkids;
-    m->kbits = kid->kbits;
     m->entry = kid->entry;
-    m->below = kid->below;
-    struct node **link = node__link_of(parent, n); /* same first segment: same bucket */
-    m->next = n->next;
-    *link = m;
+    if (inner)
+        *node__k(m) = *node__k(kid);
+    node__replace(t, parent, n, m); /* same first segment: same bucket */
     /* n's one child had been one of many: its table goes with it (the
      * kid's table, if any, is m's now). */
-    if (n->kbits)
-        free(n->kids.buckets);
+    if (node__k(n)->kbits)
+        free(node__k(n)->kids.buckets);
     node__release(t, kid);
     node__release(t, n);
 }
 
 struct store_entry *tree__del(struct tree *t, const char *key, size_t klen)
 {
-    struct node *n = &t->root, *parent = NULL, *grand = NULL;
+    struct node *n = t->root, *parent = NULL, *grand = NULL;
     const char *rem = key;
     size_t rlen = klen;
     struct way way = {.n = {n}, .len = 1};
@@ -639,13 +756,13 @@ struct store_entry *tree__del(struct tree *t, const char *key, size_t klen)
     n->entry = NULL;
     t->count--;
     t->shape++;
-    if (n->nkids == 0) {
+    if (node__nkids(n) == 0) {
         /* Invariant 1: n goes, and its parent may be left with one child. */
         node__unlink(parent, n);
         node__release(t, n);
-        if (grand != NULL && parent->entry == NULL && parent->nkids == 1)
+        if (grand != NULL && parent->entry == NULL && node__nkids(parent) == 1)
             node__merge(t, grand, parent);
-    } else if (n->nkids == 1)
+    } else if (node__nkids(n) == 1)
         node__merge(t, parent, n);
     return old;
 }
@@ -804,7 +921,7 @@ void tree__walk(const struct tree *t, const char *pat, size_t plen,
         .visit = visit,
         .arg = arg,
     };
-    walk__at(&w, (struct pos){&t->root, 0}, 0, true);
+    walk__at(&w, (struct pos){t->root, 0}, 0, true);
     free(w.buf);
     *more = w.more;
 }
@@ -818,14 +935,14 @@ static void ls__kid(void *arg, struct pos kid, const char *seg, size_t len)
 {
     struct ls_ctx *l = arg;
     /* Inside a name, below the position are the node's entry and its own. */
-    uint64_t below = kid.n->below + (pos__at_node(kid) ? 0 : kid.n->entry != NULL);
+    uint64_t below = node__below(kid.n) + (pos__at_node(kid) ? 0 : kid.n->entry != NULL);
     l->child(l->arg, seg, len, pos__entry(kid) != NULL, pos__has_kids(kid), below);
 }
 
 int tree__ls(const struct tree *t, bool root, const char *key, size_t klen, store_child_fn child,
              void *arg)
 {
-    struct pos p = {&t->root, 0};
+    struct pos p = {t->root, 0};
     struct ls_ctx l = {child, arg};
     if (!root && !tree__pos(t, key, klen, &p))
         return STORE_ENOTFOUND;

@@ -7,9 +7,10 @@ the figures are ratios that a shared, noisy machine does not distort much.
   put     acknowledged PUTs from 50 concurrent writers (wrk), against Redis
           SET from 50 clients (appendfsync everysec) and against raw SQLite
           committing each write on its own (WAL, synchronous=NORMAL).
-  memory  1,000,000 keys like site/0042/sensor/17/temp with small JSON values:
-          RSS growth per key against Redis's used_memory for the same keys,
-          and the time from start to /ready with those keys on disk.
+  memory  1,000,000 keys like site/42/dev1234/temp with small JSON values:
+          heap (anonymous memory) and RSS growth per key against Redis's
+          used_memory for the same keys, and the time from start to /ready
+          with those keys on disk (best of three).
   history 1,000,000 records of one key among 1,000 others: a query of 10,000
           records from the middle and a full scan streamed over HTTP, against
           the same reads done with raw SQLite (Python's sqlite3) on the same
@@ -89,6 +90,8 @@ class Almanac:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
             [binary, "serve", "--http_listen", f"127.0.0.1:{self.port}", "--data_dir", data_dir,
+             # a free TCP port too: another daemon on the machine may hold 8481
+             "--tcp_listen", f"127.0.0.1:{free_port()}",
              "--log_level", "warn", "--sys_interval", "0", *args],
             env=None if env is None else {**os.environ, **env})
         self.started = time.time()
@@ -101,6 +104,13 @@ class Almanac:
     def rss(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
             return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    def mem(self):
+        """(RSS, anonymous, file-backed) bytes, from /proc/PID/status."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            st = f.read()
+        return tuple(int(re.search(rf"{k}:\s+(\d+) kB", st).group(1)) * 1024
+                     for k in ("VmRSS", "RssAnon", "RssFile"))
 
     def cpu_s(self):
         """CPU seconds (user + system) the daemon has used."""
@@ -242,10 +252,11 @@ def bench_put(binary, tmp):
 
 
 def memory_keys():
-    for site in range(10000):
-        for sensor in range(100):
-            yield f"site/{site:04d}/sensor/{sensor:02d}/temp", \
-                f'{{"v":{(site * 7 + sensor) % 400 / 10}}}'
+    """The shape of issue #15: site/NN/devN/temp, 100 sites of 10,000
+    devices, each a small JSON sensor reading such as {"v":21.5}."""
+    for site in range(100):
+        for dev in range(10000):
+            yield f"site/{site:02d}/dev{dev}/temp", f'{{"v":{(site * 7 + dev) % 400 / 10}}}'
 
 
 def bench_memory(binary, tmp):
@@ -266,15 +277,22 @@ def bench_memory(binary, tmp):
             flush()
     a.stop()
 
-    # An empty daemon and one holding the keys, both just started.
+    # An empty daemon and one holding the keys, both just started; the
+    # start is timed three times (the machine is shared), the best kept.
     empty = Almanac(binary, os.path.join(tmp, "empty"))
-    base = empty.rss()
+    base = empty.mem()
     empty.stop()
-    full = Almanac(binary, data)
-    ready_s = full.ready_s
-    keys = json.load(urllib.request.urlopen(full.url("/api/v1/info")))["keys"]
-    per_key = (full.rss() - base) / n  # both daemons also hold the few $SYS keys
-    full.stop()
+    ready = []
+    for _ in range(3):
+        full = Almanac(binary, data)
+        ready.append(full.ready_s)
+        keys = json.load(urllib.request.urlopen(full.url("/api/v1/info")))["keys"]
+        mem = full.mem()
+        full.stop()
+    ready_s = min(ready)
+    # Both daemons also hold the few $SYS keys. Anonymous memory is the heap;
+    # RSS adds the file-backed pages (the binary, libraries, SQLite's file).
+    rss_key, anon_key, file_key = ((m - b) / n for m, b in zip(mem, base))
     assert keys >= n, keys
 
     proc, port = redis_server(tmp, "--appendonly", "no")
@@ -299,9 +317,11 @@ def bench_memory(binary, tmp):
     finally:
         proc.terminate()
         proc.wait()
-    print(f"memory: almanac {per_key:.0f} bytes/key (RSS growth), Redis {redis_per_key:.0f} "
-          f"bytes/key (used_memory): ratio {per_key / redis_per_key:.2f} (goal <= 1.0); "
-          f"start to /ready with {n:,} keys: {ready_s:.2f} s (goal < 1 s)")
+    print(f"memory: almanac {anon_key:.0f} bytes/key of heap (anonymous memory growth), "
+          f"RSS {rss_key:.0f} bytes/key (file-backed {file_key:+.0f}); Redis {redis_per_key:.0f} "
+          f"bytes/key (used_memory): ratio {anon_key / redis_per_key:.2f} heap, "
+          f"{rss_key / redis_per_key:.2f} RSS (goal <= 0.8); start to /ready with {n:,} keys: "
+          f"{ready_s:.2f} s, best of {', '.join(f'{r:.2f}' for r in ready)} (goal < 1 s)")
 
 
 def http_get(conn, path):

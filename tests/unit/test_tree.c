@@ -2,7 +2,8 @@
  * test_tree.c — the path-compressed key tree against a plain model: random
  * sets and deletes over keys that share prefixes, hold empty segments and
  * $-segments; after each step every lookup, pattern walk (with paging) and
- * ls must give what brute force over the model gives.
+ * ls must give what brute force over the model gives. And the layout of
+ * leaves, inner nodes and entries: what each holds, and what a key costs.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -315,6 +316,15 @@ static void test_merge_frees_tables(void **state)
     } rounds[] = {{10, false}, {10, true}, {100000, false}, {100000, true}};
     char key[32];
     (void)state;
+    /* Small entries come from pages entry.c keeps: fill them first, so that
+     * only what the tree holds shows in the heap. */
+    struct store_entry **warm = calloc(100001, sizeof *warm);
+    for (size_t i = 0; i < 100001; i++)
+        assert_int_equal(store_entry_new("1", 1, NULL, NULL, STORE_ORIGIN_HTTP, &warm[i]),
+                         STORE_OK);
+    for (size_t i = 0; i < 100001; i++)
+        store_entry_unref(warm[i]);
+    free(warm);
     for (size_t r = 0; r < sizeof rounds / sizeof rounds[0]; r++) {
         size_t before = heap_in_use();
         struct tree *t = tree__new();
@@ -383,6 +393,115 @@ static void test_below_deep_keys(void **state)
     tree__free(t);
 }
 
+/* A leaf that gets a child is copied into an inner node in its place, and
+ * a leaf split in the middle of its name gets an inner head: every key
+ * keeps its entry, ls its counts, and a walk its order. */
+static void test_leaf_grows(void **state)
+{
+    struct tree *t = tree__new();
+    (void)state;
+    set_key(t, "s/01/dev7/temp");               /* one leaf "s/01/dev7/temp" */
+    set_key(t, "s/01/dev7/temp/raw");           /* the leaf takes a child */
+    set_key(t, "s/01/dev7/hum");                /* a split: "s/01/dev7" + two */
+    set_key(t, "s/01/dev7/temp/raw/x");         /* a leaf grows again */
+    struct store_entry *temp = tree__get(t, "s/01/dev7/temp", 14);
+    assert_non_null(temp);
+    assert_non_null(tree__get(t, "s/01/dev7/temp/raw", 18));
+    assert_non_null(tree__get(t, "s/01/dev7/hum", 13));
+    assert_null(tree__get(t, "s/01/dev7", 9));
+    assert_int_equal(tree__count(t), 4);
+    struct kids k = {0};
+    assert_int_equal(tree__ls(t, false, "s/01/dev7", 9, on_child, &k), STORE_OK);
+    assert_int_equal(k.n, 2);
+    assert_string_equal(k.names[0], "hum");
+    assert_int_equal(k.below[0], 0);
+    assert_string_equal(k.names[1], "temp");
+    assert_true(k.value[1]);
+    assert_int_equal(k.below[1], 2);
+    struct seen *all = calloc(1, sizeof *all);
+    bool more;
+    tree__walk(t, "#", 1, NULL, NULL, 0, 100, on_visit, all, &more);
+    assert_int_equal(all->n, 4);
+    assert_string_equal(all->keys[0], "s/01/dev7/hum");
+    assert_string_equal(all->keys[3], "s/01/dev7/temp/raw/x");
+    free(all);
+    /* Back down: the inner nodes left with one child merge, entries stay. */
+    del_key(t, "s/01/dev7/temp/raw");
+    del_key(t, "s/01/dev7/hum");
+    assert_ptr_equal(tree__get(t, "s/01/dev7/temp", 14), temp);
+    assert_non_null(tree__get(t, "s/01/dev7/temp/raw/x", 20));
+    struct kids root = {0};
+    assert_int_equal(tree__ls(t, true, NULL, 0, on_child, &root), STORE_OK);
+    assert_int_equal(root.below[0], 2);
+    tree__free(t);
+}
+
+/* The entry's fields back as they went in, for each shape of entry: a
+ * builtin type or a custom one, labels or none, an expiry or none. */
+static void test_entry_layout(void **state)
+{
+    static const char *const types[] = {NULL, "text/plain; charset=utf-8",
+                                        "application/octet-stream", "application/x-thing"};
+    static const char *const labels[] = {NULL, "{\"room\":\"kitchen\"}"};
+    static const char *const values[] = {"21.5", "{\"v\":21.5}", "",
+                                         "a reading long enough to go to malloc, not a slab"};
+    (void)state;
+    for (size_t ti = 0; ti < 4; ti++)
+        for (size_t li = 0; li < 2; li++)
+            for (size_t vi = 0; vi < 4; vi++)
+                for (int64_t expires = 0; expires <= 1; expires++) {
+                    struct store_entry *e;
+                    size_t len;
+                    const char *v = values[vi];
+                    assert_int_equal(store_entry_new(v, strlen(v), types[ti], labels[li],
+                                                     STORE_ORIGIN_MQTT, &e),
+                                     STORE_OK);
+                    assert_int_equal(store_entry_expire_at(&e, expires * 1700000000000000),
+                                     STORE_OK);
+                    entry__stamp(e, 42, 1700000000000001);
+                    assert_memory_equal(store_entry_value(e, &len), v, strlen(v));
+                    assert_int_equal(len, strlen(v));
+                    if (types[ti] != NULL)
+                        assert_string_equal(store_entry_type(e), types[ti]);
+                    if (labels[li] != NULL)
+                        assert_string_equal(store_entry_labels(e), labels[li]);
+                    else
+                        assert_null(store_entry_labels(e));
+                    assert_int_equal(store_entry_expires(e), expires * 1700000000000000);
+                    assert_int_equal(store_entry_rev(e), 42);
+                    assert_int_equal(store_entry_ts(e), 1700000000000001);
+                    assert_int_equal(store_entry_origin(e), STORE_ORIGIN_MQTT);
+                    store_entry_unref(e);
+                }
+}
+
+/* What a key of the shape site/NN/devN/temp costs the heap with a reading
+ * of 10 bytes: a 32-byte leaf, a 40-byte entry and a share of its parent's
+ * bucket table (once 112 bytes and more: a 48-byte node and a 64-byte
+ * malloc'd entry). Not under ASan, whose heap the count does not see. */
+static void test_bytes_per_key(void **state)
+{
+    enum { N = 20000 };
+    char key[40];
+    (void)state;
+    size_t before = heap_in_use();
+    struct tree *t = tree__new();
+    for (int i = 0; i < N; i++) {
+        struct store_entry *e, *old;
+        snprintf(key, sizeof key, "site/%02d/dev%d/temp", i % 2, 1000 + i / 2);
+        assert_int_equal(store_entry_new("{\"v\":21.5}", 10, NULL, NULL, STORE_ORIGIN_HTTP, &e),
+                         STORE_OK);
+        assert_int_equal(tree__set(t, key, strlen(key), e, &old), STORE_OK);
+    }
+    size_t after = heap_in_use();
+    if (after != before) {
+        double per_key = (double)(after - before) / N;
+        print_message("heap per key: %.1f bytes\n", per_key);
+        assert_true(per_key < 90); /* 85 with glibc */
+    }
+    tree__free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -390,6 +509,9 @@ int main(void)
         cmocka_unit_test(test_wide_node),
         cmocka_unit_test(test_merge_frees_tables),
         cmocka_unit_test(test_below_deep_keys),
+        cmocka_unit_test(test_leaf_grows),
+        cmocka_unit_test(test_entry_layout),
+        cmocka_unit_test(test_bytes_per_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
