@@ -170,7 +170,7 @@ static int config__count(const char *value, unsigned lo, unsigned hi, unsigned *
 
 static int config__max_sessions(struct config *cfg, const char *value, char *why, size_t why_len)
 {
-    return config__count(value, 1, 1000000, &cfg->max_sessions, why, why_len);
+    return config__count(value, 0, 1000000, &cfg->max_sessions, why, why_len);
 }
 
 static int config__max_subscriptions(struct config *cfg, const char *value, char *why,
@@ -766,7 +766,7 @@ static void config__defaults(struct config *cfg)
     cfg->tcp_listen = strdup("127.0.0.1:8481");
     cfg->max_message_bytes = 2 << 20;
     cfg->session_queue_bytes = 32 << 20;
-    cfg->max_sessions = 10000;
+    cfg->max_sessions = 0; /* derived from the descriptor limit (main.c) */
     cfg->max_subscriptions = 1000;
     cfg->sys_interval = 10;
     cfg->sse_heartbeat_us = 15000000;

@@ -16,14 +16,15 @@
 
 struct conn *conn__new(struct loop *l, int fd, enum conn_transport t, const char *address)
 {
-    struct conn *c = calloc(1, sizeof *c);
+    size_t alen = strlen(address) + 1;
+    struct conn *c = calloc(1, sizeof *c + alen);
     if (c == NULL)
         return NULL;
     atomic_init(&c->refs, 1);
     c->loop = l;
     c->fd = fd;
     c->transport = t;
-    snprintf(c->address, sizeof c->address, "%s", address);
+    memcpy(c->address, address, alen);
     pthread_mutex_init(&c->lock, NULL);
     return c;
 }
@@ -58,6 +59,7 @@ void conn_unref(struct conn *c)
     conn__drop_queue(c);
     pthread_mutex_destroy(&c->lock);
     free(c->in);
+    free(c->ws_ctl);
     free(c);
 }
 
@@ -123,9 +125,8 @@ void conn__close_soon(struct conn *c)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* Drops what waits but a message partly written, so the stream stays
- * whole; the caller holds c->lock. */
-static void conn__drop_unsent(struct conn *c)
+/* Keeps a message partly written, so the stream stays whole. */
+void conn__drop_unsent(struct conn *c)
 {
     struct msg *partial = NULL;
     size_t off = c->head_off;

@@ -29,6 +29,9 @@
  *      freed memory;
  *   5. `labels` (and the text it points into) is set by feed_open and read
  *      without the lock: it never changes afterwards.
+ * A feed is kept small, as there is one for each subscription of each
+ * session: the label filters and the snapshot are allocated only when
+ * there are some.
  */
 #include "feed.h"
 #include "envelope.h"
@@ -56,14 +59,14 @@ struct feed {
     struct store_sub *sub;
     const struct feed_sink *sink;
     void *arg;
-    struct store_snapshot snap; /* from feed_open to feed_start */
+    struct store_snapshot *snap; /* from feed_open to feed_start; NULL: none (live_only) */
     int64_t sync_rev;
-    pthread_mutex_t lock;       /* pending, active, failed, filter */
-    struct store_filter filter; /* keep NULL: every key */
-    struct store_labels labels; /* invariant 5; no filter: any labels */
-    char *label_text;           /* the strings of `labels` */
-    bool from_start;            /* a replay from the time `start`: */
-    int64_t start;              /* the changes before it are not written */
+    pthread_mutex_t lock;        /* pending, active, failed, filter */
+    struct store_filter filter;  /* keep NULL: every key */
+    struct store_labels *labels; /* invariant 5; NULL: no filter, any labels; its strings
+                                    follow it in one block */
+    bool from_start;             /* a replay from the time `start`: */
+    int64_t start;               /* the changes before it are not written */
     struct feed__pending *head, *tail;
     bool active, failed;
 };
@@ -149,7 +152,7 @@ static void feed__write(struct feed *f, struct buf *b)
 static bool feed__live_passes(const struct feed *f, const struct store_event *ev)
 {
     const struct store_entry *e = ev->entry != NULL ? ev->entry : ev->old;
-    return !store_labels_any(&f->labels) || e == NULL || store_labels_pass_entry(&f->labels, e);
+    return f->labels == NULL || e == NULL || store_labels_pass_entry(f->labels, e);
 }
 
 static void feed__on_event(void *arg, struct store_sub *sub, struct store_event *ev)
@@ -200,11 +203,11 @@ static const char *feed__put(char **p, const char *src)
     return dst;
 }
 
-/* Copies the label filters of `from` (NULL: none) into f->labels, their
- * strings into one block, f->label_text. STORE_OK or STORE_EINTERNAL. */
+/* Copies the label filters of `from` (NULL: none) into f->labels, one
+ * block with their strings. STORE_OK or STORE_EINTERNAL. */
 static int feed__copy_labels(struct feed *f, const struct store_labels *from)
 {
-    size_t len = 0;
+    size_t len = sizeof *f->labels;
     if (!store_labels_any(from))
         return STORE_OK;
     assert(from->nmatch <= STORE_LABELS_FILTERS_MAX && from->nexclude <= STORE_LABELS_FILTERS_MAX);
@@ -212,19 +215,20 @@ static int feed__copy_labels(struct feed *f, const struct store_labels *from)
         len += strlen(from->match_names[i]) + strlen(from->match_values[i]) + 2;
     for (size_t i = 0; i < from->nexclude; i++)
         len += strlen(from->exclude_names[i]) + strlen(from->exclude_values[i]) + 2;
-    char *p = f->label_text = malloc(len);
-    if (p == NULL)
+    struct store_labels *labels = f->labels = calloc(1, len);
+    if (labels == NULL)
         return STORE_EINTERNAL;
+    char *p = (char *)(labels + 1);
     for (size_t i = 0; i < from->nmatch; i++) {
-        f->labels.match_names[i] = feed__put(&p, from->match_names[i]);
-        f->labels.match_values[i] = feed__put(&p, from->match_values[i]);
+        labels->match_names[i] = feed__put(&p, from->match_names[i]);
+        labels->match_values[i] = feed__put(&p, from->match_values[i]);
     }
     for (size_t i = 0; i < from->nexclude; i++) {
-        f->labels.exclude_names[i] = feed__put(&p, from->exclude_names[i]);
-        f->labels.exclude_values[i] = feed__put(&p, from->exclude_values[i]);
+        labels->exclude_names[i] = feed__put(&p, from->exclude_names[i]);
+        labels->exclude_values[i] = feed__put(&p, from->exclude_values[i]);
     }
-    f->labels.nmatch = from->nmatch;
-    f->labels.nexclude = from->nexclude;
+    labels->nmatch = from->nmatch;
+    labels->nexclude = from->nexclude;
     return STORE_OK;
 }
 
@@ -281,12 +285,17 @@ int feed_open(struct store *store, const struct feed_request *rq, const struct f
         feed_close(f);
         return err;
     }
+    if ((since >= 0 || !rq->live_only) && (f->snap = calloc(1, sizeof *f->snap)) == NULL) {
+        snprintf(why, why_len, "out of memory");
+        feed_close(f);
+        return STORE_EINTERNAL;
+    }
     if (since >= 0)
         err = store_subscribe_since(store, rq->pattern, rq->plen, rq->unique, feed__on_event, f,
-                                    since, &f->snap, &f->sync_rev, &f->sub);
+                                    since, f->snap, &f->sync_rev, &f->sub);
     else
-        err = store_subscribe(store, rq->pattern, rq->plen, rq->unique, feed__on_event, f,
-                              rq->live_only ? NULL : &f->snap, &f->sync_rev, &f->sub);
+        err = store_subscribe(store, rq->pattern, rq->plen, rq->unique, feed__on_event, f, f->snap,
+                              &f->sync_rev, &f->sub);
     if (err == STORE_OK) {
         *out = f;
         return STORE_OK;
@@ -337,7 +346,7 @@ static bool feed__deletion_passes(const struct feed *f, const char *key, size_t 
                                     .start = ts,
                                     .stop = ts + 1,
                                     .limit = SIZE_MAX,
-                                    .labels = f->labels};
+                                    .labels = *f->labels};
     struct store_history *it;
     struct store_record rec;
     int rc;
@@ -362,7 +371,7 @@ static bool *feed__passes(const struct feed *f, const struct store_snapshot *sna
     if (pass == NULL)
         return NULL;
     for (size_t i = 0; i < snap->n; i++) {
-        pass[i] = snap->entries[i] == NULL || store_labels_pass_entry(&f->labels, snap->entries[i]);
+        pass[i] = snap->entries[i] == NULL || store_labels_pass_entry(f->labels, snap->entries[i]);
         deletions += snap->entries[i] == NULL;
     }
     if (deletions == 0)
@@ -388,10 +397,20 @@ static bool *feed__passes(const struct feed *f, const struct store_snapshot *sna
     return pass;
 }
 
+static void feed__free_snapshot(struct feed *f)
+{
+    if (f->snap == NULL)
+        return;
+    store_snapshot_free(f->snap);
+    free(f->snap);
+    f->snap = NULL;
+}
+
 void feed_start(struct feed *f)
 {
     const struct feed_sink *sink = f->sink;
-    struct store_snapshot *snap = &f->snap;
+    static const struct store_snapshot none = {0};
+    const struct store_snapshot *snap = f->snap != NULL ? f->snap : &none;
     struct buf b = {0};
     bool failed = snap->failed;
 
@@ -401,7 +420,7 @@ void feed_start(struct feed *f)
     pthread_mutex_unlock(&f->lock);
 
     bool *pass = NULL; /* NULL: every change passes the label filters */
-    if (!failed && snap->n > 0 && store_labels_any(&f->labels))
+    if (!failed && snap->n > 0 && f->labels != NULL)
         failed = (pass = feed__passes(f, snap)) == NULL;
     /* Without the lock: events wait in pending meanwhile (invariant 1), so
      * no other thread writes, and the committer is not held up. */
@@ -424,7 +443,7 @@ void feed_start(struct feed *f)
     }
     buf_free(&b);
     free(pass);
-    store_snapshot_free(snap);
+    feed__free_snapshot(f);
     pthread_mutex_lock(&f->lock);
     if (failed)
         feed__fail(f);
@@ -455,7 +474,7 @@ void feed_close(struct feed *f)
         return;
     if (f->sub != NULL)
         store_unsubscribe(f->store, f->sub); /* invariant 4 */
-    store_snapshot_free(&f->snap);
+    feed__free_snapshot(f);
     while (f->head != NULL) {
         struct feed__pending *p = f->head;
         f->head = p->next;
@@ -463,6 +482,6 @@ void feed_close(struct feed *f)
         free(p);
     }
     pthread_mutex_destroy(&f->lock);
-    free(f->label_text);
+    free(f->labels);
     free(f);
 }

@@ -28,7 +28,7 @@ struct config {
     char *unix_socket;          /* a path, or NULL */
     size_t max_message_bytes;   /* one session message */
     size_t session_queue_bytes; /* a session's outbound queue */
-    unsigned max_sessions;
+    unsigned max_sessions;      /* 0 until main.c derives it from the descriptor limit */
     unsigned max_subscriptions; /* per session */
     unsigned sys_interval;      /* seconds between $SYS updates; 0: none */
     struct bridge_config bridge;

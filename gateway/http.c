@@ -667,6 +667,8 @@ static void http__free(struct http *h)
     free(h->tls_cert);
     pthread_mutex_destroy(&h->sse_lock);
     pthread_mutex_destroy(&h->conn_lock);
+    http__ws_hosts_free(h);
+    pthread_mutex_destroy(&h->ws_lock);
     pthread_mutex_destroy(&h->timer_lock);
     pthread_cond_destroy(&h->timer_cond);
     free(h);
@@ -695,6 +697,7 @@ int http_start(struct ops *ops, const struct config *cfg, struct loop *loop, str
     h->loop = loop;
     pthread_mutex_init(&h->sse_lock, NULL);
     pthread_mutex_init(&h->conn_lock, NULL);
+    pthread_mutex_init(&h->ws_lock, NULL);
     pthread_mutex_init(&h->timer_lock, NULL);
     pthread_cond_init(&h->timer_cond, NULL);
     h->started_us = now_us();
@@ -713,6 +716,8 @@ int http_start(struct ops *ops, const struct config *cfg, struct loop *loop, str
         rlim_t half = n > 128 ? (n - 64) / 2 : 32;
         max_conns = half > 65536 ? 65536 : (unsigned)half;
     }
+    /* MHD_USE_TURBO: MHD closes a connection without shutdown(), which the
+     * hand-over of an upgraded WebSocket relies on (http_stream.c). */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TURBO |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)

@@ -22,6 +22,8 @@
 #define HTTP_HISTORY_MAX  10000000 /* records of one history answer (streamed) */
 #define HTTP_MAX_STATUS   600
 
+#define HTTP_WS_HOST_BUCKETS 256 /* the WebSocket counts by address (struct http) */
+
 enum route {
     ROUTE_NONE = 0,
     ROUTE_KEYS,
@@ -71,6 +73,11 @@ struct http {
     struct sse *streams;
     pthread_mutex_t conn_lock; /* the connections, for the header timeout */
     struct http__conn *conns;
+    /* WebSockets the loop carries on a descriptor of their own (MHD's
+     * connection let go at the upgrade), counted by client address for
+     * http_max_connections_per_ip (http_stream.c). */
+    pthread_mutex_t ws_lock;
+    struct http__ws_host *ws_hosts[HTTP_WS_HOST_BUCKETS];
     pthread_t timer;
     pthread_mutex_t timer_lock;
     pthread_cond_t timer_cond;
@@ -137,6 +144,8 @@ enum MHD_Result http__batch(struct req *r);
 enum MHD_Result http__answer_write(struct req *r);
 enum MHD_Result http__events(struct req *r);
 enum MHD_Result http__ws(struct req *r);
+/* Forgets the WebSocket counts by address (http_stop: the loop is done). */
+void http__ws_hosts_free(struct http *h);
 enum MHD_Result http__history(struct req *r);
 enum MHD_Result http__export(struct req *r);
 enum MHD_Result http__import(struct req *r);

@@ -19,12 +19,14 @@
 #include "strict.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 /* ---- Server-Sent Events ---- */
 
@@ -320,16 +322,138 @@ void http__sse_end_all(struct http *h)
     pthread_mutex_unlock(&h->sse_lock);
 }
 
-/* ---- WebSocket upgrade (RFC 6455); the loop takes the socket over ---- */
+/* ---- WebSocket upgrade (RFC 6455); the loop takes the socket over ----
+ *
+ * Without TLS the loop gets a descriptor of its own (a dup of MHD's) and
+ * MHD's connection is closed at once: its memory pool (MHD's
+ * connection_memory_limit, 32 KiB) would otherwise stay with every session
+ * for its whole life. MHD takes the socket out of its epoll set before the
+ * upgrade callback runs, and closes its descriptor without shutdown()
+ * (MHD_USE_TURBO, http.c: without it MHD would shut the socket down under
+ * the loop), so the socket lives on in the loop's descriptor. Such sessions are
+ * no longer MHD's connections, so they are counted here by client address
+ * against http_max_connections_per_ip (and bounded in all by max_sessions).
+ * With TLS, MHD carries the session's TLS through a socket pair and keeps
+ * the connection, as MHD's own limits count it. */
 
 struct http__ws {
     struct http *h;
     char address[64];
 };
 
-static void http__ws_closed(void *arg)
+struct http__ws_host {
+    struct http__ws_host *next;
+    unsigned n; /* sessions open from `host` */
+    char host[];
+};
+
+/* The host part of "host:port" (the address of a caller), in `out`. */
+static void http__host_of(const char *address, char *out, size_t len)
 {
+    const char *colon = strrchr(address, ':');
+    size_t n = colon != NULL ? (size_t)(colon - address) : strlen(address);
+    snprintf(out, len, "%.*s", (int)n, address);
+}
+
+static struct http__ws_host **http__ws_slot(struct http *h, const char *host)
+{
+    uint32_t hash = 2166136261u; /* FNV-1a */
+    for (const char *p = host; *p; p++)
+        hash = (hash ^ (uint8_t)*p) * 16777619u;
+    struct http__ws_host **pp = &h->ws_hosts[hash % HTTP_WS_HOST_BUCKETS];
+    while (*pp != NULL && strcmp((*pp)->host, host) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* Sessions open from `host` on descriptors of their own. */
+static unsigned http__ws_count(struct http *h, const char *host)
+{
+    pthread_mutex_lock(&h->ws_lock);
+    struct http__ws_host *e = *http__ws_slot(h, host);
+    unsigned n = e != NULL ? e->n : 0;
+    pthread_mutex_unlock(&h->ws_lock);
+    return n;
+}
+
+/* Counts one more session from `host` (+1) or one fewer (-1). False when
+ * out of memory: nothing counted. */
+static bool http__ws_add(struct http *h, const char *host, int delta)
+{
+    bool ok = true;
+    pthread_mutex_lock(&h->ws_lock);
+    struct http__ws_host **pp = http__ws_slot(h, host), *e = *pp;
+    if (e == NULL && delta > 0) {
+        size_t len = strlen(host) + 1;
+        if ((e = malloc(sizeof *e + len)) == NULL) {
+            ok = false;
+            goto out;
+        }
+        e->next = NULL;
+        e->n = 0;
+        memcpy(e->host, host, len);
+        *pp = e;
+    }
+    if (e == NULL)
+        goto out;
+    e->n = delta > 0 ? e->n + 1 : e->n - 1;
+    if (e->n == 0) {
+        *pp = e->next;
+        free(e);
+    }
+out:
+    pthread_mutex_unlock(&h->ws_lock);
+    return ok;
+}
+
+void http__ws_hosts_free(struct http *h)
+{
+    for (size_t i = 0; i < HTTP_WS_HOST_BUCKETS; i++) {
+        while (h->ws_hosts[i] != NULL) {
+            struct http__ws_host *next = h->ws_hosts[i]->next;
+            free(h->ws_hosts[i]);
+            h->ws_hosts[i] = next;
+        }
+    }
+}
+
+/* The loop is done with a session MHD holds: MHD closes its socket. */
+static void http__ws_closed(void *arg, int fd, const char *address)
+{
+    (void)fd;
+    (void)address;
     MHD_upgrade_action(arg, MHD_UPGRADE_ACTION_CLOSE);
+}
+
+/* The loop is done with a session on a descriptor of its own. */
+static void http__ws_own_closed(void *arg, int fd, const char *address)
+{
+    char host[64];
+    close(fd);
+    http__host_of(address, host, sizeof host);
+    http__ws_add(arg, host, -1);
+}
+
+/* Hands `sock` to the loop on a descriptor of its own and lets MHD close
+ * the connection. False when it cannot (the caller hands MHD's over). */
+static bool http__ws_adopt_own(struct http__ws *ws, const char *extra, size_t extra_len,
+                               MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+    char host[64];
+    http__host_of(ws->address, host, sizeof host);
+    int fd = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    if (!http__ws_add(ws->h, host, +1)) {
+        close(fd);
+        return false;
+    }
+    int rc =
+        loop_adopt_ws(ws->h->loop, fd, extra, extra_len, ws->address, http__ws_own_closed, ws->h);
+    if (rc != 0) /* the loop is stopping, or out of memory */
+        http__ws_own_closed(ws->h, fd, ws->address);
+    MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE); /* MHD's descriptor and pool */
+    return true;
 }
 
 static void http__ws_upgraded(void *cls, struct MHD_Connection *conn, void *req_cls,
@@ -339,7 +463,8 @@ static void http__ws_upgraded(void *cls, struct MHD_Connection *conn, void *req_
     struct http__ws *ws = cls;
     (void)conn;
     (void)req_cls;
-    if (loop_adopt_ws(ws->h->loop, sock, extra, extra_len, ws->address, http__ws_closed, urh) != 0)
+    if ((ws->h->tls_cert != NULL || !http__ws_adopt_own(ws, extra, extra_len, sock, urh)) &&
+        loop_adopt_ws(ws->h->loop, sock, extra, extra_len, ws->address, http__ws_closed, urh) != 0)
         MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
     free(ws);
 }
@@ -378,6 +503,13 @@ enum MHD_Result http__ws(struct req *r)
         return http__error(r, STORE_EPROTO, "the subprotocol is almanac.v1");
     if (ops_sessions(r->h->ops) >= r->h->cfg->max_sessions)
         return http__error(r, STORE_EUNAVAIL, "max_sessions sessions are open");
+    char host[64];
+    http__host_of(r->caller.address, host, sizeof host);
+    unsigned per_ip = r->h->cfg->http_max_connections_per_ip;
+    if (per_ip > 0 && r->h->tls_cert == NULL && http__ws_count(r->h, host) >= per_ip)
+        return http__error(r, STORE_EUNAVAIL,
+                           "http_max_connections_per_ip WebSocket sessions are open from this "
+                           "address");
 
     char text[128], accept[64];
     unsigned char digest[SHA_DIGEST_LENGTH];

@@ -44,7 +44,10 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -77,6 +80,8 @@ static void loop__close(struct loop *l, struct conn *c)
     pthread_mutex_unlock(&c->lock);
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     atomic_fetch_sub(&l->conns, 1);
+    l->churn++;
+    l->churn_s = mono_s();
     if (c->state != NULL)
         l->handler->close(c->state); /* invariant 4 */
     c->state = NULL;
@@ -85,7 +90,7 @@ static void loop__close(struct loop *l, struct conn *c)
     SSL_free(c->ssl);
     free(c->tls_out);
     if (c->ws_closed != NULL)
-        c->ws_closed(c->ws_closed_arg); /* MHD closes an upgraded socket */
+        c->ws_closed(c->ws_closed_arg, c->fd, c->address); /* HTTP closes an upgraded socket */
     else
         close(c->fd);
     pthread_mutex_lock(&l->lock);
@@ -300,8 +305,16 @@ static int loop__read_lines(struct loop *l, struct conn *c)
         ssize_t n = loop__recv(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (n == 0)
             return -1;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (c->in_len == 0) { /* an idle session keeps no buffer */
+                free(c->in);
+                c->in = NULL;
+                c->in_cap = 0;
+            }
+            return 0;
+        }
         if (n < 0)
-            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+            return -1;
         if (c->closing || c->state == NULL)
             continue; /* the connection is over: what comes is dropped */
         c->in_len += (size_t)n;
@@ -314,6 +327,16 @@ static int loop__read_lines(struct loop *l, struct conn *c)
 
 /* ---- connections ---- */
 
+/* Messages go out as soon as they are queued: the loop writes what waits
+ * at once, so Nagle's algorithm would only hold a message back until the
+ * peer's delayed ACK (up to 40 ms). MHD turns it off at an upgrade. A Unix
+ * socket (or wss's socket pair) does not take it: nothing to do. */
+static void loop__nodelay(struct conn *c)
+{
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
 /* Makes `c` one of the loop's open connections (the loop thread only). */
 static void loop__add(struct loop *l, struct conn *c)
 {
@@ -325,6 +348,8 @@ static void loop__add(struct loop *l, struct conn *c)
     l->all = c;
     pthread_mutex_unlock(&l->lock);
     atomic_fetch_add(&l->conns, 1);
+    l->churn++;
+    l->churn_s = mono_s();
 }
 
 static int loop__watch(struct loop *l, struct conn *c)
@@ -383,7 +408,7 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
             if (fd >= 0)
                 close(fd);
             l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-            if (mono_s() - l->emfile_logged >= 1000) {
+            if (mono_s() - l->emfile_logged >= 10) { /* seconds: one warning in ten */
                 l->emfile_logged = mono_s();
                 log_warn("session: out of file descriptors: connections are refused");
             }
@@ -404,6 +429,8 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
             continue;
         }
         loop__add(l, c);
+        if (t == CONN_TCP)
+            loop__nodelay(c);
         if (t == CONN_TCP && l->tls != NULL && loop__tls_new(l, c) != 0) {
             loop__close(l, c);
             continue;
@@ -412,51 +439,79 @@ static void loop__accept(struct loop *l, int lfd, enum conn_transport t)
     }
 }
 
+/* A WebSocket handed over, until the loop thread makes it a connection. */
+struct loop__adoption {
+    struct loop__adoption *next;
+    int fd;
+    loop_closed_fn closed;
+    void *closed_arg;
+    size_t extra_len;
+    char *address; /* in `text`, after the extra bytes */
+    char text[];
+};
+
 int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len, const char *address,
-                  void (*closed)(void *), void *closed_arg)
+                  loop_closed_fn closed, void *closed_arg)
 {
-    struct conn *c = conn__new(l, fd, CONN_WS, address);
-    if (c == NULL)
+    size_t alen = strlen(address) + 1;
+    struct loop__adoption *a = malloc(sizeof *a + extra_len + alen);
+    if (a == NULL)
         return -1;
-    if (extra_len > 0) {
-        if ((c->in = malloc(extra_len)) == NULL) {
-            conn_unref(c);
-            return -1;
-        }
-        memcpy(c->in, extra, extra_len);
-        c->in_len = c->in_cap = extra_len;
-    }
-    c->ws_closed = closed;
-    c->ws_closed_arg = closed_arg;
+    *a = (struct loop__adoption){
+        .fd = fd, .closed = closed, .closed_arg = closed_arg, .extra_len = extra_len};
+    if (extra_len > 0)
+        memcpy(a->text, extra, extra_len);
+    a->address = memcpy(a->text + extra_len, address, alen);
     /* Invariant 1: the loop thread takes it from here (loop__take_adopted). */
     pthread_mutex_lock(&l->lock);
     if (l->closed) { /* stopping: the caller closes the socket */
         pthread_mutex_unlock(&l->lock);
-        conn_unref(c);
+        free(a);
         return -1;
     }
-    c->next = l->adopted;
-    l->adopted = c;
+    a->next = l->adopted;
+    l->adopted = a;
     pthread_mutex_unlock(&l->lock);
     loop__wake(l);
     return 0;
 }
 
+/* The connection of adoption `a` (freed), or NULL after closing its socket. */
+static struct conn *loop__adopted_conn(struct loop *l, struct loop__adoption *a)
+{
+    struct conn *c = conn__new(l, a->fd, CONN_WS, a->address);
+    if (c != NULL && a->extra_len > 0) {
+        if ((c->in = malloc(a->extra_len)) != NULL) {
+            memcpy(c->in, a->text, a->extra_len);
+            c->in_len = c->in_cap = a->extra_len;
+        } else {
+            conn_unref(c);
+            c = NULL;
+        }
+    }
+    if (c != NULL) {
+        c->ws_closed = a->closed;
+        c->ws_closed_arg = a->closed_arg;
+    } else
+        a->closed(a->closed_arg, a->fd, a->address);
+    free(a);
+    return c;
+}
+
 static void loop__take_adopted(struct loop *l)
 {
     pthread_mutex_lock(&l->lock);
-    struct conn *list = l->adopted;
+    struct loop__adoption *list = l->adopted;
     l->adopted = NULL;
     pthread_mutex_unlock(&l->lock);
     while (list != NULL) {
-        struct conn *c = list;
-        list = c->next;
-        c->next = NULL;
-        loop__add(l, c);
-        if (ws__init(c) != 0) {
-            loop__close(l, c);
+        struct loop__adoption *a = list;
+        list = a->next;
+        struct conn *c = loop__adopted_conn(l, a);
+        if (c == NULL)
             continue;
-        }
+        loop__add(l, c);
+        loop__nodelay(c);
         if (loop__open(l, c) != 0 || c->state == NULL)
             continue;
         /* Bytes that came with the upgrade are read now: epoll won't say. */
@@ -514,6 +569,23 @@ static void loop__sweep(struct loop *l)
     }
 }
 
+/* Gives the heap's free pages back to the system once connections stopped
+ * coming and going (a second without any), or every LOOP_TRIM_EVERY
+ * seconds while they keep doing so. Opening a session leaves holes between
+ * what it keeps (its handshake, welcome and subscription answer are freed
+ * around it, on several threads' arenas): on 10,000 idle WebSocket
+ * sessions they were about a third of the resident memory. */
+static void loop__trim(struct loop *l, int64_t now)
+{
+    if (l->churn == 0 || (now - l->churn_s < 2 && now - l->trimmed_s < LOOP_TRIM_EVERY))
+        return;
+#ifdef __GLIBC__
+    malloc_trim(0); /* glibc's: other allocators give pages back themselves */
+#endif
+    l->churn = 0;
+    l->trimmed_s = now;
+}
+
 static void *loop__run(void *arg)
 {
     struct loop *l = arg;
@@ -557,6 +629,7 @@ static void *loop__run(void *arg)
         if (mono_s() != swept) {
             swept = mono_s();
             loop__sweep(l);
+            loop__trim(l, swept);
             if (l->handler->tick != NULL)
                 l->handler->tick(l->arg);
         }
@@ -742,10 +815,10 @@ void loop_stop(struct loop *l)
         l->dirty = next;
     }
     while (l->adopted != NULL) {
-        struct conn *next = l->adopted->next;
-        l->adopted->ws_closed(l->adopted->ws_closed_arg);
-        conn_unref(l->adopted);
-        l->adopted = next;
+        struct loop__adoption *a = l->adopted;
+        l->adopted = a->next;
+        a->closed(a->closed_arg, a->fd, a->address);
+        free(a);
     }
     l->started = false;
 }

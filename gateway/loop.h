@@ -50,9 +50,14 @@ int loop_start(const struct config *cfg, const struct loop_handler *handler, voi
 /* Connections open now. */
 unsigned loop_connections(const struct loop *l);
 /* Hands over an upgraded WebSocket connection (fd, and bytes already read);
- * `closed(closed_arg)` closes the socket when the loop is done with it. */
+ * `closed(closed_arg, fd, address)` closes the socket when the loop is done
+ * with it (at once, when the loop cannot take it). The connection is made
+ * on the loop's thread: what lives as long as the session is allocated
+ * there, not on the caller's. Returns -1 when the loop is stopping (the
+ * caller closes the socket) or out of memory. */
+typedef void (*loop_closed_fn)(void *arg, int fd, const char *address);
 int loop_adopt_ws(struct loop *l, int fd, const char *extra, size_t extra_len, const char *address,
-                  void (*closed)(void *), void *closed_arg);
+                  loop_closed_fn closed, void *closed_arg);
 
 /* Queues one message (without framing) to `c`, from any thread. False when
  * the queue would pass session_queue_bytes: nothing was queued. */

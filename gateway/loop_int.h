@@ -20,6 +20,8 @@
 #define LOOP_CLOSE_GRACE     5
 #define LOOP_HANDSHAKE_GRACE 10    /* seconds a TLS client has for its handshake */
 #define LOOP_TLS_CHUNK       16384 /* bytes given to one SSL_write: a record's worth */
+#define LOOP_TRIM_EVERY      60    /* seconds between heap trims while connections churn */
+#define LOOP_READ_BYTES      65536 /* one read of a WebSocket, into the loop's buffer */
 
 struct msg {
     struct msg *next;
@@ -35,7 +37,6 @@ struct conn {
     enum conn_transport transport;
     void *state; /* the handler's, from open to close */
     bool opened; /* the handler's open ran (a TLS client's after its handshake) */
-    char address[128];
 
     pthread_mutex_t lock; /* the queue and the flags below */
     struct msg *head, *tail;
@@ -57,9 +58,20 @@ struct conn {
     char *tls_out;      /* LOOP_TLS_CHUNK bytes taken off the queue for SSL_write */
     size_t tls_out_len, tls_out_off;
 
-    wslay_event_context_ptr ws;
-    void (*ws_closed)(void *);
+    /* WebSocket (loop_ws.c). `in` holds the start of a frame not yet whole,
+     * and is freed when it holds nothing: an idle session keeps no buffer. */
+    wslay_event_context_ptr ws; /* while frames are read; NULL: none */
+    const uint8_t *ws_feed;     /* the whole frames wslay is reading */
+    size_t ws_feed_len;
+    bool ws_in_msg; /* a message came in part: wslay holds the rest so far */
+    char *ws_ctl;   /* control frames to send (pong, close), or NULL; c->lock */
+    size_t ws_ctl_len, ws_ctl_off;
+    bool ws_close_queued; /* a close is in ws_ctl: no data frame follows; c->lock */
+    bool ws_close_sent;   /* ... and written; c->lock */
+    bool ws_close_recvd;  /* the peer's close came: its input is over */
+    loop_closed_fn ws_closed;
     void *ws_closed_arg;
+    char address[]; /* "host:port", or "unix": as long as it is (one per session) */
 };
 
 struct loop {
@@ -78,9 +90,14 @@ struct loop {
 
     pthread_mutex_t lock; /* dirty list, adoptions and `closed` */
     struct conn *dirty;
-    struct conn *adopted; /* WebSockets from HTTP, for the loop to take */
-    bool closed;          /* loop_stop ran: no more adoptions */
+    struct loop__adoption *adopted; /* WebSockets from HTTP, for the loop to take */
+    bool closed;                    /* loop_stop ran: no more adoptions */
     struct conn *all;
+    /* Connections opened or closed since the heap was last trimmed, the
+     * second of the last one, and of the trim (loop.c, loop__trim). */
+    unsigned churn;
+    int64_t churn_s, trimmed_s;
+    char rbuf[LOOP_READ_BYTES]; /* what a WebSocket read brought (the loop thread) */
 };
 
 /* ---- conn.c ---- */
@@ -91,6 +108,9 @@ struct conn *conn__new(struct loop *l, int fd, enum conn_transport t, const char
 void msg__free(struct msg *m);
 /* Drops every queued message; the caller holds c->lock. */
 void conn__drop_queue(struct conn *c);
+/* Drops what waits to be sent but a message partly written; the caller
+ * holds c->lock. */
+void conn__drop_unsent(struct conn *c);
 /* Closes `c` once what is queued is written (or after LOOP_CLOSE_GRACE). */
 void conn__close_soon(struct conn *c);
 /* Whether epoll also tells when `c` can be written (the loop thread). */
@@ -100,11 +120,9 @@ void loop__wake(struct loop *l);
 
 /* ---- loop_ws.c ---- */
 
-/* Starts the WebSocket framing of an adopted connection; 0 or -1. */
-int ws__init(struct conn *c);
 /* Reads what came (then writes); -1: close now. */
 int ws__read(struct loop *l, struct conn *c);
-/* Moves queued messages into wslay and lets it write; -1: close now. */
+/* Writes queued messages as frames, and control frames; -1: close now. */
 int ws__flush(struct loop *l, struct conn *c);
 
 #endif

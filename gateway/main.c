@@ -12,6 +12,7 @@
 #include "gateway.h"
 #include "version.h"
 
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <stdio.h>
@@ -43,22 +44,69 @@ static void usage(FILE *out)
             "  help                     this\n");
 }
 
-/* Raises the descriptor limit to what the system allows (as nginx's
- * worker_rlimit_nofile); http_start derives its connection limit from it. */
-static void serve__raise_nofile(void)
+/* Descriptors besides the sessions': listeners, the epoll and event fds,
+ * SQLite's files, blob files, the bridge's socket and HTTP requests (with a
+ * descriptor limit under twice this, half of it). */
+#define SERVE_NOFILE_MARGIN 1024
+/* max_sessions derived from the descriptor limit, at most (as MHD's
+ * connection limit, http.c). */
+#define SERVE_SESSIONS_MAX 65536
+
+/* Raises the soft descriptor limit to the hard one (as nginx's
+ * worker_rlimit_nofile); http_start derives its connection limit from it,
+ * and an unset max_sessions (0) becomes what it holds after the margin: a
+ * session holds one descriptor, a wss one three (MHD carries its TLS
+ * through a socket pair). Says which limit is in effect; warns when it
+ * cannot be raised, or when it is too low for a max_sessions that was set.
+ * HTTP connections and sessions are bounded each by their own limit: if
+ * both fill at once, accept() finds no descriptor, and both the loop (a
+ * spare descriptor) and MHD refuse the connection without harm. */
+static void serve__raise_nofile(struct config *cfg)
 {
     struct rlimit rl;
-    rlim_t n = 1024;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-        rlim_t want = rl.rlim_max == RLIM_INFINITY ? 1 << 20 : rl.rlim_max;
-        if (want > rl.rlim_cur) {
-            rl.rlim_cur = want;
-            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-                getrlimit(RLIMIT_NOFILE, &rl);
-        }
-        n = rl.rlim_cur;
+    unsigned per = cfg->http_tls_cert != NULL ? 3 : 1;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        log_warn("almanac: getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        rl.rlim_cur = rl.rlim_max = 1024;
     }
-    log_info("almanac: %llu descriptors", (unsigned long long)n);
+    rlim_t was = rl.rlim_cur, want = rl.rlim_max;
+    if (want == RLIM_INFINITY) { /* the kernel takes at most fs.nr_open */
+        unsigned long long nr_open = 1 << 20;
+        FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+        if (f != NULL) {
+            if (fscanf(f, "%llu", &nr_open) != 1)
+                nr_open = 1 << 20;
+            fclose(f);
+        }
+        want = (rlim_t)nr_open;
+    }
+    if (want > rl.rlim_cur) {
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            log_warn("almanac: cannot raise the descriptor limit from %llu to %llu: %s",
+                     (unsigned long long)was, (unsigned long long)want, strerror(errno));
+            getrlimit(RLIMIT_NOFILE, &rl);
+        }
+    }
+    unsigned long long n = rl.rlim_cur, hard = rl.rlim_max;
+    unsigned long long margin = n / 2 < SERVE_NOFILE_MARGIN ? n / 2 : SERVE_NOFILE_MARGIN;
+    if (cfg->max_sessions == 0) {
+        unsigned long long fit = (n - margin) / per;
+        cfg->max_sessions = fit > SERVE_SESSIONS_MAX ? SERVE_SESSIONS_MAX : fit < 1 ? 1 : (unsigned)fit;
+        log_info("almanac: descriptor limit %llu (was %llu): max_sessions %u, derived from it",
+                 n, (unsigned long long)was, cfg->max_sessions);
+        return;
+    }
+    unsigned long long need = (unsigned long long)cfg->max_sessions * per + SERVE_NOFILE_MARGIN;
+    if (n < need)
+        log_warn("almanac: descriptor limit %llu (hard limit %llu): too low for max_sessions %u, "
+                 "which needs about %llu; raise the hard limit (LimitNOFILE=%llu in the systemd "
+                 "unit, or ulimit -n %llu before starting almanac), lower max_sessions, or leave "
+                 "it unset (0) to derive it from the limit",
+                 n, hard, cfg->max_sessions, need, need, need);
+    else
+        log_info("almanac: descriptor limit %llu (was %llu; enough for max_sessions %u)", n,
+                 (unsigned long long)was, cfg->max_sessions);
 }
 
 static int serve(int argc, char **argv)
@@ -80,7 +128,7 @@ static int serve(int argc, char **argv)
         return 2;
     }
     log_set_level(cfg.log_level);
-    serve__raise_nofile();
+    serve__raise_nofile(&cfg);
     /* OpenSSL's lazy start on an HTTP thread (the WebSocket handshake's
      * SHA-1) would leave that thread's state behind at exit. */
     OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);

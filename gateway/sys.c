@@ -18,41 +18,92 @@
 #include <string.h>
 #include <time.h>
 
+/* One transaction of up to SYS_OPS writes: a session's keys go together,
+ * one allocation and one commit. */
+#define SYS_OPS 4
+
 struct sys__write {
     struct store_txn txn;
-    struct store_op op;
-    char key[160];
+    struct store_op op[SYS_OPS];
+    char key[SYS_OPS][160];
 };
 
 static void sys__done(void *arg, struct store_txn *t)
 {
+    struct sys__write *w = arg;
     if (t->err != STORE_OK && t->err != STORE_EUNAVAIL)
-        log_warn("sys: writing %s: %s", ((struct sys__write *)arg)->key, store_err_name(t->err));
-    free(arg);
+        log_warn("sys: writing %s: %s", w->key[t->fail < t->n ? t->fail : 0],
+                 store_err_name(t->err));
+    free(w);
 }
 
+/* A transaction to fill with sys__add_set and sys__add_delete (NULL: out of
+ * memory, and they and sys__submit do nothing). */
+static struct sys__write *sys__begin(void)
+{
+    return calloc(1, sizeof(struct sys__write));
+}
+
+static struct store_op *sys__add(struct sys__write *w, const char *key)
+{
+    if (w == NULL || w->txn.n == SYS_OPS)
+        return NULL;
+    size_t i = w->txn.n++;
+    snprintf(w->key[i], sizeof w->key[i], "%s", key);
+    w->op[i].key = w->key[i];
+    w->op[i].klen = strlen(w->key[i]);
+    return &w->op[i];
+}
+
+static void sys__add_set(struct sys__write *w, const char *key, const char *value, const char *type)
+{
+    struct store_op *op = sys__add(w, key);
+    if (op == NULL)
+        return;
+    *op = (struct store_op){.kind = STORE_OP_SET,
+                            .key = op->key,
+                            .klen = op->klen,
+                            .if_rev = STORE_ANY_REV,
+                            .if_changed = true};
+    if (store_entry_new(value, strlen(value), type, NULL, STORE_ORIGIN_SYS, &op->entry) != STORE_OK)
+        w->txn.n--; /* left out */
+}
+
+static void sys__add_number(struct sys__write *w, const char *key, unsigned long long n)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%llu", n);
+    sys__add_set(w, key, text, "application/json");
+}
+
+static void sys__add_delete(struct sys__write *w, const char *pattern)
+{
+    struct store_op *op = sys__add(w, pattern);
+    if (op == NULL)
+        return;
+    *op = (struct store_op){.kind = STORE_OP_DELETE,
+                            .key = op->key,
+                            .klen = op->klen,
+                            .pattern = true,
+                            .sys = true,
+                            .if_rev = STORE_ANY_REV,
+                            .origin = STORE_ORIGIN_SYS};
+}
+
+/* Submits `w` (taken over) without waiting. */
 static void sys__submit(struct store *store, struct sys__write *w)
 {
-    w->op.key = w->key;
-    w->op.klen = strlen(w->key);
-    w->txn.ops = &w->op;
-    w->txn.n = 1;
-    if (store_submit(store, &w->txn, sys__done, w) != STORE_OK)
-        free(w);
+    if (w == NULL)
+        return;
+    w->txn.ops = w->op;
+    if (w->txn.n == 0 || store_submit(store, &w->txn, sys__done, w) != STORE_OK)
+        free(w); /* the store took the entries' references (store.h) */
 }
 
 static void sys__set(struct store *store, const char *key, const char *value, const char *type)
 {
-    struct sys__write *w = calloc(1, sizeof *w);
-    if (w == NULL)
-        return;
-    snprintf(w->key, sizeof w->key, "%s", key);
-    w->op = (struct store_op){.kind = STORE_OP_SET, .if_rev = STORE_ANY_REV, .if_changed = true};
-    if (store_entry_new(value, strlen(value), type, NULL, STORE_ORIGIN_SYS, &w->op.entry) !=
-        STORE_OK) {
-        free(w);
-        return;
-    }
+    struct sys__write *w = sys__begin();
+    sys__add_set(w, key, value, type);
     sys__submit(store, w);
 }
 
@@ -73,15 +124,8 @@ struct sys {
 
 static void sys__delete(struct store *store, const char *pattern)
 {
-    struct sys__write *w = calloc(1, sizeof *w);
-    if (w == NULL)
-        return;
-    snprintf(w->key, sizeof w->key, "%s", pattern);
-    w->op = (struct store_op){.kind = STORE_OP_DELETE,
-                              .pattern = true,
-                              .sys = true,
-                              .if_rev = STORE_ANY_REV,
-                              .origin = STORE_ORIGIN_SYS};
+    struct sys__write *w = sys__begin();
+    sys__add_delete(w, pattern);
     sys__submit(store, w);
 }
 
@@ -136,27 +180,29 @@ void sys_tick(struct sys *sys)
 void sys_session_open(struct sys *sys, const char *client_id, const char *transport,
                       const char *address, unsigned count)
 {
-    struct store *store = sys->store;
     char key[160], since[32];
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    struct sys__write *w = sys__begin();
     snprintf(key, sizeof key, "$SYS/sessions/%s/transport", client_id);
-    sys__set(store, key, transport, "text/plain; charset=utf-8");
+    sys__add_set(w, key, transport, "text/plain; charset=utf-8");
     snprintf(key, sizeof key, "$SYS/sessions/%s/address", client_id);
-    sys__set(store, key, address, "text/plain; charset=utf-8");
+    sys__add_set(w, key, address, "text/plain; charset=utf-8");
     snprintf(key, sizeof key, "$SYS/sessions/%s/since", client_id);
-    sys__set(store, key, since, "text/plain; charset=utf-8");
-    sys__set_number(store, "$SYS/sessions/count", count);
+    sys__add_set(w, key, since, "text/plain; charset=utf-8");
+    sys__add_number(w, "$SYS/sessions/count", count);
+    sys__submit(sys->store, w);
 }
 
 void sys_session_close(struct sys *sys, const char *client_id, unsigned count)
 {
-    struct store *store = sys->store;
     char pattern[160];
     snprintf(pattern, sizeof pattern, "$SYS/sessions/%s/#", client_id);
-    sys__delete(store, pattern);
-    sys__set_number(store, "$SYS/sessions/count", count);
+    struct sys__write *w = sys__begin();
+    sys__add_delete(w, pattern);
+    sys__add_number(w, "$SYS/sessions/count", count);
+    sys__submit(sys->store, w);
 }

@@ -72,15 +72,19 @@ def sanitized():
         return b"__asan_init" in f.read()
 
 
-def limit_fds():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-
-
 class FdLimitedDaemon(Daemon):
-    """A daemon whose RLIMIT_NOFILE is 1024, soft and hard."""
+    """A daemon started with RLIMIT_NOFILE `nofile` (soft, hard): 1024 both
+    unless told."""
+
+    def __init__(self, args=(), nofile=(1024, 1024), **kwargs):
+        super().__init__(args, **kwargs)
+        self.nofile = nofile
 
     def start(self, timeout=15):
         real = subprocess.Popen
+
+        def limit_fds():
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
         def popen(*args, **kwargs):
             kwargs.setdefault("preexec_fn", limit_fds)
@@ -718,6 +722,157 @@ class CrossProtocol(unittest.TestCase):
         c.send_raw(b"Host: 127.0.0.1\n")
         self.assertEqual(c.recv()["error"], "bad_request")
         c.close()
+        self.assertEqual(d.stop(), 0)
+
+
+def ws_open(d, source="127.0.0.1", timeout=5):
+    """A WebSocket session on a raw socket from `source`: (the socket, the
+    first bytes after the handshake's answer), or (None, the answer) when
+    the upgrade is refused."""
+    s = socket.socket()
+    s.settimeout(timeout)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", d.port))
+    s.sendall(f"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{d.port}\r\n"
+              "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              "Sec-WebSocket-Protocol: almanac.v1\r\n\r\n".encode())
+    got = b""
+    while b"\r\n\r\n" not in got or (got.startswith(b"HTTP/1.1 101") and b"welcome" not in got):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    if not got.startswith(b"HTTP/1.1 101"):
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        while length and len(body) < int(length.group(1)):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        s.close()
+        return None, head + b"\r\n\r\n" + body
+    return s, got.split(b"\r\n\r\n", 1)[1]
+
+
+class DescriptorLimit(unittest.TestCase):
+    """8. Sessions at scale: the daemon raises its soft descriptor limit to
+    the hard one at start and logs the limit in effect, warns (naming
+    LimitNOFILE= and ulimit -n) when it is too low for max_sessions, and
+    holds more sessions than the soft limit it was started with would allow.
+    A WebSocket session lives on a descriptor of the loop's own, so it is
+    counted by address against http_max_connections_per_ip here, not by
+    libmicrohttpd."""
+
+    def test_soft_limit_raised_and_sessions_held(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 4096:
+            self.skipTest(f"the hard descriptor limit is {hard}: 4096 needed")
+        if soft < 4096:  # this process holds the client ends
+            resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+        d = FdLimitedDaemon(["--sys_interval", "0", "--max_sessions", "2000"],
+                            nofile=(1024, 4096))
+        self.addCleanup(d.cleanup)
+        d.start()
+        with open(f"/proc/{d.proc.pid}/limits") as f:
+            limits = [line.split()[3:5] for line in f if line.startswith("Max open files")][0]
+        said = [line for line in d.log_text().splitlines() if "descriptor limit" in line]
+        say(f"open files allowed (soft, hard): {limits}; the log: {said}")
+        self.assertEqual(limits, ["4096", "4096"])
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("descriptor limit 4096 (was 1024; enough for max_sessions 2000)", said[0])
+
+        n, socks, t0 = 1500, [], time.monotonic()
+        try:
+            for i in range(n):
+                # Eight client addresses: under http_max_connections_per_ip each.
+                s, rest = ws_open(d, source=f"127.0.1.{1 + i % 8}")
+                self.assertIsNotNone(s, f"session {i}: {rest[:200]!r}")
+                self.assertIn(b'"type":"welcome"', rest)
+                socks.append(s)
+            opened = time.monotonic() - t0
+            held = fds(d)
+            count = curl(d, "GET", K + "$SYS/sessions/count").body.decode().strip()
+            health = curl(d, "GET", "/health").status
+            say(f"{len(socks)} WebSocket sessions opened in {opened:.1f} s (more than the soft "
+                f"limit of 1024 the daemon started with); it holds {held} descriptors; "
+                f"$SYS/sessions/count {count}; /health {health}")
+            self.assertGreaterEqual(held, n)
+            self.assertEqual(health, 200)
+        finally:
+            for s in socks:
+                s.close()
+        self.assertEqual(d.stop(), 0, d.log_text()[-3000:])
+
+    def test_too_low_hard_limit_is_said(self):
+        d = FdLimitedDaemon(["--sys_interval", "0", "--max_sessions", "65536"],
+                            nofile=(1024, 1024))
+        self.addCleanup(d.cleanup)
+        d.start()
+        said = [line for line in d.log_text().splitlines() if "descriptor limit" in line]
+        say(f"the log: {said}")
+        self.assertEqual(len(said), 1, said)
+        self.assertIn(" warn ", said[0])
+        for words in ("descriptor limit 1024 (hard limit 1024)", "too low for max_sessions 65536",
+                      "LimitNOFILE=66560", "ulimit -n 66560"):
+            self.assertIn(words, said[0])
+        self.assertEqual(d.stop(), 0)
+
+    def test_default_max_sessions_fits_the_limit(self):
+        """An unset max_sessions is derived from the limit obtained: no
+        warning, and the sessions past it are refused with a reason."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 2048 and (hard == resource.RLIM_INFINITY or hard >= 2048):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))  # the client ends
+        d = FdLimitedDaemon(["--sys_interval", "0"], nofile=(1024, 1024))
+        self.addCleanup(d.cleanup)
+        d.start()
+        said = [line for line in d.log_text().splitlines() if "descriptor limit" in line]
+        warned = [line for line in d.log_text().splitlines() if " warn " in line]
+        say(f"the log: {said}; warnings: {warned}")
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("descriptor limit 1024 (was 1024): max_sessions 512, derived from it",
+                      said[0])
+        self.assertEqual(warned, [])
+        socks = []
+        try:
+            for i in range(512):
+                s, rest = ws_open(d, source=f"127.0.3.{1 + i % 4}")
+                self.assertIsNotNone(s, f"session {i}: {rest[:200]!r}")
+                socks.append(s)
+            refused, answer = ws_open(d, source="127.0.3.9")
+            status = answer.split(b"\r\n")[0]
+            say(f"session 513: {status!r}")
+            self.assertIsNone(refused)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 503"), answer[:200])
+            self.assertIn(b"max_sessions", answer)
+        finally:
+            for s in socks:
+                s.close()
+        self.assertEqual(d.stop(), 0, d.log_text()[-3000:])
+
+    def test_websocket_sessions_counted_per_address(self):
+        d = Daemon(["--sys_interval", "0", "--http_max_connections_per_ip", "4"])
+        self.addCleanup(d.cleanup)
+        d.start()
+        mine = [ws_open(d, source="127.0.2.1")[0] for _ in range(4)]
+        self.assertNotIn(None, mine)
+        refused, answer = ws_open(d, source="127.0.2.1")
+        other, _ = ws_open(d, source="127.0.2.2")
+        mine[0].close()
+        time.sleep(0.3)  # the loop sees the close
+        again, _ = ws_open(d, source="127.0.2.1")
+        status = answer.split(b"\r\n")[0].decode()
+        say(f"a fifth session from one address: {status!r}; "
+            f"from another: {other is not None}; after one closed: {again is not None}")
+        self.assertIsNone(refused)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503"), answer[:200])
+        self.assertIn(b"http_max_connections_per_ip", answer)
+        self.assertIsNotNone(other)
+        self.assertIsNotNone(again)
+        for s in mine[1:] + [other, again]:
+            s.close()
         self.assertEqual(d.stop(), 0)
 
 

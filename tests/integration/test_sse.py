@@ -39,6 +39,8 @@ class SseReader:
                         self.cond.notify_all()
                 ev = {}
                 continue
+            if line.startswith(":"):
+                continue  # a comment (the heartbeat's `: keepalive`), not a field of an event
             field, _, value = line.partition(": ")
             ev[field] = json.loads(value) if field == "data" else value
         with self.cond:
