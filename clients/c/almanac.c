@@ -925,7 +925,8 @@ static int almanac__line(struct almanac__link *k, struct almanac__in *in, int64_
     for (;;) {
         if (in->scanned < in->start)
             in->scanned = in->start;
-        char *nl = memchr(in->p + in->scanned, '\n', in->end - in->scanned);
+        char *nl =
+            in->end > in->scanned ? memchr(in->p + in->scanned, '\n', in->end - in->scanned) : NULL;
         if (nl != NULL) {
             size_t n = (size_t)(nl - (in->p + in->start));
             if (n > 0 && in->p[in->start + n - 1] == '\r')
