@@ -105,11 +105,18 @@ static void daemon_start(struct daemon *d, const char *const *extra)
     close(log);
     for (int i = 0; i < 1500 && !log_says_ready(d, from); i++) {
         int status;
-        if (waitpid(d->pid, &status, WNOHANG) == d->pid)
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+            d->pid = 0;
             fail_msg("almanac exited at start; see %s", d->log);
+        }
         sleep_ms(10);
     }
-    assert_true(log_says_ready(d, from));
+    if (!log_says_ready(d, from)) {
+        kill(d->pid, SIGKILL);
+        waitpid(d->pid, NULL, 0);
+        d->pid = 0;
+        fail_msg("almanac was not ready in 15 s; see %s", d->log);
+    }
 }
 
 static void daemon_stop(struct daemon *d)
@@ -130,12 +137,15 @@ static void daemon_cleanup(struct daemon *d)
         kill(d->pid, SIGKILL);
         waitpid(d->pid, NULL, 0);
     }
+    d->pid = 0;
     snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", d->dir, d->log);
     if (d->dir[0] != '\0' && system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", d->dir);
+    d->dir[0] = '\0';
 }
 
 static struct daemon main_daemon;
+static struct daemon restart_daemon; /* test_resume_after_a_restart's own */
 
 static struct almanac *client_as(const struct daemon *d, const char *token)
 {
@@ -507,9 +517,9 @@ static void test_resume_after_a_killed_socket(void **state)
 static void test_resume_after_a_restart(void **state)
 {
     (void)state;
-    struct daemon d = {0};
-    daemon_start(&d, NULL);
-    struct almanac *a = client_as(&d, ADMIN), *w = client_as(&d, ADMIN);
+    struct daemon *d = &restart_daemon; /* static: teardown stops it if this test fails */
+    daemon_start(d, NULL);
+    struct almanac *a = client_as(d, ADMIN), *w = client_as(d, ADMIN);
     unsigned sub;
     int64_t revs[4];
     char key[32], value[16];
@@ -517,8 +527,8 @@ static void test_resume_after_a_restart(void **state)
     assert_int_equal(almanac_subscribe(a, "r/#", NULL, &sub), ALMANAC_OK);
     expect_put(a, "r/old", "o", 0);
     expect_sync(a);
-    daemon_stop(&d);
-    daemon_start(&d, NULL);
+    daemon_stop(d);
+    daemon_start(d, NULL);
     /* The writer's handle reconnects for its next request by itself. */
     for (int i = 0; i < 4; i++) {
         snprintf(key, sizeof key, "r/%d", i);
@@ -533,17 +543,17 @@ static void test_resume_after_a_restart(void **state)
     /* Without reconnection, the drop is the caller's to handle. */
     struct almanac *b;
     struct almanac_options o = {.token = ADMIN, .no_reconnect = true};
-    assert_int_equal(almanac_connect(&b, d.tcp, &o), ALMANAC_OK);
+    assert_int_equal(almanac_connect(&b, d->tcp, &o), ALMANAC_OK);
     assert_int_equal(almanac_subscribe(b, "r/live", NULL, &sub), ALMANAC_OK);
     expect_put(b, "r/live", "l", live);
     expect_sync(b);
-    daemon_stop(&d);
+    daemon_stop(d);
     const struct almanac_event *ev;
     assert_int_equal(almanac_next_event(b, 5000, &ev), ALMANAC_ECLOSED);
     struct almanac_entry *e;
     assert_int_equal(almanac_get(b, "r/live", &e), ALMANAC_ECLOSED);
     assert_int_equal(almanac_resume(b), ALMANAC_ECONNECT);
-    daemon_start(&d, NULL);
+    daemon_start(d, NULL);
     int64_t later = set_text(w, "r/live", "again");
     assert_int_equal(almanac_resume(b), ALMANAC_OK);
     expect_put(b, "r/live", "again", later);
@@ -552,9 +562,9 @@ static void test_resume_after_a_restart(void **state)
 
     /* history_gone: history no longer covers the pattern, so the resumed
      * subscription starts again from a fresh snapshot, after a RESET. */
-    daemon_stop(&d);
+    daemon_stop(d);
     const char *const other[] = {"--history_keys", "elsewhere/#", NULL};
-    daemon_start(&d, other);
+    daemon_start(d, other);
     ev = next(a);
     assert_int_equal(ev->type, ALMANAC_EVENT_RESET);
     assert_int_equal(ev->sub, 1);
@@ -565,8 +575,8 @@ static void test_resume_after_a_restart(void **state)
     assert_int_equal(entries, 6); /* r/old, r/0..r/3, r/live: each key once */
     almanac_close(a);
     almanac_close(w);
-    daemon_stop(&d);
-    daemon_cleanup(&d);
+    daemon_stop(d);
+    daemon_cleanup(d);
 }
 
 /* ---- history ---- */
@@ -761,9 +771,11 @@ static int setup(void **state)
     return 0;
 }
 
+/* Also after a failed test: no daemon outlives the run. */
 static int teardown(void **state)
 {
     (void)state;
+    daemon_cleanup(&restart_daemon);
     daemon_stop(&main_daemon);
     daemon_cleanup(&main_daemon);
     return 0;
