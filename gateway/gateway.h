@@ -93,7 +93,8 @@ int config_resolve(const char *option, const char *spec, struct addrinfo **ai, c
 /* ---- cli.c ---- */
 
 /* The client commands (argv[0] is the program): get, set, del, ls, sub, pub,
- * info. Returns the exit code. */
+ * history, info, export, import, token; a command-line layer over libalmanac
+ * (clients/c/almanac.h). Returns the exit code. */
 int cli_main(int argc, char **argv);
 
 /* ---- sys.c: the server's own keys, $SYS/... ---- */
