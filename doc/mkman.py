@@ -186,8 +186,10 @@ def parse_commands(path):
                 continue
             if cur is None or " :: " not in ln:
                 sys.exit("%s:%d: expected `[section]` or `SYNOPSIS :: text`" % (path, n))
-            syn, desc = ln.split(" :: ", 1)
-            cur.append((syn.strip(), desc.strip()))
+            parts = [x.strip() for x in ln.split(" :: ")]
+            if len(parts) > 3:
+                sys.exit("%s:%d: at most SYNOPSIS :: text :: example" % (path, n))
+            cur.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
     for need in ("commands", "options", "environment", "exit"):
         if need not in sections:
             sys.exit("%s: no [%s] section" % (path, need))
@@ -231,10 +233,10 @@ def cli_page(cmds, blocks, version):
         "Every other command is a client of a running server.",
         ".SH COMMANDS",
     ]
-    for syn, desc in cmds["commands"]:
+    for syn, desc, _ in cmds["commands"]:
         out += [".TP", synopsis(syn), line(desc)]
     out += [".SH CLIENT OPTIONS", "Given before the command."]
-    for syn, desc in cmds["options"]:
+    for syn, desc, _ in cmds["options"]:
         out += [".TP", synopsis(syn), line(desc)]
     out += [
         ".SH SERVER OPTIONS",
@@ -260,10 +262,14 @@ def cli_page(cmds, blocks, version):
         "secrets such as \\fBALMANAC_ADMIN_TOKEN\\fR, \\fBALMANAC_JWT_KEY\\fR and",
         "\\fBALMANAC_BRIDGE_PASSWORD\\fR.",
     ]
-    for syn, desc in cmds["environment"]:
+    for syn, desc, _ in cmds["environment"]:
         out += [".TP", "\\fB%s\\fR" % esc(syn), line(desc)]
-    out += [".SH EXIT STATUS"]
-    for syn, desc in cmds["exit"]:
+    out += [".SH EXAMPLES", ".nf"]
+    for _, _, example in cmds["commands"]:
+        if example:
+            out += [line("$ almanac " + example)]
+    out += [".fi", ".SH EXIT STATUS"]
+    for syn, desc, _ in cmds["exit"]:
         out += [".TP", "\\fB%s\\fR" % esc(syn), line(desc)]
     out += [
         ".SH FILES",

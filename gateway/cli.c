@@ -30,29 +30,7 @@ struct cli {
 
 static int cli__usage(void)
 {
-    fprintf(stderr, "usage: almanac [-s HOST:PORT] [--token T] [--tls] [--cafile FILE] [--json]\n"
-                    "               COMMAND ...\n"
-                    "  get KEY|PATTERN      print a value, or every entry matching a pattern\n"
-                    "  set KEY VALUE|-      set a key (- reads the value from standard input)\n"
-                    "  del KEY|PATTERN      delete a key, or every key matching a pattern\n"
-                    "  ls [KEY]             list the children of a key (or of the root)\n"
-                    "  sub PATTERN          print the matching entries, then every change\n"
-                    "  pub KEY VALUE        publish a transient value\n"
-                    "  history KEY|PATTERN [--start T] [--stop T] [--limit N] [--order asc|desc]\n"
-                    "                       [--every D]  print the changes kept in history (T: µs\n"
-                    "                       or RFC 3339; D: 10s, 5m, 1h; default limit 1000)\n"
-                    "  export               print every entry as JSON lines (HTTP)\n"
-                    "  import               apply JSON lines from standard input (HTTP)\n"
-                    "  info                 print the server's $SYS keys\n"
-                    "  token create NAME [--read P]... [--write P]... [--admin] [--expires D]\n"
-                    "                       make an access token, print its secret (HTTP)\n"
-                    "  token ls | token rm NAME   list tokens, revoke one (HTTP)\n"
-                    "The server is -s HOST:PORT, else $ALMANAC_SERVER, else 127.0.0.1:8481;\n"
-                    "for export and import, --http HOST:PORT, else $ALMANAC_HTTP, else\n"
-                    "127.0.0.1:8480. --token T (else $ALMANAC_TOKEN) is the credential.\n"
-                    "--tls (else $ALMANAC_TLS=1) speaks TLS to both, checking the server's\n"
-                    "certificate against --cafile FILE (else $ALMANAC_CAFILE, else the\n"
-                    "system's trust store) and its name against HOST; --cafile implies --tls.\n");
+    help_commands(stderr);
     return 2;
 }
 
@@ -405,12 +383,18 @@ int cli_main(int argc, char **argv)
             c.opts.tls = true;
         else if (strcmp(argv[i], "--json") == 0)
             c.json = true;
-        else
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            help_commands(stdout);
+            return 0;
+        } else
             return cli__usage();
     }
     if (i == argc)
         return cli__usage();
     const char *cmd = argv[i++];
+    for (int k = i; k < argc; k++) /* almanac get --help: that command's help */
+        if (strcmp(argv[k], "--help") == 0 || strcmp(argv[k], "-h") == 0)
+            return help_command(stdout, cmd) == 0 ? 0 : cli__usage();
     if (strcmp(cmd, "token") == 0)
         return cli__over_http(&c, cmd, argc - i, argv + i);
     /* Flags may follow the command too: almanac get --json a/b. */

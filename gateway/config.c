@@ -614,7 +614,7 @@ static int config__find(const char *name, size_t len)
 
 /* ---- help: every option with its default, from conf/almanac.conf ---- */
 
-extern const unsigned char config_text[]; /* conf/almanac.conf, compiled in (conf/embed.cmake) */
+extern const unsigned char config_text[]; /* conf/almanac.conf, compiled in (cmake/embed_text.cmake) */
 
 /* The option a line of the conf text names ("name value", or "#name value"
  * for one without a default), or -1; `*value` then points at its value. */

@@ -77,6 +77,13 @@ void config_free(struct config *cfg);
  * conf/almanac.conf (compiled in) documents them. Returns how many options
  * it does not document (0; a test checks). */
 int config_help(FILE *out);
+
+/* help.c: `almanac --help` (every command and the client's options) and
+ * `almanac COMMAND --help` (its synopsis, what it does, an example, the
+ * client's options; serve's is config_help), from doc/commands.txt compiled
+ * in. help_command returns 0, or -1 for a command it does not know. */
+void help_commands(FILE *out);
+int help_command(FILE *out, const char *cmd);
 /* Parses "1024", "64KiB", "1MiB", "1GiB", "10MB"; -1 when malformed. */
 int config_parse_size(const char *text, size_t *out);
 /* Parses a duration into µs: a number with us, ms, s, m, h, d or w. */

@@ -19,31 +19,6 @@
 #include <string.h>
 #include <sys/resource.h>
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: almanac COMMAND [ARGS]   (almanac COMMAND --help for its options)\n"
-            "\n"
-            "The server:\n"
-            "  serve [-c FILE] [--OPTION VALUE ...]  run it (almanac serve --help: every option)\n"
-            "\n"
-            "Clients of a running server (-s HOST:PORT, --token T, --tls, --cafile FILE, --json):\n"
-            "  get KEY|PATTERN          a value, or every entry a pattern matches\n"
-            "  set KEY VALUE            store a value (`-` reads it from stdin)\n"
-            "  del KEY|PATTERN          delete a key, or every key a pattern matches\n"
-            "  ls [KEY]                 the children of a key (the top without one)\n"
-            "  sub PATTERN              the current entries, then every change, live\n"
-            "  pub KEY VALUE            publish without storing (subscribers and MQTT see it)\n"
-            "  history KEY|PATTERN      past changes (--start, --stop, --limit, --desc, --every)\n"
-            "  export                   every entry as JSON lines, to stdout\n"
-            "  import                   JSON lines as export writes them, from stdin\n"
-            "  info                     the server's version, keys, rev, storage and bridge\n"
-            "  token create|ls|rm       access tokens (an admin's)\n"
-            "\n"
-            "  version                  almanac's version\n"
-            "  help                     this\n");
-}
-
 /* Descriptors besides the sessions': listeners, the epoll and event fds,
  * SQLite's files, blob files, the bridge's socket and HTTP requests (with a
  * descriptor limit under twice this, half of it). */
@@ -196,7 +171,7 @@ out:
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        usage(stderr);
+        help_commands(stderr);
         return 2;
     }
     if (strcmp(argv[1], "serve") == 0) {
@@ -211,8 +186,14 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
         strcmp(argv[1], "-h") == 0) {
-        usage(stdout);
-        return 0;
+        if (argc < 3) {
+            help_commands(stdout);
+            return 0;
+        }
+        if (help_command(stdout, argv[2]) == 0)
+            return 0;
+        fprintf(stderr, "almanac: no command '%s' (almanac --help lists them)\n", argv[2]);
+        return 2;
     }
     return cli_main(argc, argv);
 }

@@ -41,6 +41,18 @@ class Config(unittest.TestCase):
         for cmd in ("serve", "get", "set", "del", "ls", "sub", "pub", "history", "export",
                     "import", "info", "token", "version"):
             self.assertRegex(r.stdout, rf"\n  {cmd} ", cmd)
+        self.assertIn("\n  -s HOST:PORT ", r.stdout)  # the client's options too
+        # each command's own: its synopsis, an example, the client options
+        r = subprocess.run([harness.BINARY, "history", "--help"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("usage: almanac [CLIENT OPTIONS] history KEY|PATTERN [--start T]", r.stdout)
+        self.assertIn("\nExample:\n  almanac history ", r.stdout)
+        self.assertIn("--cafile FILE", r.stdout)
+        r = subprocess.run([harness.BINARY, "help", "token"], capture_output=True, text=True)
+        self.assertIn("almanac token create ", r.stdout)
+        r = subprocess.run([harness.BINARY, "help", "frob"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("no command 'frob'", r.stderr)
         r = serve(["--help"])
         self.assertEqual(r.returncode, 0, r.stdout)
         listed = dict(re.findall(r"^  --([a-z_]+) +default: (.*)$", r.stdout, re.M))
