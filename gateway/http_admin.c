@@ -162,20 +162,31 @@ enum MHD_Result http__metrics(struct req *r)
             buf_addf(&b, "almanac_http_responses_total{code=\"%u\"} %llu\n", s,
                      (unsigned long long)n);
     }
-    /* the numbers of the metrics_keys the caller may read, after ours; a
+    /* the numbers of the metrics_keys the caller may read, after ours, as
+     * one exposition (a family split between two patterns' would have two
+     * TYPE lines, which fails the whole scrape), none named as ours are; a
      * pattern that fails says why in a comment and spoils nothing else */
-    for (size_t i = 0; i < r->h->cfg->nmetrics_keys; i++) {
-        const char *pat = r->h->cfg->metrics_keys[i];
+    if (r->h->cfg->nmetrics_keys > 0) {
         struct prom *p = prom_new(NULL, 0, PROM_SAMPLES_MAX);
+        if (p == NULL) {
+            buf_free(&b);
+            return MHD_NO;
+        }
+        prom_skip(p, "almanac_");
+        for (size_t i = 0; i < r->h->cfg->nmetrics_keys; i++) {
+            const char *pat = r->h->cfg->metrics_keys[i];
+            err = prom_collect(p, r->h->ops, &r->caller, pat, strlen(pat), why, sizeof why);
+            if (err != STORE_OK)
+                buf_addf(&b, "# metrics_keys %s: %s\n", pat,
+                         err == STORE_EINTERNAL ? "out of memory" : why);
+        }
         struct buf values = {0};
-        err = p ? prom_collect(p, r->h->ops, &r->caller, pat, strlen(pat), why, sizeof why)
-                : STORE_EINTERNAL;
-        if (err == STORE_OK && (err = prom_write(p, &values)) == STORE_ETOOLARGE)
-            snprintf(why, sizeof why, "more than %u samples", PROM_SAMPLES_MAX);
+        err = prom_write(p, &values);
         if (err == STORE_OK)
             buf_add(&b, values.p, values.len);
         else
-            buf_addf(&b, "# metrics_keys %s: %s\n", pat, err == STORE_EINTERNAL ? "out of memory" : why);
+            buf_addf(&b, "# metrics_keys: %s\n",
+                     err == STORE_ETOOLARGE ? "more than " PROM_LIMITS : "out of memory");
         buf_free(&values);
         prom_free(p);
     }
@@ -242,8 +253,8 @@ enum MHD_Result http__prometheus(struct req *r)
     if (err != STORE_OK) {
         buf_free(&b);
         if (err == STORE_ETOOLARGE)
-            return http__error(r, err, "more than %u samples: narrow the pattern, or use max_age",
-                               PROM_SAMPLES_MAX);
+            return http__error(r, err, "more than %s: narrow the pattern, or use max_age",
+                               PROM_LIMITS);
         return MHD_NO;
     }
     return http__text(r, 200, &b, "text/plain; version=0.0.4");

@@ -175,9 +175,15 @@ int main(int argc, char **argv)
         return 2;
     }
     if (strcmp(argv[1], "serve") == 0) {
-        for (int i = 2; i < argc; i++)
+        /* where an option may stand, not its value (a password "-h"):
+         * "-c FILE", "--name value" and "--name=value", as config_load */
+        for (int i = 2; i < argc; i++) {
             if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
                 return config_help(stdout) == 0 ? 0 : 1;
+            if (strcmp(argv[i], "-c") == 0 ||
+                (strncmp(argv[i], "--", 2) == 0 && strchr(argv[i], '=') == NULL))
+                i++;
+        }
         return serve(argc - 2, argv + 2);
     }
     if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {

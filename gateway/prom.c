@@ -35,7 +35,9 @@
 struct prom {
     char **lines; /* "name{labels} value" */
     size_t n, cap, max;
+    size_t bytes; /* of the lines: at most PROM_BYTES_MAX */
     const char *prefix;
+    const char *skip; /* names that start so are left out (NULL: none) */
     int64_t min_ts;
     bool oom, too_many;
 };
@@ -49,6 +51,11 @@ struct prom *prom_new(const char *prefix, int64_t min_ts, size_t max)
         p->max = max;
     }
     return p;
+}
+
+void prom_skip(struct prom *p, const char *name_start)
+{
+    p->skip = name_start;
 }
 
 void prom_free(struct prom *p)
@@ -139,9 +146,13 @@ static void prom__labels(struct buf *b, const char *key, size_t klen, const char
     {
         size_t nlen = strlen(lname);
         struct buf n = {0};
-        if (nlen == 0 || strncmp(lname, "__", 2) == 0)
+        prom__name(&n, lname, nlen, true, true);
+        /* "__" as made valid ("-_name__", "é" are "__name__", "__") */
+        if (n.len == 0 || (n.len >= 2 && memcmp(n.p, "__", 2) == 0)) {
+            buf_free(&n);
             buf_adds(&n, "label_");
-        prom__name(&n, lname, nlen, true, n.len == 0);
+            prom__name(&n, lname, nlen, true, false);
+        }
         if (prom__has(b, n.p, n.len)) { /* ours, or one made the same by the rules */
             buf_free(&n);
             buf_adds(&n, "label_");
@@ -168,10 +179,20 @@ static void prom__sample(struct prom *p, const struct buf *name, const struct bu
         buf_add(&b, name->p, name->len);
     else
         buf_adds(&b, "value"); /* a key or a field with an empty name */
+    if (p->skip != NULL && !b.oom && b.len >= strlen(p->skip) &&
+        memcmp(b.p, p->skip, strlen(p->skip)) == 0) {
+        buf_free(&b);
+        return;
+    }
     buf_add(&b, labels->p, labels->len);
     buf_adds(&b, "} ");
     buf_adds(&b, value);
     buf_add(&b, "", 1);
+    if (!b.oom && b.len > PROM_BYTES_MAX - p->bytes) { /* each sample repeats the labels */
+        buf_free(&b);
+        p->too_many = true;
+        return;
+    }
     if (b.oom || (p->n == p->cap && !(p->cap = p->cap ? 2 * p->cap : 256,
                                        p->lines = realloc(p->lines, p->cap * sizeof *p->lines)))) {
         buf_free(&b);
@@ -179,6 +200,7 @@ static void prom__sample(struct prom *p, const struct buf *name, const struct bu
         return;
     }
     p->lines[p->n++] = b.p;
+    p->bytes += b.len;
 }
 
 /* A number or a boolean of `v` as a sample named `name`. */
@@ -303,11 +325,17 @@ int prom_write(struct prom *p, struct buf *b)
         return STORE_EINTERNAL;
     if (p->too_many)
         return STORE_ETOOLARGE;
-    qsort(p->lines, p->n, sizeof *p->lines, prom__cmp);
+    if (p->n > 1) /* lines is NULL when there are none */
+        qsort(p->lines, p->n, sizeof *p->lines, prom__cmp);
     size_t family = 0; /* the length of the last name written */
     for (size_t i = 0; i < p->n; i++) {
         const char *line = p->lines[i];
-        if (i > 0 && strcmp(line, p->lines[i - 1]) == 0)
+        /* one series once: the same line twice (two patterns matching one
+         * key), or two fields made the same name ({"a_b":1,"a":{"b":2}},
+         * "a-b" and "a.b"), whose second value would be a duplicate sample
+         * (the first in sort order is kept) */
+        size_t series = (size_t)(strrchr(line, ' ') - line);
+        if (i > 0 && strncmp(line, p->lines[i - 1], series + 1) == 0)
             continue;
         size_t nlen = strcspn(line, "{");
         if (i == 0 || nlen != family || strncmp(line, p->lines[i - 1], nlen) != 0) {

@@ -17,11 +17,10 @@
  *
  * Space: a sealed file (no longer written to) that no row references and no
  * entry in memory maps is removed by the collector (a worker that looks
- * every few seconds while the database changes, else once a minute). A sealed file whose live bytes (those rows reference) fall under
- * half is compacted: its live blobs are copied to the current file and
- * synced, the rows are pointed at the copies in one transaction, and the
- * store swaps the entries in memory (`relocate`); the file then holds
- * nothing and goes as above. Invariants:
+ * every few seconds while the database changes, else once a minute). A sealed file whose live bytes
+ * (those rows reference) fall under half is compacted: its live blobs are copied to the current
+ * file and synced, the rows are pointed at the copies in one transaction, and the store swaps the
+ * entries in memory (`relocate`); the file then holds nothing and goes as above. Invariants:
  *   1. `lock` guards the file list, `cur`, `total` (the sum of the files'
  *      `end`), each file's `end`, `gone` and `pending`; no I/O or SQLite
  *      call is made while holding it;
@@ -32,7 +31,13 @@
  *      `writes`); the collector removes F only when, before and after it
  *      found no row, F had no pending commit, the same `writes` and no
  *      reference but the list's — so no row it could not see refers to F;
- *   4. only `cur` gets new blobs; bytes past a file's `end` are never read.
+ *   4. only `cur` gets new blobs; bytes past a file's `end` are never read;
+ *   5. a reader's read transaction may outlive the rows it sees (a history
+ *      query streamed over minutes while the pruner deletes them, or
+ *      compaction points them at copies): a file the collector finds
+ *      unreferenced is first doomed at a new `epoch`, and removed at a later
+ *      look only if it is still unreferenced and no reader (`readers`) that
+ *      began before that epoch is still open (blob__collect).
  */
 #include "store_int.h"
 #include "clock.h"
@@ -62,6 +67,7 @@ struct blob_file {
     uint32_t pending;     /* commits writing rows that reference it (invariant 3) */
     uint64_t writes;      /* such commits done */
     bool gone;            /* removed: no longer found by id */
+    uint64_t doomed;      /* the epoch it was found unreferenced (0: not) */
 };
 
 struct blobs {
@@ -82,6 +88,8 @@ struct blobs {
     void *relocate_arg;
     int64_t seen_version; /* the database's data_version at the last scan */
     int64_t seen_at;      /* and when (µs) */
+    uint64_t epoch;       /* invariant 5, under `lock` */
+    struct blob_reader *readers; /* open, under `lock` */
 };
 
 /* ---- CRC-32C: SSE 4.2's instruction where the CPU has it ---- */
@@ -356,7 +364,37 @@ void blobs__release(struct blobs *b, struct blob_file *f)
     pthread_mutex_unlock(&b->lock);
 }
 
+void blobs__reader_begin(struct blobs *b, struct blob_reader *r)
+{
+    pthread_mutex_lock(&b->lock);
+    r->epoch = b->epoch;
+    r->next = b->readers;
+    b->readers = r;
+    pthread_mutex_unlock(&b->lock);
+}
+
+void blobs__reader_end(struct blobs *b, struct blob_reader *r)
+{
+    pthread_mutex_lock(&b->lock);
+    struct blob_reader **p = &b->readers;
+    while (*p != NULL && *p != r)
+        p = &(*p)->next;
+    if (*p != NULL)
+        *p = r->next;
+    pthread_mutex_unlock(&b->lock);
+}
+
 /* ---- the collector ---- */
+
+/* Whether a reader that began before `epoch` is open (the caller holds
+ * the lock). */
+static bool blob__read_before(const struct blobs *b, uint64_t epoch)
+{
+    for (const struct blob_reader *r = b->readers; r != NULL; r = r->next)
+        if (r->epoch < epoch)
+            return true;
+    return false;
+}
 
 /* Whether any row references file `id`, in the collector's connection;
  * true also when it cannot tell. */
@@ -601,12 +639,19 @@ static bool blob__collect(void *arg)
         }
     pthread_mutex_unlock(&b->lock);
     for (size_t i = 0; i < n; i++) {
-        if (blob__referenced(b, ids[i]))
-            continue;
+        bool referenced = blob__referenced(b, ids[i]);
         pthread_mutex_lock(&b->lock);
         struct blob_file *f = blob__find(b, ids[i]);
-        bool unused = f != NULL && f != b->cur && f->pending == 0 && f->writes == writes[i] &&
-                      atomic_load(&f->refs) == 1; /* invariant 3 */
+        bool unused = !referenced && f != NULL && f != b->cur && f->pending == 0 &&
+                      f->writes == writes[i] && atomic_load(&f->refs) == 1; /* invariant 3 */
+        if (f != NULL && !unused)
+            f->doomed = 0;
+        else if (unused && f->doomed == 0) { /* invariant 5: removed at a later look */
+            f->doomed = ++b->epoch;
+            b->seen_at = 0;
+            unused = false;
+        } else if (unused && blob__read_before(b, f->doomed))
+            unused = false;
         if (unused)
             blob__remove(b, f);
         pthread_mutex_unlock(&b->lock);

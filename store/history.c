@@ -301,8 +301,11 @@ int history__replay(struct history *h, const char *pat, size_t plen, int64_t sin
     int err = STORE_EINTERNAL, rc;
     bool logged = false;
 
+    struct blob_reader reader;
     if (c == NULL)
         return STORE_EINTERNAL;
+    if (h->blobs != NULL)
+        blobs__reader_begin(h->blobs, &reader); /* the files of the rows it sees stay */
     if (sqlite3_exec(c, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
         goto out;
     /* Invariant 2: the floor and the records of one snapshot. */
@@ -342,6 +345,8 @@ out:
         log_error("store: reading history from %s: %s", h->path, sqlite3_errmsg(c));
     sqlite3_finalize(st);
     sqlite3_exec(c, "COMMIT", NULL, NULL, NULL);
+    if (h->blobs != NULL)
+        blobs__reader_end(h->blobs, &reader);
     history__put(h, c);
     free(key);
     return err;
@@ -352,6 +357,8 @@ out:
 struct store_history {
     struct history *h;
     sqlite3 *conn;
+    struct blob_reader reader; /* while the transaction is open (blob.c) */
+    bool reading;
     sqlite3_stmt *st;
     sqlite3_stmt *before; /* the record before a deletion (invariant 4) */
     struct store_history_query q;
@@ -575,7 +582,12 @@ int history__query(struct history *h, const struct store_history_query *q,
         free(it);
         return STORE_EINTERNAL;
     }
-    /* One read transaction: the pages of a long answer see one state. */
+    /* One read transaction: the pages of a long answer see one state, and
+     * the blob files of its rows stay while it is open. */
+    if (h->blobs != NULL) {
+        blobs__reader_begin(h->blobs, &it->reader);
+        it->reading = true;
+    }
     if (sqlite3_exec(it->conn, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
         history__prepare(it) != STORE_OK) {
         log_error("store: querying history: %s", sqlite3_errmsg(it->conn));
@@ -740,6 +752,8 @@ void store_history_close(struct store_history *it, int64_t *next)
         sqlite3_exec(it->conn, "COMMIT", NULL, NULL, NULL);
         history__put(it->h, it->conn);
     }
+    if (it->reading)
+        blobs__reader_end(it->h->blobs, &it->reader);
     store_entry_unref(it->entry);
     store_entry_unref(it->centry);
     free(it->key);

@@ -61,6 +61,16 @@ bool blobs__holds(struct blobs *b, const struct blob_file *f, uint64_t off, uint
 /* A commit writes rows that reference `f` (invariant 3 of blob.c): around it. */
 void blobs__hold(struct blobs *b, struct blob_file *f);
 void blobs__release(struct blobs *b, struct blob_file *f);
+/* A reader that holds a read transaction across calls (a history query's
+ * pages): a file whose rows it may still see in its snapshot is not
+ * removed before it ends (invariant 5 of blob.c). Begin before the
+ * transaction's first read; end after its COMMIT. */
+struct blob_reader {
+    struct blob_reader *next;
+    uint64_t epoch;
+};
+void blobs__reader_begin(struct blobs *b, struct blob_reader *r);
+void blobs__reader_end(struct blobs *b, struct blob_reader *r);
 /* The files and the bytes they hold. */
 void blobs__stats(struct blobs *b, uint64_t *files, uint64_t *bytes);
 void blob__ref(struct blob_file *f);

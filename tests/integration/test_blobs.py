@@ -162,6 +162,58 @@ class Blobs(unittest.TestCase):
             self.assertEqual(curl(d, "GET", K + k).body, v, k)
         self.assertLessEqual(blob_bytes(d), 1 << 20)
 
+    def test_a_slow_history_read_keeps_its_pruned_blobs(self):
+        """A history answer read slowly (its read transaction open for
+        minutes) while records it has yet to send are pruned and their keys
+        deleted: their files stay until the read ends (they were removed
+        under it: the answer was cut short and the log said the database
+        was corrupt), then go."""
+        d = self.daemon("--blob_file_bytes", "1MiB", "--history_max_bytes", "20MiB")
+        a, b = os.urandom(15 << 20), os.urandom(3 << 20)
+        self.put(d, "slow/a", a)  # each in a file of its own
+        self.put(d, "slow/b", b)
+        files = blob_files(d)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # no autotuning
+        sock.connect(("127.0.0.1", d.port))
+        sock.sendall(b"GET /api/v1/history/slow/%%23?order=asc HTTP/1.1\r\n"
+                     b"Host: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % d.port)
+        got = sock.recv(65536)
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 "), got[:200])
+        self.assertEqual(curl(d, "DELETE", K + "slow/a").status, 200)
+        self.assertEqual(curl(d, "DELETE", K + "slow/b").status, 200)
+        for _ in range(6):  # history over 20 MiB: both records are pruned
+            self.put(d, "slow/c", os.urandom(3 << 20))
+        wait_for(lambda: not any("base64" in r and r["key"] != "slow/c" for r in
+                                 curl(d, "GET", "/api/v1/history/slow/%23").json()["records"]),
+                 20, 0.2, "the records to be pruned")
+        time.sleep(12)  # the collector looked at least twice
+        self.assertTrue(set(files) <= set(blob_files(d)), "removed under the reader")
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        sock.close()
+        head, body = got.split(b"\r\n\r\n", 1)
+        if b"chunked" in head.lower():
+            out, rest = [], body
+            while True:
+                size, rest = rest.split(b"\r\n", 1)
+                n = int(size.split(b";")[0], 16)
+                if n == 0:
+                    break
+                out.append(rest[:n])
+                rest = rest[n + 2:]
+            body = b"".join(out)
+        records = json.loads(body)["records"]
+        self.assertEqual([r["key"] for r in records[:2]], ["slow/a", "slow/b"])
+        self.assertEqual(base64.b64decode(records[0]["base64"]), a)
+        self.assertEqual(base64.b64decode(records[1]["base64"]), b)
+        self.assertNotIn("corrupt", d.log_text())
+        wait_for(lambda: not set(files) & set(blob_files(d)), 70, 0.2,  # a look a minute
+                 "the pruned records' files to go once the read ended")
+
     def test_pages_of_large_values_end_early(self):
         """A page of a pattern get (or of an export) ends once it holds
         16 MiB, with a cursor: 1000 values of 256 MiB could not be held."""

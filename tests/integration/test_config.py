@@ -75,6 +75,8 @@ class Config(unittest.TestCase):
                 ([], {"ALMANAC_DURABILITY": "maybe"},
                  "ALMANAC_DURABILITY: durability: 'maybe' is not commit or fsync"),
                 (["--http_listen", "127.0.0.1:99999"], None, "is not HOST:PORT or off"),
+                # a value that reads like --help is a value, not a request for help
+                (["--bridge_password", "-h", "--nope", "1"], None, "unknown option '--nope'"),
             ]
             for args, env, words in cases:
                 with self.subTest(args=args, env=env):

@@ -191,5 +191,89 @@ scrape_configs:
         self.assertEqual(query('{level1="home"}'), [])  # not in the scrape's patterns
 
 
+def promtool(test, text):
+    """Prometheus's own parser (Debian's promtool) takes `text` whole: exit 0,
+    or 3 for lint advice only (no HELP lines); 1 is a parse error."""
+    if shutil.which("promtool") is None:
+        test.fail("promtool is not installed (Debian's prometheus package has it)")
+    r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                       capture_output=True, timeout=60)
+    out = (r.stdout + r.stderr).decode(errors="replace")
+    test.assertIn(r.returncode, (0, 3), out)
+    test.assertNotIn("error while linting", out)
+
+
+class Hostile(unittest.TestCase):
+    """What a writer can put in keys, values and labels never spoils a
+    scrape: label names made valid that would be Prometheus's own ("__"),
+    fields made the same name (one series twice), a family of two
+    metrics_keys patterns, a key named as one of /metrics's own families; a
+    pattern with no numbers (no samples) is an empty answer; the samples'
+    bytes are capped as well as their number."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon(["--admin_token", TOKEN, "--metrics_keys", "g/#",
+                        "--metrics_keys", "h/#", "--metrics_keys", "none/#"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def put(self, key, body, headers=None):
+        r = curl(self.d, "PUT", K + key, body, {**ADMIN, **(headers or {})})
+        self.assertIn(r.status, (200, 201), r)
+
+    def scrape(self, path):
+        r = curl(self.d, "GET", path, headers=ADMIN)
+        self.assertEqual(r.status, 200, r)
+        promtool(self, r.body.decode())
+        return r.body.decode()
+
+    def test_label_names_made_reserved(self):
+        self.put("h/lab", "7", {"X-Almanac-Label--_name__": "evil", "X-Almanac-Label-._x": "a",
+                                "X-Almanac-Label-__y": "b", "X-Almanac-Label-topic": "t"})
+        text = self.scrape("/api/v1/prometheus/h/lab")
+        self.assertIn('label___name__="evil"', text)
+        self.assertIn('label___x="a"', text)
+        self.assertIn('label___y="b"', text)
+        self.assertIn('label_topic="t"', text)
+        self.assertNotIn(',__', text)
+
+    def test_fields_made_one_name(self):
+        self.put("h/obj", json.dumps({"a_b": 1, "a": {"b": 2}, "x-y": 5, "x.y": 6, "z": 3}))
+        text = self.scrape("/api/v1/prometheus/h/obj")
+        self.assertEqual(text.count("\na_b{"), 1, text)
+        self.assertEqual(text.count("\nx_y{"), 1, text)
+        self.assertIn("\nz{", text)
+
+    def test_metrics_keys_families(self):
+        self.put("g/temp", "1")
+        self.put("h/temp", "2")
+        self.put("h/almanac_keys", "5")  # named as one of ours
+        text = self.scrape("/metrics")
+        self.assertEqual(text.count("# TYPE temp gauge"), 1, text)
+        self.assertIn('temp{topic="g/temp"', text)
+        self.assertIn('temp{topic="h/temp"', text)
+        self.assertNotIn("h/almanac_keys", text)
+
+    def test_no_samples(self):
+        r = curl(self.d, "GET", "/api/v1/prometheus/none/%23", headers=ADMIN)
+        self.assertEqual((r.status, r.body), (200, b""))
+        r = curl(self.d, "HEAD", "/api/v1/prometheus/none/%23", headers=ADMIN)
+        self.assertEqual(r.status, 200)
+        self.scrape("/metrics")  # none/# matches nothing
+
+    def test_bytes_capped(self):
+        """Each sample repeats its key's labels: one 64 KiB object under a
+        long key with long labels would be some 100 MiB of text."""
+        key = "big/" + "/".join(["a"] * 500)
+        labels = {f"X-Almanac-Label-l{i:02}": "v" * 1200 for i in range(12)}
+        self.put(key, json.dumps({f"f{i}": 1 for i in range(6500)}, separators=(",", ":")), labels)
+        r = curl(self.d, "GET", "/api/v1/prometheus/big/%23", headers=ADMIN, timeout=120)
+        self.assertNotEqual(r.status, 200, (len(r.body), r.body[:300]))
+        self.assertIn("64 MiB", r.json()["message"])
+
+
 if __name__ == "__main__":
     harness.main()
