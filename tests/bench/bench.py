@@ -685,9 +685,9 @@ def bench_blobput(binary, tmp, keys=64, messages=4000, rounds=3):
             shutil.rmtree(a.data_dir)
             ratios.append(rate / peer)
             seen.append(f"{rate / 1e6:,.0f} vs {peer / 1e6:,.0f}")
-        print(f"blobput http, durability {durability}: almanac {rate / 1e6:,.0f} MB/s of 256 KiB "
-              f"values acknowledged (p50 {int(p50) / 1000:.1f} ms, p99 {int(p99) / 1000:.1f} ms; "
-              f"8 writers over {keys} keys, history on; daemon CPU {cores:.2f} cores; db "
+        print(f"blobput http, durability {durability}: 256 KiB values acknowledged, 8 writers "
+              f"over {keys} keys, history on (last round: {rate / 1e6:,.0f} MB/s, p50 "
+              f"{int(p50) / 1000:.1f} ms, p99 {int(p99) / 1000:.1f} ms, daemon CPU {cores:.2f} cores; db "
               f"{st['storage']['db_bytes'] / 2**20:,.0f} MiB, WAL "
               f"{st['storage']['wal_bytes'] / 2**20:,.0f} MiB) vs dd {flag}: median ratio "
               f"{sorted(ratios)[len(ratios) // 2]:.2f} (goal >= 0.6 against conv=fsync) "

@@ -8,7 +8,7 @@
  *       CONNECTIONS threads, each on one keep-alive connection, PUT values
  *       of BYTES bytes (slices of FILE, a different one each time) to
  *       /api/v1/keys/cam/<n>/frame, n over KEYS keys (each connection its
- *       own share), for SECONDS; prints "<acknowledged PUTs> <seconds>
+ *       own ones when KEYS >= CONNECTIONS), for SECONDS; prints "<acknowledged PUTs> <seconds>
  *       <p50 µs> <p99 µs>". Any answer but 200 or 201 ends it with status 1.
  */
 #include <arpa/inet.h>
@@ -110,11 +110,12 @@ static void *run(void *arg)
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
         die("http_load: connect");
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    int share = keys / conns > 0 ? keys / conns : 1;
     size_t slices = (file_len - bytes) / 4096 + 1;
     char head[256], answer[4096];
     for (long n = 0; now() < t_end; n++) {
-        int key = w->id * share + (int)(n % share);
+        /* connection i writes keys i, i + CONNECTIONS, ... (all of them
+         * between the connections; each its own when there are enough) */
+        int key = (int)((w->id + (long)conns * n) % keys);
         /* a different slice each time, 4 KiB apart, walking the file */
         size_t off = ((size_t)(w->id * 7919 + n) * 61 % slices) * 4096;
         int hl = snprintf(head, sizeof head,
