@@ -113,8 +113,10 @@ void envelope_add_head(struct buf *b, const char *key, size_t klen, const struct
 bool envelope_value_more(struct buf *b, struct envelope_value *v, size_t max)
 {
     size_t n = v->len - v->off;
-    if (n > max)
-        n = v->how != 'b' ? max : max < 3 ? 3 : max / 3 * 3; /* base64: whole groups until the last */
+    /* base64: whole groups of 3 until the last (so at least 3 a piece) */
+    size_t piece = v->how != 'b' ? max : max < 3 ? 3 : max / 3 * 3;
+    if (n > piece)
+        n = piece;
     const char *p = v->p + v->off;
     if (v->how == 'j')
         envelope__minify(b, v, p, n);

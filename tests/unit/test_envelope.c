@@ -53,17 +53,16 @@ static void test_forms(void **state)
 static void test_pieces(void **state)
 {
     (void)state;
+    static const char binary[] = "\x00\xff\x10\x20\x30\x40\x50 binary bytes";
     const struct {
         const char *value, *type;
     } cases[] = {
         {"{ \"a\\\" b\" : [1, \"x \\\\\"],\n \"c\":\"\\u00e9 \" }", NULL},
         {"l\"i\\ne\n\t\x01 caf\xc3\xa9 end", "text/plain; charset=utf-8"},
-        {"\x00\xff\x10\x20\x30\x40\x50 binary bytes", "application/octet-stream"},
+        {binary, "application/octet-stream"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-        size_t len = strlen(cases[c].value);
-        if (c == 2)
-            len = 30;
+        size_t len = cases[c].value == binary ? sizeof binary - 1 : strlen(cases[c].value);
         struct store_entry *e;
         assert_int_equal(store_entry_new(cases[c].value, len, cases[c].type, NULL,
                                          STORE_ORIGIN_HTTP, &e),
