@@ -442,6 +442,16 @@ static enum MHD_Result http__begin(struct req *r, const char *url, const char *m
     return MHD_YES;
 }
 
+/* Whether an answer given with the headers waits for the body (struct
+ * req): not when the client waits for 100 Continue before it sends one (it
+ * never does then), nor for a declared body too large to read for nothing. */
+static bool http__may_defer(struct req *r)
+{
+    const char *cl = http__header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    return http__header(r, MHD_HTTP_HEADER_EXPECT) == NULL &&
+           (cl == NULL || strtoull(cl, NULL, 10) <= HTTP_DROP_MAX);
+}
+
 static enum MHD_Result http__handle(void *cls, struct MHD_Connection *conn, const char *url,
                                     const char *method, const char *version,
                                     const char *upload_data, size_t *upload_size, void **con_cls)
@@ -463,7 +473,22 @@ static enum MHD_Result http__handle(void *cls, struct MHD_Connection *conn, cons
                                     .address = c != NULL ? c->address : "?"};
         if (c != NULL)
             atomic_store(&c->since_us, 0); /* the headers are in */
-        return http__begin(r, url, method);
+        r->deferring = http__may_defer(r);
+        enum MHD_Result rc = http__begin(r, url, method);
+        r->deferring = false;
+        return rc;
+    }
+    if (r->early != NULL) { /* refused: the body is dropped, then the answer goes */
+        r->dropped += *upload_size;
+        bool more = *upload_size > 0 && r->dropped <= HTTP_DROP_MAX;
+        *upload_size = 0;
+        if (more)
+            return MHD_YES;
+        struct MHD_Response *resp = r->early;
+        r->early = NULL;
+        enum MHD_Result rc = MHD_queue_response(conn, r->early_status, resp);
+        MHD_destroy_response(resp);
+        return rc;
     }
     if (*upload_size > 0) {
         if (r->import != NULL)
@@ -498,6 +523,8 @@ static void http__completed(void *cls, struct MHD_Connection *conn, void **con_c
     free(r->path);
     free(r->body);
     store_blob_abort(r->blob);
+    if (r->early != NULL)
+        MHD_destroy_response(r->early);
     free(r);
     *con_cls = NULL;
     atomic_fetch_sub(&h->active, 1);

@@ -44,6 +44,11 @@ enum MHD_Result http__queue(struct req *r, unsigned status, struct MHD_Response 
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"almanac\"");
     if (status < HTTP_MAX_STATUS)
         atomic_fetch_add_explicit(&r->h->status_count[status], 1, memory_order_relaxed);
+    if (r->deferring) {
+        r->early = resp;
+        r->early_status = status;
+        return MHD_YES;
+    }
     enum MHD_Result rc = MHD_queue_response(r->conn, status, resp);
     MHD_destroy_response(resp);
     return rc;

@@ -21,6 +21,9 @@
 #define HTTP_LIST_MAX     10000
 #define HTTP_HISTORY_MAX  10000000 /* records of one history answer (streamed) */
 #define HTTP_MAX_STATUS   600
+/* The most body a refused request is read for before its answer (larger
+ * ones are answered at once and the connection closed). */
+#define HTTP_DROP_MAX ((uint64_t)8 << 20)
 
 #define HTTP_WS_HOST_BUCKETS 256 /* the WebSocket counts by address (struct http) */
 
@@ -110,6 +113,13 @@ struct req {
     int err;                    /* a write refused before it was submitted */
     char why[512];
     struct import *import; /* an import's body, checked as it comes */
+    /* An answer given before the body (a refusal) waits until the body is
+     * read and dropped: closing a socket with unread bytes resets it, and
+     * the client loses the answer (http__handle). */
+    bool deferring;             /* http__queue keeps the answer in `early` */
+    struct MHD_Response *early; /* the answer kept */
+    unsigned early_status;
+    uint64_t dropped; /* body bytes read and dropped */
 };
 
 /* ---- http_answer.c: answers and the pieces of a request ---- */

@@ -602,6 +602,10 @@ static ssize_t http__stream_read(void *cls, uint64_t pos, char *out, size_t max)
 {
     struct stream *st = cls;
     (void)pos;
+    /* A fill makes progress only while less than a piece waits unread: MHD
+     * may ask for more (its write buffer), it gets a piece at most. */
+    if (max > STREAM_PIECE)
+        max = STREAM_PIECE;
     if (st->off > 0 && st->b.len - st->off < max) { /* what is unread to the front */
         memmove(st->b.p, st->b.p + st->off, st->b.len - st->off);
         st->b.len -= st->off;
@@ -633,7 +637,7 @@ static void http__stream_free(void *cls)
 static enum MHD_Result http__stream(struct req *r, struct stream *st, const char *type)
 {
     struct MHD_Response *resp = MHD_create_response_from_callback(
-        MHD_SIZE_UNKNOWN, 65536, http__stream_read, st, http__stream_free);
+        MHD_SIZE_UNKNOWN, STREAM_PIECE, http__stream_read, st, http__stream_free);
     if (resp == NULL) {
         http__stream_free(st);
         return MHD_NO;

@@ -7,9 +7,12 @@
  * shared by the entry, its history record and its outbox row, which hold
  * (file, offset, length, checksum).
  *
- * Writing: a writer reserves a range of the current file under the lock and
+ * Writing: a writer reserves a range of a current file under the lock and
  * copies its bytes outside it (pwrite), before the change that references
- * them is submitted; with durability fsync the committer syncs the files
+ * them is submitted. There are BLOB_LANES current files, and a writer takes
+ * the one fewest others are writing to: writes to one file take its inode's
+ * lock in turn (ext4), so writers on two HTTP threads sharing a file spent a
+ * fifth of their time spinning on it. With durability fsync the committer syncs the files
  * written since the last sync before its commit (blobs__sync). So a
  * committed reference always finds its bytes, and a crash leaves only bytes
  * nothing references: at start (blobs__trim) each file is cut after the
@@ -18,10 +21,10 @@
  * Space: a sealed file (no longer written to) that no row references and no
  * entry in memory maps is removed by the collector (a worker that looks
  * every few seconds while the database changes, else once a minute). A sealed file whose live bytes
- * (those rows reference) fall under half is compacted: its live blobs are copied to the current
+ * (those rows reference) fall under half is compacted: its live blobs are copied to a current
  * file and synced, the rows are pointed at the copies in one transaction, and the store swaps the
  * entries in memory (`relocate`); the file then holds nothing and goes as above. Invariants:
- *   1. `lock` guards the file list, `cur`, `total` (the sum of the files'
+ *   1. `lock` guards the file list, `lanes`, `total` (the sum of the files'
  *      `end`), each file's `end`, `gone` and `pending`; no I/O or SQLite
  *      call is made while holding it;
  *   2. a file's `refs` counts the list (while not gone) and every entry that
@@ -31,7 +34,7 @@
  *      `writes`); the collector removes F only when, before and after it
  *      found no row, F had no pending commit, the same `writes` and no
  *      reference but the list's — so no row it could not see refers to F;
- *   4. only `cur` gets new blobs; bytes past a file's `end` are never read;
+ *   4. only the lanes' files (`current`) get new blobs; bytes past a file's `end` are never read;
  *   5. a reader's read transaction may outlive the rows it sees (a history
  *      query streamed over minutes while the pruner deletes them, or
  *      compaction points them at copies): a file the collector finds
@@ -60,15 +63,19 @@ struct blob_file {
     uint32_t id;
     int fd;
     char *map;
-    size_t cap;           /* bytes mapped: the most the file may hold */
-    uint64_t end;         /* bytes reserved (invariant 1) */
+    size_t cap;   /* bytes mapped: the most the file may hold */
+    uint64_t end; /* bytes reserved (invariant 1) */
     _Atomic uint32_t refs;
-    _Atomic bool dirty;   /* written since the last sync */
-    uint32_t pending;     /* commits writing rows that reference it (invariant 3) */
-    uint64_t writes;      /* such commits done */
-    bool gone;            /* removed: no longer found by id */
-    uint64_t doomed;      /* the epoch it was found unreferenced (0: not) */
+    _Atomic bool dirty;       /* written since the last sync */
+    uint32_t pending;         /* commits writing rows that reference it (invariant 3) */
+    uint64_t writes;          /* such commits done */
+    bool gone;                /* removed: no longer found by id */
+    uint64_t doomed;          /* the epoch it was found unreferenced (0: not) */
+    bool current;             /* a lane's: takes new blobs (invariant 4) */
+    _Atomic uint32_t writers; /* reservations whose bytes are being written */
 };
+
+#define BLOB_LANES 4
 
 struct blobs {
     char *dir;
@@ -80,15 +87,15 @@ struct blobs {
     struct blob_file *files; /* newest first */
     struct blob_file **byid; /* the files by id (NULL: none, or gone), `nbyid` long */
     uint32_t nbyid;
-    struct blob_file *cur;   /* NULL: the next blob opens a new file */
+    struct blob_file *lanes[BLOB_LANES]; /* current files (NULL: the next blob opens one) */
     uint32_t next_id;
     sqlite3 *conn; /* the collector's */
     struct worker collector;
     blob_relocate_fn relocate; /* the store's, for the entries in memory */
     void *relocate_arg;
-    int64_t seen_version; /* the database's data_version at the last scan */
-    int64_t seen_at;      /* and when (µs) */
-    uint64_t epoch;       /* invariant 5, under `lock` */
+    int64_t seen_version;        /* the database's data_version at the last scan */
+    int64_t seen_at;             /* and when (µs) */
+    uint64_t epoch;              /* invariant 5, under `lock` */
     struct blob_reader *readers; /* open, under `lock` */
 };
 
@@ -108,7 +115,7 @@ static void crc__init(void)
 
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) static uint32_t crc__hw(uint32_t c, const unsigned char *p,
-                                                           size_t len)
+                                                          size_t len)
 {
     uint64_t c64 = c;
     for (; len >= 8; p += 8, len -= 8) {
@@ -248,6 +255,23 @@ struct blob_file *blobs__file(struct blobs *b, uint32_t id)
     return f;
 }
 
+/* The lanes in use: with durability fsync each commit syncs every file
+ * written since the last, one after the other, so one lane there. */
+static size_t blob__lanes(const struct blobs *b)
+{
+    return b->fsync ? 1 : BLOB_LANES;
+}
+
+static uint32_t blob__writers(struct blob_file *f)
+{
+    return f == NULL ? 0 : atomic_load(&f->writers);
+}
+
+void blob__written(struct blob_file *f)
+{
+    atomic_fetch_sub(&f->writers, 1);
+}
+
 int blobs__reserve(struct blobs *b, size_t len, struct blob_file **out, uint64_t *off)
 {
     char why[512];
@@ -257,7 +281,11 @@ int blobs__reserve(struct blobs *b, size_t len, struct blob_file **out, uint64_t
         pthread_mutex_unlock(&b->lock);
         return STORE_EFULL; /* max_db_bytes holds for the blob files too */
     }
-    struct blob_file *f = b->cur;
+    size_t lane = 0; /* the first with the fewest writers */
+    for (size_t i = 1; i < blob__lanes(b); i++)
+        if (blob__writers(b->lanes[i]) < blob__writers(b->lanes[lane]))
+            lane = i;
+    struct blob_file *f = b->lanes[lane];
     if (f == NULL || f->end + len > f->cap) {
         /* Sealed (invariant 4); a value larger than a file gets one of its own. */
         f = blob__open_file(b, b->next_id, len > b->file_max ? len : b->file_max, true, why,
@@ -273,12 +301,16 @@ int blobs__reserve(struct blobs *b, size_t len, struct blob_file **out, uint64_t
             blob__unref(f);
             return STORE_EINTERNAL;
         }
-        b->cur = f;
+        if (b->lanes[lane] != NULL)
+            b->lanes[lane]->current = false;
+        b->lanes[lane] = f;
+        f->current = true;
     }
     *off = f->end;
     f->end += len;
     b->total += len;
     blob__ref(f);
+    atomic_fetch_add(&f->writers, 1);
     pthread_mutex_unlock(&b->lock);
     *out = f;
     return STORE_OK;
@@ -307,7 +339,11 @@ int blobs__write(struct blobs *b, const void *data, size_t len, struct blob_file
                  uint64_t *off, uint32_t *crc)
 {
     int err = blobs__reserve(b, len, out, off);
-    if (err == STORE_OK && (err = blob__pwrite(*out, data, len, *off)) != STORE_OK) {
+    if (err == STORE_OK) {
+        err = blob__pwrite(*out, data, len, *off);
+        blob__written(*out);
+    }
+    if (err != STORE_OK && *out != NULL) {
         blob__unref(*out); /* the range stays, referenced by nothing */
         *out = NULL;
     }
@@ -400,10 +436,9 @@ static bool blob__read_before(const struct blobs *b, uint64_t epoch)
  * true also when it cannot tell. */
 static bool blob__referenced(struct blobs *b, uint32_t id)
 {
-    static const char sql[] =
-        "SELECT EXISTS (SELECT 1 FROM entries WHERE blob_file = ?1)"
-        " OR EXISTS (SELECT 1 FROM history WHERE blob_file = ?1)"
-        " OR EXISTS (SELECT 1 FROM outbox WHERE blob_file = ?1)";
+    static const char sql[] = "SELECT EXISTS (SELECT 1 FROM entries WHERE blob_file = ?1)"
+                              " OR EXISTS (SELECT 1 FROM history WHERE blob_file = ?1)"
+                              " OR EXISTS (SELECT 1 FROM outbox WHERE blob_file = ?1)";
     sqlite3_stmt *st = NULL;
     bool found = true;
     if (sqlite3_prepare_v2(b->conn, sql, -1, &st, NULL) == SQLITE_OK) {
@@ -581,7 +616,7 @@ static void blob__compact_one(struct blobs *b)
     size_t n = 0;
     pthread_mutex_lock(&b->lock);
     for (struct blob_file *f = b->files; f != NULL && n < 256; f = f->next)
-        if (f != b->cur && f->pending == 0 && f->end > 0) {
+        if (!f->current && f->pending == 0 && f->end > 0) {
             ids[n] = f->id;
             ends[n++] = f->end;
         }
@@ -633,7 +668,7 @@ static bool blob__collect(void *arg)
     /* Candidates: sealed, unmapped by entries, no commit under way. */
     pthread_mutex_lock(&b->lock);
     for (struct blob_file *f = b->files; f != NULL && n < 256; f = f->next)
-        if (f != b->cur && f->pending == 0 && atomic_load(&f->refs) == 1) {
+        if (!f->current && f->pending == 0 && atomic_load(&f->refs) == 1) {
             ids[n] = f->id;
             writes[n++] = f->writes;
         }
@@ -642,7 +677,7 @@ static bool blob__collect(void *arg)
         bool referenced = blob__referenced(b, ids[i]);
         pthread_mutex_lock(&b->lock);
         struct blob_file *f = blob__find(b, ids[i]);
-        bool unused = !referenced && f != NULL && f != b->cur && f->pending == 0 &&
+        bool unused = !referenced && f != NULL && !f->current && f->pending == 0 &&
                       f->writes == writes[i] && atomic_load(&f->refs) == 1; /* invariant 3 */
         if (f != NULL && !unused)
             f->doomed = 0;
@@ -755,8 +790,7 @@ struct blob__end {
     uint64_t end;
 };
 
-int blobs__trim(struct blobs *b, blob_relocate_fn relocate, void *arg, char *why,
-                size_t why_len)
+int blobs__trim(struct blobs *b, blob_relocate_fn relocate, void *arg, char *why, size_t why_len)
 {
     static const char sql[] =
         "SELECT blob_file, max(blob_off + blob_len) FROM ("
@@ -817,7 +851,10 @@ int blobs__trim(struct blobs *b, blob_relocate_fn relocate, void *arg, char *why
     b->relocate = relocate;
     b->relocate_arg = arg;
     /* The newest file takes new blobs while it has room. */
-    b->cur = b->files != NULL && b->files->end < b->files->cap ? b->files : NULL;
+    if (b->files != NULL && b->files->end < b->files->cap) {
+        b->lanes[0] = b->files;
+        b->files->current = true;
+    }
     pthread_mutex_unlock(&b->lock);
     if (worker__start(&b->collector, blob__collect, b) != 0) {
         snprintf(why, why_len, "cannot start the blob collector");

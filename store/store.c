@@ -225,8 +225,8 @@ static void store__outbox_add(struct store *s, const struct commit *list)
 /* Compaction moved the value of `key` (blob.c): its entry, if it still is
  * the one that maps the old place, is swapped for the same entry mapping
  * the copy. Not a change: no rev, no event. */
-static void store__relocate(void *arg, const char *key, const struct blob_file *from,
-                            uint64_t off, struct blob_file *to, uint64_t to_off)
+static void store__relocate(void *arg, const char *key, const struct blob_file *from, uint64_t off,
+                            struct blob_file *to, uint64_t to_off)
 {
     struct store *s = arg;
     struct store_entry *old = NULL;
@@ -779,8 +779,7 @@ int store_submit(struct store *s, struct store_txn *t, store_done_fn done, void 
      * that references them comes after their bytes (blob.c). */
     for (i = 0; i < t->n && err == STORE_OK; i++)
         if (t->ops[i].kind == STORE_OP_SET && t->ops[i].entry != NULL)
-            err = t->ops[i].err =
-                entry__to_blob(s->blobs, s->cfg.blob_min_bytes, &t->ops[i].entry);
+            err = t->ops[i].err = entry__to_blob(s->blobs, s->cfg.blob_min_bytes, &t->ops[i].entry);
     if (err != STORE_OK) {
         t->fail = i - 1;
         goto out;
@@ -1140,6 +1139,8 @@ int store_blob_write(struct store_blob *w, const void *data, size_t len)
     if (w->err == STORE_OK) {
         w->crc = blob__crc_more(w->crc, data, len);
         w->done += len;
+        if (w->done == w->len)
+            blob__written(w->file);
     }
     return w->err;
 }
@@ -1170,6 +1171,8 @@ void store_blob_abort(struct store_blob *w)
 {
     if (w == NULL)
         return;
+    if (w->file != NULL && w->done != w->len)
+        blob__written(w->file);
     blob__unref(w->file);
     free(w);
 }

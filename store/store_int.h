@@ -40,16 +40,17 @@ typedef void (*blob_relocate_fn)(void *arg, const char *key, const struct blob_f
 /* After the database is loaded: cuts each file after its last referenced
  * byte, removes files nothing references, starts the collector (which
  * compacts through `relocate`). */
-int blobs__trim(struct blobs *b, blob_relocate_fn relocate, void *arg, char *why,
-                size_t why_len);
+int blobs__trim(struct blobs *b, blob_relocate_fn relocate, void *arg, char *why, size_t why_len);
 void blobs__close(struct blobs *b);
 /* Appends `len` bytes: `*file` (a new reference), `*off`, their checksum.
  * STORE_OK, STORE_EFULL (no space) or STORE_EINTERNAL. */
 int blobs__write(struct blobs *b, const void *data, size_t len, struct blob_file **file,
                  uint64_t *off, uint32_t *crc);
-/* Reserves `len` bytes of the current file: `*file` (a new reference) and
- * `*off`; the caller writes them (blob__pwrite). */
+/* Reserves `len` bytes of a current file: `*file` (a new reference) and
+ * `*off`; the caller writes them (blob__pwrite), then says so once
+ * (blob__written), written or not. */
 int blobs__reserve(struct blobs *b, size_t len, struct blob_file **file, uint64_t *off);
+void blob__written(struct blob_file *f);
 /* Writes `len` bytes at `at` of `f`; STORE_OK, STORE_EFULL, STORE_EINTERNAL. */
 int blob__pwrite(struct blob_file *f, const void *data, size_t len, uint64_t at);
 /* Syncs the files written since the last sync (durability fsync). */
@@ -84,8 +85,8 @@ uint32_t blob__crc_more(uint32_t crc, const void *data, size_t len);
 /* A blob entry: the value is `len` bytes at `off` of `file` (the entry
  * takes the reference, also on failure: NULL, out of memory). Not stamped. */
 struct store_entry *entry__blob(struct blob_file *file, uint64_t off, size_t len, uint32_t crc,
-                                const char *type, const char *labels_json,
-                                enum store_origin origin, int64_t expires);
+                                const char *type, const char *labels_json, enum store_origin origin,
+                                int64_t expires);
 /* Whether `e` is a blob entry, and where its value is (borrowed). */
 bool entry__blob_ref(const struct store_entry *e, struct blob_file **file, uint64_t *off,
                      uint32_t *crc);
@@ -216,8 +217,7 @@ int snapshot__add(struct store_snapshot *snap, const char *key, size_t klen, str
 struct history;
 /* Records whose value is in a blob file are read through `blobs`. */
 int history__open(const char *path, struct blobs *blobs, int64_t retention_us, uint64_t max_bytes,
-                  struct history **out,
-                  char *why, size_t why_len);
+                  struct history **out, char *why, size_t why_len);
 void history__close(struct history *h);
 /* A commit added `records` records of `bytes`. */
 void history__added(struct history *h, uint64_t bytes, uint64_t records);
