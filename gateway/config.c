@@ -531,8 +531,7 @@ static int config__blob_min_bytes(struct config *cfg, const char *value, char *w
     return config__size_in(value, 1024, (size_t)1 << 30, &cfg->blob_min_bytes, why, why_len);
 }
 
-static int config__blob_file_bytes(struct config *cfg, const char *value, char *why,
-                                   size_t why_len)
+static int config__blob_file_bytes(struct config *cfg, const char *value, char *why, size_t why_len)
 {
     return config__size_in(value, (size_t)1 << 20, (size_t)1 << 32, &cfg->blob_file_bytes, why,
                            why_len);
@@ -614,7 +613,8 @@ static int config__find(const char *name, size_t len)
 
 /* ---- help: every option with its default, from conf/almanac.conf ---- */
 
-extern const unsigned char config_text[]; /* conf/almanac.conf, compiled in (cmake/embed_text.cmake) */
+extern const unsigned char
+    config_text[]; /* conf/almanac.conf, compiled in (cmake/embed_text.cmake) */
 
 /* The option a line of the conf text names ("name value", or "#name value"
  * for one without a default), or -1; `*value` then points at its value. */

@@ -30,7 +30,7 @@ void envelope_add_fields(struct buf *b, const char *key, size_t klen, const stru
 struct envelope_value {
     const char *p;
     size_t len, off;
-    char how; /* 'j' JSON (minified), 't' text, 'b' base64 */
+    char how;                /* 'j' JSON (minified), 't' text, 'b' base64 */
     bool in_string, escaped; /* where the JSON's last piece ended */
 };
 void envelope_add_head(struct buf *b, const char *key, size_t klen, const struct store_entry *e,

@@ -20,8 +20,9 @@
  * event follows.
  * Invariants:
  *   1. events reach the sink after the snapshot and the sync: until
- *      feed_start has written them, events wait in `pending`; the switch to
- *      direct delivery happens under `lock`, which delivery also takes;
+ *      feed_start has written them, events wait in the opening's pending
+ *      list; the switch to direct delivery happens under `lock`, which
+ *      delivery also takes, and drops the opening;
  *   2. every event after the sync has a rev above it (the store filters),
  *      in rev order (the committer delivers in order);
  *   3. after a failed write nothing more is written;
@@ -54,20 +55,28 @@ struct feed__pending {
     struct buf text;
 };
 
+/* What a feed needs from feed_open to feed_start only: kept apart, so that
+ * a feed that is live (a session's subscription, for hours) does not carry
+ * it. */
+struct feed__opening {
+    struct store_snapshot snap; /* with `snapped`; else none (live_only) */
+    bool snapped;
+    bool from_start; /* a replay from the time `start`: */
+    int64_t start;   /* the changes before it are not written */
+    int64_t sync_rev;
+    struct feed__pending *head, *tail; /* invariant 1; under the feed's lock */
+};
+
 struct feed {
     struct store *store;
     struct store_sub *sub;
     const struct feed_sink *sink;
     void *arg;
-    struct store_snapshot *snap; /* from feed_open to feed_start; NULL: none (live_only) */
-    int64_t sync_rev;
-    pthread_mutex_t lock;        /* pending, active, failed, filter */
-    struct store_filter filter;  /* keep NULL: every key */
-    struct store_labels *labels; /* invariant 5; NULL: no filter, any labels; its strings
-                                    follow it in one block */
-    bool from_start;             /* a replay from the time `start`: */
-    int64_t start;               /* the changes before it are not written */
-    struct feed__pending *head, *tail;
+    struct feed__opening *opening; /* from feed_open to feed_start */
+    pthread_mutex_t lock;          /* pending, active, failed, filter */
+    struct store_filter filter;    /* keep NULL: every key */
+    struct store_labels *labels;   /* invariant 5; NULL: no filter, any labels; its strings
+                                      follow it in one block */
     bool active, failed;
 };
 
@@ -176,16 +185,17 @@ static void feed__on_event(void *arg, struct store_sub *sub, struct store_event 
         if (f->active)
             feed__write(f, &b);
         else { /* invariant 1 */
+            struct feed__opening *o = f->opening;
             struct feed__pending *p = malloc(sizeof *p);
             if (p != NULL && !b.oom) {
                 p->next = NULL;
                 p->text = b;
                 b = (struct buf){0};
-                if (f->tail)
-                    f->tail->next = p;
+                if (o->tail)
+                    o->tail->next = p;
                 else
-                    f->head = p;
-                f->tail = p;
+                    o->head = p;
+                o->tail = p;
             } else
                 free(p);
         }
@@ -259,20 +269,24 @@ int feed_open(struct store *store, const struct feed_request *rq, const struct f
               void *arg, struct feed **out, char *why, size_t why_len)
 {
     struct feed *f = calloc(1, sizeof *f);
+    struct feed__opening *o = calloc(1, sizeof *o);
     int64_t since = rq->since;
     int err;
 
     *out = NULL;
-    if (f == NULL) {
+    if (f == NULL || o == NULL) {
+        free(f);
+        free(o);
         snprintf(why, why_len, "out of memory");
         return STORE_EINTERNAL;
     }
+    f->opening = o;
     assert(!(rq->from_start && rq->since >= 0)); /* refused by ops_subscribe */
     f->store = store;
     f->sink = sink;
     f->arg = arg;
-    f->from_start = rq->from_start;
-    f->start = rq->start;
+    o->from_start = rq->from_start;
+    o->start = rq->start;
     if (rq->filter != NULL)
         f->filter = *rq->filter;
     pthread_mutex_init(&f->lock, NULL);
@@ -285,17 +299,14 @@ int feed_open(struct store *store, const struct feed_request *rq, const struct f
         feed_close(f);
         return err;
     }
-    if ((since >= 0 || !rq->live_only) && (f->snap = calloc(1, sizeof *f->snap)) == NULL) {
-        snprintf(why, why_len, "out of memory");
-        feed_close(f);
-        return STORE_EINTERNAL;
-    }
+    o->snapped = since >= 0 || !rq->live_only;
+    struct store_snapshot *snap = o->snapped ? &o->snap : NULL;
     if (since >= 0)
         err = store_subscribe_since(store, rq->pattern, rq->plen, rq->unique, feed__on_event, f,
-                                    since, f->snap, &f->sync_rev, &f->sub);
+                                    since, snap, &o->sync_rev, &f->sub);
     else
-        err = store_subscribe(store, rq->pattern, rq->plen, rq->unique, feed__on_event, f, f->snap,
-                              &f->sync_rev, &f->sub);
+        err = store_subscribe(store, rq->pattern, rq->plen, rq->unique, feed__on_event, f, snap,
+                              &o->sync_rev, &f->sub);
     if (err == STORE_OK) {
         *out = f;
         return STORE_OK;
@@ -397,20 +408,26 @@ static bool *feed__passes(const struct feed *f, const struct store_snapshot *sna
     return pass;
 }
 
-static void feed__free_snapshot(struct feed *f)
+static void feed__free_opening(struct feed__opening *o)
 {
-    if (f->snap == NULL)
+    if (o == NULL)
         return;
-    store_snapshot_free(f->snap);
-    free(f->snap);
-    f->snap = NULL;
+    if (o->snapped)
+        store_snapshot_free(&o->snap);
+    while (o->head != NULL) {
+        struct feed__pending *p = o->head;
+        o->head = p->next;
+        buf_free(&p->text);
+        free(p);
+    }
+    free(o);
 }
 
 void feed_start(struct feed *f)
 {
     const struct feed_sink *sink = f->sink;
-    static const struct store_snapshot none = {0};
-    const struct store_snapshot *snap = f->snap != NULL ? f->snap : &none;
+    struct feed__opening *o = f->opening;
+    const struct store_snapshot *snap = &o->snap; /* empty when not snapped */
     struct buf b = {0};
     bool failed = snap->failed;
 
@@ -434,7 +451,7 @@ void feed_start(struct feed *f)
          * before it; one committed since, of a clock not yet at `start`,
          * is before it too. */
         if ((filter.keep == NULL || filter.keep(filter.arg, fe.key, fe.klen)) &&
-            (pass == NULL || pass[i]) && (!f->from_start || fe.ts >= f->start))
+            (pass == NULL || pass[i]) && (!o->from_start || fe.ts >= o->start))
             sink->add_event(f->arg, &b, &fe);
         if (b.len > 0 && (sink->chunk == 0 || b.len >= sink->chunk || i + 1 == snap->n)) {
             failed = b.oom || !sink->write(f->arg, &b);
@@ -443,22 +460,23 @@ void feed_start(struct feed *f)
     }
     buf_free(&b);
     free(pass);
-    feed__free_snapshot(f);
+    store_snapshot_free(&o->snap);
+    o->snapped = false;
     pthread_mutex_lock(&f->lock);
     if (failed)
         feed__fail(f);
-    sink->add_sync(f->arg, &b, f->sync_rev);
+    sink->add_sync(f->arg, &b, o->sync_rev);
     feed__write(f, &b);
-    while (f->head != NULL) {
-        struct feed__pending *p = f->head;
-        f->head = p->next;
+    while (o->head != NULL) {
+        struct feed__pending *p = o->head;
+        o->head = p->next;
         feed__write(f, &p->text);
         free(p);
     }
-    f->tail = NULL;
-    f->active = true;
-    assert(f->head == NULL); /* invariant 1: nothing waits once live */
+    f->active = true; /* invariant 1: nothing waits once live */
+    f->opening = NULL;
     pthread_mutex_unlock(&f->lock);
+    feed__free_opening(o);
 }
 
 void feed_refilter(struct feed *f, const struct store_filter *filter)
@@ -474,13 +492,7 @@ void feed_close(struct feed *f)
         return;
     if (f->sub != NULL)
         store_unsubscribe(f->store, f->sub); /* invariant 4 */
-    feed__free_snapshot(f);
-    while (f->head != NULL) {
-        struct feed__pending *p = f->head;
-        f->head = p->next;
-        buf_free(&p->text);
-        free(p);
-    }
+    feed__free_opening(f->opening);
     pthread_mutex_destroy(&f->lock);
     free(f->labels);
     free(f);

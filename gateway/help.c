@@ -99,8 +99,8 @@ int help_command(FILE *out, const char *cmd)
             ((size_t)l.slen > n && l.syn[n] != ' '))
             continue;
         bool client = strcmp(cmd, "version") != 0 && strcmp(cmd, "help") != 0;
-        fprintf(out, "usage: almanac %s%.*s\n\n%.*s.\n", client ? "[CLIENT OPTIONS] " : "",
-                l.slen, l.syn, l.dlen, l.desc);
+        fprintf(out, "usage: almanac %s%.*s\n\n%.*s.\n", client ? "[CLIENT OPTIONS] " : "", l.slen,
+                l.syn, l.dlen, l.desc);
         if (l.example != NULL)
             fprintf(out, "\nExample:\n  almanac %.*s\n", l.elen, l.example);
         if (client)

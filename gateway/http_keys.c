@@ -348,9 +348,9 @@ static enum MHD_Result http__get_pattern(struct req *r)
     buf_adds(&b, "{\"entries\":[");
     struct envelope_list l = {.b = &b, .type_field = "type"};
     char why[512];
-    int err = ops_pget(r->h->ops, &r->caller, r->path, r->plen, after, after ? strlen(after) : 0,
-                       http__arg(r, "contains"), limit, envelope_list_visit, &l, &more, why,
-                       sizeof why);
+    int err =
+        ops_pget(r->h->ops, &r->caller, r->path, r->plen, after, after ? strlen(after) : 0,
+                 http__arg(r, "contains"), limit, envelope_list_visit, &l, &more, why, sizeof why);
     envelope_list_end(&l, more);
     if (err != STORE_OK) {
         buf_free(&b);

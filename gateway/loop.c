@@ -31,7 +31,7 @@
  *      once it is done, so silent clients hold no session) and read until SSL wants more
  *      input, so no decrypted byte waits inside SSL unseen by epoll. The
  *      flush writes nothing before the handshake is done (the welcome
- *      waits), and SSL_write gets bytes copied off the queue (c->tls_out)
+ *      waits), and SSL_write gets bytes copied off the queue (c->tls)
  *      until they are all written, so a retry has the same bytes. EPOLLOUT
  *      is on exactly when the last SSL call waits for room to write: on a
  *      wait for input it would only spin.
@@ -87,8 +87,9 @@ static void loop__close(struct loop *l, struct conn *c)
     c->state = NULL;
     if (c->ws != NULL)
         wslay_event_context_free(c->ws);
-    SSL_free(c->ssl);
-    free(c->tls_out);
+    if (c->tls != NULL)
+        SSL_free(c->tls->ssl);
+    free(c->tls);
     if (c->ws_closed != NULL)
         c->ws_closed(c->ws_closed_arg, c->fd, c->address); /* HTTP closes an upgraded socket */
     else
@@ -125,7 +126,7 @@ static int loop__tls_result(struct conn *c, int ok)
     c->tls_wants_out = false;
     if (ok == 1)
         return 1;
-    switch (SSL_get_error(c->ssl, ok)) {
+    switch (SSL_get_error(c->tls->ssl, ok)) {
     case SSL_ERROR_WANT_WRITE:
         c->tls_wants_out = true;
         return 0;
@@ -182,28 +183,29 @@ static int loop__write_plain(struct conn *c)
  * 1 all written, 0 wait, -1 the connection must close. */
 static int loop__write_tls(struct conn *c)
 {
-    if (!SSL_is_init_finished(c->ssl))
+    if (!SSL_is_init_finished(c->tls->ssl))
         return 0; /* the read path drives the handshake */
     for (;;) {
-        if (c->tls_out_off == c->tls_out_len) {
-            c->tls_out_off = c->tls_out_len = 0;
-            while (c->head != NULL && c->tls_out_len < LOOP_TLS_CHUNK) {
-                size_t n = c->head->len - c->head_off, room = LOOP_TLS_CHUNK - c->tls_out_len;
+        struct conn_tls *o = c->tls;
+        if (o->off == o->len) {
+            o->off = o->len = 0;
+            while (c->head != NULL && o->len < LOOP_TLS_CHUNK) {
+                size_t n = c->head->len - c->head_off, room = LOOP_TLS_CHUNK - o->len;
                 n = n < room ? n : room;
-                memcpy(c->tls_out + c->tls_out_len, c->head->data + c->head_off, n);
-                c->tls_out_len += n;
+                memcpy(o->data + o->len, c->head->data + c->head_off, n);
+                o->len += n;
                 loop__consume(c, n);
             }
-            if (c->tls_out_len == 0)
+            if (o->len == 0)
                 return 1;
         }
         size_t w = 0;
         ERR_clear_error();
-        int rc = loop__tls_result(c, SSL_write_ex(c->ssl, c->tls_out + c->tls_out_off,
-                                                  c->tls_out_len - c->tls_out_off, &w));
+        int rc =
+            loop__tls_result(c, SSL_write_ex(c->tls->ssl, o->data + o->off, o->len - o->off, &w));
         if (rc <= 0)
             return rc;
-        c->tls_out_off += w;
+        o->off += w;
     }
 }
 
@@ -211,19 +213,19 @@ static int loop__write_tls(struct conn *c)
 static int loop__flush_lines(struct loop *l, struct conn *c)
 {
     pthread_mutex_lock(&c->lock);
-    int rc = c->ssl != NULL ? loop__write_tls(c) : loop__write_plain(c);
+    int rc = c->tls != NULL ? loop__write_tls(c) : loop__write_plain(c);
     bool closing = c->closing;
     pthread_mutex_unlock(&c->lock);
     if (rc < 0)
         return -1;
-    conn__want_out(l, c, c->ssl != NULL ? c->tls_wants_out : rc == 0);
+    conn__want_out(l, c, c->tls != NULL ? c->tls_wants_out : rc == 0);
     if (rc == 1 && closing && !c->shut) {
         /* All is written: end our side, and let the peer end its own, so
          * unread input does not turn the close into a reset that loses the
          * last answer. The sweep ends it after LOOP_CLOSE_GRACE anyway. */
-        if (c->ssl != NULL) {
+        if (c->tls != NULL) {
             ERR_clear_error();
-            SSL_shutdown(c->ssl); /* close_notify, if the socket takes it now */
+            SSL_shutdown(c->tls->ssl); /* close_notify, if the socket takes it now */
             ERR_clear_error();
         }
         shutdown(c->fd, SHUT_WR);
@@ -273,11 +275,11 @@ static void loop__hand_over(struct loop *l, struct conn *c)
  * errno (EAGAIN: wait). */
 static ssize_t loop__recv(struct conn *c, char *buf, size_t len)
 {
-    if (c->ssl == NULL)
+    if (c->tls == NULL)
         return read(c->fd, buf, len);
     size_t n = 0;
     ERR_clear_error();
-    int rc = loop__tls_result(c, SSL_read_ex(c->ssl, buf, len, &n));
+    int rc = loop__tls_result(c, SSL_read_ex(c->tls->ssl, buf, len, &n));
     if (rc == 0)
         errno = EAGAIN;
     return rc == 1 ? (ssize_t)n : rc == 0 ? -1 : 0;
@@ -285,9 +287,9 @@ static ssize_t loop__recv(struct conn *c, char *buf, size_t len)
 
 static int loop__read_lines(struct loop *l, struct conn *c)
 {
-    if (c->ssl != NULL && !SSL_is_init_finished(c->ssl)) {
+    if (c->tls != NULL && !SSL_is_init_finished(c->tls->ssl)) {
         ERR_clear_error();
-        int rc = loop__tls_result(c, SSL_do_handshake(c->ssl));
+        int rc = loop__tls_result(c, SSL_do_handshake(c->tls->ssl));
         if (rc <= 0)
             return rc;
     }
@@ -373,7 +375,7 @@ static int loop__open(struct loop *l, struct conn *c)
         loop__close(l, c);
         return -1;
     }
-    if (c->ssl == NULL)
+    if (c->tls == NULL)
         loop__hand_over(l, c);
     loop__flush(l, c);
     return 0;
@@ -383,12 +385,12 @@ static int loop__open(struct loop *l, struct conn *c)
  * first bytes. 0 or -1. */
 static int loop__tls_new(struct loop *l, struct conn *c)
 {
-    if ((c->ssl = SSL_new(l->tls)) == NULL || SSL_set_fd(c->ssl, c->fd) != 1 ||
-        (c->tls_out = malloc(LOOP_TLS_CHUNK)) == NULL) {
+    if ((c->tls = calloc(1, sizeof *c->tls)) == NULL || (c->tls->ssl = SSL_new(l->tls)) == NULL ||
+        SSL_set_fd(c->tls->ssl, c->fd) != 1) {
         ERR_clear_error();
         return -1;
     }
-    SSL_set_accept_state(c->ssl);
+    SSL_set_accept_state(c->tls->ssl);
     c->close_by = mono_s() + LOOP_HANDSHAKE_GRACE; /* invariant 5 */
     return 0;
 }
@@ -558,7 +560,7 @@ static void loop__sweep(struct loop *l)
         struct conn *next = c->next;
         pthread_mutex_lock(&c->lock);
         bool closing = c->closing;
-        bool handshaking = c->ssl != NULL && !SSL_is_init_finished(c->ssl);
+        bool handshaking = c->tls != NULL && !SSL_is_init_finished(c->tls->ssl);
         bool late = (closing || handshaking) && now >= c->close_by;
         pthread_mutex_unlock(&c->lock);
         if (late)
@@ -616,7 +618,7 @@ static void *loop__run(void *arg)
                 continue;
             uint32_t e = events[i].events;
             int rc = 0;
-            if ((e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) || c->ssl != NULL) /* inv. 5 */
+            if ((e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) || c->tls != NULL) /* inv. 5 */
                 rc = c->transport == CONN_WS ? ws__read(l, c) : loop__read_lines(l, c);
             if (rc == 0 && !c->dead)
                 rc = c->transport == CONN_WS ? ws__flush(l, c) : loop__flush_lines(l, c);

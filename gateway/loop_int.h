@@ -30,45 +30,63 @@ struct msg {
     char own[];
 };
 
+/* TLS on a TCP connection, and what SSL_write is given (the same bytes
+ * again while it waits). */
+struct conn_tls {
+    SSL *ssl;
+    size_t len, off;
+    char data[LOOP_TLS_CHUNK];
+};
+
+/* The whole frames wslay is reading (ws__frames). */
+struct ws_feed {
+    const uint8_t *p;
+    size_t len;
+};
+
+/* Control frames to send, `off` of them sent. */
+struct ws_ctl {
+    size_t len, off;
+    char data[];
+};
+
 struct conn {
     _Atomic int refs;
-    struct loop *loop;
+    /* Flags, together (a bool each: those under c->lock and those of the
+     * loop thread alone never share a memory location). */
+    bool opened;          /* the handler's open ran (a TLS client's after its handshake) */
+    bool closing;         /* close once the queue is written, or at close_by; c->lock */
+    bool dead;            /* closed: sends are dropped; c->lock */
+    bool dirty;           /* on the loop's dirty list; c->lock */
+    bool want_out;        /* EPOLLOUT is on */
+    bool shut;            /* our side is shut: only waiting for the peer's end */
+    bool tls_wants_out;   /* the last SSL call waits for room to write */
+    bool ws_in_msg;       /* a message came in part: wslay holds the rest so far */
+    bool ws_close_queued; /* a close is in ws_ctl: no data frame follows; c->lock */
+    bool ws_close_sent;   /* ... and written; c->lock */
+    bool ws_close_recvd;  /* the peer's close came: its input is over */
     int fd;
     enum conn_transport transport;
+    struct loop *loop;
     void *state; /* the handler's, from open to close */
-    bool opened; /* the handler's open ran (a TLS client's after its handshake) */
 
-    pthread_mutex_t lock; /* the queue and the flags below */
+    pthread_mutex_t lock; /* the queue, close_by, dirty_next and the flags marked c->lock */
     struct msg *head, *tail;
     size_t queued, head_off;
-    bool closing;     /* close once the queue is written, or at close_by */
     int64_t close_by; /* CLOCK_MONOTONIC seconds; 0 until closing or a TLS handshake */
-    bool dead;        /* closed: sends are dropped */
-    bool dirty;       /* on the loop's dirty list */
     struct conn *dirty_next;
 
     struct conn *prev, *next; /* the loop's list of open connections */
     char *in;                 /* bytes read, not yet a whole message */
     size_t in_len, in_cap;
-    bool want_out; /* EPOLLOUT is on */
-    bool shut;     /* our side is shut: only waiting for the peer's end */
 
-    SSL *ssl;           /* TLS on a TCP connection (tcp_tls_cert), or NULL */
-    bool tls_wants_out; /* the last SSL call waits for room to write */
-    char *tls_out;      /* LOOP_TLS_CHUNK bytes taken off the queue for SSL_write */
-    size_t tls_out_len, tls_out_off;
+    struct conn_tls *tls; /* TLS on a TCP connection (tcp_tls_cert), or NULL */
 
     /* WebSocket (loop_ws.c). `in` holds the start of a frame not yet whole,
      * and is freed when it holds nothing: an idle session keeps no buffer. */
     wslay_event_context_ptr ws; /* while frames are read; NULL: none */
-    const uint8_t *ws_feed;     /* the whole frames wslay is reading */
-    size_t ws_feed_len;
-    bool ws_in_msg; /* a message came in part: wslay holds the rest so far */
-    char *ws_ctl;   /* control frames to send (pong, close), or NULL; c->lock */
-    size_t ws_ctl_len, ws_ctl_off;
-    bool ws_close_queued; /* a close is in ws_ctl: no data frame follows; c->lock */
-    bool ws_close_sent;   /* ... and written; c->lock */
-    bool ws_close_recvd;  /* the peer's close came: its input is over */
+    struct ws_feed *ws_feed;    /* while wslay reads */
+    struct ws_ctl *ws_ctl;      /* control frames to send (pong, close), or NULL; c->lock */
     loop_closed_fn ws_closed;
     void *ws_closed_arg;
     char address[]; /* "host:port", or "unix": as long as it is (one per session) */

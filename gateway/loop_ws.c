@@ -109,15 +109,15 @@ static void ws__consume(struct conn *c, size_t done, bool partial)
         done -= left;
         ws__pop(c);
     }
-    if (c->ws_ctl != NULL) {
-        size_t left = c->ws_ctl_len - c->ws_ctl_off, n = done < left ? done : left;
-        c->ws_ctl_off += n;
+    struct ws_ctl *ctl = c->ws_ctl;
+    if (ctl != NULL) {
+        size_t left = ctl->len - ctl->off, n = done < left ? done : left;
+        ctl->off += n;
         done -= n;
-        if (c->ws_ctl_off < c->ws_ctl_len)
+        if (ctl->off < ctl->len)
             return;
-        free(c->ws_ctl);
+        free(ctl);
         c->ws_ctl = NULL;
-        c->ws_ctl_len = c->ws_ctl_off = 0;
         if (c->ws_close_queued)
             c->ws_close_sent = true;
     }
@@ -147,7 +147,8 @@ static int ws__write(struct conn *c)
             m = m->next;
         }
         if (c->ws_ctl != NULL)
-            iov[n++] = (struct iovec){c->ws_ctl + c->ws_ctl_off, c->ws_ctl_len - c->ws_ctl_off};
+            iov[n++] =
+                (struct iovec){c->ws_ctl->data + c->ws_ctl->off, c->ws_ctl->len - c->ws_ctl->off};
         for (; m != NULL && !c->ws_close_queued && n + 2 <= WS_IOV; m = m->next)
             ws__add_frame(iov, &n, h[nh++], m, 0);
         if (n == 0)
@@ -163,12 +164,15 @@ static int ws__write(struct conn *c)
  * caller holds c->lock. False when out of memory: nothing appended. */
 static bool ws__add_ctl(struct conn *c, const uint8_t *data, size_t len)
 {
-    char *p = realloc(c->ws_ctl, c->ws_ctl_len + len);
+    size_t had = c->ws_ctl != NULL ? c->ws_ctl->len : 0;
+    struct ws_ctl *p = realloc(c->ws_ctl, sizeof *p + had + len);
     if (p == NULL)
         return false;
+    if (had == 0)
+        p->off = 0;
+    memcpy(p->data + had, data, len);
+    p->len = had + len;
     c->ws_ctl = p;
-    memcpy(p + c->ws_ctl_len, data, len);
-    c->ws_ctl_len += len;
     return true;
 }
 
@@ -224,14 +228,15 @@ static ssize_t ws__recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, i
 {
     struct conn *c = user;
     (void)flags;
-    if (c->ws_feed_len == 0) {
+    struct ws_feed *f = c->ws_feed;
+    if (f == NULL || f->len == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    size_t n = c->ws_feed_len < len ? c->ws_feed_len : len;
-    memcpy(buf, c->ws_feed, n);
-    c->ws_feed += n;
-    c->ws_feed_len -= n;
+    size_t n = f->len < len ? f->len : len;
+    memcpy(buf, f->p, n);
+    f->p += n;
+    f->len -= n;
     return (ssize_t)n;
 }
 
@@ -327,11 +332,10 @@ static int ws__frames(struct conn *c, const uint8_t *p, size_t n)
 {
     if (!ws__context(c))
         return -1;
-    c->ws_feed = p;
-    c->ws_feed_len = n;
+    struct ws_feed feed = {p, n};
+    c->ws_feed = &feed;
     int rc = wslay_event_recv(c->ws);
     c->ws_feed = NULL;
-    c->ws_feed_len = 0;
     if (rc != 0 || wslay_event_send(c->ws) != 0)
         return -1;
     if (wslay_event_get_close_received(c->ws))

@@ -67,9 +67,11 @@ static void serve__raise_nofile(struct config *cfg)
     unsigned long long margin = n / 2 < SERVE_NOFILE_MARGIN ? n / 2 : SERVE_NOFILE_MARGIN;
     if (cfg->max_sessions == 0) {
         unsigned long long fit = (n - margin) / per;
-        cfg->max_sessions = fit > SERVE_SESSIONS_MAX ? SERVE_SESSIONS_MAX : fit < 1 ? 1 : (unsigned)fit;
-        log_info("almanac: descriptor limit %llu (was %llu): max_sessions %u, derived from it",
-                 n, (unsigned long long)was, cfg->max_sessions);
+        cfg->max_sessions = fit > SERVE_SESSIONS_MAX ? SERVE_SESSIONS_MAX
+                            : fit < 1                ? 1
+                                                     : (unsigned)fit;
+        log_info("almanac: descriptor limit %llu (was %llu): max_sessions %u, derived from it", n,
+                 (unsigned long long)was, cfg->max_sessions);
         return;
     }
     unsigned long long need = (unsigned long long)cfg->max_sessions * per + SERVE_NOFILE_MARGIN;

@@ -301,7 +301,7 @@ int ops_get(struct ops *o, const struct caller *c, const char *key, size_t klen,
 struct ops__search {
     const char *needle;
     size_t nlen;
-    int first; /* the needle's first byte, lower case */
+    int first;                  /* the needle's first byte, lower case */
     struct store_filter reader; /* keep NULL: every key may be read */
 };
 

@@ -94,7 +94,10 @@ static void prom__value(struct buf *b, const char *s, size_t len)
 {
     size_t run = 0;
     for (size_t i = 0; i < len; i++) {
-        const char *esc = s[i] == '\\' ? "\\\\" : s[i] == '"' ? "\\\"" : s[i] == '\n' ? "\\n" : NULL;
+        const char *esc = s[i] == '\\'   ? "\\\\"
+                          : s[i] == '"'  ? "\\\""
+                          : s[i] == '\n' ? "\\n"
+                                         : NULL;
         if (esc == NULL)
             continue;
         buf_add(b, s + run, i - run);
@@ -194,7 +197,7 @@ static void prom__sample(struct prom *p, const struct buf *name, const struct bu
         return;
     }
     if (b.oom || (p->n == p->cap && !(p->cap = p->cap ? 2 * p->cap : 256,
-                                       p->lines = realloc(p->lines, p->cap * sizeof *p->lines)))) {
+                                      p->lines = realloc(p->lines, p->cap * sizeof *p->lines)))) {
         buf_free(&b);
         p->oom = true;
         return;

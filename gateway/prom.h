@@ -10,8 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define PROM_VALUE_MAX 65536      /* larger values are no metrics: skipped */
-#define PROM_SAMPLES_MAX 100000u /* samples of one answer at most */
+#define PROM_VALUE_MAX   65536       /* larger values are no metrics: skipped */
+#define PROM_SAMPLES_MAX 100000u     /* samples of one answer at most */
 #define PROM_BYTES_MAX   (64u << 20) /* and bytes of their lines */
 #define PROM_LIMITS      "100,000 samples or 64 MiB"
 

@@ -50,24 +50,37 @@ struct csub {
     struct session *session;
     uint64_t id;
     struct feed *feed;
-    char *pattern; /* for a change of principal */
     size_t plen;
+    char pattern[]; /* for a change of principal */
 };
 
 struct session {
     struct ops *ops;
-    const struct config *cfg;
     struct conn *conn;
     struct caller caller;
-    char client_id[32];
+    uint64_t number; /* its client_id: "c" and the number (session__id) */
     int major;
-    struct csub *subs; /* the loop thread's only */
     unsigned nsubs;
+    struct csub *subs; /* the loop thread's only */
     uint64_t next_sub;
     struct will will; /* its last will and grave goods (lifetime.c) */
-    bool bye;         /* it ended cleanly: the will is not set */
     int64_t auth_by;  /* mono_s: anonymous may do nothing, so a credential by then; 0: none */
+    bool bye;         /* it ended cleanly: the will is not set */
 };
+
+/* A session's client_id, from its number: kept as the number, as there is
+ * one session for each client (the text lives to the end of the expression
+ * that asks for it). */
+struct session__id {
+    char text[24];
+};
+
+static struct session__id session__id(const struct session *s)
+{
+    struct session__id id;
+    snprintf(id.text, sizeof id.text, "c%llu", (unsigned long long)s->number);
+    return id;
+}
 
 typedef int (*session_handler)(struct session *s, const char *type, json_int_t id, json_t *msg);
 static int session__v1(struct session *s, const char *type, json_int_t id, json_t *msg);
@@ -145,7 +158,6 @@ static void *session__open(void *arg, struct conn *c)
         return NULL;
     enum conn_transport t = conn_transport(c);
     s->ops = o;
-    s->cfg = cfg;
     s->conn = c;
     s->caller = (struct caller){.transport = t == CONN_TCP    ? STORE_ORIGIN_TCP
                                              : t == CONN_UNIX ? STORE_ORIGIN_UNIX
@@ -155,19 +167,19 @@ static void *session__open(void *arg, struct conn *c)
     ops_authenticate(o, s->caller.address, NULL, &s->caller.principal, why, sizeof why);
     s->major =
         session__protocols[sizeof session__protocols / sizeof session__protocols[0] - 1].major;
-    snprintf(s->client_id, sizeof s->client_id, "c%llu", (unsigned long long)ops_next_id(o));
+    s->number = ops_next_id(o);
     buf_adds(&b,
              "{\"type\":\"welcome\",\"server\":\"almanac/" ALMANAC_VERSION "\",\"protocols\":[");
     for (size_t i = 0; i < sizeof session__protocols / sizeof session__protocols[0]; i++)
         buf_addf(&b, "%s\"%d.%d\"", i ? "," : "", session__protocols[i].major,
                  session__protocols[i].minor);
     bool required = ops_auth_required(o, s->caller.address);
-    buf_addf(&b, "],\"client_id\":\"%s\",\"auth_required\":%s}", s->client_id,
+    buf_addf(&b, "],\"client_id\":\"%s\",\"auth_required\":%s}", session__id(s).text,
              required ? "true" : "false");
     if (required)
         s->auth_by = mono_s() + SESSION_AUTH_GRACE;
     session__send(s, &b);
-    ops_session_open(o, &s->caller, s->client_id);
+    ops_session_open(o, &s->caller, session__id(s).text);
     return s;
 }
 
@@ -175,7 +187,6 @@ static void *session__open(void *arg, struct conn *c)
 static void csub__free(struct session *s, struct csub *cs)
 {
     ops_unsubscribe(s->ops, cs->feed); /* invariant 2 */
-    free(cs->pattern);
     free(cs);
 }
 
@@ -188,9 +199,9 @@ static void session__free(void *state)
         csub__free(s, cs);
     }
     lock_release_all(ops_locks(s->ops), s); /* invariant 4 */
-    will_apply(ops_store(s->ops), s->caller.transport, s->client_id, &s->will, s->bye);
+    will_apply(ops_store(s->ops), s->caller.transport, session__id(s).text, &s->will, s->bye);
     will_clear(&s->will);
-    ops_session_close(s->ops, s->client_id);
+    ops_session_close(s->ops, session__id(s).text);
     auth_release(s->caller.principal); /* after its feeds (invariant 2) */
     free(s);
 }
@@ -332,7 +343,7 @@ static int session__hello(struct session *s, json_t *msg)
     if (pid)
         buf_addf(&b, "\"id\":%lld,", (long long)id);
     buf_addf(&b, "\"protocol\":\"%d.%d\",\"client_id\":\"%s\"}", major, session__protocols[i].minor,
-             s->client_id);
+             session__id(s).text);
     json_t *will = json_object_get(msg, "last_will"), *graves = json_object_get(msg, "grave_goods");
     if ((will != NULL || graves != NULL) && session__declare(s, pid, will, graves, &b) != 0)
         return 0; /* answered: nothing changed */
@@ -371,7 +382,7 @@ static int session__input(void *state, const char *text, size_t len)
     if (s->caller.transport != STORE_ORIGIN_WS && session__http_line(text, len)) {
         log_warn("session %s: an HTTP request on the session port: closed (a web page's "
                  "cross-protocol request?)",
-                 s->client_id);
+                 session__id(s).text);
         session__error(s, NULL, STORE_EBADREQ,
                        "this port speaks the session protocol, not HTTP: use http_listen");
         return -1;
@@ -812,23 +823,18 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
         session__error(s, &id, STORE_EBADREQ, "%s", why);
         return 0;
     }
-    if (s->nsubs >= s->cfg->max_subscriptions) {
-        session__error(s, &id, STORE_EBADREQ, "a session has at most %u subscriptions",
-                       s->cfg->max_subscriptions);
+    unsigned max = ops_config(s->ops)->max_subscriptions;
+    if (s->nsubs >= max) {
+        session__error(s, &id, STORE_EBADREQ, "a session has at most %u subscriptions", max);
         return 0;
     }
-    struct csub *cs = calloc(1, sizeof *cs);
+    struct csub *cs = calloc(1, sizeof *cs + plen + 1);
     if (cs == NULL) {
         session__error(s, &id, STORE_EINTERNAL, "out of memory");
         return 0;
     }
     cs->session = s;
     cs->id = s->next_sub + 1;
-    if ((cs->pattern = malloc(plen + 1)) == NULL) {
-        free(cs);
-        session__error(s, &id, STORE_EINTERNAL, "out of memory");
-        return 0;
-    }
     memcpy(cs->pattern, pat, plen);
     cs->pattern[plen] = '\0';
     cs->plen = plen;
@@ -845,7 +851,6 @@ static int session__subscribe(struct session *s, json_int_t id, json_t *msg)
                                                                    : &session__lines_sink,
                             cs, &cs->feed, why, sizeof why);
     if (err != STORE_OK) {
-        free(cs->pattern);
         free(cs);
         session__error(s, &id, err, "%s", why);
         return 0;
@@ -961,8 +966,9 @@ static int session__declare(struct session *s, const json_int_t *id, json_t *wil
     d->reply = *reply;
     *reply = (struct buf){0};
     conn_ref(s->conn);
-    int err = will_declare(ops_store(s->ops), s->caller.transport, s->client_id, &s->will, will,
-                           graves, session__check_write, s, session__declared, d, why, sizeof why);
+    int err =
+        will_declare(ops_store(s->ops), s->caller.transport, session__id(s).text, &s->will, will,
+                     graves, session__check_write, s, session__declared, d, why, sizeof why);
     if (err != STORE_OK) {
         conn_unref(d->conn);
         buf_free(&d->reply);
@@ -991,7 +997,7 @@ static int session__bye(struct session *s, json_int_t id, json_t *msg)
 {
     (void)msg;
     s->bye = true;
-    will_apply(ops_store(s->ops), s->caller.transport, s->client_id, &s->will, true);
+    will_apply(ops_store(s->ops), s->caller.transport, session__id(s).text, &s->will, true);
     will_clear(&s->will); /* done: not again when the socket closes */
     session__ok(s, id);
     return -1;
@@ -1030,7 +1036,7 @@ static int session__lock(struct session *s, json_int_t id, json_t *msg)
         err = ops_check(s->ops, &s->caller, &op, why, sizeof why);
     bool waiting = false;
     if (err == STORE_OK)
-        err = lock_take(ops_locks(s->ops), s, s->client_id, key, klen,
+        err = lock_take(ops_locks(s->ops), s, session__id(s).text, key, klen,
                         wait ? json_integer_value(wait) : 0, id, session__granted, &waiting, why,
                         sizeof why);
     if (err != STORE_OK)

@@ -6,7 +6,9 @@
  * every other key; clients cannot write them (store.c refuses $-keys).
  *
  * Writes are submitted without waiting: the callers are the session loop,
- * which must not block on a commit.
+ * which must not block on a commit. The sessions' keys are held in memory
+ * only (store_op's memory_only): a restart ends every session, and their
+ * rows cost each session about a third of its memory.
  */
 #include "sys.h"
 #include "gateway.h"
@@ -90,6 +92,13 @@ static void sys__add_delete(struct sys__write *w, const char *pattern)
                             .origin = STORE_ORIGIN_SYS};
 }
 
+/* The writes of `w` so far change memory only. */
+static void sys__memory_only(struct sys__write *w)
+{
+    for (size_t i = 0; w != NULL && i < w->txn.n; i++)
+        w->op[i].memory_only = true;
+}
+
 /* Submits `w` (taken over) without waiting. */
 static void sys__submit(struct store *store, struct sys__write *w)
 {
@@ -112,6 +121,12 @@ static void sys__set_number(struct store *store, const char *key, unsigned long 
     char text[32];
     snprintf(text, sizeof text, "%llu", n);
     sys__set(store, key, text, "application/json");
+}
+
+static void sys__session_count(struct sys__write *w, unsigned count)
+{
+    sys__add_number(w, "$SYS/sessions/count", count);
+    sys__memory_only(w);
 }
 
 struct sys {
@@ -138,7 +153,7 @@ struct sys *sys_start(struct store *store, struct bridge *bridge, unsigned inter
     sys->bridge = bridge;
     sys->interval = interval;
     sys->started = sys->last = mono_s();
-    /* Sessions of a previous run that ended without closing them. */
+    /* Sessions of a previous run (rows of a version that wrote them). */
     sys__delete(store, "$SYS/sessions/#");
     sys__delete(store, "$SYS/locks/#"); /* locks live in memory: none survived */
     sys__set(store, "$SYS/version", ALMANAC_VERSION, "text/plain; charset=utf-8");
@@ -146,7 +161,9 @@ struct sys *sys_start(struct store *store, struct bridge *bridge, unsigned inter
     struct store_stats st;
     store_stats(store, &st);
     sys__set_number(store, "$SYS/store/keys", st.keys);
-    sys__set_number(store, "$SYS/sessions/count", 0);
+    struct sys__write *w = sys__begin();
+    sys__session_count(w, 0);
+    sys__submit(store, w);
     sys_tick(sys);
     return sys;
 }
@@ -180,29 +197,22 @@ void sys_tick(struct sys *sys)
 void sys_session_open(struct sys *sys, const char *client_id, const char *transport,
                       const char *address, unsigned count)
 {
-    char key[160], since[32];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    char key[160], value[256];
     struct sys__write *w = sys__begin();
-    snprintf(key, sizeof key, "$SYS/sessions/%s/transport", client_id);
-    sys__add_set(w, key, transport, "text/plain; charset=utf-8");
-    snprintf(key, sizeof key, "$SYS/sessions/%s/address", client_id);
-    sys__add_set(w, key, address, "text/plain; charset=utf-8");
-    snprintf(key, sizeof key, "$SYS/sessions/%s/since", client_id);
-    sys__add_set(w, key, since, "text/plain; charset=utf-8");
-    sys__add_number(w, "$SYS/sessions/count", count);
+    /* Since when: the key's ts. */
+    snprintf(key, sizeof key, "$SYS/sessions/%s", client_id);
+    snprintf(value, sizeof value, "{\"transport\":\"%s\",\"address\":\"%s\"}", transport, address);
+    sys__add_set(w, key, value, "application/json");
+    sys__session_count(w, count);
     sys__submit(sys->store, w);
 }
 
 void sys_session_close(struct sys *sys, const char *client_id, unsigned count)
 {
     char pattern[160];
-    snprintf(pattern, sizeof pattern, "$SYS/sessions/%s/#", client_id);
+    snprintf(pattern, sizeof pattern, "$SYS/sessions/%s", client_id);
     struct sys__write *w = sys__begin();
     sys__add_delete(w, pattern);
-    sys__add_number(w, "$SYS/sessions/count", count);
+    sys__session_count(w, count);
     sys__submit(sys->store, w);
 }

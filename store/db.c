@@ -77,14 +77,15 @@ static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
     /* History queries by key and time (across keys, rev order is time
      * order); what history holds, and from where it is complete: a database
      * of schema 1 never wrote history. */
-    [2] = "DROP INDEX history_key_rev;"
-          "DROP INDEX history_ts;"
-          "CREATE INDEX history_key_ts ON history(key, ts);"
-          "INSERT INTO meta(name, value) SELECT 'history_bytes', coalesce(sum(" HISTORY_ROW_SIZE_SQL_2
-          "), 0) FROM history;"
-          "INSERT INTO meta(name, value) SELECT 'history_records', count(*) FROM history;"
-          "INSERT INTO meta(name, value) SELECT 'history_floor', value FROM meta WHERE name = "
-          "'rev';",
+    [2] =
+        "DROP INDEX history_key_rev;"
+        "DROP INDEX history_ts;"
+        "CREATE INDEX history_key_ts ON history(key, ts);"
+        "INSERT INTO meta(name, value) SELECT 'history_bytes', coalesce(sum(" HISTORY_ROW_SIZE_SQL_2
+        "), 0) FROM history;"
+        "INSERT INTO meta(name, value) SELECT 'history_records', count(*) FROM history;"
+        "INSERT INTO meta(name, value) SELECT 'history_floor', value FROM meta WHERE name = "
+        "'rev';",
     /* Access tokens: the secret is kept only as its SHA-256. */
     [3] = "CREATE TABLE tokens ("
           "  name TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, read TEXT NOT NULL,"
@@ -343,7 +344,8 @@ int db__open(const char *dir, enum store_durability durability, uint64_t max_byt
                            SQLITE_PREPARE_PERSISTENT, &db->obx_del, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn,
                            "INSERT INTO history(rev, key, ts, type, labels, origin, value, "
-                           "deleted, " DB_BLOB_COLUMNS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           "deleted, " DB_BLOB_COLUMNS
+                           ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            -1, SQLITE_PREPARE_PERSISTENT, &db->hist_put, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(db->conn,
                            "UPDATE meta SET value = value + (CASE name WHEN 'history_bytes' "
@@ -689,10 +691,11 @@ int db__load(struct db *db, db_load_fn fn, void *arg, int64_t *rev, char *why, s
     if ((err = db__load_rev(db, rev, why, why_len)) != STORE_OK)
         return err;
     err = STORE_EINTERNAL;
-    if (sqlite3_prepare_v2(db->conn,
-                           "SELECT key, rev, ts, type, labels, origin, value, expires, "
-                           DB_BLOB_COLUMNS " FROM entries",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(
+            db->conn,
+            "SELECT key, rev, ts, type, labels, origin, value, expires, " DB_BLOB_COLUMNS
+            " FROM entries",
+            -1, &st, NULL) != SQLITE_OK)
         goto fail;
     if ((l = calloc(1, sizeof *l)) == NULL)
         goto oom;
@@ -822,10 +825,11 @@ int db__load_outbox(struct db *db, struct outbox *ob, char *why, size_t why_len)
     sqlite3_stmt *st = NULL;
     int rc, err = STORE_EINTERNAL;
 
-    if (sqlite3_prepare_v2(db->conn,
-                           "SELECT topic, rev, type, labels, value, deleted, expires, "
-                           DB_BLOB_COLUMNS " FROM outbox ORDER BY rev",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(
+            db->conn,
+            "SELECT topic, rev, type, labels, value, deleted, expires, " DB_BLOB_COLUMNS
+            " FROM outbox ORDER BY rev",
+            -1, &st, NULL) != SQLITE_OK)
         goto fail;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct store_entry *e = NULL;
@@ -994,12 +998,14 @@ int db__write(struct db *db, const struct commit *list, const struct outbox_ack 
         for (size_t i = 0; i < c->n && rc == SQLITE_OK; i++) {
             if (c->changes[i].transient)
                 continue;
+            last = c->last_rev; /* invariant 2, memory-only changes too */
+            if (c->changes[i].memory_only)
+                continue;
             rc = db__write_change(db, &c->changes[i]);
             if (rc == SQLITE_OK && c->changes[i].history) {
                 rc = db__write_history(db, &c->changes[i], hist_bytes);
                 ++*hist_records;
             }
-            last = c->last_rev;
         }
     }
     if (rc == SQLITE_OK && *hist_records > 0) {

@@ -316,8 +316,8 @@ struct store_entry *entry__load(const void *value, size_t len, const char *type,
 }
 
 struct store_entry *entry__blob(struct blob_file *file, uint64_t off, size_t len, uint32_t crc,
-                                const char *type, const char *labels_json,
-                                enum store_origin origin, int64_t expires)
+                                const char *type, const char *labels_json, enum store_origin origin,
+                                int64_t expires)
 {
     struct entry_blob ref = {.file = file, .off = off, .crc = crc};
     struct store_entry *e = entry__alloc(NULL, len, type, labels_json, origin, &ref);
@@ -354,9 +354,9 @@ int entry__to_blob(struct blobs *b, size_t min, struct store_entry **e)
     int err = blobs__write(b, in->data, in->vlen, &f, &off, &crc);
     if (err != STORE_OK)
         return err;
-    struct store_entry *out = entry__blob(f, off, in->vlen, crc, store_entry_type(in),
-                                          store_entry_labels(in), (enum store_origin)in->origin,
-                                          store_entry_expires(in));
+    struct store_entry *out =
+        entry__blob(f, off, in->vlen, crc, store_entry_type(in), store_entry_labels(in),
+                    (enum store_origin)in->origin, store_entry_expires(in));
     if (out == NULL)
         return STORE_EINTERNAL;
     store_entry_unref(in);

@@ -259,9 +259,8 @@ static int history__row(const struct history *h, sqlite3_stmt *st, char **key, s
         return STORE_EINTERNAL;
     rec->key = *key;
     rec->klen = klen;
-    if (!deleted &&
-        db__col_entry(st, h->blobs, 3, 4, 6, 8, origin, rec->rev, rec->ts, 0, entry, bad) !=
-            STORE_OK)
+    if (!deleted && db__col_entry(st, h->blobs, 3, 4, 6, 8, origin, rec->rev, rec->ts, 0, entry,
+                                  bad) != STORE_OK)
         return STORE_EINTERNAL;
     rec->entry = *entry;
     return STORE_OK;

@@ -192,8 +192,8 @@ static void store__prepare(struct store *s, struct commit *list)
             if (h->topic != NULL)
                 ch->topic = h->topic(h->arg, ch->key, ch->klen,
                                      ch->entry ? store_entry_origin(ch->entry) : ch->origin);
-            ch->history =
-                s->history != NULL && !ch->transient && store__history_wanted(s, ch->key, ch->klen);
+            ch->history = s->history != NULL && !ch->transient && !ch->memory_only &&
+                          store__history_wanted(s, ch->key, ch->klen);
         }
     }
 }
@@ -682,6 +682,7 @@ static int store__apply_set(struct store *s, struct commit *c, struct store_op *
         return STORE_EINTERNAL;
     ch->rev = ++s->rev;
     ch->ts = ts;
+    ch->memory_only = op->memory_only;
     entry__stamp(op->entry, ch->rev, ts);
     store_entry_ref(op->entry);
     if (tree__set(s->tree, op->key, op->klen, op->entry, &ch->old) != STORE_OK) {
@@ -706,6 +707,7 @@ static int store__delete_one(struct store *s, struct commit *c, const char *key,
     if (ch == NULL)
         return STORE_EINTERNAL;
     ch->origin = op->origin;
+    ch->memory_only = op->memory_only;
     ch->rev = op->rev = ++s->rev;
     ch->ts = ts;
     ch->old = tree__del(s->tree, key, klen);

@@ -255,6 +255,10 @@ struct store_op {
     enum store_origin origin;  /* DELETE: where it came from (SET: the entry's) */
     bool if_changed;           /* SET: a no-op (rev 0) when the key holds the same
                                   value, type and labels */
+    bool memory_only;          /* by the server: changed in memory (a rev, events)
+                                  but never written to the database, nor kept
+                                  in history (keys that a restart drops anyway:
+                                  the open sessions') */
     struct store_entry *entry; /* SET: the store takes this reference, always */
     int64_t if_rev;            /* STORE_ANY_REV, STORE_EXISTS_REV, 0 (absent) or a rev */
 

@@ -163,6 +163,7 @@ struct change {
     enum store_origin origin; /* a deletion's; a set has its entry's */
     char *topic;              /* owned: the outbox topic, or NULL */
     bool history;             /* kept in history */
+    bool memory_only;         /* no row written (store_op) */
 };
 
 struct commit {

@@ -274,8 +274,7 @@ static struct node *node__new(struct tree *t, const char *name, size_t len, bool
     if (c == NULL)
         return NULL;
     uint8_t cls = c->cls;
-    memset(node__base(c), 0,
-           (inner ? sizeof(struct node_kids) : 0) + offsetof(struct node, name));
+    memset(node__base(c), 0, (inner ? sizeof(struct node_kids) : 0) + offsetof(struct node, name));
     c->cls = cls;
     c->inner = inner;
     c->nlen = (uint16_t)len;

@@ -270,7 +270,7 @@ async function run(peer, dir, variant) {
   return { idle, fan };
 }
 
-const kib = (b) => `${(b / 1024).toFixed(1)} KiB`;
+const bytes = (b) => `${Math.round(b)} B`;
 const f = (x) => x.toFixed(2);
 const dir = mkdtempSync(join(tmpdir(), 'almanac-scale-'));
 try {
@@ -281,9 +281,9 @@ try {
     const reach = variant === 'sites' ? `${CLIENTS / SITES} clients (site/<n>/#, ${SITES} sites)`
       : `all ${CLIENTS} clients (site/#)`;
     console.log(`scale ${variant}: ${CLIENTS} sessions over ${PROCS} client processes: idle ` +
-      `memory per session: almanac (WebSocket) ${kib(a.idle.rss)} RSS, ${kib(a.idle.anon)} ` +
-      `anonymous (opened in ${f(a.idle.opened)} s); mosquitto (MQTT) ${kib(m.idle.rss)} RSS, ` +
-      `${kib(m.idle.anon)} anonymous (${f(m.idle.opened)} s): ratio ${f(a.idle.rss / m.idle.rss)} ` +
+      `memory per session: almanac (WebSocket) ${bytes(a.idle.rss)} RSS, ${bytes(a.idle.anon)} ` +
+      `anonymous (opened in ${f(a.idle.opened)} s); mosquitto (MQTT) ${bytes(m.idle.rss)} RSS, ` +
+      `${bytes(m.idle.anon)} anonymous (${f(m.idle.opened)} s): ratio ${f(a.idle.rss / m.idle.rss)} ` +
       `RSS, ${f(a.idle.anon / m.idle.anon)} anonymous (goal <= 1.0)`);
     console.log(`scale ${variant}: ${RATE} writes/s for ${SECONDS} s, each to ${reach}: almanac ` +
       `${Math.round(a.fan.rate)} events/s (${a.fan.n}/${a.fan.expected}, ${a.fan.closed} closed), ` +

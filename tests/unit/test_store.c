@@ -907,6 +907,43 @@ static void test_expiry(void **state)
     assert_true(has(f->s, "x/kept"));
 }
 
+/* A memory-only change (the open sessions' $SYS keys) is read as any key
+ * but writes no row: the database holds none, a restart drops it, and its
+ * rev is not handed out again. */
+static void test_memory_only(void **state)
+{
+    struct fixture *f = *state;
+    struct store_op op = {.kind = STORE_OP_SET,
+                          .key = "$SYS/sessions/s1/transport",
+                          .klen = strlen("$SYS/sessions/s1/transport"),
+                          .if_rev = STORE_ANY_REV,
+                          .memory_only = true};
+    assert_int_equal(store_entry_new("ws", 2, NULL, NULL, STORE_ORIGIN_SYS, &op.entry), STORE_OK);
+    struct store_txn t = {.ops = &op, .n = 1};
+    assert_int_equal(store_apply(f->s, &t), STORE_OK);
+    char *got = get(f->s, "$SYS/sessions/s1/transport");
+    assert_string_equal(got, "ws");
+    free(got);
+    char path[128];
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    snprintf(path, sizeof path, "%s/almanac.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM entries WHERE key LIKE '$SYS/%'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    store_close(f->s);
+    f->s = open_store(f->dir);
+    assert_null(get(f->s, "$SYS/sessions/s1/transport"));
+    int64_t next;
+    assert_int_equal(set(f->s, "after", "1", -1, &next), STORE_OK);
+    assert_true(next == op.rev + 1);
+}
+
 static size_t count_blob_files(const char *dir)
 {
     char cmd[160];
@@ -1004,6 +1041,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_history_first_rev, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blob_lanes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_only, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
