@@ -95,20 +95,27 @@ static void ws__pop(struct conn *c)
     msg__free(m);
 }
 
+/* Takes up to `*done` bytes written off the head message (its frame);
+ * false when they end inside it. */
+static bool ws__consume_head(struct conn *c, size_t *done)
+{
+    size_t left = ws__framed_len(c->head) - c->head_off;
+    if (*done < left) {
+        c->head_off += *done;
+        return false;
+    }
+    *done -= left;
+    ws__pop(c);
+    return true;
+}
+
 /* Takes `done` bytes written off what ws__write gave writev, in its order:
  * the rest of a frame partly written (if `partial`), control frames, data
  * frames. The caller holds c->lock. */
 static void ws__consume(struct conn *c, size_t done, bool partial)
 {
-    if (partial) {
-        size_t left = ws__framed_len(c->head) - c->head_off;
-        if (done < left) {
-            c->head_off += done;
-            return;
-        }
-        done -= left;
-        ws__pop(c);
-    }
+    if (partial && !ws__consume_head(c, &done))
+        return;
     struct ws_ctl *ctl = c->ws_ctl;
     if (ctl != NULL) {
         size_t left = ctl->len - ctl->off, n = done < left ? done : left;
@@ -121,15 +128,8 @@ static void ws__consume(struct conn *c, size_t done, bool partial)
         if (c->ws_close_queued)
             c->ws_close_sent = true;
     }
-    while (done > 0) {
-        size_t left = ws__framed_len(c->head) - c->head_off;
-        if (done < left) {
-            c->head_off += done;
-            return;
-        }
-        done -= left;
-        ws__pop(c);
-    }
+    while (done > 0 && ws__consume_head(c, &done))
+        ;
 }
 
 /* Writes what waits (invariant 2); the caller holds c->lock. 1 all written,
