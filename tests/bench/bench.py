@@ -901,15 +901,25 @@ def mosquitto(tmp, name, extra=""):
     with open(conf, "w") as f:
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n{extra}")
     proc = subprocess.Popen(["mosquitto", "-c", conf], stderr=subprocess.DEVNULL)
-    wait_port(port, proc, "mosquitto")
+    try:
+        wait_port(port, proc, "mosquitto")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return [proc], [port]
 
 
 def mosquitto_pair(tmp):
     """Two mosquitto brokers, the second bridged to the first (both ways)."""
     procs, (one,) = mosquitto(tmp, "mosq-one")
-    more, (two,) = mosquitto(tmp, "mosq-two", f"connection to-one\naddress 127.0.0.1:{one}\n"
-                             "topic # both 1\n")
+    try:
+        more, (two,) = mosquitto(tmp, "mosq-two", f"connection to-one\naddress 127.0.0.1:{one}\n"
+                                 "topic # both 1\n")
+    except BaseException:
+        procs[0].kill()
+        procs[0].wait()
+        raise
     return procs + more, [one, two]
 
 
@@ -934,8 +944,14 @@ mqtt {{ listen: 127.0.0.1:{mqtt[i]} }}
 """)
         procs.append(subprocess.Popen(["nats-server", "-c", conf], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
-    for i in range(nodes):
-        wait_port(mqtt[i], procs[i], "nats-server")
+    try:
+        for i in range(nodes):
+            wait_port(mqtt[i], procs[i], "nats-server")
+    except BaseException:
+        for p in procs:
+            p.kill()
+            p.wait()
+        raise
     return procs, mqtt
 
 
@@ -1062,12 +1078,16 @@ def bench_converge(binary, tmp, writes=300, rounds=3):
                     p.wait(30)
             commit.sort()
             seen.sort()
+            if not commit:
+                print(f"converge, {name}, round {r + 1}: none of {writes} writes reached B")
+                continue
             print(f"converge, {name} (MQTT {protocol}), round {r + 1}: {len(commit)} of {writes} "
                   f"writes reached B ({lost} not within 30 s); commit on A to commit on B: "
                   f"p50 {pct(commit, 0.5):.2f} ms, p99 {pct(commit, 0.99):.2f} ms, max "
                   f"{commit[-1]:.2f} ms; PUT answered to SSE event from B: p50 "
                   f"{pct(seen, 0.5):.2f} ms, p99 {pct(seen, 0.99):.2f} ms (load average "
                   f"{os.getloadavg()[0]:.1f})", flush=True)
+
 
 def main():
     p = argparse.ArgumentParser()

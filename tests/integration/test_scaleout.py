@@ -66,7 +66,11 @@ http {{
             ["nginx", "-p", d, "-c", f"{d}/nginx.conf",
              "-g", f"daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.answers, 10, what="nginx to listen")
+        try:
+            wait_for(self.answers, 10, what="nginx to listen")
+        except BaseException:
+            self.cleanup()  # the caller never gets it to clean up
+            raise
 
     def answers(self):
         if self.proc.poll() is not None:
