@@ -42,11 +42,18 @@ the figures are ratios that a shared, noisy machine does not distort much.
           has not five times that free) written by 8 clients and read back:
           the growth of the process's RSS and anonymous memory. Takes about
           a minute and a half and 13 GiB of disk: only when named.
+  converge how long a write takes to reach another almanac: almanac A and B
+          bridged to one mosquitto, to two mosquittos joined by mosquitto's
+          bridge, and to two nodes of a 3-node NATS cluster (JetStream, MQTT
+          3.1.1; bridge_qos 1, then 0); 300 PUTs on A, one at a time, each
+          seen on an SSE stream from B: commit on A to commit on B (the
+          envelopes' ts) and the PUT's answer to the event's arrival; p50,
+          p99, max, three fresh setups of each.
 
 Usage: tests/bench/bench.py --binary build/almanac [get] [put] [memory] [history] [bridge] [auth]
-       [expiry] [blobput] [blobget] [blobmem]
-Peers: wrk, nginx, redis-server, redis-cli, mosquitto and mqtt_load (built
-beside almanac with libmosquitto); tests/bench/run installs them.
+       [expiry] [blobput] [blobget] [blobmem] [converge]
+Peers: wrk, nginx, redis-server, redis-cli, mosquitto, nats-server and mqtt_load
+(built beside almanac with libmosquitto); tests/bench/run installs them.
 """
 import argparse
 import json
@@ -57,11 +64,14 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from http.client import HTTPConnection
 
 DURATION = 10  # seconds per wrk run
 
@@ -349,7 +359,7 @@ def bench_history(binary, tmp):
     data = os.path.join(tmp, "hist-read")
     a = Almanac(binary, data)
     import http.client
-    conn = http.client.HTTPConnection("127.0.0.1", a.port)
+    conn = HTTPConnection("127.0.0.1", a.port)
     try:
         for b in range(100):
             ops = [{"op": "set", "key": "bench/hot", "value": {"v": b * 10000 + i}}
@@ -805,7 +815,7 @@ def bench_blobmem(binary, tmp, n=10_000, writers=8):
             errors = []
 
             def worker(w):
-                conn = http.client.HTTPConnection("127.0.0.1", a.port)
+                conn = HTTPConnection("127.0.0.1", a.port)
                 try:
                     for i in range(w, n, writers):
                         fn(conn, i)
@@ -871,12 +881,220 @@ def bench_blobmem(binary, tmp, n=10_000, writers=8):
           f"WAL {st['storage']['wal_bytes'] / mib:,.0f} MiB, {st['history']['records']:,} history "
           f"records ({st['history']['pruned']:,} pruned)]")
 
+def wait_port(port, proc, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+def mosquitto(tmp, name, extra=""):
+    """(process, MQTT port) of a mosquitto broker with `extra` lines."""
+    port = free_port()
+    conf = os.path.join(tmp, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n{extra}")
+    proc = subprocess.Popen(["mosquitto", "-c", conf], stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc, "mosquitto")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return [proc], [port]
+
+
+def mosquitto_pair(tmp):
+    """Two mosquitto brokers, the second bridged to the first (both ways)."""
+    procs, (one,) = mosquitto(tmp, "mosq-one")
+    try:
+        more, (two,) = mosquitto(tmp, "mosq-two", f"connection to-one\naddress 127.0.0.1:{one}\n"
+                                 "topic # both 1\n")
+    except BaseException:
+        procs[0].kill()
+        procs[0].wait()
+        raise
+    return procs + more, [one, two]
+
+
+def nats_cluster(tmp, nodes=3):
+    """A NATS cluster of `nodes` servers, each with JetStream and an MQTT
+    listener (NATS speaks MQTT 3.1.1 only): (processes, MQTT ports)."""
+    client = [free_port() for _ in range(nodes)]
+    route = [free_port() for _ in range(nodes)]
+    mqtt = [free_port() for _ in range(nodes)]
+    procs = []
+    for i in range(nodes):
+        routes = ", ".join(f"nats-route://127.0.0.1:{route[j]}" for j in range(nodes) if j != i)
+        conf = os.path.join(tmp, f"nats{i}.conf")
+        os.makedirs(os.path.join(tmp, f"nats{i}"), exist_ok=True)
+        with open(conf, "w") as f:
+            f.write(f"""server_name: n{i}
+log_file: "{tmp}/nats{i}.log"
+listen: 127.0.0.1:{client[i]}
+jetstream {{ store_dir: "{tmp}/nats{i}" }}
+cluster {{ name: almanac; listen: 127.0.0.1:{route[i]}; routes: [{routes}] }}
+mqtt {{ listen: 127.0.0.1:{mqtt[i]} }}
+""")
+        procs.append(subprocess.Popen(["nats-server", "-c", conf], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    try:
+        for i in range(nodes):
+            wait_port(mqtt[i], procs[i], "nats-server")
+    except BaseException:
+        for p in procs:
+            p.kill()
+            p.wait()
+        raise
+    return procs, mqtt
+
+
+class SseTimes:
+    """An SSE stream of `pattern` (live changes only) from almanac `a`: for
+    each value (by its text), when it arrived here (perf_counter) and its
+    commit time on `a` (the envelope's ts, µs)."""
+
+    def __init__(self, a, pattern):
+        self.arrived = {}
+        self.cond = threading.Condition()
+        self.resp = urllib.request.urlopen(
+            a.url("/api/v1/events/" + urllib.parse.quote(pattern, safe="/") + "?live_only=1"),
+            timeout=60)
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        try:
+            for line in self.resp:
+                if line.startswith(b"data: "):
+                    t = time.perf_counter()
+                    e = json.loads(line[6:])
+                    if "ts" not in e:
+                        continue  # the sync
+                    with self.cond:
+                        self.arrived[e.get("text")] = (t, e["ts"])
+                        self.cond.notify_all()
+        except (OSError, ValueError, AttributeError):
+            pass  # closed (http.client's chunked reader then has no file)
+
+    def wait(self, text, timeout):
+        """(arrival, ts) of `text`; None when it did not come in `timeout` s."""
+        with self.cond:
+            self.cond.wait_for(lambda: text in self.arrived, timeout)
+            return self.arrived.get(text)
+
+    def close(self):
+        self.resp.close()
+
+
+def converge_once(binary, tmp, name, ports, protocol, writes, timeout=30, extra=()):
+    """For each of `writes` PUTs on almanac A (bridged to the first port),
+    one at a time, its change on almanac B (bridged to the last), seen on an
+    SSE stream from B: (commit on A to commit on B, the PUT's answer to the
+    event's arrival) in ms, from the envelopes' ts (one clock: one machine)
+    and from this process's clock; and how many did not come in `timeout`
+    seconds."""
+    args = ["--bridge_protocol", protocol, "--bridge_keepalive", "5", *extra]
+    a = Almanac(binary, os.path.join(tmp, name + "-a"), "--bridge_url",
+                f"mqtt://127.0.0.1:{ports[0]}", "--bridge_client_id", f"{name}-a", *args)
+    b = Almanac(binary, os.path.join(tmp, name + "-b"), "--bridge_url",
+                f"mqtt://127.0.0.1:{ports[-1]}", "--bridge_client_id", f"{name}-b", *args)
+    sse = None
+    try:
+        for x in (a, b):
+            deadline = time.time() + 30
+            while info(x)["bridge"]["state"] != "connected":
+                if time.time() > deadline:
+                    raise RuntimeError(f"{name}: the bridge did not connect")
+                time.sleep(0.05)
+        sse = SseTimes(b, "conv/#")
+        conn = HTTPConnection("127.0.0.1", a.port, timeout=10)
+
+        def put(text):
+            conn.request("PUT", "/api/v1/keys/conv/k", body=text.encode(),
+                         headers={"Content-Type": "text/plain"})
+            r = conn.getresponse()
+            body = r.read()
+            t = time.perf_counter()
+            if r.status not in (200, 201):
+                raise RuntimeError(f"PUT answered {r.status}")
+            return t, json.loads(body)["ts"]
+        # Until a write on A reaches B: the brokers' bridges and subscriptions
+        # are up (a NATS cluster elects its JetStream leaders first).
+        deadline = time.time() + 60
+        for n in range(10 ** 6):
+            put(f"warm-{n}")
+            if sse.wait(f"warm-{n}", 1) is not None:
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"{name}: no write reached B in 60 s")
+        commit, seen, lost = [], [], 0
+        for n in range(writes):
+            acked, ts_a = put(f"w-{n}")
+            got = sse.wait(f"w-{n}", timeout)
+            if got is None:
+                lost += 1
+                continue
+            commit.append((got[1] - ts_a) / 1000)
+            seen.append((got[0] - acked) * 1000)
+            time.sleep(0.005)
+        return commit, seen, lost
+    finally:
+        if sse:
+            sse.close()
+        a.stop()
+        b.stop()
+
+
+def bench_converge(binary, tmp, writes=300, rounds=3):
+    """How long a write takes to reach the other almanac: A and B bridged to
+    one mosquitto, to two mosquittos joined by a bridge, and to two nodes of
+    a 3-node NATS cluster (MQTT 3.1.1; at bridge_qos 1, the default, then 0);
+    `rounds` fresh setups of each."""
+    sys.setswitchinterval(0.0002)  # the SSE thread's arrival time, not the GIL's 5 ms
+
+    def pct(values, q):
+        return values[min(len(values) - 1, int(q * len(values)))]
+    setups = (("one mosquitto", lambda: mosquitto(tmp, "mosq"), "5", ()),
+              ("two bridged mosquittos", lambda: mosquitto_pair(tmp), "5", ()),
+              ("NATS cluster of 3", lambda: nats_cluster(tmp), "3.1.1", ()),
+              ("NATS cluster of 3, bridge_qos 0", lambda: nats_cluster(tmp), "3.1.1",
+               ("--bridge_qos", "0")))
+    for name, start, protocol, extra in setups:
+        for r in range(rounds):
+            procs, ports = start()
+            try:
+                commit, seen, lost = converge_once(binary, tmp, f"{name.replace(' ', '-')}-{r}",
+                                                   ports, protocol, writes, extra=extra)
+            finally:
+                for p in procs:
+                    p.terminate()
+                for p in procs:
+                    p.wait(30)
+            commit.sort()
+            seen.sort()
+            if not commit:
+                print(f"converge, {name}, round {r + 1}: none of {writes} writes reached B")
+                continue
+            print(f"converge, {name} (MQTT {protocol}), round {r + 1}: {len(commit)} of {writes} "
+                  f"writes reached B ({lost} not within 30 s); commit on A to commit on B: "
+                  f"p50 {pct(commit, 0.5):.2f} ms, p99 {pct(commit, 0.99):.2f} ms, max "
+                  f"{commit[-1]:.2f} ms; PUT answered to SSE event from B: p50 "
+                  f"{pct(seen, 0.5):.2f} ms, p99 {pct(seen, 0.99):.2f} ms (load average "
+                  f"{os.getloadavg()[0]:.1f})", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--binary", required=True)
     p.add_argument("which", nargs="*",
                    default=["get", "put", "memory", "history", "bridge", "auth", "expiry",
-                            "blobput", "blobget"])
+                            "blobput", "blobget", "converge"])
     args = p.parse_args()
     binary = os.path.abspath(args.binary)
     tmp = tempfile.mkdtemp(prefix="almanac-bench-")
