@@ -111,6 +111,27 @@ static const char *const db__migrations[DB_SCHEMA_VERSION + 1] = {
           "CREATE INDEX entries_blob ON entries(blob_file) WHERE blob_file IS NOT NULL;"
           "CREATE INDEX history_blob ON history(blob_file) WHERE blob_file IS NOT NULL;"
           "CREATE INDEX outbox_blob ON outbox(blob_file) WHERE blob_file IS NOT NULL;",
+    /* Revs of their own: each database's jump forward by a random 1..2^20
+     * times 2^30, so that two almanacs' revs (each fewer than 2^30 changes
+     * apart) almost never meet. A client that resumes with a rev of another
+     * almanac (a load balancer moved it) then finds it above this one's
+     * rev (history_gone and a fresh snapshot), or below all of this one's
+     * changes: a replay of every one of them, or history_gone when history
+     * no longer holds them all. Never a replay from a rev that names
+     * another change here. Revs stay under 2^51: exact in JavaScript. A
+     * database that had changes keeps history from the jump on: a client
+     * resuming with an older rev takes one fresh snapshot. A new one notes
+     * its first rev (meta 'rev_first': no change was ever at or below it). */
+    [6] = "INSERT INTO meta(name, value) VALUES "
+          "  ('rev_jump', (abs(random() % 1048576) + 1) * 1073741824);"
+          "UPDATE meta SET value = (SELECT value FROM meta WHERE name = 'rev') + "
+          "  (SELECT value FROM meta WHERE name = 'rev_jump') "
+          "WHERE name = 'history_floor' AND (SELECT value FROM meta WHERE name = 'rev') > 0;"
+          "INSERT INTO meta(name, value) SELECT 'rev_first', 0 FROM meta "
+          "  WHERE name = 'rev' AND value = 0;"
+          "UPDATE meta SET value = value + (SELECT value FROM meta WHERE name = 'rev_jump') "
+          "WHERE name IN ('rev', 'rev_first');"
+          "DELETE FROM meta WHERE name = 'rev_jump';",
 };
 
 static int db__exec(struct db *db, const char *sql, char *why, size_t why_len)

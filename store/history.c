@@ -104,7 +104,7 @@ static bool history__prune_batch(void *arg)
     int64_t cutoff = h->retention_us > 0 ? now_us() - h->retention_us : INT64_MIN;
     uint64_t bytes = atomic_load(&h->bytes), gone_bytes = 0, gone = 0;
     int64_t upto = 0;
-    char sql[256];
+    char sql[512]; /* 256 cut the COMMIT off once revs had 16 digits */
 
     if (sqlite3_exec(h->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return false;
@@ -771,11 +771,12 @@ int history__first_rev(struct history *h, int64_t ts, int64_t *rev)
     if (err != STORE_OK)
         return err;
     int64_t floor = db__meta_of(it->conn, "history_floor");
+    int64_t origin = db__meta_of(it->conn, "rev_first"); /* no change at or below */
     /* One past the last record before `ts` (invariant 1), 0 when none is. */
     int64_t first = history__rev_at(it->conn, ts);
     store_history_close(it, NULL);
-    if (first == 0 && floor == 0)
-        first = 1; /* history holds every change: the first there was */
+    if (first == 0 && floor <= origin)
+        first = origin + 1; /* history holds every change: the first there was */
     /* The changes up to the floor are gone: one of them may be at or after
      * `ts` unless a record before `ts` above the floor says otherwise. */
     if (first - 1 < floor)

@@ -404,7 +404,10 @@ static int store__open_history(struct store *s, const struct store_config *cfg, 
         strcat(joined, "\n");
     }
     int err = STORE_OK;
-    if (old != NULL && strcmp(old, joined) != 0 && db__meta(s->db, "history_floor") < s->rev)
+    /* New keys: history may lack changes of theirs up to now, if there were
+     * any (rev_first: none yet, on a new database). */
+    if (old != NULL && strcmp(old, joined) != 0 && db__meta(s->db, "history_floor") < s->rev &&
+        s->rev > db__meta(s->db, "rev_first"))
         err = db__set_meta(s->db, "history_floor", NULL, s->rev);
     /* Written only when changed: a start on a full disk still serves. */
     if (err == STORE_OK && (old == NULL || strcmp(old, joined) != 0))

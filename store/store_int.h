@@ -249,7 +249,7 @@ void worker__stop(struct worker *w);
 
 /* ---- db.c: SQLite persistence ---- */
 
-#define DB_SCHEMA_VERSION 5
+#define DB_SCHEMA_VERSION 6
 /* The columns of a value kept in a blob file (schema 5), in this order. */
 #define DB_BLOB_COLUMNS "blob_file, blob_off, blob_len, blob_crc"
 

@@ -383,7 +383,7 @@ class Tokens(unittest.TestCase):
         self.assertIn("applied schema migration 3", d.log_text())
         self.assertNotIn("applied schema migration 2", d.log_text())
         info = curl(d, "GET", "/api/v1/info", headers=ADMIN).json()
-        self.assertEqual(info["schema_version"], 5)
+        self.assertEqual(info["schema_version"], 6)
         e = curl(d, "GET", K + "home/kitchen/temp?envelope=1", headers=ADMIN).json()
         self.assertEqual((e["rev"], e["value"]), (6, {"v": 21.5}))
         e = curl(d, "GET", K + "home/kitchen/mood?envelope=1", headers=ADMIN).json()

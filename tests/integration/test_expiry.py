@@ -113,7 +113,7 @@ class Schema3(unittest.TestCase):
         self.addCleanup(d.cleanup)
         self.assertIn("applied schema migration 4", d.log_text())
         self.assertNotIn("applied schema migration 3", d.log_text())
-        self.assertEqual(curl(d, "GET", "/api/v1/info", headers=admin).json()["schema_version"], 5)
+        self.assertEqual(curl(d, "GET", "/api/v1/info", headers=admin).json()["schema_version"], 6)
         e = curl(d, "GET", K + "home/kitchen/mood?envelope=1", headers=admin).json()
         self.assertEqual((e["rev"], e["text"], e["labels"]), (7, "warm", {"unit": "C"}))
         self.assertNotIn("expires", e)

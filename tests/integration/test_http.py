@@ -259,7 +259,7 @@ class HttpApi(unittest.TestCase):
         for field in ("version", "uptime_s", "keys", "rev", "schema_version", "protocols",
                       "sessions", "bridge", "storage"):
             self.assertIn(field, info)
-        self.assertEqual(info["schema_version"], 5)
+        self.assertEqual(info["schema_version"], 6)
         self.assertEqual(info["protocols"], ["1.0"])
         self.assertEqual(self.req("GET", "/health").status, 200)
         self.assertEqual(self.req("GET", "/ready").status, 200)
