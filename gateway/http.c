@@ -476,11 +476,14 @@ static enum MHD_Result http__handle(void *cls, struct MHD_Connection *conn, cons
         r->deferring = http__may_defer(r);
         enum MHD_Result rc = http__begin(r, url, method);
         r->deferring = false;
+        /* A refused request gets no more time for its body than for its
+         * headers: a client trickling one would hold the connection. */
+        if (r->early != NULL && c != NULL)
+            atomic_store(&c->since_us, now_us());
         return rc;
     }
-    if (r->early != NULL) { /* refused: the body is dropped, then the answer goes */
-        r->dropped += *upload_size;
-        bool more = *upload_size > 0 && r->dropped <= HTTP_DROP_MAX;
+    if (r->early != NULL) {           /* refused: the body is dropped, then the answer goes */
+        bool more = *upload_size > 0; /* MHD takes no answer while a body comes */
         *upload_size = 0;
         if (more)
             return MHD_YES;
@@ -560,7 +563,8 @@ static size_t http__unescape(void *cls, struct MHD_Connection *c, char *s)
  * MHD's own timeout counts idleness, so a client sending a header line every
  * few seconds would hold its connection forever (slowloris). Each connection
  * is tracked from MHD's notification: `since_us` is set when it opens and
- * when a request ends, cleared when a request's headers are in; the timer
+ * when a request ends, cleared when a request's headers are in (but set
+ * again for a refused request, whose body is dropped in that time); the timer
  * shuts down those waiting longer than http_header_timeout, and MHD then
  * closes them. The list is unlinked under conn_lock before MHD closes the
  * socket (MHD notifies CLOSED first), so the timer never touches a

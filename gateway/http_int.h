@@ -21,8 +21,11 @@
 #define HTTP_LIST_MAX     10000
 #define HTTP_HISTORY_MAX  10000000 /* records of one history answer (streamed) */
 #define HTTP_MAX_STATUS   600
-/* The most body a refused request is read for before its answer (larger
- * ones are answered at once and the connection closed). */
+/* The most declared body (Content-Length) a refused request is read for
+ * before its answer (larger ones are answered at once and the connection
+ * closed). A body of unknown length (chunked) is read to its end: MHD
+ * takes no answer while a body comes. Either is read within
+ * http_header_timeout (http__handle). */
 #define HTTP_DROP_MAX ((uint64_t)8 << 20)
 
 #define HTTP_WS_HOST_BUCKETS 256 /* the WebSocket counts by address (struct http) */
@@ -62,7 +65,8 @@ struct sse;
 /* A connection as the header timeout sees it (MHD's socket context). */
 struct http__conn {
     _Atomic int fd;           /* -1 once it is a WebSocket's */
-    _Atomic int64_t since_us; /* waiting for a request's headers since; 0: not */
+    _Atomic int64_t since_us; /* waiting for a request's headers (or a refused
+                                 one's body) since; 0: not */
     struct http__conn *prev, *next;
     char address[64]; /* the client's "host:port" */
 };
@@ -119,7 +123,6 @@ struct req {
     bool deferring;             /* http__queue keeps the answer in `early` */
     struct MHD_Response *early; /* the answer kept */
     unsigned early_status;
-    uint64_t dropped; /* body bytes read and dropped */
 };
 
 /* ---- http_answer.c: answers and the pieces of a request ---- */

@@ -164,8 +164,14 @@ static int ws__write(struct conn *c)
  * caller holds c->lock. False when out of memory: nothing appended. */
 static bool ws__add_ctl(struct conn *c, const uint8_t *data, size_t len)
 {
-    size_t had = c->ws_ctl != NULL ? c->ws_ctl->len : 0;
-    struct ws_ctl *p = realloc(c->ws_ctl, sizeof *p + had + len);
+    struct ws_ctl *p = c->ws_ctl;
+    if (p != NULL && p->off > 0) { /* what is written goes: `len` is what waits */
+        memmove(p->data, p->data + p->off, p->len - p->off);
+        p->len -= p->off;
+        p->off = 0;
+    }
+    size_t had = p != NULL ? p->len : 0;
+    p = realloc(p, sizeof *p + had + len);
     if (p == NULL)
         return false;
     if (had == 0)
@@ -241,14 +247,17 @@ static ssize_t ws__recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, i
 }
 
 /* What wslay sends (pongs, closes) goes into ws_ctl; nothing after a close
- * (invariant 3). */
+ * (invariant 3). It waits no more than data does (session_queue_bytes): a
+ * client that pings and does not read is closed, not given all it asks. */
 static ssize_t ws__send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
                         void *user)
 {
     struct conn *c = user;
     (void)flags;
     pthread_mutex_lock(&c->lock);
-    bool ok = c->ws_close_queued || ws__add_ctl(c, data, len);
+    size_t waiting = c->ws_ctl != NULL ? c->ws_ctl->len - c->ws_ctl->off : 0;
+    bool ok = c->ws_close_queued ||
+              (waiting + len <= c->loop->cfg->session_queue_bytes && ws__add_ctl(c, data, len));
     pthread_mutex_unlock(&c->lock);
     if (!ok) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);

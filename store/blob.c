@@ -601,6 +601,8 @@ rollback:
     sqlite3_exec(b->conn, "ROLLBACK", NULL, NULL, NULL);
 out:
     sqlite3_finalize(st);
+    if (to != NULL)
+        blob__written(to); /* its lane is free again (the reservation's writer) */
     blob__unref(to); /* the copies not pointed at stay, referenced by nothing */
     for (size_t i = 0; i < n; i++)
         free(moves[i].key);

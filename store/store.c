@@ -1036,6 +1036,10 @@ int store_subscribe_since(struct store *s, const char *pat, size_t plen, bool un
     bool covered = false;
     for (size_t i = 0; i < s->nhist_keys && s->history != NULL && !covered; i++)
         covered = store_pattern_covers(s->hist_keys[i], strlen(s->hist_keys[i]), pat, plen);
+    /* The server's memory-only changes ($-keys, store_op) are in no history,
+     * whatever history_keys says. */
+    if (plen > 0 && pat[0] == '$')
+        covered = false;
     pthread_rwlock_rdlock(&s->lock);
     int64_t rev = s->rev;
     pthread_rwlock_unlock(&s->lock);

@@ -255,10 +255,11 @@ struct store_op {
     enum store_origin origin;  /* DELETE: where it came from (SET: the entry's) */
     bool if_changed;           /* SET: a no-op (rev 0) when the key holds the same
                                   value, type and labels */
-    bool memory_only;          /* by the server: changed in memory (a rev, events)
-                                  but never written to the database, nor kept
-                                  in history (keys that a restart drops anyway:
-                                  the open sessions') */
+    bool memory_only;          /* by the server, on its $-keys: changed in memory
+                                  (a rev, events) but never written to the
+                                  database, nor kept in history (keys that a
+                                  restart drops anyway: the open sessions'); so
+                                  no $-pattern is replayed from history */
     struct store_entry *entry; /* SET: the store takes this reference, always */
     int64_t if_rev;            /* STORE_ANY_REV, STORE_EXISTS_REV, 0 (absent) or a rev */
 
@@ -434,8 +435,8 @@ int store_subscribe(struct store *s, const char *pat, size_t plen, bool unique, 
 /* The same, with `snap` filled with every change of a matching key after
  * rev `since` up to `*sync_rev`, from history. STORE_EGONE (nothing
  * subscribed) when history does not hold all of them: `since` is older than
- * the kept history, history does not cover the pattern, or `since` is ahead
- * of the store. */
+ * the kept history, history does not cover the pattern (history_keys, and
+ * never a $-pattern: memory-only changes), or `since` is ahead of the store. */
 int store_subscribe_since(struct store *s, const char *pat, size_t plen, bool unique,
                           store_event_fn fn, void *arg, int64_t since, struct store_snapshot *snap,
                           int64_t *sync_rev, struct store_sub **out);

@@ -153,6 +153,13 @@ class Blobs(unittest.TestCase):
             revs[k] = self.put(d, k, values[k])
         wait_for(lambda: first not in blob_files(d), 25, 0.1, "file 1 to be compacted away")
         self.assertIn("compacted: 1 live values (300000 bytes)", d.log_text())
+        # The copies' writer let go of the file they went to: a writer alone
+        # keeps to it while it has room (it counted as busy for good, and the
+        # next value opened another file).
+        files = blob_files(d)
+        values["keep/d"] = os.urandom(100_000)
+        revs["keep/d"] = self.put(d, "keep/d", values["keep/d"])
+        self.assertEqual(blob_files(d), files)
         for k, v in values.items():
             r = curl(d, "GET", K + k)
             self.assertEqual((r.body, r.headers["x-almanac-rev"]), (v, str(revs[k])), k)

@@ -397,6 +397,32 @@ class Slowloris(unittest.TestCase):
             c.close()
 
 
+    def test_a_refused_body_that_trickles_is_cut(self):
+        # A refusal waits for the body (read and dropped, so that the close
+        # does not reset the connection and lose the answer); a client
+        # without any credential that trickles one held the connection for
+        # as long as it kept sending, past http_header_timeout (3 s here).
+        s = socket.create_connection(("127.0.0.1", self.d.port), timeout=2)
+        start, got = time.monotonic(), None
+        try:
+            s.sendall(b"PUT /api/v1/keys/trickle HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Authorization: Basic x\r\nContent-Length: 1000\r\n\r\n")
+            while time.monotonic() - start < 10 and got is None:
+                s.sendall(b"x")
+                try:
+                    got = s.recv(4096)
+                except socket.timeout:
+                    pass
+        except OSError as e:
+            got = repr(e)
+        finally:
+            s.close()
+        took = time.monotonic() - start
+        say(f"a refused body sent a byte every 2 s: {got!r} after {took:.1f} s")
+        self.assertIsNotNone(got, "still open after 10 s")
+        self.assertLess(took, 7.0, "cut about 3 s after its headers")
+
+
 class ImportAndAccess(unittest.TestCase):
     """3. NUL bytes in imported keys, labels and types; 5. the empty import;
     8. values and writes from a browser of another origin."""

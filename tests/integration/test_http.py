@@ -482,6 +482,42 @@ class HttpApi(unittest.TestCase):
         r = self.req("PUT", K + "big", os.urandom(9 << 20), {"Expect": "100-continue"})
         self.assertError(r, 413, "too_large")
 
+    def test_a_refused_chunked_body_is_answered_at_its_end(self):
+        # A body of unknown length (chunked, as curl -T - sends) past the 8
+        # MiB read for nothing: MHD takes no answer while a body comes, so
+        # the refusal waits for its end. It was cut at 8 MiB instead: the
+        # connection reset, and the client never had an answer.
+        s = socket.create_connection(("127.0.0.1", self.d.port), timeout=20)
+        self.addCleanup(s.close)
+        got = bytearray()
+
+        def read():
+            while b"\r\n\r\n" not in got or not got.endswith(b"}\n"):
+                try:
+                    chunk = s.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                got.extend(chunk)
+        reader = threading.Thread(target=read)
+        reader.start()
+        piece = b"%x\r\n" % 65536 + os.urandom(65536) + b"\r\n"
+        try:
+            s.sendall(b"PUT " + K.encode() + b"chunked HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Authorization: Basic x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(160):  # 10 MiB
+                s.sendall(piece)
+            s.sendall(b"0\r\n\r\n")
+        except OSError as e:
+            self.fail(f"the body was not read to its end: {e!r}")
+        finally:
+            reader.join(20)
+        self.assertTrue(got.startswith(b"HTTP/1.1 401 "), bytes(got[:200]))
+        # The connection goes on.
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.assertTrue(s.recv(65536).startswith(b"HTTP/1.1 200 "))
+
 
 class StorageFull(unittest.TestCase):
     """A database at max_db_bytes behaves as a full disk: the writes that do

@@ -337,6 +337,26 @@ class Sessions(unittest.TestCase):
                 break
         watcher.close()
 
+    def test_a_replay_of_the_sessions_keys_is_refused(self):
+        # The open sessions' keys change in memory only: history holds none
+        # of their changes, even where history_keys covers them, so a replay
+        # (since, start) of them cannot be whole. It is refused (take a
+        # snapshot); it skipped every session opened or closed since.
+        d = Daemon(["--history_keys", "$SYS/#", "--history_keys", "#",
+                    "--sys_interval", "0"]).start()
+        self.addCleanup(d.cleanup)
+        c = Client(d)
+        self.addCleanup(c.close)
+        ok = c.request("set", key="a", text="x")
+        since = ok["rev"]
+        other = Client(d)  # opens after `since`: $SYS/sessions/<its id>
+        self.addCleanup(other.close)
+        e = c.request("subscribe", pattern="$SYS/sessions/#", since=since)
+        got = [e] + ([c.recv()] if e["type"] == "ok" else [])
+        self.assertEqual(e.get("error"), "history_gone", got)
+        e = c.request("subscribe", pattern="$SYS/sessions/#", start=ok["ts"])
+        self.assertEqual(e.get("error"), "history_gone", e)
+
     def test_max_sessions(self):
         d = Daemon(["--max_sessions", "2"]).start()
         try:

@@ -378,6 +378,29 @@ const tests = {
     c.ws.close();
   },
 
+  async pings_not_read_do_not_pile_up() {
+    // A client that pings and never reads: its pongs wait in the server no
+    // more than data does (session_queue_bytes, 256 KiB here). They piled
+    // up without end (200 MB of pings unread, 200 MB of memory held), from
+    // anyone who may open a WebSocket; such a client is closed now.
+    const s = await rawSocket();
+    s.pause(); // never reads
+    const pings = Buffer.concat(Array.from({ length: 512 }, () => frame(9, 'p'.repeat(125))));
+    let sent = 0, ended = false;
+    s.on('error', () => { ended = true; });
+    s.on('close', () => { ended = true; });
+    const deadline = Date.now() + 30000;
+    while (!ended && sent < 256 << 20 && Date.now() < deadline) {
+      if (!s.write(pings)) await new Promise((r) => { s.once('drain', r); setTimeout(r, 200); });
+      sent += pings.length;
+    }
+    s.destroy();
+    assert.ok(ended, `still open after ${sent} bytes of pings not read`);
+    const c = await Client.open(); // the others go on
+    assert.equal((await c.request('ping')).type, 'pong');
+    c.ws.close();
+  },
+
   async too_slow_closes_1008() {
     const c = await Client.open();
     await c.request('subscribe', { pattern: 'slowws/#', live_only: true });
