@@ -16,6 +16,7 @@
  * bytes, not malloc's 48 or 64; an entry's size, found from its fields,
  * tells where it came from. The pages live as long as the process, as
  * malloc's arena does; the free lists are reused by entries of their size.
+ * Up to 96 bytes: an open session's $SYS key (about 71) too.
  * Invariants:
  *   1. after entry__stamp and before it is shared, an entry never changes;
  *   2. `refs` counts every holder (tree, change records, readers), and the
@@ -71,7 +72,7 @@ struct entry_blob {
     uint32_t crc;
 };
 
-#define ENTRY_SLAB_MAX  64
+#define ENTRY_SLAB_MAX  96
 #define ENTRY_SLAB_PAGE (64 * 1024)
 
 /* The sanitizer build sees a freed or never-given slab entry as freed. */
