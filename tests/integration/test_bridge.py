@@ -161,6 +161,7 @@ class Directions(BridgeCase):
         b = wait_for(lambda: (lambda b: b if b["messages_out"] >= 1 else None)(self.bridge(d)))
         self.assertEqual(b["state"], "connected")
         self.assertEqual(b["url"], self.broker.url)
+        self.assertEqual(b["node"], self.broker.url)  # the one in use (bridge_url may list more)
         self.assertEqual(b["client_id"], self.client_id)
         self.assertEqual((b["outbox"], b["reconnects"], b["errors_in"]), (0, 0, 0))
         self.assertIsNone(b["last_error"])
@@ -173,6 +174,8 @@ class Directions(BridgeCase):
         # The state is a key too, for subscribers and the dashboard.
         wait_for(lambda: curl(d, "GET", "/api/v1/keys/$SYS/bridge/state").body == b"connected",
                  what="$SYS/bridge/state")
+        wait_for(lambda: curl(d, "GET", "/api/v1/keys/$SYS/bridge/node").body ==
+                 self.broker.url.encode(), what="$SYS/bridge/node")
 
     def test_no_broker_configured(self):
         d = Daemon()
