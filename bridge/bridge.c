@@ -19,7 +19,8 @@
  *     the round has nodes not tried, else (each tried once) the backoff,
  *     doubling up to 30 s, then a new round
  *   connected --bridge__lost--> disconnected: a new round from the next node
- *     at once (one node: itself, after a second)
+ *     at once (one node, or a connection younger than BRIDGE_STABLE: after
+ *     a second)
  * A switch to another node is a reconnect like any other: the will and
  * `online` go to the new node, the outbox is sent again from its start
  * (invariant 2), the subscriptions bring the node's retained state. Only
@@ -76,6 +77,7 @@
 #define BRIDGE_BATCH       100   /* outbox messages taken at once */
 #define BRIDGE_IN_PENDING  20000 /* incoming changes submitted, not yet committed */
 #define BRIDGE_BACKOFF_MAX 30    /* seconds between attempts, at most */
+#define BRIDGE_STABLE      5     /* seconds a connection lasts before a loss switches at once */
 #define BRIDGE_ECHOES      1024  /* publishes of ours whose echo is awaited */
 #define BRIDGE_ECHO_WAIT   10    /* seconds an echo is awaited, at most */
 
@@ -993,12 +995,16 @@ out:
  * left to try (a switch waits for nothing), else, once each was tried, the
  * round starts again after the backoff. A lost connection starts a round
  * from the node after it; with one node that is the same one, a second
- * later, as ever. */
+ * later, as ever. So does a connection lost within BRIDGE_STABLE seconds of
+ * being made (a node that takes connections and drops them, or another
+ * client under our id): a second, not a tight loop round the nodes. */
 static void bridge__schedule(struct bridge *b, const char *what, const char *why, bool lost)
 {
     char next[BRIDGE_URL_MAX + 64];
     pthread_mutex_lock(&b->lock);
     const char *url = b->urls.url[b->node];
+    int64_t now = now_us();
+    bool stable = lost && now - b->connected_since_us >= BRIDGE_STABLE * 1000000ll;
     b->state = BS_DISCONNECTED;
     if (lost) {
         b->backoff = 1;
@@ -1006,7 +1012,7 @@ static void bridge__schedule(struct bridge *b, const char *what, const char *why
     }
     b->node = (b->node + 1) % b->urls.n;
     unsigned wait = 0;
-    if (b->urls.n > 1 && (lost || b->tries < b->urls.n)) {
+    if (b->urls.n > 1 && (stable || (!lost && b->tries < b->urls.n))) {
         snprintf(next, sizeof next, "trying %s next", b->urls.url[b->node]);
     } else {
         wait = b->backoff;
@@ -1014,7 +1020,7 @@ static void bridge__schedule(struct bridge *b, const char *what, const char *why
         b->tries = 0;
         snprintf(next, sizeof next, "next attempt in %u s", wait);
     }
-    b->next_attempt_us = now_us() + (int64_t)wait * 1000000;
+    b->next_attempt_us = now + (int64_t)wait * 1000000;
     if (snprintf(b->last_error, sizeof b->last_error, "%s %s: %s", what, url, why) >=
         (int)sizeof b->last_error)
         b->last_error[sizeof b->last_error - 1] = '\0'; /* cut (a long URL or reason) */
