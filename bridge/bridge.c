@@ -11,13 +11,25 @@
  * PUBACK back to the store, which deletes the row. Transient messages go
  * straight out (bridge__publish_now), and their echo is dropped.
  *
- * States (bridge__run makes the attempts, Paho's callbacks the rest):
- *   disconnected --(backoff over) bridge__connect--> connecting
+ * States (bridge__run makes the attempts, Paho's callbacks the rest), each
+ * attempt on one node of bridge_url's list, `node`:
+ *   disconnected --(next_attempt_us) bridge__connect--> connecting
  *   connecting --bridge__connected--> connected
- *   connecting --bridge__failed--> disconnected (backoff doubles, at most 30 s)
- *   connected --bridge__lost--> disconnected
+ *   connecting --bridge__failed--> disconnected: the next node at once while
+ *     the round has nodes not tried, else (each tried once) the backoff,
+ *     doubling up to 30 s, then a new round
+ *   connected --bridge__lost--> disconnected: a new round from the next node
+ *     at once (one node, or a connection younger than BRIDGE_STABLE: after
+ *     a second)
+ * A switch to another node is a reconnect like any other: the will and
+ * `online` go to the new node, the outbox is sent again from its start
+ * (invariant 2), the subscriptions bring the node's retained state. Only
+ * the will of the node left behind may come after our `online`: seen on
+ * our status topic while connected, `online` is said again
+ * (bridge__status_seen).
  * Invariants:
- *   1. `lock` guards the state, `sent_rev`, `inflight` and `gen`; no Paho or
+ *   1. `lock` guards the state, the node and its round (`node`, `tries`,
+ *      `last_node`, `backoff`), `sent_rev`, `inflight` and `gen`; no Paho or
  *      store call is made while holding it;
  *   2. every outbox message up to `sent_rev` was handed to Paho on connection
  *      `gen`; a new connection starts again from 0 (the outbox only holds what
@@ -48,6 +60,7 @@
 
 #include <MQTTAsync.h>
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -56,6 +69,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,6 +77,7 @@
 #define BRIDGE_BATCH       100   /* outbox messages taken at once */
 #define BRIDGE_IN_PENDING  20000 /* incoming changes submitted, not yet committed */
 #define BRIDGE_BACKOFF_MAX 30    /* seconds between attempts, at most */
+#define BRIDGE_STABLE      5     /* seconds a connection lasts before a loss switches at once */
 #define BRIDGE_ECHOES      1024  /* publishes of ours whose echo is awaited */
 #define BRIDGE_ECHO_WAIT   10    /* seconds an echo is awaited, at most */
 
@@ -78,9 +93,17 @@ struct bridge_map {
 enum bridge_state { BS_DISCONNECTED, BS_CONNECTING, BS_CONNECTED };
 static const char *const bridge__state_names[] = {"disconnected", "connecting", "connected"};
 
+/* The nodes of bridge_url, in the order given. */
+struct bridge__urls {
+    char *url[BRIDGE_URLS_MAX]; /* as given */
+    char *uri[BRIDGE_URLS_MAX]; /* Paho's tcp://HOST:PORT or ssl://HOST:PORT */
+    size_t n;
+};
+
 struct bridge {
     struct bridge_config cfg; /* owned copies */
-    char *uri;                /* Paho's tcp:// or ssl:// */
+    struct bridge__urls urls;
+    char *url_list; /* urls.url joined by commas, for bridge_stats */
     struct bridge_map *maps;
     size_t nmaps;
     struct store_limits limits;
@@ -93,7 +116,10 @@ struct bridge {
     pthread_t thread;
     bool started, stop;
     enum bridge_state state;
-    unsigned backoff; /* seconds before the next attempt after a failure */
+    unsigned backoff; /* seconds before the next round after a failed one */
+    size_t node;      /* the node of the attempt under way, or connected to */
+    size_t tries;     /* attempts in this round: each node once, then the backoff */
+    size_t last_node; /* the node of the last connection; SIZE_MAX: none yet */
     int64_t next_attempt_us, connected_since_us;
     uint64_t gen; /* connections made */
     int64_t sent_rev;
@@ -339,11 +365,84 @@ static char *bridge__uri(const char *url, char *why, size_t why_len)
     return uri;
 }
 
+static void bridge__urls_free(struct bridge__urls *u)
+{
+    for (size_t i = 0; i < u->n; i++) {
+        free(u->url[i]);
+        free(u->uri[i]);
+    }
+    u->n = 0;
+}
+
+/* Splits the comma-separated `list` into `u` (spaces around each URL
+ * dropped), each URL checked, none empty, none a second spelling of another
+ * (Paho's URIs compared: mqtt://b and mqtt://b:1883 are one broker), at most
+ * BRIDGE_URLS_MAX. All of one scheme: Paho decides TLS once per client (at
+ * its creation, and it never turns TLS off again for a plain URL). 0, or -1
+ * with a sentence naming the bad URL in `why` and `u` empty. */
+static int bridge__urls_parse(const char *list, struct bridge__urls *u, char *why, size_t why_len)
+{
+    memset(u, 0, sizeof *u);
+    for (const char *p = list;; p++) {
+        const char *end = strchrnul(p, ',');
+        while (p < end && isspace((unsigned char)*p))
+            p++;
+        size_t len = (size_t)(end - p);
+        while (len > 0 && isspace((unsigned char)p[len - 1]))
+            len--;
+        size_t pos = u->n + 1;
+        if (len == 0) {
+            snprintf(why, why_len, "URL %zu of '%s' is empty", pos, list);
+            goto fail;
+        }
+        if (u->n == BRIDGE_URLS_MAX) {
+            snprintf(why, why_len, "'%.*s' is URL %zu of the list: at most %d are taken", (int)len,
+                     p, pos, BRIDGE_URLS_MAX);
+            goto fail;
+        }
+        if (len > BRIDGE_URL_MAX) {
+            snprintf(why, why_len, "URL %zu ('%.40s...') is longer than %d bytes", pos, p,
+                     BRIDGE_URL_MAX);
+            goto fail;
+        }
+        if ((u->url[u->n] = strndup(p, len)) == NULL) {
+            snprintf(why, why_len, "out of memory");
+            goto fail;
+        }
+        u->n++;
+        const char *url = u->url[u->n - 1];
+        if ((u->uri[u->n - 1] = bridge__uri(url, why, why_len)) == NULL)
+            goto fail;
+        for (size_t i = 0; i + 1 < u->n; i++) {
+            if (strcasecmp(u->uri[i], u->uri[u->n - 1]) == 0) {
+                snprintf(why, why_len, "'%s' (URL %zu) is the broker of '%s' (URL %zu) again", url,
+                         pos, u->url[i], i + 1);
+                goto fail;
+            }
+        }
+        if (strncmp(u->uri[0], u->uri[u->n - 1], 4) != 0) { /* tcp: or ssl: */
+            snprintf(why, why_len,
+                     "'%s' (URL %zu) and '%s' (URL 1) differ in TLS: every URL of the list "
+                     "must be mqtt://, or every one mqtts://",
+                     url, pos, u->url[0]);
+            goto fail;
+        }
+        if (*end == '\0')
+            return 0;
+        p = end;
+    }
+fail:
+    bridge__urls_free(u);
+    return -1;
+}
+
 int bridge_url_check(const char *url, char *why, size_t why_len)
 {
-    char *uri = bridge__uri(url, why, why_len);
-    free(uri);
-    return uri ? 0 : -1;
+    struct bridge__urls u;
+    if (bridge__urls_parse(url, &u, why, why_len) != 0)
+        return -1;
+    bridge__urls_free(&u);
+    return 0;
 }
 
 void bridge_config_free(struct bridge_config *c)
@@ -376,7 +475,8 @@ static void bridge__free(struct bridge *b)
     for (size_t i = 0; i < b->nmaps; i++)
         map__free(&b->maps[i]);
     free(b->maps);
-    free(b->uri);
+    bridge__urls_free(&b->urls);
+    free(b->url_list);
     bridge_config_free(&b->cfg);
     pthread_mutex_destroy(&b->lock);
     pthread_cond_destroy(&b->cond);
@@ -450,6 +550,21 @@ oom:
     return -1;
 }
 
+/* The URLs of `u` joined by commas: a new string, or NULL. */
+static char *bridge__join(const struct bridge__urls *u)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < u->n; i++)
+        len += strlen(u->url[i]) + 1;
+    char *out = malloc(len + 1), *p = out;
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < u->n; i++)
+        p += sprintf(p, "%s%s", i > 0 ? "," : "", u->url[i]);
+    *p = '\0';
+    return out;
+}
+
 int bridge_new(const struct bridge_config *cfg, const struct store_limits *limits,
                struct bridge **out, char *why, size_t why_len)
 {
@@ -474,13 +589,19 @@ int bridge_new(const struct bridge_config *cfg, const struct store_limits *limit
     pthread_mutex_init(&b->echo_lock, NULL);
     b->limits = *limits;
     b->backoff = 1;
+    b->last_node = SIZE_MAX;
     if (bridge__configure(b, cfg, why, why_len) != 0 ||
-        (b->uri = bridge__uri(b->cfg.url, why, why_len)) == NULL) {
-        bridge__free(b);
-        return -1;
+        bridge__urls_parse(b->cfg.url, &b->urls, why, why_len) != 0)
+        goto fail;
+    if ((b->url_list = bridge__join(&b->urls)) == NULL) {
+        snprintf(why, why_len, "out of memory");
+        goto fail;
     }
     *out = b;
     return 0;
+fail:
+    bridge__free(b);
+    return -1;
 }
 
 /* ---- in: messages from the broker ---- */
@@ -755,6 +876,29 @@ static bool bridge__newer_here(struct bridge *b, const char *topic, size_t tlen,
     return newer;
 }
 
+static int bridge__status(struct bridge *b, const char *status);
+
+/* A message on our status topic: `offline` while we are connected is a will
+ * that came late, from a node we left. A cluster (or a bridged pair)
+ * publishes the will of a connection when the node that held it gets round
+ * to it, which may be after our `online` on the new node; said again,
+ * `online` has the last word, as after a reconnect to one broker. */
+static void bridge__status_seen(struct bridge *b, const char *topic, size_t tlen,
+                                const MQTTAsync_message *m)
+{
+    if (tlen != strlen(b->cfg.status_topic) || memcmp(topic, b->cfg.status_topic, tlen) != 0 ||
+        m->payloadlen != 7 || memcmp(m->payload, "offline", 7) != 0)
+        return;
+    pthread_mutex_lock(&b->lock);
+    bool connected = b->state == BS_CONNECTED && !b->stop; /* stop: our own goodbye */
+    pthread_mutex_unlock(&b->lock);
+    if (!connected)
+        return;
+    log_info("bridge: %s is offline while connected (a late will); online again",
+             b->cfg.status_topic);
+    bridge__status(b, "online");
+}
+
 static int bridge__arrived(void *ctx, char *topic, int topic_len, MQTTAsync_message *m)
 {
     struct bridge *b = ctx;
@@ -762,7 +906,8 @@ static int bridge__arrived(void *ctx, char *topic, int topic_len, MQTTAsync_mess
     char *key = NULL, why[256];
     const struct bridge_map *map = bridge__in_map(b, topic, tlen);
 
-    if (map == NULL) /* a subscription of an earlier configuration, say */
+    bridge__status_seen(b, topic, tlen, m);
+    if (map == NULL) /* our status topic, or a subscription of an earlier configuration */
         goto out;
     /* MQTT 3.1.1 does not tell a retained message from a live one. */
     bool retained = m->retained || b->cfg.protocol != 5;
@@ -845,21 +990,45 @@ out:
 
 /* ---- the connection ---- */
 
-static void bridge__schedule(struct bridge *b, const char *what, const char *why)
+/* After a failed attempt or a lost connection (`lost`) to the node
+ * b->node: the next node of the list, at once while this round has nodes
+ * left to try (a switch waits for nothing), else, once each was tried, the
+ * round starts again after the backoff. A lost connection starts a round
+ * from the node after it; with one node that is the same one, a second
+ * later, as ever. So does a connection lost within BRIDGE_STABLE seconds of
+ * being made (a node that takes connections and drops them, or another
+ * client under our id): a second, not a tight loop round the nodes. */
+static void bridge__schedule(struct bridge *b, const char *what, const char *why, bool lost)
 {
+    char next[BRIDGE_URL_MAX + 64];
     pthread_mutex_lock(&b->lock);
+    const char *url = b->urls.url[b->node];
+    int64_t now = now_us();
+    bool stable = lost && now - b->connected_since_us >= BRIDGE_STABLE * 1000000ll;
     b->state = BS_DISCONNECTED;
-    unsigned wait = b->backoff;
-    b->next_attempt_us = now_us() + (int64_t)wait * 1000000;
-    b->backoff = b->backoff * 2 > BRIDGE_BACKOFF_MAX ? BRIDGE_BACKOFF_MAX : b->backoff * 2;
-    if (snprintf(b->last_error, sizeof b->last_error, "%s %s: %s", what, b->cfg.url, why) >=
+    if (lost) {
+        b->backoff = 1;
+        b->tries = 0;
+    }
+    b->node = (b->node + 1) % b->urls.n;
+    unsigned wait = 0;
+    if (b->urls.n > 1 && (stable || (!lost && b->tries < b->urls.n))) {
+        snprintf(next, sizeof next, "trying %s next", b->urls.url[b->node]);
+    } else {
+        wait = b->backoff;
+        b->backoff = b->backoff * 2 > BRIDGE_BACKOFF_MAX ? BRIDGE_BACKOFF_MAX : b->backoff * 2;
+        b->tries = 0;
+        snprintf(next, sizeof next, "next attempt in %u s", wait);
+    }
+    b->next_attempt_us = now + (int64_t)wait * 1000000;
+    if (snprintf(b->last_error, sizeof b->last_error, "%s %s: %s", what, url, why) >=
         (int)sizeof b->last_error)
         b->last_error[sizeof b->last_error - 1] = '\0'; /* cut (a long URL or reason) */
     bool stopping = b->stop;
     pthread_cond_signal(&b->cond);
     pthread_mutex_unlock(&b->lock);
     if (!stopping)
-        log_warn("bridge: %s %s: %s; next attempt in %u s", what, b->cfg.url, why, wait);
+        log_warn("bridge: %s %s: %s; %s", what, url, why, next);
 }
 
 /* A CONNACK refusal of MQTT 3.1.1, by its return code. */
@@ -889,7 +1058,7 @@ static void bridge__failed(struct bridge *b, int reason, int code, const char *m
         snprintf(why, sizeof why, "%s (return code %d)", connack, code);
     else
         snprintf(why, sizeof why, "%s", message ? message : MQTTAsync_strerror(code));
-    bridge__schedule(b, "cannot connect to", why);
+    bridge__schedule(b, "cannot connect to", why, false);
 }
 
 static void bridge__connect_failed5(void *ctx, MQTTAsync_failureData5 *r)
@@ -950,6 +1119,14 @@ static void bridge__subscribe(struct bridge *b)
         opts[n].retainAsPublished = 1; /* tells a retained delete from an empty value */
         n++;
     }
+    /* Our status topic, for bridge__status_seen, unless a map brings it. */
+    const char *status = b->cfg.status_topic;
+    if (n < 64 && bridge__in_map(b, status, strlen(status)) == NULL) {
+        filters[n] = (char *)status;
+        qos[n] = 1;
+        opts[n] = (MQTTSubscribe_options)MQTTSubscribe_options_initializer;
+        n++;
+    }
     if (n == 0)
         return;
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
@@ -980,10 +1157,18 @@ static int bridge__status(struct bridge *b, const char *status)
     return rc == MQTTASYNC_SUCCESS ? ro.token : -1;
 }
 
-static void bridge__connected(struct bridge *b, int session_present, int receive_max)
+/* `server_uri`: the URI Paho says it connected to (NULL: the attempt's). */
+static void bridge__connected(struct bridge *b, const char *server_uri, int session_present,
+                              int receive_max)
 {
     bridge__echo_reset(b); /* before this connection publishes anything */
     pthread_mutex_lock(&b->lock);
+    for (size_t i = 0; server_uri != NULL && i < b->urls.n; i++)
+        if (strcmp(b->urls.uri[i], server_uri) == 0)
+            b->node = i;
+    size_t node = b->node, last = b->last_node;
+    b->last_node = node;
+    b->tries = 0;
     b->state = BS_CONNECTED;
     /* Paho holds back what exceeds the broker's receive maximum and sends it
      * late (it polls once a second): never hand it more than that. */
@@ -991,14 +1176,17 @@ static void bridge__connected(struct bridge *b, int session_present, int receive
         receive_max > 0 && receive_max < BRIDGE_WINDOW ? (unsigned)receive_max : BRIDGE_WINDOW;
     b->backoff = 1;
     b->gen++;
-    b->sent_rev = 0; /* invariant 2 */
+    b->sent_rev = 0; /* invariant 2, on another node as on the same one */
     b->inflight = 0;
     b->more = true;
     b->connected_since_us = now_us();
     pthread_cond_signal(&b->cond);
     pthread_mutex_unlock(&b->lock);
-    log_info("bridge: connected to %s as %s (MQTT %s, %s session)", b->cfg.url, b->cfg.client_id,
-             b->cfg.protocol == 5 ? "5" : "3.1.1", session_present ? "resumed" : "new");
+    log_info("bridge: connected to %s as %s (MQTT %s, %s session)%s%s", b->urls.url[node],
+             b->cfg.client_id, b->cfg.protocol == 5 ? "5" : "3.1.1",
+             session_present ? "resumed" : "new",
+             last != SIZE_MAX && last != node ? "; failed over from " : "",
+             last != SIZE_MAX && last != node ? b->urls.url[last] : "");
     bridge__subscribe(b);
     bridge__status(b, "online");
 }
@@ -1009,22 +1197,21 @@ static void bridge__connect_ok5(void *ctx, MQTTAsync_successData5 *r)
     if (r != NULL && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
         receive_max =
             MQTTProperties_getNumericValue(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
-    bridge__connected(ctx, r ? r->alt.connect.sessionPresent : 0, receive_max);
+    bridge__connected(ctx, r ? r->alt.connect.serverURI : NULL,
+                      r ? r->alt.connect.sessionPresent : 0, receive_max);
 }
 
 static void bridge__connect_ok(void *ctx, MQTTAsync_successData *r)
 {
-    bridge__connected(ctx, r ? r->alt.connect.sessionPresent : 0, 0);
+    bridge__connected(ctx, r ? r->alt.connect.serverURI : NULL,
+                      r ? r->alt.connect.sessionPresent : 0, 0);
 }
 
 static void bridge__lost(void *ctx, char *cause)
 {
-    struct bridge *b = ctx;
     (void)cause; /* always NULL, says Paho */
-    pthread_mutex_lock(&b->lock);
-    b->backoff = 1;
-    pthread_mutex_unlock(&b->lock);
-    bridge__schedule(b, "lost the connection to", "the broker closed it or stopped answering");
+    bridge__schedule(ctx, "lost the connection to", "the broker closed it or stopped answering",
+                     true);
 }
 
 static void bridge__connect(struct bridge *b)
@@ -1036,8 +1223,24 @@ static void bridge__connect(struct bridge *b)
     MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
     MQTTProperties props = MQTTProperties_initializer;
 
+    /* A barrier before the attempt sets its callbacks: Paho calls
+     * bridge__lost and the failure callbacks holding its mutex, and clears
+     * its connect callbacks after them; MQTTAsync_isConnected takes that
+     * mutex, so whatever ended the last attempt is done with them. */
+    (void)MQTTAsync_isConnected(b->client);
+    pthread_mutex_lock(&b->lock);
+    size_t node = b->node;
+    b->tries++;
+    pthread_mutex_unlock(&b->lock);
+    /* One node per attempt, bridge__schedule picks the next: given several,
+     * Paho would go on to the next by itself after a loss, without our
+     * callbacks (cleared at the CONNACK), so no one would know it is
+     * connected, nor to which node. */
+    char *uris[1] = {b->urls.uri[node]};
+    o->serverURIs = uris;
+    o->serverURIcount = 1;
     uint64_t attempt = atomic_fetch_add(&b->attempts, 1) + 1;
-    log_info("bridge: connecting to %s as %s (attempt %llu)", b->cfg.url, b->cfg.client_id,
+    log_info("bridge: connecting to %s as %s (attempt %llu)", b->urls.url[node], b->cfg.client_id,
              (unsigned long long)attempt);
     o->keepAliveInterval = (int)b->cfg.keepalive;
     o->connectTimeout = 10;
@@ -1050,7 +1253,7 @@ static void bridge__connect(struct bridge *b)
     will.retained = 1;
     will.qos = 1;
     o->will = &will;
-    if (strncmp(b->uri, "ssl://", 6) == 0) {
+    if (strncmp(b->urls.uri[0], "ssl://", 6) == 0) { /* all of one scheme */
         ssl.trustStore = b->cfg.cafile;
         ssl.keyStore = b->cfg.certfile;
         ssl.privateKey = b->cfg.keyfile;
@@ -1335,7 +1538,8 @@ int bridge_start(struct bridge *b, struct store *store, char *why, size_t why_le
      * them go: room for a whole window. */
     co5.maxBufferedMessages = co3.maxBufferedMessages = 2 * BRIDGE_WINDOW;
     /* No Paho persistence: the outbox is ours, in SQLite. */
-    int rc = MQTTAsync_createWithOptions(&b->client, b->uri, b->cfg.client_id,
+    /* The first node's URI: each attempt names its node (serverURIs). */
+    int rc = MQTTAsync_createWithOptions(&b->client, b->urls.uri[0], b->cfg.client_id,
                                          MQTTCLIENT_PERSISTENCE_NONE, NULL,
                                          b->cfg.protocol == 5 ? &co5 : &co3);
     if (rc != MQTTASYNC_SUCCESS) {
@@ -1383,6 +1587,7 @@ void bridge_stop(struct bridge *b)
 
     pthread_mutex_lock(&b->lock);
     bool connected = b->state == BS_CONNECTED;
+    const char *node = b->urls.url[b->node];
     pthread_mutex_unlock(&b->lock);
     if (connected) {
         /* A clean goodbye: the will is for when almanac dies. */
@@ -1404,7 +1609,7 @@ void bridge_stop(struct bridge *b)
                 ;
             pthread_mutex_unlock(&b->lock);
         }
-        log_info("bridge: disconnected from %s", b->cfg.url);
+        log_info("bridge: disconnected from %s", node);
     }
     MQTTAsync_destroy(&b->client); /* no callback runs after it */
     b->created = false;
@@ -1436,8 +1641,10 @@ void bridge_stats(struct bridge *b, struct bridge_stats *out)
     out->state = bridge__state_names[b->state];
     snprintf(out->last_error, sizeof out->last_error, "%s", b->last_error);
     out->connected_since_us = b->state == BS_CONNECTED ? b->connected_since_us : 0;
+    if (b->state == BS_CONNECTED)
+        snprintf(out->node, sizeof out->node, "%s", b->urls.url[b->node]);
     pthread_mutex_unlock(&b->lock);
-    snprintf(out->url, sizeof out->url, "%s", b->cfg.url);
+    snprintf(out->url, sizeof out->url, "%s", b->url_list);
     snprintf(out->client_id, sizeof out->client_id, "%s", b->cfg.client_id);
     out->messages_in = atomic_load(&b->messages_in);
     out->messages_out = atomic_load(&b->messages_out);

@@ -15,8 +15,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* bridge_url takes up to BRIDGE_URLS_MAX URLs (the nodes of a cluster, or a
+ * failover pair), each at most BRIDGE_URL_MAX bytes. */
+#define BRIDGE_URLS_MAX 16
+#define BRIDGE_URL_MAX  300
+
 struct bridge_config {
-    char *url;       /* mqtt://host[:port] or mqtts://host[:port]; NULL: off */
+    /* mqtt://host[:port] or mqtts://host[:port], or several, comma-separated:
+     * tried in order, the next one when the connection is lost; NULL: off */
+    char *url;
     char *client_id; /* NULL: almanac-<hostname> */
     char *username, *password;
     char *cafile, *certfile, *keyfile; /* TLS; NULL: the system's CAs, no client cert */
@@ -34,7 +41,9 @@ void bridge_config_free(struct bridge_config *c);
 
 /* Checks one bridge_map value. 0, or -1 with a sentence in `why`. */
 int bridge_map_check(const char *spec, char *why, size_t why_len);
-/* Checks a bridge_url. 0, or -1 with a sentence in `why`. */
+/* Checks a bridge_url: each URL of the list, none empty or given twice, at
+ * most BRIDGE_URLS_MAX, all of one scheme. 0, or -1 with a sentence naming
+ * the bad URL in `why`. */
 int bridge_url_check(const char *url, char *why, size_t why_len);
 
 struct bridge;
@@ -56,7 +65,10 @@ void bridge_free(struct bridge *b);
 
 struct bridge_stats {
     const char *state; /* off, connecting, connected, disconnected */
-    char url[256], client_id[256], last_error[256];
+    /* The URLs, comma-separated as given (spaces around them dropped). */
+    char url[BRIDGE_URLS_MAX * (BRIDGE_URL_MAX + 1)];
+    char node[BRIDGE_URL_MAX + 1]; /* the URL connected to; "" when not connected */
+    char client_id[256], last_error[256];
     uint64_t messages_in;  /* messages received on mapped topics */
     uint64_t messages_out; /* publishes the broker acknowledged */
     uint64_t errors_in;    /* messages that could not become a change */

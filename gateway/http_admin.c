@@ -41,6 +41,11 @@ static void http__bridge_info(struct buf *b, struct bridge *bridge, uint64_t out
     if (bridge != NULL) {
         buf_adds(b, ",\"url\":");
         buf_add_jstr(b, bs.url, strlen(bs.url));
+        buf_adds(b, ",\"node\":"); /* the URL connected to */
+        if (bs.node[0])
+            buf_add_jstr(b, bs.node, strlen(bs.node));
+        else
+            buf_adds(b, "null");
         buf_adds(b, ",\"client_id\":");
         buf_add_jstr(b, bs.client_id, strlen(bs.client_id));
         buf_adds(b, ",\"last_error\":");

@@ -1,9 +1,10 @@
 /*
  * sys.c — the server's own keys under $SYS: its version and uptime, the
- * number of keys, one subtree per open session, and the MQTT bridge's state
- * and outbox. They are written like
- * any change (origin "sys"), so they are read, listed and subscribed to as
- * every other key; clients cannot write them (store.c refuses $-keys).
+ * number of keys, one subtree per open session, and the MQTT bridge's state,
+ * the node it is connected to (bridge_url may list several) and its outbox.
+ * They are written like any change (origin "sys"), so they are read, listed
+ * and subscribed to as every other key; clients cannot write them (store.c
+ * refuses $-keys).
  *
  * Writes are submitted without waiting: the callers are the session loop,
  * which must not block on a commit. The sessions' keys are held in memory
@@ -131,10 +132,11 @@ static void sys__session_count(struct sys__write *w, unsigned count)
 
 struct sys {
     struct store *store;
-    struct bridge *bridge;    /* NULL: off */
-    const char *bridge_state; /* as last written; only on the loop */
-    unsigned interval;        /* seconds between updates; 0: none */
-    int64_t started, last;    /* CLOCK_MONOTONIC seconds; `last` only on the loop */
+    struct bridge *bridge;                /* NULL: off */
+    const char *bridge_state;             /* as last written; only on the loop */
+    char bridge_node[BRIDGE_URL_MAX + 1]; /* likewise: the node connected to, or "" */
+    unsigned interval;                    /* seconds between updates; 0: none */
+    int64_t started, last;                /* CLOCK_MONOTONIC seconds; `last` only on the loop */
 };
 
 static void sys__delete(struct store *store, const char *pattern)
@@ -155,7 +157,8 @@ struct sys *sys_start(struct store *store, struct bridge *bridge, unsigned inter
     sys->started = sys->last = mono_s();
     /* Sessions of a previous run (rows of a version that wrote them). */
     sys__delete(store, "$SYS/sessions/#");
-    sys__delete(store, "$SYS/locks/#"); /* locks live in memory: none survived */
+    sys__delete(store, "$SYS/locks/#");     /* locks live in memory: none survived */
+    sys__delete(store, "$SYS/bridge/node"); /* not connected yet */
     sys__set(store, "$SYS/version", ALMANAC_VERSION, "text/plain; charset=utf-8");
     sys__set_number(store, "$SYS/uptime", 0);
     struct store_stats st;
@@ -182,6 +185,13 @@ void sys_tick(struct sys *sys)
     if (bs.state != sys->bridge_state) { /* at once, not at the interval */
         sys->bridge_state = bs.state;
         sys__set(sys->store, "$SYS/bridge/state", bs.state, "text/plain; charset=utf-8");
+    }
+    if (strcmp(bs.node, sys->bridge_node) != 0) { /* a switch, even between two ticks */
+        snprintf(sys->bridge_node, sizeof sys->bridge_node, "%s", bs.node);
+        if (bs.node[0])
+            sys__set(sys->store, "$SYS/bridge/node", bs.node, "text/plain; charset=utf-8");
+        else
+            sys__delete(sys->store, "$SYS/bridge/node");
     }
     int64_t now = mono_s();
     if (sys->interval == 0 || now - sys->last < sys->interval)

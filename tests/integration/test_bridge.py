@@ -161,6 +161,7 @@ class Directions(BridgeCase):
         b = wait_for(lambda: (lambda b: b if b["messages_out"] >= 1 else None)(self.bridge(d)))
         self.assertEqual(b["state"], "connected")
         self.assertEqual(b["url"], self.broker.url)
+        self.assertEqual(b["node"], self.broker.url)  # the one in use (bridge_url may list more)
         self.assertEqual(b["client_id"], self.client_id)
         self.assertEqual((b["outbox"], b["reconnects"], b["errors_in"]), (0, 0, 0))
         self.assertIsNone(b["last_error"])
@@ -173,6 +174,8 @@ class Directions(BridgeCase):
         # The state is a key too, for subscribers and the dashboard.
         wait_for(lambda: curl(d, "GET", "/api/v1/keys/$SYS/bridge/state").body == b"connected",
                  what="$SYS/bridge/state")
+        wait_for(lambda: curl(d, "GET", "/api/v1/keys/$SYS/bridge/node").body ==
+                 self.broker.url.encode(), what="$SYS/bridge/node")
 
     def test_no_broker_configured(self):
         d = Daemon()
@@ -407,6 +410,37 @@ class Outages(BridgeCase):
                           for i in range(20)})
         wait_for(lambda: self.bridge(d)["outbox"] == 0, what="an empty outbox")
         self.assertGreaterEqual(self.bridge(d)["reconnects"], 1)
+
+    def test_broker_back_with_another_value_of_keys_we_changed(self):
+        """While the broker was away keys changed here and, on the broker,
+        by another client. On the reconnect (or a switch to another node,
+        test_failover.py) the broker sends the other client's retained
+        values, then our outbox goes out: the broker orders ours last, so
+        ours is what both sides end with, though the echoes of ours come
+        right behind the other values."""
+        broker = Broker()
+        self.addCleanup(broker.cleanup)
+        d = self.daemon(broker=broker, connect=False)
+        keys = [f"race/k{i}" for i in range(30)]
+        ops = [{"op": "set", "key": k, "text": f"ours-{k}"} for k in keys]
+        r = curl(d, "POST", "/api/v1/batch", json.dumps({"ops": ops}),
+                 {"Content-Type": "application/json"})
+        self.assertEqual(r.status, 200, r)
+        # just after the third failed attempt: the next one is 4 s away
+        wait_for(lambda: d.log_text().count("cannot connect to") >= 3, 20, 0.02,
+                 "a third failed attempt")
+        broker.start()
+        for k in keys:
+            broker.pub(k, f"theirs-{k}")
+        self.assertNotEqual(self.bridge(d)["state"], "connected")  # theirs came first
+        self.wait_connected(d)
+        wait_for(lambda: self.bridge(d)["outbox"] == 0, what="an empty outbox")
+        expected = {k: f"ours-{k}".encode() for k in keys}
+        wait_for(lambda: {t: v[0] for t, v in broker.retained("race/#").items()} == expected,
+                 10, 0.2, "the broker to retain ours")
+        time.sleep(1)  # every echo is in
+        got = {k: curl(d, "GET", f"/api/v1/keys/{k}").body for k in keys}
+        self.assertEqual({k: v for k, v in got.items() if v != expected[k]}, {})
 
     def test_sigkill_with_a_full_outbox_then_delivered(self):
         d = self.daemon()

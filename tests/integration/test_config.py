@@ -77,6 +77,14 @@ class Config(unittest.TestCase):
                 (["--http_listen", "127.0.0.1:99999"], None, "is not HOST:PORT or off"),
                 # a value that reads like --help is a value, not a request for help
                 (["--bridge_password", "-h", "--nope", "1"], None, "unknown option '--nope'"),
+                # a failover list: the bad URL is named
+                (["--bridge_url", "mqtt://a,,mqtt://b"], None,
+                 "--bridge_url: bridge_url: URL 2 of 'mqtt://a,,mqtt://b' is empty"),
+                ([], {"ALMANAC_BRIDGE_URL": "mqtt://a:1883,mqtt://b,mqtt://a"},
+                 "ALMANAC_BRIDGE_URL: bridge_url: 'mqtt://a' (URL 3) is the broker of "
+                 "'mqtt://a:1883' (URL 1) again"),
+                (["--bridge_url", "mqtt://a,mqtt://b:0"], None,
+                 "'mqtt://b:0': the port is not a number from 1 to 65535"),
             ]
             for args, env, words in cases:
                 with self.subTest(args=args, env=env):

@@ -1,12 +1,13 @@
 /*
  * test_bridge.c — the bridge's maps and URLs, without a broker: which maps
- * and URLs are accepted, and the topic each key goes out to (the outbox hook
- * the store calls). The broker side is tests/integration/test_bridge.py.
+ * and URLs (and lists of URLs, for failover) are accepted, and the topic each key goes out to (the
+ * outbox hook the store calls). The broker side is tests/integration/test_bridge.py.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,6 +59,69 @@ static void test_url_check(void **state)
     assert_int_equal(bridge_url_check("mqtt://host:0", why, sizeof why), -1);
     assert_int_equal(bridge_url_check("mqtt://host:99999", why, sizeof why), -1);
     assert_int_equal(bridge_url_check("mqtt://host:1883/topic", why, sizeof why), -1);
+}
+
+/* bridge_url as a failover list: each URL checked, and the message names
+ * the one at fault. */
+static void test_url_lists(void **state)
+{
+    char why[512], many[40 * 20] = "";
+    (void)state;
+    const char *good[] = {"mqtt://a:1883,mqtt://b:1883,mqtt://c:1883",
+                          "mqtt://a, mqtt://b:1884 ,\tmqtt://[::1]:1883",
+                          "mqtts://a,mqtts://b:8884"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (bridge_url_check(good[i], why, sizeof why) != 0)
+            fail_msg("%s: %s", good[i], why);
+    struct {
+        const char *list, *says;
+    } bad[] = {
+        {"mqtt://a,,mqtt://b", "URL 2 of 'mqtt://a,,mqtt://b' is empty"},
+        {"mqtt://a,", "URL 2 of 'mqtt://a,' is empty"},
+        {",mqtt://a", "URL 1 of ',mqtt://a' is empty"},
+        {"mqtt://a, ,mqtt://b", "URL 2 of"},
+        {"mqtt://a,http://b", "'http://b' is not mqtt://HOST[:PORT]"},
+        {"mqtt://a,mqtt://b:0", "'mqtt://b:0': the port is not a number"},
+        {"mqtt://a,mqtt://b,mqtt://a:1883",
+         "'mqtt://a:1883' (URL 3) is the broker of 'mqtt://a' (URL 1) again"},
+        {"mqtt://B:1,mqtt://b:1", "'mqtt://b:1' (URL 2) is the broker of 'mqtt://B:1'"},
+        {"mqtt://a,mqtts://b", "'mqtts://b' (URL 2) and 'mqtt://a' (URL 1) differ in TLS"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        why[0] = '\0';
+        assert_int_equal(bridge_url_check(bad[i].list, why, sizeof why), -1);
+        if (strstr(why, bad[i].says) == NULL)
+            fail_msg("%s: '%s' does not say '%s'", bad[i].list, why, bad[i].says);
+    }
+    /* 16 nodes are taken, a 17th is named */
+    for (int i = 1; i <= 16; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%smqtt://n%d", i > 1 ? "," : "",
+                 i);
+    assert_int_equal(bridge_url_check(many, why, sizeof why), 0);
+    strcat(many, ",mqtt://n17");
+    assert_int_equal(bridge_url_check(many, why, sizeof why), -1);
+    assert_non_null(strstr(why, "'mqtt://n17' is URL 17 of the list: at most 16"));
+}
+
+/* The stats of a list, before any connection: every URL, no node yet. */
+static void test_url_list_stats(void **state)
+{
+    struct bridge_config cfg = {.url = " mqtt://a:1 , mqtt://b:2,mqtt://c:3 ", .protocol = 4};
+    struct store_limits limits = {.max_key_bytes = 1024, .max_value_bytes = 1024};
+    struct bridge_stats st;
+    struct bridge *b = NULL;
+    char why[512];
+    (void)state;
+    if (bridge_new(&cfg, &limits, &b, why, sizeof why) != 0)
+        fail_msg("bridge_new: %s", why);
+    bridge_stats(b, &st);
+    assert_string_equal(st.url, "mqtt://a:1,mqtt://b:2,mqtt://c:3");
+    assert_string_equal(st.node, "");
+    assert_string_equal(st.state, "disconnected");
+    bridge_free(b);
+    cfg.url = "mqtt://a:1,mqtt://a:1";
+    assert_int_equal(bridge_new(&cfg, &limits, &b, why, sizeof why), -1);
+    assert_non_null(strstr(why, "is the broker of"));
 }
 
 /* The outbox topic of `key`, or NULL (the caller frees it). */
@@ -142,10 +206,9 @@ static void test_off_and_bad_files(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_map_check),
-        cmocka_unit_test(test_url_check),
-        cmocka_unit_test(test_out_topics),
-        cmocka_unit_test(test_off_and_bad_files),
+        cmocka_unit_test(test_map_check),  cmocka_unit_test(test_url_check),
+        cmocka_unit_test(test_url_lists),  cmocka_unit_test(test_url_list_stats),
+        cmocka_unit_test(test_out_topics), cmocka_unit_test(test_off_and_bad_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
